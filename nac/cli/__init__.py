@@ -1,0 +1,1 @@
+"""The `nac` command line: one module per command group, each with register(cli)."""
