@@ -1,0 +1,56 @@
+"""The agent's state file: what the server said last time (read by `nac-agent status`).
+
+$NAC_AGENT_STATE_DIR (default /var/lib/nac-agent)/last.json, written atomically (temp file +
+rename) because the IMC child and `status` may run at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+STATE_ENV = "NAC_AGENT_STATE_DIR"
+DEFAULT_STATE_DIR = "/var/lib/nac-agent"
+STATE_FILE = "last.json"
+
+
+def state_dir(environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env.get(STATE_ENV) or DEFAULT_STATE_DIR)
+
+
+def state_path(environ: dict[str, str] | None = None) -> Path:
+    return state_dir(environ) / STATE_FILE
+
+
+def load(path: Path | None = None) -> dict[str, Any] | None:
+    path = path or state_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def save(data: dict[str, Any], path: Path | None = None) -> Path:
+    path = path or state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".last-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def update(changes: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
+    """Merge `changes` into the state (None values are dropped) and stamp the time."""
+    data = load(path) or {}
+    data.update({k: v for k, v in changes.items() if v is not None})
+    data["updated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    save(data, path)
+    return data
