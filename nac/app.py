@@ -1,0 +1,140 @@
+"""`nac serve`: wires config, store, policy, EAP and the RADIUS listeners together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from nac.accounts import Account, SecretBox, accounts_from_tables, load_accounts_file, make_account
+from nac.authorize import Authorizer, SamplePolicyView
+from nac.config import DEMO_ACCOUNT, Config
+from nac.radius.clients import ClientTable, NasClient, profile
+from nac.radius.engine import Engine
+from nac.radius.server import serve_udp
+from nac.store import open_store
+
+log = logging.getLogger("nac")
+
+REGISTRATION_POLL = 0.5  # seconds: how soon a MAC registered by the CLI takes effect
+
+
+def build_clients(cfg: Config) -> ClientTable:
+    table = []
+    for cl in cfg.clients:
+        if not cl.require_message_authenticator:
+            log.warning(
+                "client %s (%s) may send Access-Requests without Message-Authenticator: "
+                "exposed to BlastRADIUS (CVE-2024-3596); upgrade it and remove the opt-out",
+                cl.name or cl.address, cl.address,
+            )
+        table.append(NasClient(
+            network=cl.address, secret=cl.secret.encode(), name=cl.name or cl.address,
+            profile=profile(cl.vendor), group=cl.group,
+            require_message_authenticator=cl.require_message_authenticator,
+        ))
+    return ClientTable(table)
+
+
+def build_accounts(cfg: Config, state_dir: Path, box: SecretBox) -> dict[str, Account]:
+    accounts: dict[str, Account] = {}
+    if cfg.accounts_file:
+        accounts.update(load_accounts_file(Path(cfg.accounts_file)))
+    if cfg.accounts:
+        accounts.update(accounts_from_tables(
+            {k: v.model_dump(exclude_none=True) for k, v in cfg.accounts.items()}
+        ))
+    if cfg.embedded:
+        name, password = DEMO_ACCOUNT
+        accounts[name] = make_account(name, password, role="default", allow_md5=True, box=box)
+    return accounts
+
+
+def build_eap(cfg: Config, state_dir: Path, accounts: dict[str, Account], box: SecretBox) -> Any:
+    """The EAP service, with the PKI the embedded default creates on first start."""
+    try:
+        from nac.eap.service import EapService, config_from_settings
+        from nac.pki import ensure_pki
+    except ImportError as exc:  # the EAP package is optional in a partial install
+        log.warning("EAP disabled: %s", exc)
+        return None
+    pki = ensure_pki(state_dir)
+    return EapService(config_from_settings(cfg.eap, pki), accounts.get, box)
+
+
+class Server:
+    def __init__(self, cfg: Config, state_dir: Path) -> None:
+        self.cfg = cfg
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = open_store(cfg.store, state_dir)
+        self.box = SecretBox(state_dir / "keys" / "accounts.key")
+        self.accounts = build_accounts(cfg, state_dir, self.box)
+        self.authorizer = Authorizer(SamplePolicyView())
+        self.eap = build_eap(cfg, state_dir, self.accounts, self.box)
+        self.engine = Engine(
+            build_clients(cfg), self.authorizer, self.accounts, eap=self.eap,
+            on_decision=self.store.record_decision, on_accounting=self.store.record_accounting,
+        )
+        self._reg_seq = 0
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nac-slow")
+
+    def poll_registrations(self) -> None:
+        seq, changes = self.store.registrations_since(self._reg_seq)
+        for mac, segment in changes:
+            if segment is None:
+                self.authorizer.registered.pop(mac, None)
+            else:
+                self.authorizer.registered[mac] = segment
+        self._reg_seq = seq
+
+    async def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = 0
+        while True:
+            await asyncio.sleep(REGISTRATION_POLL)
+            tick += 1
+            try:
+                self.poll_registrations()
+            except Exception as exc:  # the store may be briefly locked or down
+                log.warning("could not read registrations: %s", exc)
+            if tick % 2 == 0:
+                self.engine.expire(loop.time())
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        self.poll_registrations()
+        transports = await serve_udp(
+            self.engine, self.cfg.listen, self.cfg.auth_port, self.cfg.acct_port,
+            executor=self.executor,
+        )
+        log.info("ready: %d NAS client(s), %d account(s), EAP %s, store %s",
+                 len(self.engine.clients.clients), len(self.accounts),
+                 "on" if self.eap is not None else "off", self.store.url)
+        house = asyncio.ensure_future(self._housekeeping())
+        await stop.wait()
+        log.info("stopping")
+        house.cancel()
+        for t in transports:
+            t.close()
+        self.store.close()
+        self.executor.shutdown(wait=False)
+
+
+def run_server(cfg: Config, state_dir: Path) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(Server(cfg, state_dir).run())

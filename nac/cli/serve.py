@@ -1,0 +1,69 @@
+"""`nac serve`: the RADIUS server."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from nac.cli.common import fail, state_dir_option, store_option
+from nac.config import ConfigError, embedded, load_config
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML configuration file. Without it: the embedded demo default.")
+@state_dir_option
+@store_option
+@click.option("--auth-port", type=click.IntRange(1, 65535), help="Authentication port (1812).")
+@click.option("--acct-port", type=click.IntRange(1, 65535), help="Accounting port (1813).")
+@click.option("--listen", multiple=True, help="Address to listen on (repeatable).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
+          auth_port: int | None, acct_port: int | None, listen: tuple[str, ...],
+          log_level: str | None) -> None:
+    """Run the RADIUS server (authentication and accounting)."""
+    try:
+        cfg = load_config(config_path) if config_path else embedded()
+    except ConfigError as exc:
+        fail(str(exc))
+        return
+    setup_logging(log_level or cfg.log_level)
+    log = logging.getLogger("nac")
+    if cfg.embedded:
+        log.info(
+            "running the embedded demo default (no --config): NAS clients 127.0.0.1 and ::1 "
+            "with secret testing123, account demo/demo-password, sample policy "
+            "(quarantine VLAN 10, isolated VLAN 20, normal VLAN 30), state in %s", state_dir)
+    else:
+        log.info("configuration %s, state in %s", cfg.source, state_dir)
+    if auth_port:
+        cfg.auth_port = auth_port
+    if acct_port:
+        cfg.acct_port = acct_port
+    if listen:
+        cfg.listen = list(listen)
+    if store_url:
+        cfg.store = store_url
+    from nac.app import run_server
+
+    try:
+        run_server(cfg, state_dir)
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(serve)

@@ -1,0 +1,148 @@
+"""The server configuration: a TOML file, validated, with errors that name the key.
+
+Every key is documented in README.md ("Configuration reference"). With no file, `embedded()`
+gives the demo default: loopback NAS clients with secret testing123, the demo account and
+the sample policy's segments.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nac.radius.replies import PROFILES
+
+DEMO_SECRET = "testing123"
+DEMO_ACCOUNT = ("demo", "demo-password")
+
+
+class ConfigError(Exception):
+    """A configuration file is not valid; the message names the file, key and reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Client(_Strict):
+    """A NAS (switch, access point) allowed to send requests."""
+
+    address: str  # an address or a CIDR network
+    secret: str = Field(min_length=1, repr=False)
+    name: str | None = None
+    vendor: str = "generic"
+    group: str | None = None  # segment VLAN overrides are keyed by group
+    # BlastRADIUS (CVE-2024-3596): requests without a valid Message-Authenticator are dropped.
+    require_message_authenticator: bool = True
+
+    @field_validator("address")
+    @classmethod
+    def _network(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_network(v, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"not an IP address or CIDR network: {v!r}") from exc
+
+    @field_validator("vendor")
+    @classmethod
+    def _vendor(cls, v: str) -> str:
+        if v not in PROFILES:
+            raise ValueError(f"unknown vendor profile {v!r}; one of {', '.join(PROFILES)}")
+        return v
+
+
+class AccountEntry(_Strict):
+    role: str = "default"
+    password_hash: str | None = None
+    nt_hash: str | None = None
+    md5_secret: str | None = Field(default=None, repr=False)
+    methods: list[str] = Field(default_factory=list)
+
+
+class EapSettings(_Strict):
+    idle_timeout: float = Field(default=30.0, gt=0)
+    max_conversations: int = Field(default=10_000, ge=1)
+    max_bytes_per_conversation: int = Field(default=262_144, ge=4096)
+    fragment_size: int = Field(default=1020, ge=100, le=4000)
+    default_method: str = "peap"
+    methods: list[str] = Field(default_factory=list)  # empty: every method this server has
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    certificate: str | None = None  # PEM paths; default: STATE/pki/
+    private_key: str | None = None
+    ca_certificates: str | None = None
+    crl: str | None = None
+
+
+class Config(_Strict):
+    listen: list[str] = Field(default_factory=lambda: ["0.0.0.0", "::"])
+    auth_port: int = Field(default=1812, ge=1, le=65535)
+    acct_port: int = Field(default=1813, ge=1, le=65535)
+    store: str | None = None  # sqlite:///path or postgresql://...; default STATE/nac.db
+    policy_file: str | None = None  # default: STATE/policy.toml if present, else the sample
+    clients: list[Client] = Field(default_factory=list)
+    accounts: dict[str, AccountEntry] = Field(default_factory=dict)
+    accounts_file: str | None = None
+    eap: EapSettings = Field(default_factory=EapSettings)
+    # Switch inventory for enforcement (enforcers/inventory.py); kept raw here and validated
+    # by the enforcers package so the packet path does not import it.
+    switches: list[dict[str, object]] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    embedded: bool = Field(default=False, exclude=True)
+    source: str = Field(default="", exclude=True)
+
+    @field_validator("listen")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        for a in v:
+            try:
+                ipaddress.ip_address(a)
+            except ValueError as exc:
+                raise ValueError(f"not an IP address: {a!r}") from exc
+        return v
+
+
+def _key_path(loc: tuple[object, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_config(data: dict[str, object], source: str) -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"{source}: {_key_path(err['loc'])}: {err['msg']}" for err in exc.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from None
+    cfg.source = source
+    return cfg
+
+
+def load_config(path: Path) -> Config:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def embedded() -> Config:
+    """The demo default: loopback clients with the FreeRADIUS demo secret."""
+    cfg = Config(
+        clients=[
+            Client(address="127.0.0.1", secret=DEMO_SECRET, name="localhost"),
+            Client(address="::1", secret=DEMO_SECRET, name="localhost6"),
+        ]
+    )
+    cfg.embedded = True
+    cfg.source = "embedded demo default"
+    return cfg

@@ -1,0 +1,23 @@
+"""MAC addresses in every notation switches use, normalised to aa:bb:cc:dd:ee:ff."""
+
+from __future__ import annotations
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def normalize_mac(text: str | bytes | None) -> str | None:
+    """aabbccddeeff, AA-BB-CC-DD-EE-FF, aabb.ccdd.eeff, aabbcc-ddeeff -> aa:bb:cc:dd:ee:ff.
+
+    None when `text` is not a MAC address.
+    """
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    s = text.strip().lower()
+    if len(s) > 17:
+        return None
+    h = s.replace(":", "").replace("-", "").replace(".", "")
+    if len(h) != 12 or not _HEX.issuperset(h):
+        return None
+    return ":".join(h[i : i + 2] for i in range(0, 12, 2))

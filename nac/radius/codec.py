@@ -1,0 +1,320 @@
+"""A lean RADIUS codec for the packet path (RFC 2865/2866/3579/5080/5176).
+
+Sans-I/O: bytes in, values or bytes out. pyrad serves dictionaries and rare attributes;
+every packet passes through here, so this does the minimum, with plain tuples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+
+# Codes
+ACCESS_REQUEST = 1
+ACCESS_ACCEPT = 2
+ACCESS_REJECT = 3
+ACCOUNTING_REQUEST = 4
+ACCOUNTING_RESPONSE = 5
+ACCESS_CHALLENGE = 11
+STATUS_SERVER = 12
+DISCONNECT_REQUEST = 40
+DISCONNECT_ACK = 41
+DISCONNECT_NAK = 42
+COA_REQUEST = 43
+COA_ACK = 44
+COA_NAK = 45
+
+# Attribute types used on the packet path
+USER_NAME = 1
+USER_PASSWORD = 2
+CHAP_PASSWORD = 3
+NAS_IP_ADDRESS = 4
+NAS_PORT = 5
+SERVICE_TYPE = 6
+FRAMED_IP_ADDRESS = 8
+FILTER_ID = 11
+REPLY_MESSAGE = 18
+STATE = 24
+CLASS = 25
+VENDOR_SPECIFIC = 26
+SESSION_TIMEOUT = 27
+TERMINATION_ACTION = 29
+CALLED_STATION_ID = 30
+CALLING_STATION_ID = 31
+NAS_IDENTIFIER = 32
+PROXY_STATE = 33
+ACCT_STATUS_TYPE = 40
+ACCT_DELAY_TIME = 41
+ACCT_INPUT_OCTETS = 42
+ACCT_OUTPUT_OCTETS = 43
+ACCT_SESSION_ID = 44
+ACCT_SESSION_TIME = 46
+ACCT_INPUT_PACKETS = 47
+ACCT_OUTPUT_PACKETS = 48
+ACCT_TERMINATE_CAUSE = 49
+ACCT_INPUT_GIGAWORDS = 52
+ACCT_OUTPUT_GIGAWORDS = 53
+EVENT_TIMESTAMP = 55
+NAS_PORT_TYPE = 61
+TUNNEL_TYPE = 64
+TUNNEL_MEDIUM_TYPE = 65
+EAP_MESSAGE = 79
+MESSAGE_AUTHENTICATOR = 80
+TUNNEL_PRIVATE_GROUP_ID = 81
+NAS_PORT_ID = 87
+NAS_IPV6_ADDRESS = 95
+FRAMED_IPV6_PREFIX = 97
+ERROR_CAUSE = 101
+
+SERVICE_TYPE_CALL_CHECK = 10
+TERMINATION_ACTION_RADIUS_REQUEST = 1
+TUNNEL_TYPE_VLAN = 13
+TUNNEL_MEDIUM_IEEE_802 = 6
+
+ACCT_START, ACCT_STOP, ACCT_INTERIM, ACCT_ON, ACCT_OFF = 1, 2, 3, 7, 8
+
+VENDOR_MICROSOFT = 311
+MS_MPPE_SEND_KEY = 16
+MS_MPPE_RECV_KEY = 17
+
+MAX_PACKET = 4096
+HEADER = 20
+_ZERO16 = bytes(16)
+
+Attrs = list[tuple[int, bytes]]
+
+
+class MalformedPacket(ValueError):
+    """The datagram is not a well-formed RADIUS packet; `reason` is a short counter label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Packet:
+    """A decoded packet: header fields plus attributes in wire order."""
+
+    __slots__ = ("code", "ident", "authenticator", "attrs", "raw", "ma_offset")
+
+    def __init__(
+        self,
+        code: int,
+        ident: int,
+        authenticator: bytes,
+        attrs: Attrs,
+        raw: bytes,
+        ma_offset: int,
+    ) -> None:
+        self.code = code
+        self.ident = ident
+        self.authenticator = authenticator
+        self.attrs = attrs
+        self.raw = raw
+        self.ma_offset = ma_offset  # offset of the Message-Authenticator value, -1 if absent
+
+    def get(self, attr_type: int) -> bytes | None:
+        for t, v in self.attrs:
+            if t == attr_type:
+                return v
+        return None
+
+    def get_all(self, attr_type: int) -> list[bytes]:
+        return [v for t, v in self.attrs if t == attr_type]
+
+    def get_str(self, attr_type: int) -> str | None:
+        v = self.get(attr_type)
+        return None if v is None else v.decode("utf-8", "replace")
+
+    def get_int(self, attr_type: int) -> int | None:
+        v = self.get(attr_type)
+        if v is None or len(v) != 4:
+            return None
+        return int.from_bytes(v, "big")
+
+
+def decode(data: bytes) -> Packet:
+    """Parse a datagram. Raises MalformedPacket with a short reason."""
+    n = len(data)
+    if n < HEADER:
+        raise MalformedPacket("short")
+    code = data[0]
+    length = (data[2] << 8) | data[3]
+    if length < HEADER or length > MAX_PACKET:
+        raise MalformedPacket("bad_length")
+    if length > n:
+        raise MalformedPacket("truncated")
+    if length < n:  # RFC 2865 3: octets beyond Length are padding, ignored
+        data = data[:length]
+    attrs: Attrs = []
+    pos = HEADER
+    ma_offset = -1
+    while pos < length:
+        if pos + 2 > length:
+            raise MalformedPacket("attr_truncated")
+        t = data[pos]
+        alen = data[pos + 1]
+        if alen < 3:  # 0 or 1 would loop or overlap; 2 carries no value
+            raise MalformedPacket("attr_length")
+        end = pos + alen
+        if end > length:
+            raise MalformedPacket("attr_overrun")
+        if t == MESSAGE_AUTHENTICATOR:
+            if alen != 18:
+                raise MalformedPacket("bad_message_authenticator")
+            ma_offset = pos + 2
+        attrs.append((t, data[pos + 2 : end]))
+        pos = end
+    return Packet(code, data[1], data[4:20], attrs, data, ma_offset)
+
+
+def message_authenticator_ok(
+    pkt: Packet, secret: bytes, authenticator: bytes | None = None
+) -> bool:
+    """RFC 3579 3.2: HMAC-MD5 over the packet with the MA value zeroed.
+
+    `authenticator` replaces the header's for replies (the request's) and for accounting
+    and CoA requests (zeros, RFC 5176 3.3 / RFC 3579 3.2).
+    """
+    off = pkt.ma_offset
+    if off < 0:
+        return False
+    raw = pkt.raw
+    if authenticator is None:
+        msg = raw[:off] + _ZERO16 + raw[off + 16 :]
+    else:
+        msg = raw[:4] + authenticator + raw[20:off] + _ZERO16 + raw[off + 16 :]
+    got = hmac.digest(secret, msg, "md5")
+    return hmac.compare_digest(got, raw[off : off + 16])
+
+
+def accounting_authenticator_ok(pkt: Packet, secret: bytes) -> bool:
+    """RFC 2866 3: MD5(Code+Identifier+Length+16 zero octets+attributes+secret)."""
+    raw = pkt.raw
+    want = hashlib.md5(raw[:4] + _ZERO16 + raw[20:] + secret).digest()
+    return hmac.compare_digest(want, pkt.authenticator)
+
+
+def encode_attr(attr_type: int, value: bytes) -> bytes:
+    if len(value) > 253:
+        raise ValueError(f"attribute {attr_type} value too long ({len(value)} > 253)")
+    return bytes((attr_type, len(value) + 2)) + value
+
+
+def encode_int_attr(attr_type: int, value: int) -> bytes:
+    return bytes((attr_type, 6)) + value.to_bytes(4, "big")
+
+
+def encode_tagged_int(attr_type: int, tag: int, value: int) -> bytes:
+    """RFC 2868 3.1/3.2: a tag octet then a 3-octet value."""
+    return bytes((attr_type, 6, tag)) + value.to_bytes(3, "big")
+
+
+def encode_tagged_str(attr_type: int, tag: int, value: bytes) -> bytes:
+    return bytes((attr_type, len(value) + 3, tag)) + value
+
+
+def encode_vsa(vendor: int, vendor_type: int, value: bytes) -> bytes:
+    inner = bytes((vendor_type, len(value) + 2)) + value
+    return bytes((VENDOR_SPECIFIC, len(inner) + 6)) + vendor.to_bytes(4, "big") + inner
+
+
+def split_eap(eap: bytes) -> bytes:
+    """RFC 3579 3.1: EAP-Message split into as many 253-octet attributes as needed."""
+    return b"".join(
+        bytes((EAP_MESSAGE, min(253, len(eap) - i) + 2)) + eap[i : i + 253]
+        for i in range(0, len(eap), 253)
+    ) if eap else b""
+
+
+def join_eap(pkt: Packet) -> bytes | None:
+    parts = [v for t, v in pkt.attrs if t == EAP_MESSAGE]
+    return b"".join(parts) if parts else None
+
+
+_MA_PLACEHOLDER = bytes((MESSAGE_AUTHENTICATOR, 18)) + _ZERO16
+
+
+def encode_reply(code: int, request: Packet, secret: bytes, attrs: bytes) -> bytes:
+    """A reply with Message-Authenticator first, Proxy-State echoed, authenticators right.
+
+    `attrs` are already-encoded attributes (precomputed where the packet path allows).
+    """
+    proxy = b"".join(encode_attr(PROXY_STATE, v) for t, v in request.attrs if t == PROXY_STATE)
+    body = _MA_PLACEHOLDER + attrs + proxy
+    length = HEADER + len(body)
+    if length > MAX_PACKET:
+        raise ValueError("reply exceeds 4096 octets")
+    head = struct.pack("!BBH", code, request.ident, length)
+    ma = hmac.digest(secret, head + request.authenticator + body, "md5")
+    body = body[:2] + ma + body[18:]
+    resp_auth = hashlib.md5(head + request.authenticator + body + secret).digest()
+    return head + resp_auth + body
+
+
+def encode_request(
+    code: int, ident: int, secret: bytes, attrs: bytes, *, authenticator: bytes | None = None
+) -> bytes:
+    """A request with Message-Authenticator (used by tests, bench and the CoA client).
+
+    Access-Request: random authenticator. Accounting/CoA/Disconnect: the MD5 authenticator
+    of RFC 2866 / RFC 5176, computed after the Message-Authenticator over zeros.
+    """
+    body = _MA_PLACEHOLDER + attrs
+    length = HEADER + len(body)
+    head = struct.pack("!BBH", code, ident, length)
+    if code in (ACCESS_REQUEST, STATUS_SERVER):
+        auth = authenticator or os.urandom(16)
+        ma = hmac.digest(secret, head + auth + body, "md5")
+        return head + auth + body[:2] + ma + body[18:]
+    ma = hmac.digest(secret, head + _ZERO16 + body, "md5")
+    body = body[:2] + ma + body[18:]
+    auth = hashlib.md5(head + _ZERO16 + body + secret).digest()
+    return head + auth + body
+
+
+def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes:
+    """RFC 2865 5.2 User-Password hiding."""
+    padded = password + bytes(-len(password) % 16 or (16 if not password else 0))
+    out = bytearray()
+    prev = authenticator
+    for i in range(0, len(padded), 16):
+        b = hashlib.md5(secret + prev).digest()
+        chunk = bytes(x ^ y for x, y in zip(padded[i : i + 16], b, strict=True))
+        out += chunk
+        prev = chunk
+    return bytes(out)
+
+
+def unhide_password(hidden: bytes, secret: bytes, authenticator: bytes) -> bytes | None:
+    """Inverse of hide_password; None when the length is not a multiple of 16 (max 128)."""
+    if not hidden or len(hidden) % 16 or len(hidden) > 128:
+        return None
+    out = bytearray()
+    prev = authenticator
+    for i in range(0, len(hidden), 16):
+        b = hashlib.md5(secret + prev).digest()
+        chunk = hidden[i : i + 16]
+        out += bytes(x ^ y for x, y in zip(chunk, b, strict=True))
+        prev = chunk
+    return bytes(out).rstrip(b"\x00")
+
+
+def mppe_key_attr(
+    vendor_type: int, key: bytes, secret: bytes, authenticator: bytes, salt: bytes | None = None
+) -> bytes:
+    """RFC 2548 2.4.2/2.4.3: an MS-MPPE-Send/Recv-Key VSA, salted and encrypted."""
+    salt = salt or os.urandom(2)
+    salt = bytes((salt[0] | 0x80, salt[1]))
+    plain = bytes((len(key),)) + key
+    plain += bytes(-len(plain) % 16)
+    out = bytearray()
+    prev = authenticator + salt
+    for i in range(0, len(plain), 16):
+        b = hashlib.md5(secret + prev).digest()
+        chunk = bytes(x ^ y for x, y in zip(plain[i : i + 16], b, strict=True))
+        out += chunk
+        prev = chunk
+    return encode_vsa(VENDOR_MICROSOFT, vendor_type, salt + bytes(out))

@@ -1,0 +1,373 @@
+"""The request path, sans-I/O: a datagram in, a reply datagram (or nothing) out.
+
+The asyncio layer (server.py) only moves bytes and runs `Deferred.work` in a thread when
+a request needs slow work (scrypt for PAP). Decisions and accounting leave through the
+`on_decision` / `on_accounting` callbacks as plain records.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from nac.accounts import Account
+from nac.authorize import Authorizer
+from nac.events import AccountingRecord, DecisionRecord
+from nac.mac import normalize_mac
+from nac.posture.decision import Decision
+from nac.radius import codec as c
+from nac.radius.clients import ClientTable, NasClient
+from nac.radius.dedup import DuplicateCache
+from nac.radius.replies import vlan_attrs
+
+log = logging.getLogger("nac.radius")
+
+PAP_CACHE_TTL = 300.0
+UNKNOWN_NAS_LOG_INTERVAL = 60.0
+REJECT_MESSAGE = b"Authentication failed"
+
+
+@dataclass(slots=True)
+class Deferred:
+    """Slow work for a thread: `finish(work())` gives the reply (or None to drop)."""
+
+    work: Callable[[], Any]
+    finish: Callable[[Any, float], bytes | None]
+    key: tuple[object, ...]
+
+
+Outcome = bytes | Deferred | None
+
+
+class Engine:
+    def __init__(
+        self,
+        clients: ClientTable,
+        authorizer: Authorizer,
+        accounts: dict[str, Account],
+        *,
+        eap: Any = None,
+        on_decision: Callable[[DecisionRecord], None] = lambda r: None,
+        on_accounting: Callable[[AccountingRecord], None] = lambda r: None,
+    ) -> None:
+        self.clients = clients
+        self.authorizer = authorizer
+        self.accounts = accounts
+        self.eap = eap
+        self.on_decision = on_decision
+        self.on_accounting = on_accounting
+        self.dedup = DuplicateCache()
+        self.counters: Counter[str] = Counter()
+        self._unknown_nas_logged: dict[str, float] = {}
+        self._reply_cache: dict[tuple[object, ...], bytes] = {}
+        self._pap_ok: dict[tuple[str, bytes], tuple[str, float]] = {}
+        self._pap_key = os.urandom(32)
+
+    # ---- entry points -------------------------------------------------------------------
+    def handle_auth(self, data: bytes, host: str, port: int, now: float) -> Outcome:
+        client = self._client(host, now)
+        if client is None:
+            return None
+        try:
+            pkt = c.decode(data)
+        except c.MalformedPacket as exc:
+            self._drop("malformed_" + exc.reason)
+            return None
+        key = (host, port, pkt.ident, pkt.authenticator)
+        cached = self.dedup.get(key, now)
+        if cached is not None:
+            self.counters["duplicates"] += 1
+            return cached or None  # b"": still being processed; the retransmission waits
+        if pkt.code == c.ACCESS_REQUEST:
+            if pkt.ma_offset >= 0:
+                if not c.message_authenticator_ok(pkt, client.secret):
+                    self._drop("bad_message_authenticator", host)
+                    return None
+            elif client.require_message_authenticator or c.EAP_MESSAGE in _types(pkt):
+                self._drop("missing_message_authenticator", host)
+                return None
+            out = self._access_request(pkt, client, host, key, now)
+        elif pkt.code == c.STATUS_SERVER:
+            if not c.message_authenticator_ok(pkt, client.secret):
+                self._drop("bad_message_authenticator", host)
+                return None
+            out = c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret, b"")
+        else:
+            self._drop("unexpected_code")
+            return None
+        if isinstance(out, bytes):
+            self.dedup.put(key, out, now)
+        elif isinstance(out, Deferred):
+            self.dedup.put(key, b"", now)
+        return out
+
+    def handle_acct(self, data: bytes, host: str, port: int, now: float) -> bytes | None:
+        client = self._client(host, now)
+        if client is None:
+            return None
+        try:
+            pkt = c.decode(data)
+        except c.MalformedPacket as exc:
+            self._drop("malformed_" + exc.reason)
+            return None
+        if pkt.code != c.ACCOUNTING_REQUEST:
+            self._drop("unexpected_code")
+            return None
+        key = (host, port, pkt.ident, pkt.authenticator)
+        cached = self.dedup.get(key, now)
+        if cached is not None:
+            self.counters["duplicates"] += 1
+            return cached
+        if not c.accounting_authenticator_ok(pkt, client.secret):
+            self._drop("bad_authenticator", host)
+            return None
+        if pkt.ma_offset >= 0 and not c.message_authenticator_ok(pkt, client.secret, bytes(16)):
+            self._drop("bad_message_authenticator", host)
+            return None
+        rec = self._accounting_record(pkt, host, now)
+        if rec is None:
+            self._drop("accounting_incomplete", host)
+            return None
+        self.on_accounting(rec)
+        self.counters["accounting"] += 1
+        out = c.encode_reply(c.ACCOUNTING_RESPONSE, pkt, client.secret, b"")
+        self.dedup.put(key, out, now)
+        return out
+
+    def expire(self, now: float) -> None:
+        self.dedup.expire(now)
+        if len(self._pap_ok) > 100_000:
+            self._pap_ok.clear()
+        if self.eap is not None:
+            n = self.eap.expire(now)
+            if n:
+                self.counters["eap_expired"] += n
+                log.info("purged %d idle EAP conversation(s)", n)
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _client(self, host: str, now: float) -> NasClient | None:
+        client = self.clients.lookup(host)
+        if client is None:
+            self.counters["drop_unknown_nas"] += 1
+            last = self._unknown_nas_logged.get(host)
+            if last is None or now - last >= UNKNOWN_NAS_LOG_INTERVAL:
+                if len(self._unknown_nas_logged) > 10_000:
+                    self._unknown_nas_logged.clear()
+                self._unknown_nas_logged[host] = now
+                log.warning("dropped request from unknown NAS %s (not in clients)", host)
+        return client
+
+    def _drop(self, reason: str, host: str | None = None) -> None:
+        self.counters["drop_" + reason] += 1
+        if host is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("dropped request from %s: %s", host, reason)
+
+    def _reply_attrs(self, d: Decision, client: NasClient) -> bytes:
+        key = (d.segment, d.vlan, client.profile.name)
+        attrs = self._reply_cache.get(key)
+        if attrs is None:
+            seg = self.authorizer.policy.segments[d.segment]
+            attrs = vlan_attrs(
+                client.profile,
+                d.vlan,
+                vlan_name=seg.vlan_name,
+                session_timeout=seg.reinspect_interval,
+                role=seg.role or seg.filter_id,
+            )
+            self._reply_cache[key] = attrs
+        return attrs
+
+    def policy_changed(self) -> None:
+        self._reply_cache.clear()
+
+    def _record(self, d: Decision, pkt: c.Packet, client: NasClient, host: str, now: float,
+                mac: str | None, identity: str | None = None, role: str | None = None,
+                method: str | None = None, posture: dict[str, Any] | None = None) -> None:
+        port = pkt.get_str(c.NAS_PORT_ID)
+        if port is None:
+            p = pkt.get_int(c.NAS_PORT)
+            port = None if p is None else str(p)
+        self.on_decision(DecisionRecord(
+            at=now, mac=mac, segment=d.segment, vlan=d.vlan, source=d.source,
+            reasons=d.reasons, remediation=d.remediation, identity=identity,
+            nas=client.name or host, nas_port=port, method=method, role=role, posture=posture,
+        ))
+        self.counters["decision_" + d.segment] += 1
+        if log.isEnabledFor(logging.INFO):
+            log.info("decision mac=%s identity=%s nas=%s port=%s -> %s (vlan %d): %s",
+                     mac, identity, client.name or host, port, d.segment, d.vlan,
+                     "; ".join(d.reasons))
+
+    def _reject(self, pkt: c.Packet, client: NasClient, message: bytes,
+                extra: bytes = b"") -> bytes:
+        self.counters["access_reject"] += 1
+        return c.encode_reply(
+            c.ACCESS_REJECT, pkt, client.secret, extra + c.encode_attr(c.REPLY_MESSAGE, message)
+        )
+
+    def _access_request(self, pkt: c.Packet, client: NasClient, host: str,
+                        key: tuple[object, ...], now: float) -> Outcome:
+        eap = c.join_eap(pkt)
+        if eap is not None:
+            return self._eap(pkt, eap, client, host, now)
+        user = pkt.get(c.USER_NAME)
+        calling = pkt.get(c.CALLING_STATION_ID)
+        mac = normalize_mac(calling)
+        if mac is not None and (
+            pkt.get_int(c.SERVICE_TYPE) == c.SERVICE_TYPE_CALL_CHECK
+            or normalize_mac(user) == mac
+        ):
+            d = self.authorizer.mab(mac, client.group, client.profile.name)
+            self._record(d, pkt, client, host, now, mac, method="mab")
+            self.counters["access_accept"] += 1
+            return c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret,
+                                  self._reply_attrs(d, client))
+        hidden = pkt.get(c.USER_PASSWORD)
+        if user is None or hidden is None:
+            self.counters["reject_unsupported"] += 1
+            log.info("reject from %s: neither MAB, PAP nor EAP (user %r)", host, user)
+            return self._reject(pkt, client, b"Unsupported authentication request")
+        return self._pap(pkt, client, host, user.decode("utf-8", "replace"), hidden, mac, key,
+                         now)
+
+    def _pap(self, pkt: c.Packet, client: NasClient, host: str, user: str, hidden: bytes,
+             mac: str | None, key: tuple[object, ...], now: float) -> Outcome:
+        password = c.unhide_password(hidden, client.secret, pkt.authenticator)
+        account = self.accounts.get(user)
+        if password is None or account is None or not account.password_hash:
+            log.info("PAP reject for %r from %s: %s", user, host,
+                     "unknown user" if account is None else "bad password attribute")
+            return self._reject(pkt, client, REJECT_MESSAGE)
+        tag = hmac.digest(self._pap_key, password, "sha256")
+        hit = self._pap_ok.get((user, tag))
+        if hit is not None and hit[0] == account.password_hash and now - hit[1] < PAP_CACHE_TTL:
+            return self._pap_done(True, pkt, client, host, account, mac, (user, tag), now)
+        pw = password.decode("utf-8", "replace")
+
+        def finish(ok: bool, when: float) -> bytes | None:
+            reply = self._pap_done(ok, pkt, client, host, account, mac, (user, tag), when)
+            self.dedup.put(key, reply, when)
+            return reply
+
+        return Deferred(work=lambda: account.check_password(pw), finish=finish, key=key)
+
+    def _pap_done(self, ok: bool, pkt: c.Packet, client: NasClient, host: str,
+                  account: Account, mac: str | None, cache_key: tuple[str, bytes],
+                  now: float) -> bytes:
+        if not ok:
+            log.info("PAP reject for %r from %s: wrong password", account.name, host)
+            return self._reject(pkt, client, REJECT_MESSAGE)
+        self._pap_ok[cache_key] = (account.password_hash or "", now)
+        d = self.authorizer.account(account.name, account.role, mac, None, client.group,
+                                    client.profile.name, "pap")
+        self._record(d, pkt, client, host, now, mac, account.name, account.role, "pap")
+        self.counters["access_accept"] += 1
+        return c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret, self._reply_attrs(d, client))
+
+    def _eap(self, pkt: c.Packet, eap: bytes, client: NasClient, host: str,
+             now: float) -> bytes | None:
+        if self.eap is None:
+            return self._reject(pkt, client, b"EAP is not enabled on this server",
+                                c.split_eap(_eap_failure(eap)))
+        from nac.eap.service import NasInfo
+
+        calling = pkt.get_str(c.CALLING_STATION_ID)
+        mac = normalize_mac(calling)
+        res = self.eap.handle(
+            state=pkt.get(c.STATE),
+            eap=eap,
+            nas=NasInfo(address=host, group=client.group, vendor=client.profile.name,
+                        calling_station_id=calling, nas_port_id=pkt.get_str(c.NAS_PORT_ID)),
+            now=now,
+        )
+        if res.action == "drop":
+            self._drop("eap_" + (res.reason or "invalid").replace(" ", "_")[:40], host)
+            return None
+        if res.action == "challenge":
+            self.counters["access_challenge"] += 1
+            attrs = c.split_eap(res.eap or b"") + c.encode_attr(c.STATE, res.state or b"")
+            return c.encode_reply(c.ACCESS_CHALLENGE, pkt, client.secret, attrs)
+        eap_attr = c.split_eap(res.eap or b"")
+        if res.action == "reject":
+            log.info("EAP reject from %s (%s): %s", host, res.identity or "?", res.reason)
+            return self._reject(pkt, client, (res.reason or "Authentication failed").encode(),
+                                eap_attr)
+        d = self.authorizer.account(res.identity or "", res.role or "default", mac, res.posture,
+                                    client.group, client.profile.name, res.method or "eap")
+        self._record(d, pkt, client, host, now, mac, res.identity, res.role,
+                     res.method or "eap", res.posture)
+        attrs = eap_attr + self._reply_attrs(d, client)
+        if res.identity:
+            attrs += c.encode_attr(c.USER_NAME, res.identity.encode()[:253])
+        if res.msk:
+            attrs += c.mppe_key_attr(c.MS_MPPE_RECV_KEY, res.msk[:32], client.secret,
+                                     pkt.authenticator)
+            attrs += c.mppe_key_attr(c.MS_MPPE_SEND_KEY, res.msk[32:64], client.secret,
+                                     pkt.authenticator)
+        self.counters["access_accept"] += 1
+        return c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret, attrs)
+
+    def _accounting_record(self, pkt: c.Packet, host: str, now: float) -> AccountingRecord | None:
+        status = pkt.get_int(c.ACCT_STATUS_TYPE)
+        sid = pkt.get_str(c.ACCT_SESSION_ID)
+        if status is None:
+            return None
+        if sid is None:
+            if status in (c.ACCT_ON, c.ACCT_OFF):
+                sid = f"nas-{status}"
+            else:
+                return None
+        nas = pkt.get(c.NAS_IP_ADDRESS)
+        nas_name = str(ipaddress.IPv4Address(nas)) if nas and len(nas) == 4 else host
+        framed = pkt.get(c.FRAMED_IP_ADDRESS)
+        prefix = pkt.get(c.FRAMED_IPV6_PREFIX)
+        delay = pkt.get_int(c.ACCT_DELAY_TIME) or 0
+
+        def octets(lo: int, hi: int) -> int | None:
+            low = pkt.get_int(lo)
+            return None if low is None else ((pkt.get_int(hi) or 0) << 32) + low
+
+        return AccountingRecord(
+            at=now - delay,
+            nas=nas_name,
+            status=status,
+            session_id=sid,
+            mac=normalize_mac(pkt.get(c.CALLING_STATION_ID)),
+            user_name=pkt.get_str(c.USER_NAME),
+            nas_port=pkt.get_int(c.NAS_PORT),
+            nas_port_id=pkt.get_str(c.NAS_PORT_ID),
+            framed_ip=str(ipaddress.IPv4Address(framed)) if framed and len(framed) == 4 else None,
+            framed_ipv6_prefix=_ipv6_prefix(prefix),
+            input_octets=octets(c.ACCT_INPUT_OCTETS, c.ACCT_INPUT_GIGAWORDS),
+            output_octets=octets(c.ACCT_OUTPUT_OCTETS, c.ACCT_OUTPUT_GIGAWORDS),
+            session_time=pkt.get_int(c.ACCT_SESSION_TIME),
+            terminate_cause=pkt.get_int(c.ACCT_TERMINATE_CAUSE),
+        )
+
+
+def _types(pkt: c.Packet) -> set[int]:
+    return {t for t, _ in pkt.attrs}
+
+
+def _eap_failure(eap: bytes) -> bytes:
+    ident = eap[1] if len(eap) > 1 else 0
+    return bytes((4, ident, 0, 4))
+
+
+def _ipv6_prefix(value: bytes | None) -> str | None:
+    """RFC 3162 2.3: reserved, prefix-length, then up to 16 prefix octets."""
+    if not value or len(value) < 2 or value[1] > 128 or len(value) > 18:
+        return None
+    raw = value[2:] + bytes(16 - len(value[2:]))
+    try:
+        return str(ipaddress.IPv6Network((raw, value[1]), strict=False))
+    except ValueError:
+        return None
+
+

@@ -1,0 +1,97 @@
+"""The asyncio UDP layer: sockets in, engine calls, sockets out. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from nac.radius.engine import Deferred, Engine
+
+log = logging.getLogger("nac.radius")
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, handler: Callable[[bytes, str, int, float], object], engine: Engine,
+                 executor: Executor | None) -> None:
+        self.handler = handler
+        self.engine = engine
+        self.executor = executor
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int] | tuple) -> None:  # type: ignore[override]
+        host, port = addr[0], addr[1]
+        try:
+            out = self.handler(data, host, port, time.monotonic())
+        except Exception:  # a bug must cost one request, never the server
+            self.engine.counters["drop_internal_error"] += 1
+            log.exception("internal error on a request from %s", host)
+            return
+        if out is None:
+            return
+        if isinstance(out, Deferred):
+            asyncio.ensure_future(self._deferred(out, addr))
+            return
+        self.transport.sendto(out, addr)  # type: ignore[union-attr,arg-type]
+
+    async def _deferred(self, job: Deferred, addr: tuple) -> None:  # type: ignore[type-arg]
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self.executor, job.work)
+            out = job.finish(result, time.monotonic())
+        except Exception:
+            self.engine.counters["drop_internal_error"] += 1
+            log.exception("internal error finishing a request")
+            return
+        if out is not None and self.transport is not None:
+            self.transport.sendto(out, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("socket error: %s", exc)
+
+
+def bind_udp(address: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+        except OSError:
+            pass
+    sock.bind((address, port))
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_udp(
+    engine: Engine,
+    addresses: list[str],
+    auth_port: int,
+    acct_port: int,
+    *,
+    executor: Executor | None = None,
+    reuse_port: bool = False,
+) -> list[asyncio.DatagramTransport]:
+    loop = asyncio.get_running_loop()
+    transports = []
+    for address in addresses:
+        for port, handler in ((auth_port, engine.handle_auth), (acct_port, engine.handle_acct)):
+            sock = bind_udp(address, port, reuse_port=reuse_port)
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda h=handler: _Endpoint(h, engine, executor), sock=sock  # type: ignore[misc]
+            )
+            transports.append(transport)
+            log.info("listening on %s udp/%d (%s)", address, port,
+                     "authentication" if port == auth_port else "accounting")
+    return transports

@@ -1,0 +1,339 @@
+"""SQLite store in WAL mode; packet-path writes go through one writer thread in batches."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from nac.events import AccountingRecord, DecisionRecord
+
+log = logging.getLogger("nac.store")
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    mac TEXT PRIMARY KEY,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    segment TEXT,
+    vlan INTEGER,
+    reason TEXT,
+    registered_segment TEXT,
+    identity TEXT,
+    role TEXT,
+    last_nas TEXT,
+    last_port TEXT,
+    posture TEXT,
+    posture_at REAL
+);
+CREATE TABLE IF NOT EXISTS node_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    mac TEXT NOT NULL,
+    registered_segment TEXT,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    mac TEXT,
+    identity TEXT,
+    role TEXT,
+    nas TEXT,
+    nas_port TEXT,
+    method TEXT,
+    source TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    vlan INTEGER NOT NULL,
+    reasons TEXT NOT NULL,
+    remediation TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_mac ON decisions (mac, id);
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    nas TEXT NOT NULL,
+    acct_session_id TEXT NOT NULL,
+    mac TEXT,
+    user_name TEXT,
+    nas_port INTEGER,
+    nas_port_id TEXT,
+    framed_ip TEXT,
+    framed_ipv6_prefix TEXT,
+    started_at REAL,
+    updated_at REAL NOT NULL,
+    stopped_at REAL,
+    input_octets INTEGER,
+    output_octets INTEGER,
+    session_time INTEGER,
+    terminate_cause INTEGER,
+    UNIQUE (nas, acct_session_id)
+);
+CREATE INDEX IF NOT EXISTS sessions_mac ON sessions (mac, updated_at);
+CREATE INDEX IF NOT EXISTS sessions_ip ON sessions (framed_ip, updated_at);
+"""
+
+_NODE_UPSERT = """
+INSERT INTO nodes (mac, first_seen, last_seen, segment, vlan, reason, identity, role,
+                   last_nas, last_port, posture, posture_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (mac) DO UPDATE SET
+    last_seen = excluded.last_seen, segment = excluded.segment, vlan = excluded.vlan,
+    reason = excluded.reason, identity = COALESCE(excluded.identity, nodes.identity),
+    role = COALESCE(excluded.role, nodes.role), last_nas = excluded.last_nas,
+    last_port = excluded.last_port, posture = COALESCE(excluded.posture, nodes.posture),
+    posture_at = COALESCE(excluded.posture_at, nodes.posture_at)
+"""
+
+_DECISION_INSERT = """
+INSERT INTO decisions (at, mac, identity, role, nas, nas_port, method, source, segment, vlan,
+                       reasons, remediation)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+_ACCT_UPSERT = """
+INSERT INTO sessions (nas, acct_session_id, mac, user_name, nas_port, nas_port_id, framed_ip,
+                      framed_ipv6_prefix, started_at, updated_at, stopped_at, input_octets,
+                      output_octets, session_time, terminate_cause)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (nas, acct_session_id) DO UPDATE SET
+    mac = COALESCE(excluded.mac, sessions.mac),
+    user_name = COALESCE(excluded.user_name, sessions.user_name),
+    nas_port = COALESCE(excluded.nas_port, sessions.nas_port),
+    nas_port_id = COALESCE(excluded.nas_port_id, sessions.nas_port_id),
+    framed_ip = COALESCE(excluded.framed_ip, sessions.framed_ip),
+    framed_ipv6_prefix = COALESCE(excluded.framed_ipv6_prefix, sessions.framed_ipv6_prefix),
+    started_at = COALESCE(sessions.started_at, excluded.started_at),
+    updated_at = excluded.updated_at,
+    stopped_at = COALESCE(excluded.stopped_at, sessions.stopped_at),
+    input_octets = COALESCE(excluded.input_octets, sessions.input_octets),
+    output_octets = COALESCE(excluded.output_octets, sessions.output_octets),
+    session_time = COALESCE(excluded.session_time, sessions.session_time),
+    terminate_cause = COALESCE(excluded.terminate_cause, sessions.terminate_cause)
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class SqliteStore:
+    """Store on one SQLite file. Thread-safe: reads use a lock-guarded connection, packet
+    path writes are queued to a writer thread that commits them in batches."""
+
+    def __init__(self, path: Path, *, flush_interval: float = 0.05) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = connect(path)
+        self._lock = threading.Lock()
+        with self._conn:
+            self._conn.executescript(SCHEMA)
+            if self._conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
+                self._conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        self._pending: deque[tuple[str, object]] = deque()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stop = False
+        self._interval = flush_interval
+        self._writer: threading.Thread | None = None
+        self.write_errors = 0
+        self.last_write_error: str | None = None
+
+    # ---- packet-path writes -------------------------------------------------------------
+    def _ensure_writer(self) -> None:
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="store-writer",
+                                            daemon=True)
+            self._writer.start()
+
+    def record_decision(self, rec: DecisionRecord) -> None:
+        self._idle.clear()
+        self._pending.append(("decision", rec))
+        self._ensure_writer()
+
+    def record_accounting(self, rec: AccountingRecord) -> None:
+        self._idle.clear()
+        self._pending.append(("acct", rec))
+        self._ensure_writer()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every queued write is committed (tests, shutdown)."""
+        if self._writer is None:
+            return
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while self._pending or not self._idle.is_set():
+            if time.monotonic() > deadline:
+                raise TimeoutError("store writes still pending")
+            self._wake.set()
+            time.sleep(0.005)
+
+    def _write_loop(self) -> None:
+        conn = connect(self.path)
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if not self._pending:
+                self._idle.set()
+                if self._stop:
+                    break
+                continue
+            batch: list[tuple[str, object]] = []
+            try:
+                while len(batch) < 5000:
+                    batch.append(self._pending.popleft())
+            except IndexError:
+                pass
+            try:
+                self._commit(conn, batch)
+            except sqlite3.Error as exc:
+                # Keep the batch for a later try; an operator sees the reason once per kind.
+                self.write_errors += 1
+                if self.last_write_error != str(exc):
+                    log.error("store write failed, will retry: %s", exc)
+                self.last_write_error = str(exc)
+                self._pending.extendleft(reversed(batch))
+                time.sleep(0.5)
+                continue
+            self.last_write_error = None
+            if not self._pending:
+                self._idle.set()
+        conn.close()
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, batch: list[tuple[str, object]]) -> None:
+        decisions = []
+        nodes: dict[str, tuple[object, ...]] = {}  # one upsert per MAC per batch, last wins
+        accts = []
+        touches = []
+        for kind, rec in batch:
+            if kind == "decision":
+                d: DecisionRecord = rec  # type: ignore[assignment]
+                decisions.append((
+                    d.at, d.mac, d.identity, d.role, d.nas, d.nas_port, d.method, d.source,
+                    d.segment, d.vlan, json.dumps(list(d.reasons)),
+                    json.dumps(list(d.remediation)),
+                ))
+                if d.mac:
+                    posture = json.dumps(d.posture) if d.posture is not None else None
+                    nodes[d.mac] = (
+                        d.mac, d.at, d.at, d.segment, d.vlan,
+                        "; ".join(d.reasons), d.identity, d.role, d.nas, d.nas_port,
+                        posture, d.at if posture else None,
+                    )
+            else:
+                a: AccountingRecord = rec  # type: ignore[assignment]
+                started = a.at - (a.session_time or 0) if a.status == 1 else None
+                stopped = a.at if a.status == 2 else None
+                accts.append((
+                    a.nas, a.session_id, a.mac, a.user_name, a.nas_port, a.nas_port_id,
+                    a.framed_ip, a.framed_ipv6_prefix, started, a.at, stopped,
+                    a.input_octets, a.output_octets, a.session_time, a.terminate_cause,
+                ))
+                if a.mac:
+                    touches.append((a.at, a.mac))
+        with conn:
+            if decisions:
+                conn.executemany(_DECISION_INSERT, decisions)
+            if nodes:
+                conn.executemany(_NODE_UPSERT, list(nodes.values()))
+            if accts:
+                conn.executemany(_ACCT_UPSERT, accts)
+                conn.executemany("UPDATE nodes SET last_seen = MAX(last_seen, ?) WHERE mac = ?",
+                                 touches)
+
+    # ---- administrative -----------------------------------------------------------------
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._conn.execute(sql, args).fetchall()]
+
+    def register_node(self, mac: str, segment: str | None, reason: str) -> None:
+        now = time.time()
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT INTO nodes (mac, first_seen, last_seen, registered_segment, reason) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (mac) DO UPDATE SET "
+                "registered_segment = excluded.registered_segment",
+                (mac, now, now, segment, reason),
+            )
+            self._conn.execute(
+                "INSERT INTO node_changes (mac, registered_segment, at) VALUES (?, ?, ?)",
+                (mac, segment, now),
+            )
+
+    def registrations_since(self, seq: int) -> tuple[int, list[tuple[str, str | None]]]:
+        """Registrations changed after `seq` (seq 0: all of them) and the newest seq."""
+        if seq == 0:
+            rows = self._query(
+                "SELECT mac, registered_segment FROM nodes WHERE registered_segment IS NOT NULL"
+            )
+            top = self._query("SELECT COALESCE(MAX(seq), 0) AS s FROM node_changes")[0]["s"]
+            return top, [(r["mac"], r["registered_segment"]) for r in rows]
+        rows = self._query(
+            "SELECT seq, mac, registered_segment FROM node_changes WHERE seq > ? ORDER BY seq",
+            (seq,),
+        )
+        if not rows:
+            return seq, []
+        return rows[-1]["seq"], [(r["mac"], r["registered_segment"]) for r in rows]
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM nodes ORDER BY mac")
+
+    def get_node(self, mac: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM nodes WHERE mac = ?", (mac,))
+        return rows[0] if rows else None
+
+    def decisions_for(self, mac: str, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT * FROM decisions WHERE mac = ? ORDER BY id DESC LIMIT ?", (mac, limit)
+        )
+        for r in rows:
+            r["reasons"] = json.loads(r["reasons"])
+            r["remediation"] = json.loads(r["remediation"])
+        return rows
+
+    def count_decisions(self, mac: str | None = None) -> int:
+        if mac is None:
+            return int(self._query("SELECT COUNT(*) AS n FROM decisions")[0]["n"])
+        return int(self._query("SELECT COUNT(*) AS n FROM decisions WHERE mac = ?", (mac,))[0]["n"])
+
+    def sessions_for(self, mac: str, limit: int = 20) -> list[dict[str, Any]]:
+        return self._query(
+            "SELECT * FROM sessions WHERE mac = ? ORDER BY updated_at DESC LIMIT ?", (mac, limit)
+        )
+
+    def session_by_ip(self, address: str) -> dict[str, Any] | None:
+        rows = self._query(
+            "SELECT * FROM sessions WHERE framed_ip = ? ORDER BY updated_at DESC LIMIT 1",
+            (address,),
+        )
+        return rows[0] if rows else None
+
+    def healthy(self) -> bool:
+        try:
+            self._query("SELECT 1 AS ok")
+        except sqlite3.Error:
+            return False
+        return self.last_write_error is None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self.flush()
+            self._stop = True
+            self._wake.set()
+            self._writer.join(timeout=5)
+        self._conn.close()
