@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nac.posture.durations import parse_duration
 
 DEFAULT_REINSPECT_INTERVAL = 3600  # seconds; draft 9.5: re-inspect at least hourly
 
@@ -28,6 +30,9 @@ class Segment(BaseModel):
     filter_id: str | None = None
     role: str | None = None
     description: str = ""
+
+    # Policy files may write the interval as "1h"; the value stays seconds.
+    _interval_duration = field_validator("reinspect_interval", mode="before")(parse_duration)
 
     def vlan_for(self, group: str | None = None, vendor: str | None = None) -> int:
         """The VLAN ID on a switch of this group / vendor profile."""

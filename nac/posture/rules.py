@@ -1,0 +1,461 @@
+"""Policy rules: what each checks in the posture document and what a failure demands.
+
+Every rule has the same outcome vocabulary (after strongSwan's IMV recommendations):
+- "compliant": nothing to do;
+- "minor": the host goes to the rule's `segment` (default: the policy's minor segment,
+  quarantine), unless tolerated by `grace`;
+- "major": the host goes to the isolated segment.
+`on_fail` says which of minor/major a failure is; `on_unknown` what a posture section the
+agent could not collect ("unknown") counts as. Rules compile their patterns and version
+ranges once, when the policy is loaded, so that evaluating a posture is only lookups.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+)
+
+from nac.posture.durations import parse_duration
+
+Status = Literal["compliant", "minor", "major"]
+Severity = Literal["unknown", "low", "medium", "high", "critical"]
+COMPLIANT: Status = "compliant"
+MINOR: Status = "minor"
+MAJOR: Status = "major"
+UNKNOWN = "unknown"  # the posture's marker for "the collector could not tell"
+
+SEVERITY_RANK = {"unknown": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+Seconds = Annotated[int, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+class FindingLike(Protocol):
+    """What the vulnerabilities rule reads from nac.prevention.index.Finding."""
+
+    advisory_id: str
+    package: str
+    installed: str
+    fixed: str | None
+    severity: str
+    trust: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One rule's verdict on one posture; `status` None means the section was "unknown"."""
+
+    status: Status | None
+    reason: str
+
+
+class RuleBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = ""
+    description: str = ""
+    on_fail: Literal["minor", "major"] = MAJOR
+    on_unknown: Status = MINOR
+    segment: str | None = None
+    grace: Seconds | None = None
+    remediation: str = ""
+
+    def default_remediation(self) -> str:
+        return ""
+
+    def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
+        raise NotImplementedError
+
+    def _fail(self, reason: str) -> Outcome:
+        return Outcome(self.on_fail, reason)
+
+
+def _section(posture: dict[str, Any], key: str) -> Any:
+    """The section's value, or UNKNOWN when absent or marked unknown."""
+    value = posture.get(key, UNKNOWN)
+    return UNKNOWN if value is None else value
+
+
+class OsMatch(BaseModel):
+    """One allowed OS: every given field must match; `version` is a PEP 440 range."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: str | None = None
+    id: str | None = None
+    version: str | None = None
+    _spec: SpecifierSet | None = PrivateAttr(default=None)
+
+    @field_validator("version")
+    @classmethod
+    def _valid_range(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                SpecifierSet(value)
+            except InvalidSpecifier as exc:
+                raise ValueError(f"not a version range like '>=12' or '>=11,<14': {exc}") from exc
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        self._spec = SpecifierSet(self.version) if self.version else None
+
+    def matches(self, os_info: dict[str, Any]) -> bool:
+        if self.family is not None and os_info.get("family") != self.family:
+            return False
+        if self.id is not None and os_info.get("id") != self.id:
+            return False
+        if self._spec is None:
+            return True
+        try:
+            return Version(str(os_info.get("version_id", ""))) in self._spec
+        except InvalidVersion:
+            return False  # a version we cannot order is not in any range
+
+    def describe(self) -> str:
+        parts = [p for p in (self.family, self.id, self.version) if p]
+        return " ".join(parts) or "any"
+
+
+class OsRule(RuleBase):
+    """The OS must match one `allow` entry (family, os-release id, version range)."""
+
+    check_kind: Literal["os"] = Field("os", alias="check")
+    allow: list[OsMatch] = Field(min_length=1)
+
+    def default_remediation(self) -> str:
+        allowed = ", ".join(m.describe() for m in self.allow)
+        return f"Upgrade to a supported operating system ({allowed})."
+
+    def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
+        os_info = _section(posture, "os")
+        if not isinstance(os_info, dict):
+            return Outcome(None, "OS unknown")
+        if any(m.matches(os_info) for m in self.allow):
+            return Outcome(COMPLIANT, "")
+        shown = os_info.get("pretty_name") or f"{os_info.get('id')} {os_info.get('version_id')}"
+        return self._fail(f"operating system {shown} is not allowed")
+
+
+class SecuritySoftwareRule(RuleBase):
+    """One of `any_of` (empty: any product) must run, signatures younger than the max age."""
+
+    check_kind: Literal["security_software"] = Field("security_software", alias="check")
+    any_of: list[str] = Field(default_factory=list)
+    must_run: bool = True
+    max_signature_age: Seconds | None = None
+
+    def default_remediation(self) -> str:
+        names = " or ".join(self.any_of) or "anti-malware software"
+        return f"Install and start {names} and update its signatures."
+
+    def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
+        products = _section(posture, "security_software")
+        if not isinstance(products, list):
+            return Outcome(None, "security software unknown")
+        wanted = set(self.any_of)
+        candidates = [p for p in products if not wanted or p.get("name") in wanted]
+        if not candidates:
+            return self._fail(f"none of {', '.join(self.any_of) or 'any product'} installed")
+        if self.must_run:
+            candidates = [p for p in candidates if p.get("running")]
+            if not candidates:
+                return self._fail("security software installed but not running")
+        if self.max_signature_age is None:
+            return Outcome(COMPLIANT, "")
+        max_hours = self.max_signature_age / 3600
+        ages = [p.get("signature_age_hours") for p in candidates]
+        known = [a for a in ages if isinstance(a, int | float)]
+        if not known:
+            return Outcome(None, "signature age unknown")
+        if min(known) <= max_hours:
+            return Outcome(COMPLIANT, "")
+        return self._fail(f"signatures are {min(known):g} h old (at most {max_hours:g} h allowed)")
+
+
+class FirewallRule(RuleBase):
+    """The host firewall must be enabled (optionally one of the given backends)."""
+
+    check_kind: Literal["firewall"] = Field("firewall", alias="check")
+    backends: list[str] = Field(default_factory=list)
+
+    def default_remediation(self) -> str:
+        return "Enable the host firewall."
+
+    def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
+        fw = _section(posture, "firewall")
+        if not isinstance(fw, dict):
+            return Outcome(None, "firewall state unknown")
+        if not fw.get("enabled"):
+            return self._fail("host firewall is off")
+        if self.backends and fw.get("backend") not in self.backends:
+            return self._fail(f"firewall backend {fw.get('backend')!r} is not allowed")
+        return Outcome(COMPLIANT, "")
+
+
+class ForwardingRule(RuleBase):
+    """The host must not route between networks (draft 9.8): forwarding off, maybe no bridge."""
+
+    check_kind: Literal["forwarding"] = Field("forwarding", alias="check")
+    ipv4: bool = True
+    ipv6: bool = True
+    bridges: bool = False
+
+    def default_remediation(self) -> str:
+        return (
+            "Turn off IP forwarding (sysctl net.ipv4.ip_forward=0 and "
+            "net.ipv6.conf.all.forwarding=0) and stop routing or VPN software."
+        )
+
+    def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
+        fwd = _section(posture, "forwarding")
+        if not isinstance(fwd, dict):
+            return Outcome(None, "forwarding state unknown")
+        on = []
+        if self.ipv4 and fwd.get("ipv4") is not False:
+            on.append("IPv4" if fwd.get("ipv4") else "IPv4 (unknown)")
+        if self.ipv6 and fwd.get("ipv6") is not False:
+            on.append("IPv6" if fwd.get("ipv6") else "IPv6 (unknown)")
+        if self.bridges and fwd.get("bridges"):
+            on.append("bridges " + ", ".join(map(str, fwd["bridges"])))
+        if not on:
+            return Outcome(COMPLIANT, "")
+        if all("unknown" in item for item in on):
+            return Outcome(None, "forwarding state unknown")
+        return self._fail("forwarding on: " + ", ".join(on))
+
+
+def _purl_pattern(pattern: str) -> str:
+    if not pattern.startswith("pkg:"):
+        raise ValueError(f"{pattern!r} is not a purl pattern (must start with 'pkg:')")
+    return pattern
+
+
+PurlPattern = Annotated[str, AfterValidator(_purl_pattern)]
+
+
+def _compile_patterns(patterns: list[str]) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+    """Two regexes: patterns with a version ('@') match whole purls, the rest match names."""
+    full = [fnmatch.translate(p) for p in patterns if "@" in p]
+    name = [fnmatch.translate(p) for p in patterns if "@" not in p]
+    return (
+        re.compile("|".join(full)) if full else None,
+        re.compile("|".join(name)) if name else None,
+    )
+
+
+def _purl_of(pkg: dict[str, Any]) -> str:
+    purl = pkg.get("purl")
+    if isinstance(purl, str) and purl:
+        return purl
+    kind = {"dpkg": "deb", "rpm": "rpm", "apk": "apk"}.get(str(pkg.get("manager")), "generic")
+    return f"pkg:{kind}/{pkg.get('name')}@{pkg.get('version')}"
+
+
+class SoftwareRule(RuleBase):
+    """Allow and deny lists of installed software by purl pattern (shell-style * ? [...]).
+
+    A pattern without '@' matches any version ("pkg:deb/*/telnetd"); one with '@' is matched
+    against the whole purl. A denied package fails the rule (`on_fail`); with an `allow` list,
+    any package it does not match is unknown software and gets the `unknown` status.
+    """
+
+    check_kind: Literal["software"] = Field("software", alias="check")
+    deny: list[PurlPattern] = Field(default_factory=list)
+    allow: list[PurlPattern] = Field(default_factory=list)
+    unknown: Status = COMPLIANT
+    _deny_full: re.Pattern[str] | None = PrivateAttr(default=None)
+    _deny_name: re.Pattern[str] | None = PrivateAttr(default=None)
+    _allow_full: re.Pattern[str] | None = PrivateAttr(default=None)
+    _allow_name: re.Pattern[str] | None = PrivateAttr(default=None)
+    # purl -> "deny" / "unknown" / "" ; purls repeat across hosts, so 10,000 hosts with
+    # 2,000 packages each cost mostly dict lookups.
+    _cache: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, __context: Any) -> None:
+        self._deny_full, self._deny_name = _compile_patterns(self.deny)
+        self._allow_full, self._allow_name = _compile_patterns(self.allow)
+
+    def default_remediation(self) -> str:
+        return "Remove the software the site does not allow."
+
+    def _classify(self, purl: str) -> str:
+        verdict = self._cache.get(purl)
+        if verdict is not None:
+            return verdict
+        base = purl.split("@", 1)[0].split("?", 1)[0]
+        if (self._deny_full and self._deny_full.match(purl)) or (
+            self._deny_name and self._deny_name.match(base)
+        ):
+            verdict = "deny"
+        elif self.allow and not (
+            (self._allow_full and self._allow_full.match(purl))
+            or (self._allow_name and self._allow_name.match(base))
+        ):
+            verdict = "unknown"
+        else:
+            verdict = ""
+        if len(self._cache) > 500_000:  # bound memory on sites with very diverse hosts
+            self._cache.clear()
+        self._cache[purl] = verdict
+        return verdict
+
+    def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
+        packages = _section(posture, "packages")
+        if not isinstance(packages, list):
+            return Outcome(None, "installed software unknown")
+        denied: list[str] = []
+        unknown: list[str] = []
+        for pkg in packages:
+            if not isinstance(pkg, dict):
+                continue
+            purl = _purl_of(pkg)
+            verdict = self._classify(purl)
+            if verdict == "deny":
+                denied.append(purl)
+            elif verdict == "unknown":
+                unknown.append(purl)
+        if denied:
+            return self._fail("denied software installed: " + _some(denied))
+        if unknown and self.unknown != COMPLIANT:
+            return Outcome(self.unknown, "software not on the allow list: " + _some(unknown))
+        return Outcome(COMPLIANT, "")
+
+
+def _some(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+class VulnerabilitiesRule(RuleBase):
+    """No installed package may have an advisory at or above `min_severity` (prevention feeds).
+
+    Findings whose feed trust is not in `trust` (when given) are ignored, as are the
+    advisories in `ignore` (IDs or aliases: site-accepted risks). A severity the feed did not
+    give counts as `unknown_severity`.
+    """
+
+    check_kind: Literal["vulnerabilities"] = Field("vulnerabilities", alias="check")
+    min_severity: Literal["low", "medium", "high", "critical"] = "high"
+    unknown_severity: Severity = "medium"
+    trust: list[str] = Field(default_factory=list)
+    ignore: list[str] = Field(default_factory=list)
+    _min_rank: int = PrivateAttr(default=0)
+    _ignore: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def model_post_init(self, __context: Any) -> None:
+        self._min_rank = SEVERITY_RANK[self.min_severity]
+        self._ignore = frozenset(self.ignore)
+
+    def default_remediation(self) -> str:
+        return "Install the security updates for the listed packages (apt upgrade / dnf upgrade)."
+
+    def relevant(self, finding: FindingLike) -> bool:
+        severity = finding.severity if finding.severity in SEVERITY_RANK else UNKNOWN
+        if severity == UNKNOWN:
+            severity = self.unknown_severity
+        if SEVERITY_RANK[severity] < self._min_rank:
+            return False
+        if self.trust and finding.trust not in self.trust:
+            return False
+        if self._ignore and (
+            finding.advisory_id in self._ignore
+            or not self._ignore.isdisjoint(getattr(finding, "aliases", ()))
+        ):
+            return False
+        return True
+
+    def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
+        if not isinstance(_section(posture, "packages"), list):
+            return Outcome(None, "installed software unknown")
+        if findings is None:
+            return Outcome(COMPLIANT, "not checked: no prevention feeds loaded")
+        hits = [f for f in findings if self.relevant(f)]
+        if not hits:
+            return Outcome(COMPLIANT, "")
+        described = [
+            f"{f.package} {f.installed} ({f.advisory_id}, {f.severity}"
+            + (f", fixed in {f.fixed})" if f.fixed else ", no fix yet)")
+            for f in hits
+        ]
+        return self._fail(f"{len(hits)} vulnerable package(s): " + _some(described))
+
+
+class PendingUpdatesRule(RuleBase):
+    """At most `max_security` pending security updates (and `max_total` updates, if given)."""
+
+    check_kind: Literal["pending_updates"] = Field("pending_updates", alias="check")
+    max_security: int = Field(default=0, ge=0)
+    max_total: int | None = Field(default=None, ge=0)
+
+    def default_remediation(self) -> str:
+        return "Install the pending updates."
+
+    def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
+        pending = _section(posture, "pending_updates")
+        if not isinstance(pending, dict) or not isinstance(pending.get("security"), int):
+            return Outcome(None, "pending updates unknown")
+        security = pending["security"]
+        if security > self.max_security:
+            return self._fail(
+                f"{security} pending security update(s) (at most {self.max_security} allowed)"
+            )
+        total = pending.get("total")
+        if self.max_total is not None and isinstance(total, int) and total > self.max_total:
+            return self._fail(f"{total} pending update(s) (at most {self.max_total} allowed)")
+        return Outcome(COMPLIANT, "")
+
+
+class DefaultPasswordRule(RuleBase):
+    """The host must not keep a factory-default password (posture `factory_default_password`)."""
+
+    check_kind: Literal["default_password"] = Field("default_password", alias="check")
+
+    def default_remediation(self) -> str:
+        return "Change the factory-default password."
+
+    def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
+        value = posture.get("factory_default_password", UNKNOWN)
+        if not isinstance(value, bool):
+            return Outcome(None, "default password state unknown")
+        return self._fail("factory-default password in use") if value else Outcome(COMPLIANT, "")
+
+
+RULE_TYPES: tuple[type[RuleBase], ...] = (
+    OsRule,
+    SecuritySoftwareRule,
+    FirewallRule,
+    ForwardingRule,
+    SoftwareRule,
+    VulnerabilitiesRule,
+    PendingUpdatesRule,
+    DefaultPasswordRule,
+)
+RULE_KINDS = frozenset(
+    t.model_fields["check_kind"].default
+    for t in RULE_TYPES  # type: ignore[misc]
+)
+
+Rule = Annotated[
+    OsRule
+    | SecuritySoftwareRule
+    | FirewallRule
+    | ForwardingRule
+    | SoftwareRule
+    | VulnerabilitiesRule
+    | PendingUpdatesRule
+    | DefaultPasswordRule,
+    Field(discriminator="check_kind"),
+]

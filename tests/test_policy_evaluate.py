@@ -1,0 +1,231 @@
+"""Evaluating postures against policies: segments, VLANs, reasons, caps, grace, expiry."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nac.posture.evaluate import evaluate
+from nac.posture.policy import Policy, load_policy, loads_policy
+
+DATA = Path(__file__).parent / "data"
+NOW = 1_800_000_000.0
+HOUR = 3600.0
+
+
+def posture(name: str) -> dict[str, Any] | None:
+    return json.loads((DATA / "postures" / f"{name}.json").read_text())
+
+
+@dataclass(frozen=True)
+class FakeFinding:
+    """Same fields as nac.prevention.index.Finding."""
+
+    advisory_id: str
+    aliases: tuple[str, ...]
+    ecosystem: str
+    package: str
+    installed: str
+    fixed: str | None
+    severity: str
+    summary: str
+    source: str
+    trust: str
+
+
+class FakeIndex:
+    """Reports the given findings for any posture that has the package installed."""
+
+    def __init__(self, *findings: FakeFinding, epoch: int = 7) -> None:
+        self.epoch = epoch
+        self._findings = findings
+        self.calls = 0
+
+    def findings(self, posture: dict[str, Any]) -> list[FakeFinding]:
+        self.calls += 1
+        names = {p["name"] for p in posture.get("packages", [])}
+        return [f for f in self._findings if f.package in names]
+
+
+def finding(severity: str = "high", trust: str = "high", advisory: str = "DSA-1") -> FakeFinding:
+    return FakeFinding(
+        advisory, ("CVE-2026-0001",), "Debian:12", "openssl", "3.0.15-1~deb12u1",
+        "3.0.16-1~deb12u1", severity, "bad", "debian", trust,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sample() -> Policy:
+    return Policy.sample()
+
+
+@pytest.fixture(scope="module")
+def site() -> Policy:
+    return load_policy(DATA / "policy" / "site.toml")
+
+
+SAMPLE_CASES = [
+    ("debian12_compliant", "default", "normal", 30),
+    ("forwarding_ipv4", "default", "isolated", 20),
+    ("forwarding_ipv6", "default", "isolated", 20),
+    ("forwarding_unknown", "default", "quarantine", 10),
+    ("no_posture", "default", "quarantine", 10),
+    ("debian12_compliant", "guest", "quarantine", 10),
+    ("forwarding_ipv4", "guest", "isolated", 20),  # a cap never raises a host
+    ("old_signatures", "default", "normal", 30),  # the sample has no anti-virus rule
+]
+
+
+@pytest.mark.parametrize(("name", "role", "segment", "vlan"), SAMPLE_CASES)
+def test_sample_policy(sample: Policy, name: str, role: str, segment: str, vlan: int) -> None:
+    d = evaluate(sample, posture(name), role=role, index=FakeIndex(), now=NOW)
+    assert (d.segment, d.vlan) == (segment, vlan)
+    assert d.source == "posture"
+    assert d.expires == NOW + 3600
+    assert d.reasons
+
+
+SITE_CASES = [
+    ("debian12_compliant", "default", "normal", 30, None),
+    ("forwarding_ipv4", "default", "isolated", 20, "no-forwarding: forwarding on: IPv4"),
+    ("old_signatures", "default", "quarantine", 10, "antivirus: signatures are 200 h old"),
+    ("denied_telnetd", "default", "isolated", 20, "denied-software: denied software installed"),
+    ("firewall_off", "default", "quarantine", 10, "firewall: host firewall is off"),
+    ("debian10_old_os", "default", "isolated", 20, "supported-os: operating system Debian"),
+    ("no_posture", "staff", "quarantine", 10, "no posture reported"),
+    ("debian12_compliant", "guest", "quarantine", 10, "role 'guest' may reach at most"),
+    ("debian12_compliant", "contractor", "restricted", 40, "role 'contractor'"),
+]
+
+
+@pytest.mark.parametrize(("name", "role", "segment", "vlan", "reason"), SITE_CASES)
+def test_site_policy(
+    site: Policy, name: str, role: str, segment: str, vlan: int, reason: str | None
+) -> None:
+    d = evaluate(site, posture(name), role=role, index=FakeIndex(), now=NOW)
+    assert (d.segment, d.vlan) == (segment, vlan)
+    if reason:
+        assert any(r.startswith(reason) for r in d.reasons), d.reasons
+    if segment in ("isolated", "quarantine") and name != "debian12_compliant":
+        assert d.remediation, "a non-compliant host is told what to do"
+
+
+def test_remediation_names_servers_and_rule_text(site: Policy) -> None:
+    d = evaluate(site, posture("forwarding_ipv4"), role="default", index=None, now=NOW)
+    assert d.remediation[0].startswith("Turn off IP forwarding")
+    assert d.remediation[-1] == "Remediation servers: updates.example.org, av.example.org"
+    d = evaluate(site, posture("old_signatures"), role="default", index=None, now=NOW)
+    assert d.remediation == ("Update the anti-virus signatures (freshclam).",)
+
+
+def test_expiry_is_the_segment_interval(site: Policy) -> None:
+    assert (
+        evaluate(site, posture("forwarding_ipv4"), role="default", index=None, now=NOW).expires
+        == NOW + 900
+    )
+    assert (
+        evaluate(site, posture("debian12_compliant"), role="default", index=None, now=NOW).expires
+        == NOW + 3600
+    )
+
+
+def test_vlan_overrides_per_switch_group_and_vendor(site: Policy) -> None:
+    p = posture("debian12_compliant")
+    assert (
+        evaluate(site, p, role="default", index=None, now=NOW, nas_group="core-switches").vlan
+        == 130
+    )
+    assert evaluate(site, None, role="default", index=None, now=NOW, vendor="aruba").vlan == 210
+    assert evaluate(site, None, role="default", index=None, now=NOW, nas_group="edge").vlan == 10
+
+
+def test_vulnerable_package_by_severity_and_trust(sample: Policy) -> None:
+    p = posture("debian12_compliant")
+    d = evaluate(sample, p, role="default", index=FakeIndex(finding("medium")), now=NOW)
+    assert (d.segment, d.vlan) == ("isolated", 20)
+    assert "openssl 3.0.15-1~deb12u1 (DSA-1, medium, fixed in 3.0.16-1~deb12u1)" in d.reasons[0]
+    assert d.extra["feed_epoch"] == "7"
+    d = evaluate(sample, p, role="default", index=FakeIndex(finding("low")), now=NOW)
+    assert d.segment == "normal"
+    # Trust filter and ignore list, on a policy derived from the sample.
+    text = (
+        Policy.sample()
+        .to_toml()
+        .replace(
+            'min_severity = "medium"',
+            'min_severity = "medium"\ntrust = ["high"]\nignore = ["CVE-2026-0001"]',
+        )
+    )
+    strict = loads_policy(text)
+    assert (
+        evaluate(strict, p, role="default", index=FakeIndex(finding(trust="low")), now=NOW).segment
+        == "normal"
+    )
+    assert (
+        evaluate(strict, p, role="default", index=FakeIndex(finding()), now=NOW).segment == "normal"
+    )
+
+
+def test_no_index_is_said_not_hidden(sample: Policy) -> None:
+    d = evaluate(sample, posture("debian12_compliant"), role="default", index=None, now=NOW)
+    assert d.segment == "normal"
+    assert "no-vulnerable-packages: not checked: no prevention feeds loaded" in d.reasons
+
+
+def test_grace_tolerates_a_minor_failure_then_expires(site: Policy) -> None:
+    p = posture("pending_security")
+    d = evaluate(site, p, role="default", index=None, now=NOW)
+    assert d.segment == "normal"
+    assert "tolerated until" in d.reasons[0]
+    first = float(d.extra["first_seen.security-updates"])
+    assert first == NOW
+    later = NOW + 71 * HOUR
+    d = evaluate(
+        site, p, role="default", index=None, now=later, first_seen={"security-updates": first}
+    )
+    assert d.segment == "normal"
+    assert d.expires == NOW + 72 * HOUR  # re-inspect right when the grace ends
+    d = evaluate(
+        site,
+        p,
+        role="default",
+        index=None,
+        now=NOW + 73 * HOUR,
+        first_seen={"security-updates": first},
+    )
+    assert (d.segment, d.vlan) == ("restricted", 40)  # the rule's own minor segment
+
+
+def test_require_posture_false_lets_role_decide(sample: Policy) -> None:
+    relaxed = loads_policy(
+        Policy.sample().to_toml().replace("require_posture = true", "require_posture = false")
+    )
+    assert evaluate(relaxed, None, role="default", index=None, now=NOW).segment == "normal"
+    assert evaluate(relaxed, None, role="guest", index=None, now=NOW).segment == "quarantine"
+
+
+def test_unsupported_schema_is_no_posture(sample: Policy) -> None:
+    p = copy.deepcopy(posture("debian12_compliant"))
+    assert p is not None
+    p["schema"] = 99
+    d = evaluate(sample, p, role="default", index=None, now=NOW)
+    assert d.segment == "quarantine"
+    assert "unsupported posture schema 99" in d.reasons[0]
+
+
+def test_index_consulted_once_per_evaluation(sample: Policy) -> None:
+    index = FakeIndex()
+    evaluate(sample, posture("debian12_compliant"), role="default", index=index, now=NOW)
+    assert index.calls == 1
+    no_feeds = loads_policy(
+        (DATA / "policy" / "bad" / "duplicate_rule_names.toml")
+        .read_text()
+        .rsplit("[[rules]]", 1)[0]
+    )
+    evaluate(no_feeds, posture("debian12_compliant"), role="default", index=index, now=NOW)
+    assert index.calls == 1  # a policy without a vulnerabilities rule never asks
