@@ -52,7 +52,7 @@ class FakeIndex:
         return [f for f in self._findings if f.package in names]
 
 
-def finding(severity: str = "high", trust: str = "high", advisory: str = "DSA-1") -> FakeFinding:
+def finding(severity: str = "high", trust: str = "vendor", advisory: str = "DSA-1") -> FakeFinding:
     return FakeFinding(
         advisory, ("CVE-2026-0001",), "Debian:12", "openssl", "3.0.15-1~deb12u1",
         "3.0.16-1~deb12u1", severity, "bad", "debian", trust,
@@ -152,22 +152,18 @@ def test_vulnerable_package_by_severity_and_trust(sample: Policy) -> None:
     assert d.extra["feed_epoch"] == "7"
     d = evaluate(sample, p, role="default", index=FakeIndex(finding("low")), now=NOW)
     assert d.segment == "normal"
-    # Trust filter and ignore list, on a policy derived from the sample.
-    text = (
-        Policy.sample()
-        .to_toml()
-        .replace(
-            'min_severity = "medium"',
-            'min_severity = "medium"\ntrust = ["high"]\nignore = ["CVE-2026-0001"]',
-        )
+    # Trust filter and ignore list, on policies derived from the sample.
+    vendor_only = loads_policy(
+        Policy.sample().to_toml().replace('min_trust = "community"', 'min_trust = "vendor"')
     )
-    strict = loads_policy(text)
-    assert (
-        evaluate(strict, p, role="default", index=FakeIndex(finding(trust="low")), now=NOW).segment
-        == "normal"
+    for trust, segment in [("community", "normal"), ("vendor", "isolated"), ("local", "isolated")]:
+        index = FakeIndex(finding(trust=trust))
+        assert evaluate(vendor_only, p, role="default", index=index, now=NOW).segment == segment
+    accepted = loads_policy(
+        Policy.sample().to_toml().replace('min_trust = "community"', 'ignore = ["CVE-2026-0001"]')
     )
-    assert (
-        evaluate(strict, p, role="default", index=FakeIndex(finding()), now=NOW).segment == "normal"
+    assert evaluate(accepted, p, role="default", index=FakeIndex(finding()), now=NOW).segment == (
+        "normal"
     )
 
 

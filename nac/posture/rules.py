@@ -40,6 +40,9 @@ MAJOR: Status = "major"
 UNKNOWN = "unknown"  # the posture's marker for "the collector could not tell"
 
 SEVERITY_RANK = {"unknown": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
+# Feed trust levels of nac.prevention (a source's `trust`), least trusted first.
+TRUST_RANK = {"community": 0, "vendor": 1, "local": 2}
+Trust = Literal["community", "vendor", "local"]
 Seconds = Annotated[int, BeforeValidator(parse_duration), Field(ge=0)]
 
 
@@ -342,21 +345,23 @@ def _some(items: list[str], limit: int = 5) -> str:
 class VulnerabilitiesRule(RuleBase):
     """No installed package may have an advisory at or above `min_severity` (prevention feeds).
 
-    Findings whose feed trust is not in `trust` (when given) are ignored, as are the
-    advisories in `ignore` (IDs or aliases: site-accepted risks). A severity the feed did not
-    give counts as `unknown_severity`.
+    Findings from feeds less trusted than `min_trust` (community < vendor < local) are
+    ignored, as are the advisories in `ignore` (IDs or aliases: site-accepted risks). A
+    severity the feed did not give counts as `unknown_severity`.
     """
 
     check_kind: Literal["vulnerabilities"] = Field("vulnerabilities", alias="check")
     min_severity: Literal["low", "medium", "high", "critical"] = "high"
     unknown_severity: Severity = "medium"
-    trust: list[str] = Field(default_factory=list)
+    min_trust: Trust = "community"
     ignore: list[str] = Field(default_factory=list)
     _min_rank: int = PrivateAttr(default=0)
+    _min_trust: int = PrivateAttr(default=0)
     _ignore: frozenset[str] = PrivateAttr(default=frozenset())
 
     def model_post_init(self, __context: Any) -> None:
         self._min_rank = SEVERITY_RANK[self.min_severity]
+        self._min_trust = TRUST_RANK[self.min_trust]
         self._ignore = frozenset(self.ignore)
 
     def default_remediation(self) -> str:
@@ -368,8 +373,8 @@ class VulnerabilitiesRule(RuleBase):
             severity = self.unknown_severity
         if SEVERITY_RANK[severity] < self._min_rank:
             return False
-        if self.trust and finding.trust not in self.trust:
-            return False
+        if TRUST_RANK.get(finding.trust, -1) < self._min_trust:
+            return False  # a trust level we do not know counts as below community
         if self._ignore and (
             finding.advisory_id in self._ignore
             or not self._ignore.isdisjoint(getattr(finding, "aliases", ()))
