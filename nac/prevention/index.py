@@ -1,0 +1,390 @@
+"""The in-memory vulnerability index the posture evaluator asks: which advisories hit a host.
+
+Built once per cache epoch. Lookups are keyed by (ecosystem, release, package) and verdicts are
+memoised per (ecosystem, release, package, version): a fleet runs few distinct package versions,
+so re-evaluating thousands of nodes costs mostly set intersections done in C.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from operator import methodcaller
+from pathlib import Path
+from typing import Any
+
+from univers.versions import Version
+
+from nac.prevention import cache
+from nac.prevention.ecosystems import (
+    DISTROS,
+    NPM,
+    PYPI,
+    RPM_FAMILY,
+    VERSION_CLASSES,
+    UnsupportedVersion,
+    host_release,
+    normalize_name,
+    parse_semver,
+    parse_version,
+    split_ecosystem,
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    advisory_id: str
+    aliases: tuple[str, ...]
+    ecosystem: str
+    package: str  # the matched package name (source or binary)
+    installed: str
+    fixed: str | None
+    severity: str  # "critical"|"high"|"medium"|"low"|"unknown"
+    summary: str
+    source: str
+    trust: str
+
+
+# When two sources carry the same advisory id, the finding names the most trusted one: the
+# operator's own ("local") overrides a vendor, which overrides a community feed.
+_TRUST_ORDER = {"local": 0, "vendor": 1, "community": 2}
+
+DISTRO_MANAGERS = frozenset({"dpkg", "rpm", "apk"})
+_LANG_MANAGERS = {"pip": PYPI, "pypi": PYPI, "npm": NPM}
+_PURL_TYPES = {"pypi": PYPI, "npm": NPM}
+
+# (lo, hi, hi_inclusive, fixed): lo None = from the beginning, hi None = no known end.
+_Interval = tuple[Version | None, Version | None, bool, str | None]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    advisory_id: str
+    aliases: tuple[str, ...]
+    ecosystem: str  # as the advisory spells it, e.g. "Debian:12"
+    severity: str
+    summary: str
+    source: str
+    trust: str
+    intervals: tuple[_Interval, ...]  # in the ecosystem's own order
+    semver_intervals: tuple[_Interval, ...]  # OSV "SEMVER" ranges
+    versions: frozenset[str]  # explicitly listed affected versions
+
+
+def _intervals(events: list[Any], parse: Any) -> tuple[_Interval, ...]:
+    """OSV events -> affected intervals, following the spec's sorted-events evaluation."""
+    parsed: list[tuple[Version | None, int, str, str]] = []
+    for ev in events:
+        if not isinstance(ev, dict) or len(ev) != 1:
+            continue
+        ((kind, text),) = ev.items()
+        text = str(text)
+        if kind == "introduced" and text == "0":
+            parsed.append((None, 0, kind, text))
+        elif kind in ("introduced", "fixed", "last_affected", "limit"):
+            parsed.append((parse(text), 1, kind, text))
+    # "0" sorts first; at equal versions a fix closes before an introduction reopens.
+    order = {"fixed": 0, "limit": 0, "last_affected": 1, "introduced": 2}
+    ordered = sorted(
+        parsed,
+        key=lambda p: (p[1], _Sortable(p[0]), order[p[2]]),
+    )
+    out: list[_Interval] = []
+    start: Version | None = None
+    open_ = False
+    for ver, _, kind, text in ordered:
+        if kind == "introduced":
+            if not open_:
+                start, open_ = ver, True
+        elif open_:
+            if kind == "fixed":
+                out.append((start, ver, False, text))
+            elif kind == "last_affected":
+                out.append((start, ver, True, None))
+            else:  # limit
+                out.append((start, ver, False, None))
+            open_ = False
+    if open_:
+        out.append((start, None, False, None))
+    return tuple(out)
+
+
+class _Sortable:
+    """Wrap a Version (or None = lowest) so sorted() uses univers' order."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v: Version | None) -> None:
+        self.v = v
+
+    def __lt__(self, other: _Sortable) -> bool:
+        if self.v is None:
+            return other.v is not None
+        if other.v is None:
+            return False
+        return bool(self.v < other.v)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Sortable) and (
+            (self.v is None and other.v is None)
+            or (self.v is not None and other.v is not None and self.v == other.v)
+        )
+
+
+def _hit(intervals: tuple[_Interval, ...], v: Version) -> tuple[bool, str | None]:
+    for lo, hi, incl, fixed in intervals:
+        if lo is not None and v < lo:
+            continue
+        if hi is None or v < hi or (incl and v == hi):
+            return True, fixed
+    return False, None
+
+
+_GET_NAME = methodcaller("get", "name")
+_GET_SOURCE = methodcaller("get", "source")
+_GET_MANAGER = methodcaller("get", "manager")
+
+_Key = tuple[str, str, str]  # (base ecosystem, release or "", package name)
+
+
+class VulnIndex:
+    """Advisories of one cache epoch, ready to match posture documents."""
+
+    def __init__(self, epoch: int, entries: dict[_Key, list[_Entry]], skipped: int = 0) -> None:
+        self.epoch = epoch
+        self.skipped = skipped  # affected entries we cannot evaluate (unknown ecosystem/version)
+        self._by_key = entries
+        self._names = {k[2] for k in entries}
+        by_adv: dict[str, set[str]] = {}
+        for (_, _, name), lst in entries.items():
+            for e in lst:
+                by_adv.setdefault(e.advisory_id, set()).add(name)
+        self._by_advisory = by_adv
+        self._verdicts: dict[tuple[str, str, str, str], tuple[Finding, ...]] = {}
+
+    @property
+    def advisory_count(self) -> int:
+        return len(self._by_advisory)
+
+    def affected_sources(self, advisory_ids: Iterable[str]) -> set[str]:
+        """Package names (source packages for distributions) the advisories touch.
+
+        Withdrawn advisories are gone from the index; SyncReport.changed_packages covers them.
+        """
+        out: set[str] = set()
+        for adv in advisory_ids:
+            out |= self._by_advisory.get(adv, set())
+        return out
+
+    def findings(self, posture: dict[str, Any]) -> list[Finding]:
+        pkgs = posture.get("packages")
+        if not isinstance(pkgs, list) or not pkgs:
+            return []
+        try:
+            names = list(map(_GET_NAME, pkgs))
+            sources = list(map(_GET_SOURCE, pkgs))
+            managers = set(map(_GET_MANAGER, pkgs))
+        except AttributeError:  # a non-object in the list: drop it, keep the rest
+            pkgs = [p for p in pkgs if isinstance(p, dict)]
+            names = list(map(_GET_NAME, pkgs))
+            sources = list(map(_GET_SOURCE, pkgs))
+            managers = set(map(_GET_MANAGER, pkgs))
+        # Fast reject in C: most installed packages have no advisory at all.
+        hits = self._names.intersection(names)
+        hits.update(self._names.intersection(sources))
+        # Language packages need name normalisation first (PEP 503), so they always go through.
+        lang = not managers <= DISTRO_MANAGERS
+        if not hits and not lang:
+            return []
+        host = host_release(posture.get("os"))
+        out: list[Finding] = []
+        seen: set[tuple[str, str, str]] = set()
+        for pkg, name, source in zip(pkgs, names, sources, strict=True):
+            if (
+                name in hits
+                or source in hits
+                or (lang and pkg.get("manager") not in DISTRO_MANAGERS)
+            ):
+                for f in self._package_findings(host, pkg):
+                    key = (f.advisory_id, f.package, f.installed)
+                    if key not in seen:
+                        seen.add(key)
+                        out.append(f)
+        return out
+
+    def _package_findings(self, host: tuple[str, str] | None, pkg: dict[str, Any]) -> list[Finding]:
+        manager = pkg.get("manager")
+        name = pkg.get("name")
+        if not isinstance(name, str):
+            return []
+        if manager in DISTRO_MANAGERS:
+            if host is None:
+                return []  # unknown release: a Debian 12 advisory cannot be applied safely
+            base, release = host
+            if base in RPM_FAMILY:
+                keys = {name}
+                if isinstance(pkg.get("source"), str) and pkg["source"]:
+                    keys.add(pkg["source"])
+                version = pkg.get("version")
+            else:
+                # Debian/Ubuntu/Alpine advisories name the source package and its version.
+                keys = {pkg.get("source") or name}
+                version = pkg.get("source_version") or pkg.get("version")
+        else:
+            base = _language_ecosystem(pkg)
+            if base is None:
+                return []
+            release = ""
+            keys = {normalize_name(base, name)}
+            version = pkg.get("version")
+        if not isinstance(version, str) or not version:
+            return []
+        out: list[Finding] = []
+        for key in keys:
+            out.extend(self._verdict(base, release, key, version))
+        return out
+
+    def _verdict(self, base: str, release: str, name: str, version: str) -> tuple[Finding, ...]:
+        vkey = (base, release, name, version)
+        cached = self._verdicts.get(vkey)
+        if cached is not None:
+            return cached
+        entries = list(self._by_key.get((base, release, name), ()))
+        if release:
+            entries += self._by_key.get((base, "", name), ())
+        best: dict[str, tuple[int, Finding]] = {}
+        try:
+            parsed: Version | None = parse_version(base, version)
+        except UnsupportedVersion:
+            parsed = None  # only explicit version lists can still match
+        for e in entries:
+            hit, fixed = version in e.versions, None
+            if not hit and parsed is not None and e.intervals:
+                hit, fixed = _hit(e.intervals, parsed)
+            if not hit and e.semver_intervals:
+                try:
+                    hit, fixed = _hit(e.semver_intervals, parse_semver(version))
+                except UnsupportedVersion:
+                    pass
+            if not hit:
+                continue
+            rank = _TRUST_ORDER.get(e.trust, 9)
+            prev = best.get(e.advisory_id)
+            if prev is None or rank < prev[0]:
+                best[e.advisory_id] = (
+                    rank,
+                    Finding(
+                        advisory_id=e.advisory_id,
+                        aliases=e.aliases,
+                        ecosystem=e.ecosystem,
+                        package=name,
+                        installed=version,
+                        fixed=fixed,
+                        severity=e.severity,
+                        summary=e.summary,
+                        source=e.source,
+                        trust=e.trust,
+                    ),
+                )
+        result = tuple(f for _, f in sorted(best.values(), key=lambda rf: rf[1].advisory_id))
+        self._verdicts[vkey] = result
+        return result
+
+
+def _language_ecosystem(pkg: dict[str, Any]) -> str | None:
+    manager = pkg.get("manager")
+    if isinstance(manager, str) and manager.lower() in _LANG_MANAGERS:
+        return _LANG_MANAGERS[manager.lower()]
+    purl = pkg.get("purl")
+    if isinstance(purl, str) and purl.startswith("pkg:"):
+        ptype = purl[4:].split("/", 1)[0].lower()
+        return _PURL_TYPES.get(ptype)
+    return None
+
+
+def build_entry(row: tuple[Any, ...]) -> tuple[_Key, _Entry] | None:
+    """One joined cache row -> index key and entry, or None if we cannot evaluate it."""
+    (
+        adv_id,
+        aliases,
+        severity,
+        summary,
+        source,
+        trust,
+        ecosystem,
+        package,
+        ranges_json,
+        versions_json,
+    ) = row
+    base, release = split_ecosystem(ecosystem)
+    if base not in VERSION_CLASSES:
+        return None
+    ranges = json.loads(ranges_json)
+    intervals: list[_Interval] = []
+    semver: list[_Interval] = []
+    for r in ranges:
+        rtype = r.get("type")
+        try:
+            if rtype == "ECOSYSTEM":
+                intervals.extend(_intervals(r["events"], lambda s, b=base: parse_version(b, s)))
+            elif rtype == "SEMVER":
+                semver.extend(_intervals(r["events"], parse_semver))
+        except UnsupportedVersion:
+            continue  # one bad bound must not hide the advisory's other ranges
+        # GIT ranges need commit history we do not have; the versions list covers them.
+    versions = frozenset(json.loads(versions_json))
+    if not intervals and not semver and not versions:
+        return None
+    entry = _Entry(
+        advisory_id=adv_id,
+        aliases=tuple(json.loads(aliases)),
+        ecosystem=ecosystem,
+        severity=severity,
+        summary=summary,
+        source=source,
+        trust=trust,
+        intervals=tuple(intervals),
+        semver_intervals=tuple(semver),
+        versions=versions,
+    )
+    name = normalize_name(base, package)
+    if base not in DISTROS:
+        release = ""
+    return (base, release, name), entry
+
+
+_QUERY = """
+SELECT a.id, a.aliases, a.severity, a.summary, a.source, s.trust,
+       f.ecosystem, f.package, f.ranges, f.versions
+FROM advisories a
+JOIN affected f ON f.source = a.source AND f.advisory_id = a.id
+JOIN feed_sources s ON s.name = a.source
+WHERE a.withdrawn IS NULL
+"""
+
+
+def load_index(db_path: Path) -> VulnIndex:
+    """Build an in-memory index from the cache (read in one consistent snapshot)."""
+    conn = cache.connect(db_path)
+    try:
+        with conn:  # one transaction: epoch and rows agree even if a sync runs meanwhile
+            conn.execute("BEGIN")
+            epoch = cache.get_epoch(conn)
+            rows = conn.execute(_QUERY).fetchall()
+    finally:
+        conn.close()
+    return index_from_rows(epoch, rows)
+
+
+def index_from_rows(epoch: int, rows: Iterable[Any]) -> VulnIndex:
+    entries: dict[_Key, list[_Entry]] = {}
+    skipped = 0
+    for row in rows:
+        built = build_entry(tuple(row))
+        if built is None:
+            skipped += 1
+            continue
+        key, entry = built
+        entries.setdefault(key, []).append(entry)
+    return VulnIndex(epoch, entries, skipped)
