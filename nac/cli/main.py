@@ -8,9 +8,11 @@ import click
 
 # Each module defines register(cli: click.Group) -> None.
 COMMAND_MODULES = [
+    "nac.cli.policy",
     "nac.cli.serve",
     "nac.cli.nodes",
     "nac.cli.config_cmd",
+    "nac.cli.pki",
 ]
 
 

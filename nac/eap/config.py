@@ -1,0 +1,38 @@
+"""EAP service settings; validated so a bad file names the offending key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Outer method names, in the order we prefer them when the default is not allowed.
+OUTER_METHODS = ("peap", "ttls", "tls", "mschapv2", "md5")
+# Inner (tunneled) method names, as "outer/inner" in EapResult.method.
+INNER_METHODS = ("peap/mschapv2", "ttls/pap", "ttls/mschapv2", "ttls/eap-mschapv2")
+
+
+class EapConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    idle_timeout: float = Field(30.0, gt=0)
+    max_conversations: int = Field(10000, ge=1)
+    max_bytes_per_conversation: int = Field(256 * 1024, ge=1024)
+    # Largest EAP packet we send (header included); the NAS/peer MTU bounds it.
+    fragment_size: int = Field(1020, ge=64, le=65535)
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    tls_max_version: Literal["1.2", "1.3"] = "1.3"
+    tls_resumption: bool = True
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    crl_file: Path | None = None
+    # EAP-TLS: a certificate alone authenticates; True also demands a local account.
+    tls_require_account: bool = False
+    methods: list[str] = Field(default_factory=lambda: list(OUTER_METHODS))
+    inner_methods: list[str] = Field(default_factory=lambda: list(INNER_METHODS))
+    realm_methods: dict[str, list[str]] = Field(default_factory=dict)
+    nas_group_methods: dict[str, list[str]] = Field(default_factory=dict)
+    default_method: str = "peap"
+    server_name: str = "nac"  # MSCHAPv2 authenticator name

@@ -1,0 +1,47 @@
+"""A small EAP server run inside a PEAP or TTLS tunnel: inner Identity, then one method.
+
+The tunnel authenticates the inner identity, so the account is looked up by that name and
+the outer (often anonymous) identity is ignored."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from nac.eap import packet
+from nac.eap.methods.base import Method, MethodEnv, Step, fail, request
+from nac.eap.methods.mschapv2 import MschapV2Method
+
+
+class InnerEap:
+    def __init__(self, env: MethodEnv, outer: str) -> None:
+        self.env = env
+        self.outer = outer
+        self.identity: str | None = None
+        self.method: Method | None = None
+
+    def start(self, ident: int) -> bytes:
+        """The full inner EAP-Request/Identity packet."""
+        return packet.request(ident, packet.IDENTITY)
+
+    def process(self, ident: int, pkt: packet.EapPacket) -> Step:
+        """Handle an inner Response; a "request" Step carries the full next inner packet,
+        sent with identifier `ident`."""
+        if pkt.code != packet.RESPONSE:
+            return fail(f"{self.outer}: inner packet is not a Response")
+        if self.method is None:
+            if pkt.type != packet.IDENTITY:
+                return fail(f"{self.outer}: expected inner Identity")
+            self.identity = pkt.data.decode("utf-8", "replace").strip("\x00")
+            full = f"{self.outer}/mschapv2" if self.outer == "peap" else "ttls/eap-mschapv2"
+            if not self.env.inner_allowed(full):
+                return fail(f"{full} is not allowed")
+            self.method = MschapV2Method(replace(self.env, identity=self.identity), full_name=full)
+            return request(packet.request(ident, self.method.type, self.method.start(ident)))
+        if pkt.type == packet.NAK:
+            return fail(f"{self.outer}: peer refused inner EAP-MSCHAPv2")
+        if pkt.type != self.method.type:
+            return fail(f"{self.outer}: inner type {pkt.type} does not answer the request")
+        step = self.method.process(ident, pkt.data)
+        if step.kind == "request":
+            return request(packet.request(ident, self.method.type, step.data))
+        return step

@@ -1,0 +1,1 @@
+"""One module per EAP method, all behind nac.eap.methods.base.Method."""

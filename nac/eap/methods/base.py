@@ -1,0 +1,80 @@
+"""The one interface every EAP method implements (after hostapd's eap_server method table).
+
+A method sees only type-data: the service owns codes, identifiers and RADIUS State.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from nac.accounts import Account, SecretBox
+from nac.eap.config import EapConfig
+
+if TYPE_CHECKING:
+    from nac.eap.tls_engine import TlsContexts
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A successful authentication."""
+
+    identity: str
+    role: str
+    method: str
+    msk: bytes | None = None  # 64 octets when the method derives keys
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    kind: Literal["request", "success", "failure"]
+    data: bytes = b""  # type-data of the next Request
+    outcome: Outcome | None = None
+    reason: str = ""
+
+
+def request(data: bytes) -> Step:
+    return Step("request", data)
+
+
+def fail(reason: str) -> Step:
+    return Step("failure", reason=reason)
+
+
+@dataclass(slots=True)
+class MethodEnv:
+    """What a method may consult: never I/O, only lookups the caller provided."""
+
+    config: EapConfig
+    lookup: Callable[[str], Account | None]
+    box: SecretBox | None
+    identity: str  # the EAP-Response/Identity (outer identity)
+    tls: TlsContexts | None = None
+    inner_allowed: Callable[[str], bool] = field(default=lambda _name: True)
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    type: ClassVar[int]
+
+    def __init__(self, env: MethodEnv) -> None:
+        self.env = env
+
+    @abstractmethod
+    def start(self, ident: int) -> bytes:
+        """Type-data of the first Request, sent with EAP identifier `ident`."""
+
+    @abstractmethod
+    def process(self, ident: int, data: bytes) -> Step:
+        """Handle the type-data of a Response to the Request sent with `ident`."""
+
+
+def account_permits(account: Account | None, method: str) -> bool:
+    """Account.methods lists outer names ("peap"), full names ("ttls/pap") or inner names
+    ("pap"); empty means every method the account holds keys for."""
+    if account is None or not account.methods:
+        return True
+    parts = method.split("/")
+    return method in account.methods or any(p in account.methods for p in parts)

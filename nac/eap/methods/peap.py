@@ -1,0 +1,104 @@
+"""PEAPv0 (draft-kamath-pppext-peapv0) with EAP-MSCHAPv2 inside.
+
+Inner packets travel without their 4-octet EAP header, except EAP-TLV (type 33), which the
+server uses to report the result (Result TLV) before the outer EAP-Success. Crypto binding is
+optional for wpa_supplicant and not offered, so the MSK is the TLS key material."""
+
+from __future__ import annotations
+
+import struct
+
+from nac.eap import packet
+from nac.eap.inner import InnerEap
+from nac.eap.methods.base import MethodEnv, Outcome, Step, fail
+from nac.eap.methods.tlsbase import TlsMethodBase
+
+RESULT_TLV = 3
+RESULT_SUCCESS, RESULT_FAILURE = 1, 2
+
+
+def result_tlv(ident: int, status: int) -> bytes:
+    # Mandatory bit | Result TLV, length 2, status.
+    return packet.request(ident, packet.TLV, struct.pack("!HHH", 0x8000 | RESULT_TLV, 2, status))
+
+
+def parse_result(data: bytes) -> int | None:
+    pos = 0
+    while pos + 4 <= len(data):
+        tlv_type, length = struct.unpack_from("!HH", data, pos)
+        value = data[pos + 4 : pos + 4 + length]
+        if tlv_type & 0x3FFF == RESULT_TLV and len(value) == 2:
+            return int(struct.unpack("!H", value)[0])
+        pos += 4 + length
+    return None
+
+
+class PeapMethod(TlsMethodBase):
+    name = "peap"
+    type = packet.PEAP
+    tls_name = "peap"
+    framer_version = 0
+
+    def __init__(self, env: MethodEnv) -> None:
+        super().__init__(env)
+        self.phase = "handshake"
+        self.inner = InnerEap(env, "peap")
+        self.iid = 0
+        self.outcome: Outcome | None = None
+
+    def _next_id(self) -> int:
+        self.iid = (self.iid + 1) & 0xFF
+        return self.iid
+
+    def _first_inner(self) -> bytes:
+        self.phase = "inner"
+        return self.inner.start(self._next_id())[4:]
+
+    def on_established(self, flight_pending: bool) -> Step | bytes | None:
+        if flight_pending and self.tls.version == "1.2":
+            # Let the peer take our Finished first; inner traffic starts after its ACK.
+            self.phase = "wait_ack"
+            return None
+        return self._first_inner()
+
+    def on_flight_acked(self) -> Step:
+        if self.phase == "wait_ack":
+            return self.send_app(self._first_inner())
+        return fail("PEAP: unexpected acknowledgement")
+
+    def on_app(self, plain: bytes) -> Step | bytes | None:
+        if self.phase == "inner":
+            return self._inner(plain)
+        if self.phase == "result":
+            try:
+                pkt = packet.parse(plain)
+            except packet.EapError as exc:
+                return fail(f"PEAP: bad Result TLV response: {exc}")
+            if pkt.type != packet.TLV or parse_result(pkt.data) != RESULT_SUCCESS:
+                return fail("PEAP: peer did not confirm success")
+            assert self.outcome is not None
+            return Step("success", outcome=self.outcome)
+        return fail(f"PEAP: unexpected data in phase {self.phase}")
+
+    def _inner(self, plain: bytes) -> Step | bytes | None:
+        full = len(plain) >= 5 and plain[0] == packet.RESPONSE and plain[4] == packet.TLV
+        raw = (
+            plain
+            if full
+            else struct.pack("!BBH", packet.RESPONSE, self.iid, 4 + len(plain)) + plain
+        )
+        try:
+            pkt = packet.parse(raw)
+        except packet.EapError as exc:
+            return fail(f"PEAP: bad inner packet: {exc}")
+        step = self.inner.process(self._next_id(), pkt)
+        if step.kind == "request":
+            return step.data[4:]
+        if step.kind == "failure":
+            return step
+        assert step.outcome is not None
+        self.outcome = Outcome(
+            step.outcome.identity, step.outcome.role, step.outcome.method, self.msk
+        )
+        self.phase = "result"
+        return result_tlv(self._next_id(), RESULT_SUCCESS)

@@ -1,0 +1,91 @@
+"""What EAP-TLS, PEAP and TTLS share: the TLS engine, fragmentation and the flow of flights.
+
+Subclasses decide what to do when the handshake completes, when application data (the tunnel)
+arrives, when the peer acknowledges our last flight and when there is nothing to send.
+"""
+
+from __future__ import annotations
+
+from nac.eap.methods.base import Method, MethodEnv, Step, fail, request
+from nac.eap.tls_engine import Framer, TlsError, TlsSession
+
+
+class TlsMethodBase(Method):
+    tls_name = "tls"  # which SSL context and key labels
+    framer_version = 0
+
+    def __init__(self, env: MethodEnv) -> None:
+        super().__init__(env)
+        if env.tls is None:
+            raise ValueError("TLS methods need a certificate (EapConfig.cert_file/key_file)")
+        self.tls = TlsSession(env.tls, self.tls_name)
+        self.framer = Framer(env.config.fragment_size, self.framer_version)
+        self.msk: bytes | None = None
+
+    def start(self, ident: int) -> bytes:
+        return self.framer.start()
+
+    def process(self, ident: int, data: bytes) -> Step:
+        frame = self.framer.receive(data)
+        if frame.kind == "error":
+            return fail(frame.data.decode())
+        if frame.kind == "partial":
+            return request(self.framer.ack())
+        if frame.kind == "ack":
+            if self.framer.sending:
+                return request(self.framer.next_fragment())
+            return self.on_flight_acked()
+        try:
+            return self._message(frame.data)
+        except TlsError as exc:
+            return fail(str(exc))
+
+    def _message(self, data: bytes) -> Step:
+        done_now = self.tls.feed(data)
+        handshake_out = self.tls.outgoing()
+        app_out = b""
+        if done_now:
+            self.msk = self.tls.key_material()[:64]
+            result = self.on_established(bool(handshake_out))
+            if isinstance(result, Step):
+                return result
+            app_out = result or b""
+        if self.tls.established:
+            plain = self.tls.read_app()
+            if plain:
+                result = self.on_app(plain)
+                if isinstance(result, Step):
+                    return result
+                app_out += result or b""
+        if app_out:
+            self.tls.write_app(app_out)
+        out = handshake_out + self.tls.outgoing()
+        if out:
+            return self.send(out)
+        return self.on_idle()
+
+    def send(self, tls_bytes: bytes) -> Step:
+        self.framer.queue(tls_bytes)
+        return request(self.framer.next_fragment())
+
+    def send_app(self, plain: bytes) -> Step:
+        try:
+            self.tls.write_app(plain)
+        except TlsError as exc:
+            return fail(str(exc))
+        return self.send(self.tls.outgoing())
+
+    # Hooks -------------------------------------------------------------------------------
+    def on_established(self, flight_pending: bool) -> Step | bytes | None:
+        """Handshake done (keys exported into self.msk). Return app data to send, a final
+        Step, or None."""
+        return None
+
+    def on_app(self, plain: bytes) -> Step | bytes | None:
+        return fail(f"{self.name}: unexpected application data")
+
+    def on_flight_acked(self) -> Step:
+        return fail(f"{self.name}: unexpected acknowledgement")
+
+    def on_idle(self) -> Step:
+        return fail(f"{self.name}: TLS handshake stalled")

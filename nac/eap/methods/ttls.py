@@ -1,0 +1,116 @@
+"""EAP-TTLSv0 (RFC 5281; RFC 9427 for TLS 1.3) with inner PAP, MSCHAPv2 (AVPs) or
+EAP-MSCHAPv2 (EAP-Message AVPs). The client speaks first inside the tunnel."""
+
+from __future__ import annotations
+
+from nac.accounts import Account
+from nac.eap import avp, mschap, packet
+from nac.eap.inner import InnerEap
+from nac.eap.methods.base import MethodEnv, Outcome, Step, account_permits, fail, request
+from nac.eap.methods.tlsbase import TlsMethodBase
+
+MAX_PROMPTS = 3  # empty requests sent to nudge a quiet peer into phase 2
+
+
+class TtlsMethod(TlsMethodBase):
+    name = "ttls"
+    type = packet.TTLS
+    tls_name = "ttls"
+    framer_version = 0
+
+    def __init__(self, env: MethodEnv) -> None:
+        super().__init__(env)
+        self.inner: InnerEap | None = None
+        self.iid = 0
+        self.prompts = 0
+        self.pending: Outcome | None = None  # MSCHAPv2: success once the peer acks
+
+    def on_idle(self) -> Step:
+        if not self.tls.established or self.prompts >= MAX_PROMPTS:
+            return fail("TTLS: handshake stalled")
+        self.prompts += 1
+        return request(self.framer.ack())
+
+    def on_flight_acked(self) -> Step:
+        if self.pending is not None:
+            return Step("success", outcome=self.pending)
+        return self.on_idle()
+
+    def on_app(self, plain: bytes) -> Step | bytes | None:
+        if self.pending is not None:
+            return Step("success", outcome=self.pending)
+        try:
+            avps = avp.parse(plain)
+        except avp.AvpError as exc:
+            return fail(f"TTLS: {exc}")
+        eap_parts = [a.value for a in avps if a.code == avp.EAP_MESSAGE and not a.vendor]
+        if eap_parts:
+            return self._eap(b"".join(eap_parts))
+        user = avp.find(avps, avp.USER_NAME)
+        if user is None:
+            return fail("TTLS: no User-Name in phase 2")
+        name = user.decode("utf-8", "replace")
+        password = avp.find(avps, avp.USER_PASSWORD)
+        if password is not None:
+            return self._pap(name, password)
+        challenge = avp.find(avps, avp.MS_CHAP_CHALLENGE, avp.MICROSOFT)
+        response = avp.find(avps, avp.MS_CHAP2_RESPONSE, avp.MICROSOFT)
+        if challenge is not None and response is not None:
+            return self._mschapv2(name, challenge, response)
+        return fail("TTLS: unsupported phase 2 attributes")
+
+    def _account(self, name: str, method: str) -> tuple[Account | None, str]:
+        if not self.env.inner_allowed(method):
+            return None, f"{method} is not allowed"
+        account = self.env.lookup(name)
+        if account is None:
+            return None, f"{method}: unknown user"
+        if not account_permits(account, method):
+            return None, f"{method}: method not allowed for account"
+        return account, ""
+
+    def _pap(self, name: str, password: bytes) -> Step:
+        account, why = self._account(name, "ttls/pap")
+        if account is None:
+            return fail(why)
+        # RFC 5281 11.2.5: the password is NUL-padded to a multiple of 16 octets.
+        if not account.check_password(password.rstrip(b"\x00").decode("utf-8", "replace")):
+            return fail("ttls/pap: wrong password")
+        return Step("success", outcome=Outcome(account.name, account.role, "ttls/pap", self.msk))
+
+    def _mschapv2(self, name: str, challenge: bytes, response: bytes) -> Step | bytes:
+        account, why = self._account(name, "ttls/mschapv2")
+        if account is None:
+            return fail(why)
+        # RFC 5281 11.2.4: challenge and ident come from the tunnel, not from the peer.
+        implicit = self.tls.export(b"ttls challenge", 17)
+        if challenge != implicit[:16] or len(response) != 50 or response[0] != implicit[16]:
+            return fail("ttls/mschapv2: challenge does not match the tunnel")
+        if account.nt_hash is None:
+            return fail("ttls/mschapv2: account has no NT hash")
+        peer_challenge, nt_resp = response[2:18], response[26:50]
+        if not mschap.verify_nt_response(challenge, peer_challenge, name, account.nt_hash, nt_resp):
+            return fail("ttls/mschapv2: wrong password")
+        auth = mschap.authenticator_response(
+            account.nt_hash, nt_resp, peer_challenge, challenge, name
+        )
+        self.pending = Outcome(account.name, account.role, "ttls/mschapv2", self.msk)
+        value = bytes([response[0]]) + auth.encode()
+        return avp.Avp(avp.MS_CHAP2_SUCCESS, value, avp.MICROSOFT).encode()
+
+    def _eap(self, raw: bytes) -> Step | bytes:
+        try:
+            pkt = packet.parse(raw)
+        except packet.EapError as exc:
+            return fail(f"TTLS: bad inner EAP: {exc}")
+        if self.inner is None:
+            self.inner = InnerEap(self.env, "ttls")
+        self.iid = (self.iid + 1) & 0xFF
+        step = self.inner.process(self.iid, pkt)
+        if step.kind == "request":
+            return avp.Avp(avp.EAP_MESSAGE, step.data).encode()
+        if step.kind == "failure":
+            return step
+        assert step.outcome is not None
+        o = step.outcome
+        return Step("success", outcome=Outcome(o.identity, o.role, o.method, self.msk))

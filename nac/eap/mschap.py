@@ -1,0 +1,103 @@
+"""MS-CHAPv2 arithmetic (RFC 2759) and its key derivation (RFC 3079), shared by the
+EAP-MSCHAPv2 method and EAP-TTLS/MSCHAPv2."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from Crypto.Cipher import DES
+
+MAGIC1 = b"Magic server to client signing constant"
+MAGIC2 = b"Pad to make it do more than one iteration"
+# RFC 3079 3.4
+KEY_MAGIC1 = b"This is the MPPE Master Key"
+KEY_MAGIC2 = b"On the client side, this is the send key; on the server side, it is the receive key."
+KEY_MAGIC3 = b"On the client side, this is the receive key; on the server side, it is the send key."
+SHS_PAD1 = b"\x00" * 40
+SHS_PAD2 = b"\xf2" * 40
+
+
+def _md4(data: bytes) -> bytes:
+    from Crypto.Hash import MD4  # hashlib lacks MD4 on OpenSSL 3
+
+    return MD4.new(data).digest()
+
+
+def _sha1(*parts: bytes) -> bytes:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+
+def strip_domain(username: str) -> str:
+    """RFC 2759 hashes the user name without a DOMAIN\\ prefix."""
+    return username.rsplit("\\", 1)[-1]
+
+
+def challenge_hash(peer_challenge: bytes, auth_challenge: bytes, username: str) -> bytes:
+    return _sha1(peer_challenge, auth_challenge, strip_domain(username).encode())[:8]
+
+
+def _des_key(key7: bytes) -> bytes:
+    """Spread 56 key bits over 8 octets (parity bits are ignored by DES)."""
+    bits = int.from_bytes(key7, "big")
+    return bytes(((bits >> (49 - 7 * i)) & 0x7F) << 1 for i in range(8))
+
+
+def challenge_response(challenge: bytes, password_hash: bytes) -> bytes:
+    z = password_hash + b"\x00" * (21 - len(password_hash))
+    return b"".join(
+        DES.new(_des_key(z[i : i + 7]), DES.MODE_ECB).encrypt(challenge) for i in (0, 7, 14)
+    )
+
+
+def nt_response(
+    auth_challenge: bytes, peer_challenge: bytes, username: str, password_hash: bytes
+) -> bytes:
+    return challenge_response(
+        challenge_hash(peer_challenge, auth_challenge, username), password_hash
+    )
+
+
+def verify_nt_response(
+    auth_challenge: bytes,
+    peer_challenge: bytes,
+    username: str,
+    password_hash: bytes,
+    response: bytes,
+) -> bool:
+    want = nt_response(auth_challenge, peer_challenge, username, password_hash)
+    return hmac.compare_digest(want, response)
+
+
+def authenticator_response(
+    password_hash: bytes,
+    nt_resp: bytes,
+    peer_challenge: bytes,
+    auth_challenge: bytes,
+    username: str,
+) -> str:
+    """The "S=<40 hex>" string that proves the server knew the password too."""
+    digest = _sha1(_md4(password_hash), nt_resp, MAGIC1)
+    digest = _sha1(digest, challenge_hash(peer_challenge, auth_challenge, username), MAGIC2)
+    return "S=" + digest.hex().upper()
+
+
+def master_key(password_hash: bytes, nt_resp: bytes) -> bytes:
+    return _sha1(_md4(password_hash), nt_resp, KEY_MAGIC1)[:16]
+
+
+def asymmetric_start_key(master: bytes, *, send: bool, server: bool) -> bytes:
+    magic = KEY_MAGIC3 if send == server else KEY_MAGIC2
+    return _sha1(master, SHS_PAD1, magic, SHS_PAD2)[:16]
+
+
+def server_keys(password_hash: bytes, nt_resp: bytes) -> tuple[bytes, bytes]:
+    """(receive key, send key) of the server, 16 octets each."""
+    mk = master_key(password_hash, nt_resp)
+    return (
+        asymmetric_start_key(mk, send=False, server=True),
+        asymmetric_start_key(mk, send=True, server=True),
+    )

@@ -1,0 +1,329 @@
+"""The sans-I/O EAP server the RADIUS layer calls for every Access-Request with EAP-Message.
+
+It owns conversations (keyed by the RADIUS State it mints), identifiers, method negotiation
+and bounds; methods see only type-data. No sockets, clocks or threads: `now` comes in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nac.accounts import Account, SecretBox
+from nac.eap import packet
+from nac.eap.config import OUTER_METHODS, EapConfig
+from nac.eap.methods.base import Method, MethodEnv, Step, account_permits
+from nac.eap.methods.md5 import Md5Method
+from nac.eap.methods.mschapv2 import MschapV2Method
+from nac.eap.methods.peap import PeapMethod
+from nac.eap.methods.tls import TlsMethod
+from nac.eap.methods.ttls import TtlsMethod
+from nac.eap.tls_engine import TlsContexts
+
+log = logging.getLogger(__name__)
+
+METHODS: dict[str, type[Method]] = {
+    "md5": Md5Method,
+    "mschapv2": MschapV2Method,
+    "tls": TlsMethod,
+    "peap": PeapMethod,
+    "ttls": TtlsMethod,
+}
+BY_TYPE = {cls.type: name for name, cls in METHODS.items()}
+TLS_METHODS = ("tls", "peap", "ttls")
+MAX_ROUNDS = 600  # a 64 KiB flight in 300-octet fragments needs ~230
+
+
+@dataclass(frozen=True)
+class NasInfo:  # who asked
+    address: str
+    group: str | None
+    vendor: str
+    calling_station_id: str | None
+    nas_port_id: str | None
+
+
+@dataclass
+class EapResult:
+    action: Literal["challenge", "accept", "reject", "drop"]
+    eap: bytes | None  # the EAP packet for EAP-Message (Request, Success or Failure)
+    state: bytes | None  # State attribute value for an Access-Challenge
+    msk: bytes | None = None  # 64-byte MSK on accept: [0:32] Recv-Key, [32:64] Send-Key
+    identity: str | None = None  # the authenticated identity (inner identity for tunnels)
+    role: str | None = None  # the account's role
+    method: str | None = None  # "md5", "tls", "peap", "ttls", "mschapv2", e.g. "ttls/pap"
+    posture: dict | None = None  # reserved for the posture phase (later)
+    reason: str = ""  # why (logged; Reply-Message on reject)
+    outer_identity: str | None = None  # the EAP-Response/Identity, for logs
+
+
+@dataclass
+class _Conversation:
+    state: bytes
+    identifier: int  # of the Request we wait an answer to
+    last_seen: float
+    identity: str = ""
+    method: Method | None = None
+    nak_allowed: bool = False
+    tried: set[str] = field(default_factory=set)
+    allowed: list[str] = field(default_factory=list)
+    bytes_in: int = 0
+    rounds: int = 0
+    last_response: bytes = b""
+    last_reply: bytes = b""
+
+
+class EapService:
+    def __init__(
+        self,
+        config: EapConfig,
+        lookup: Callable[[str], Account | None],
+        box: SecretBox | None,
+    ) -> None:
+        self.config = config
+        self.lookup = lookup
+        self.box = box
+        self.tls: TlsContexts | None = None
+        if config.cert_file and config.key_file:
+            self.tls = TlsContexts(config)
+        self._convs: dict[bytes, _Conversation] = {}
+
+    @property
+    def live(self) -> int:
+        return len(self._convs)
+
+    def expire(self, now: float) -> int:
+        idle = self.config.idle_timeout
+        dead = [k for k, c in self._convs.items() if now - c.last_seen > idle]
+        for k in dead:
+            del self._convs[k]
+        return len(dead)
+
+    def reload_crl(self, pem: bytes) -> None:
+        """Take a new CRL (e.g. after `nac pki revoke`) without rebuilding TLS contexts."""
+        if self.tls is not None:
+            self.tls.load_crl(pem)
+
+    def handle(self, *, state: bytes | None, eap: bytes, nas: NasInfo, now: float) -> EapResult:
+        try:
+            return self._handle(state, eap, nas, now)
+        except Exception as exc:  # a bug must cost one conversation, never the server
+            log.exception("EAP conversation failed")
+            if state is not None:
+                self._convs.pop(state, None)
+            return EapResult("reject", None, None, reason=f"internal error: {exc}")
+
+    # ------------------------------------------------------------------------------------
+    def _handle(self, state: bytes | None, raw: bytes, nas: NasInfo, now: float) -> EapResult:
+        conv = self._convs.get(state) if state is not None else None
+        if not raw:  # EAP-Start (RFC 3579 2.6.1): ask who is there
+            return self._new(nas, now, None)
+        try:
+            pkt = packet.parse(raw)
+        except packet.EapError as exc:
+            return EapResult("drop", None, None, reason=f"malformed EAP: {exc}")
+        if pkt.code != packet.RESPONSE:
+            return EapResult("drop", None, None, reason="EAP packet is not a Response")
+        if conv is None:
+            if pkt.type != packet.IDENTITY:
+                return EapResult(
+                    "reject",
+                    packet.failure(pkt.identifier),
+                    None,
+                    reason="unknown or expired EAP conversation",
+                )
+            return self._new(nas, now, pkt)
+        if pkt.identifier != conv.identifier:
+            if raw == conv.last_response and conv.last_reply:  # a retransmission
+                conv.last_seen = now
+                return EapResult(
+                    "challenge", conv.last_reply, conv.state, reason="retransmitted response"
+                )
+            return EapResult(
+                "drop", None, None, reason=f"identifier {pkt.identifier} != {conv.identifier}"
+            )
+        conv.last_seen = now
+        conv.bytes_in += len(raw)
+        conv.rounds += 1
+        if conv.bytes_in > self.config.max_bytes_per_conversation or conv.rounds > MAX_ROUNDS:
+            return self._end(conv, pkt.identifier, Step("failure", reason="conversation too big"))
+        conv.last_response = raw
+        if conv.method is None:  # waiting for Identity after an EAP-Start
+            if pkt.type != packet.IDENTITY:
+                return self._end(conv, pkt.identifier, Step("failure", reason="expected Identity"))
+            return self._identity(conv, pkt, nas)
+        if pkt.type == packet.NAK and conv.nak_allowed:
+            return self._nak(conv, pkt)
+        if pkt.type != conv.method.type:
+            return self._end(
+                conv,
+                pkt.identifier,
+                Step("failure", reason=f"response type {pkt.type} to a {conv.method.name} request"),
+            )
+        conv.nak_allowed = False
+        step = conv.method.process(pkt.identifier, pkt.data)
+        return self._step(conv, pkt.identifier, step)
+
+    def _new(self, nas: NasInfo, now: float, pkt: packet.EapPacket | None) -> EapResult:
+        if len(self._convs) >= self.config.max_conversations:
+            self.expire(now)
+            if len(self._convs) >= self.config.max_conversations:
+                return EapResult("drop", None, None, reason="too many EAP conversations")
+        token = os.urandom(16)
+        while token in self._convs:
+            token = os.urandom(16)
+        first_id = pkt.identifier + 1 if pkt else os.urandom(1)[0]
+        conv = _Conversation(token, first_id & 0xFF, now)
+        self._convs[token] = conv
+        if pkt is None:
+            return self._challenge(conv, packet.IDENTITY, b"")
+        conv.bytes_in = len(pkt.encode())
+        conv.identifier = pkt.identifier
+        return self._identity(conv, pkt, nas)
+
+    def _identity(self, conv: _Conversation, pkt: packet.EapPacket, nas: NasInfo) -> EapResult:
+        conv.identity = pkt.data.decode("utf-8", "replace").strip("\x00")
+        conv.allowed = self.allowed_methods(conv.identity, nas)
+        if not conv.allowed:
+            return self._end(conv, pkt.identifier, Step("failure", reason="no EAP method allowed"))
+        default = self.config.default_method
+        first = default if default in conv.allowed else conv.allowed[0]
+        return self._start(conv, first, pkt.identifier)
+
+    def _nak(self, conv: _Conversation, pkt: packet.EapPacket) -> EapResult:
+        for t in pkt.data:
+            name = BY_TYPE.get(t)
+            if name and name in conv.allowed and name not in conv.tried:
+                return self._start(conv, name, pkt.identifier)
+        wanted = ",".join(str(t) for t in pkt.data)
+        return self._end(
+            conv,
+            pkt.identifier,
+            Step("failure", reason=f"peer wants EAP types [{wanted}], none allowed"),
+        )
+
+    def _start(self, conv: _Conversation, name: str, resp_id: int) -> EapResult:
+        env = MethodEnv(
+            self.config,
+            self.lookup,
+            self.box,
+            conv.identity,
+            self.tls,
+            inner_allowed=lambda n: n in self.config.inner_methods,
+        )
+        try:
+            method = METHODS[name](env)
+        except ValueError as exc:
+            return self._end(conv, resp_id, Step("failure", reason=str(exc)))
+        conv.method = method
+        conv.tried.add(name)
+        conv.nak_allowed = True
+        ident = (resp_id + 1) & 0xFF
+        conv.identifier = ident
+        return self._challenge(conv, method.type, method.start(ident))
+
+    def _challenge(self, conv: _Conversation, type_: int, data: bytes) -> EapResult:
+        reply = packet.request(conv.identifier, type_, data)
+        conv.last_reply = reply
+        return EapResult("challenge", reply, conv.state, outer_identity=conv.identity or None)
+
+    def _step(self, conv: _Conversation, resp_id: int, step: Step) -> EapResult:
+        if step.kind == "request":
+            assert conv.method is not None
+            conv.identifier = (resp_id + 1) & 0xFF
+            return self._challenge(conv, conv.method.type, step.data)
+        return self._end(conv, resp_id, step)
+
+    def _end(self, conv: _Conversation, resp_id: int, step: Step) -> EapResult:
+        self._convs.pop(conv.state, None)
+        outer = conv.identity or None
+        if step.kind == "success" and step.outcome is not None:
+            o = step.outcome
+            return EapResult(
+                "accept",
+                packet.success(resp_id),
+                None,
+                msk=o.msk,
+                identity=o.identity,
+                role=o.role,
+                method=o.method,
+                reason="authenticated",
+                outer_identity=outer,
+            )
+        method = conv.method.name if conv.method else None
+        return EapResult(
+            "reject",
+            packet.failure(resp_id),
+            None,
+            method=method,
+            reason=step.reason or "authentication failed",
+            outer_identity=outer,
+        )
+
+    # Policy -----------------------------------------------------------------------------
+    def allowed_methods(self, identity: str, nas: NasInfo) -> list[str]:
+        """Outer methods allowed for this identity at this NAS, in preference order:
+        global list, then the realm's list, then the NAS group's, then the account's own."""
+        cfg = self.config
+        allowed = [m for m in OUTER_METHODS if m in cfg.methods]
+        realm = identity.rsplit("@", 1)[1].lower() if "@" in identity else None
+        if realm is not None and realm in cfg.realm_methods:
+            allowed = [m for m in allowed if m in cfg.realm_methods[realm]]
+        if nas.group is not None and nas.group in cfg.nas_group_methods:
+            allowed = [m for m in allowed if m in cfg.nas_group_methods[nas.group]]
+        account = self.lookup(identity)
+        if account is not None:
+            allowed = [m for m in allowed if _has_keys(account, m) and account_permits(account, m)]
+        if self.tls is None:
+            allowed = [m for m in allowed if m not in TLS_METHODS]
+        return allowed
+
+
+def _has_keys(account: Account, method: str) -> bool:
+    if method == "md5":
+        return bool(account.md5_secret)
+    if method == "mschapv2":
+        return account.nt_hash is not None
+    return True  # TLS methods: the certificate or the inner method decides
+
+
+def config_from_settings(settings: object, pki: object | None = None) -> EapConfig:
+    """EapConfig from the `[eap]` table of the server config (nac.config.EapSettings) and
+    the PKI paths (nac.pki.PkiPaths) that fill in whatever the table leaves out."""
+    g = getattr
+    values: dict[str, object] = {}
+    for key in (
+        "idle_timeout",
+        "max_conversations",
+        "max_bytes_per_conversation",
+        "fragment_size",
+        "default_method",
+        "tls_min_version",
+        "tls_max_version",
+        "tls_resumption",
+        "tls_require_account",
+        "inner_methods",
+        "realm_methods",
+        "nas_group_methods",
+        "server_name",
+    ):
+        v = g(settings, key, None)
+        if v is not None:
+            values[key] = v
+    methods = g(settings, "methods", None)
+    if methods:
+        values["methods"] = list(methods)
+    paths = {
+        "cert_file": ("certificate", "server_cert"),
+        "key_file": ("private_key", "server_key"),
+        "ca_file": ("ca_certificates", "ca_cert"),
+        "crl_file": ("crl", "crl"),
+    }
+    for field_name, (setting, pki_attr) in paths.items():
+        v = g(settings, setting, None) or (g(pki, pki_attr, None) if pki is not None else None)
+        if v is not None:
+            values[field_name] = v
+    return EapConfig.model_validate(values)

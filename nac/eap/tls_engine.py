@@ -1,0 +1,251 @@
+"""The one TLS engine of EAP-TLS, PEAP and TTLS: pyOpenSSL over memory BIOs (no sockets),
+EAP-TLS style L/M/S fragmentation (RFC 5216 3.1), and per-method key export.
+
+SSL.Context objects are built once per method at service start: pyOpenSSL refuses to change a
+context after its first use, and one context per method keeps its session cache (resumption)
+and its session-id context apart from the other methods'.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from OpenSSL import SSL
+from OpenSSL._util import lib as _lib  # SSL_session_reused has no public wrapper
+
+from nac.eap.config import EapConfig
+
+FLAG_L, FLAG_M, FLAG_S = 0x80, 0x40, 0x20
+VERSION_MASK = 0x07
+# Largest single TLS message we reassemble; a handshake flight with a long chain fits easily.
+MAX_MESSAGE = 64 * 1024
+
+_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+
+# Key material: TLS 1.2 PRF labels (RFC 5216, RFC 5281, PEAPv0), TLS 1.3 exporter with the
+# EAP type as context (RFC 9190 2.3, RFC 9427 2.1).
+TLS13_LABEL = b"EXPORTER_EAP_TLS_Key_Material"
+TLS12_LABELS = {
+    "tls": b"client EAP encryption",
+    "peap": b"client EAP encryption",
+    "ttls": b"ttls keying material",
+}
+EAP_TYPE_CODE = {"tls": 13, "ttls": 21, "peap": 25}
+
+
+class TlsError(Exception):
+    """The TLS conversation failed (alert, bad record, bad certificate)."""
+
+
+class TlsContexts:
+    """SSL contexts for each TLS-based method plus the revocation list, built once."""
+
+    def __init__(self, config: EapConfig) -> None:
+        if not (config.cert_file and config.key_file):
+            raise ValueError("TLS methods need cert_file and key_file")
+        self.config = config
+        self._contexts = {name: self._build(name) for name in ("tls", "peap", "ttls")}
+        self.revoked: frozenset[int] = frozenset()
+        if config.crl_file and Path(config.crl_file).exists():
+            self.load_crl(Path(config.crl_file).read_bytes())
+
+    def context(self, method: str) -> SSL.Context:
+        return self._contexts[method]
+
+    def _build(self, method: str) -> SSL.Context:
+        cfg = self.config
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(_VERSIONS[cfg.tls_min_version])
+        ctx.set_max_proto_version(_VERSIONS[cfg.tls_max_version])
+        ctx.use_certificate_chain_file(str(cfg.cert_file))
+        ctx.use_privatekey_file(str(cfg.key_file))
+        ctx.check_privatekey()
+        # No renegotiation: EAP conversations are short and renegotiation only adds risk.
+        ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+        # Resumed sessions must not cross methods: the id context names the method.
+        ctx.set_session_id(b"nac-eap-" + method.encode())
+        if cfg.tls_resumption:
+            ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        else:
+            ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            ctx.set_options(SSL.OP_NO_TICKET)
+        if method == "tls":
+            if not cfg.ca_file:
+                raise ValueError("EAP-TLS needs ca_file to verify client certificates")
+            ctx.load_verify_locations(str(cfg.ca_file))
+            ctx.load_client_ca(str(cfg.ca_file).encode())
+            ctx.set_verify(
+                SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda _c, _x, _e, _d, ok: ok
+            )
+        return ctx
+
+    def load_crl(self, pem: bytes) -> None:
+        """Serials revoked by the CA; the CRL's signature is checked against ca_file."""
+        crl = x509.load_pem_x509_crl(pem)
+        if self.config.ca_file:
+            cas = x509.load_pem_x509_certificates(Path(self.config.ca_file).read_bytes())
+            if not any(_crl_signed_by(crl, ca) for ca in cas):
+                raise ValueError("CRL is not signed by the configured CA")
+        self.revoked = frozenset(r.serial_number for r in crl)
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    if crl.issuer != ca.subject:
+        return False
+    key = ca.public_key()
+    return isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)) and (
+        crl.is_signature_valid(key)
+    )
+
+
+class TlsSession:
+    """One server-side TLS connection fed and drained through memory BIOs."""
+
+    def __init__(self, contexts: TlsContexts, method: str) -> None:
+        self.method = method
+        self.conn = SSL.Connection(contexts.context(method), None)
+        self.conn.set_accept_state()
+        self.established = False
+
+    def feed(self, data: bytes) -> bool:
+        """Give the peer's TLS bytes; True when this call completed the handshake."""
+        try:
+            if data:
+                self.conn.bio_write(data)
+            if self.established:
+                return False
+            self.conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            raise TlsError(f"TLS: {_describe(exc)}") from exc
+        self.established = True
+        return True
+
+    def read_app(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self.conn.recv(16384))
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                break
+            except SSL.Error as exc:
+                raise TlsError(f"TLS: {_describe(exc)}") from exc
+        return b"".join(chunks)
+
+    def write_app(self, data: bytes) -> None:
+        try:
+            self.conn.sendall(data)
+        except SSL.Error as exc:
+            raise TlsError(f"TLS: {_describe(exc)}") from exc
+
+    def outgoing(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self.conn.bio_read(65536))
+            except SSL.WantReadError:
+                break
+        return b"".join(chunks)
+
+    @property
+    def version(self) -> str:
+        return "1.3" if self.conn.get_protocol_version_name() == "TLSv1.3" else "1.2"
+
+    @property
+    def resumed(self) -> bool:
+        return bool(_lib.SSL_session_reused(self.conn._ssl))  # noqa: SLF001
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        return self.conn.get_peer_certificate(as_cryptography=True)
+
+    def export(self, label: bytes, length: int, context: bytes | None = None) -> bytes:
+        return self.conn.export_keying_material(label, length, context)
+
+    def key_material(self) -> bytes:
+        """128 octets: MSK (first 64) then EMSK, with the method's label for this version."""
+        if self.version == "1.3":
+            return self.export(TLS13_LABEL, 128, bytes([EAP_TYPE_CODE[self.method]]))
+        return self.export(TLS12_LABELS[self.method], 128)
+
+
+def _describe(exc: SSL.Error) -> str:
+    args = exc.args[0] if exc.args else None
+    if isinstance(args, list) and args:
+        return "; ".join(str(e[-1]) for e in args if isinstance(e, tuple))
+    return str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    kind: str  # "partial" (send an ACK), "ack" (peer acked), "message", "error"
+    data: bytes = b""
+
+
+class Framer:
+    """EAP-TLS fragmentation both ways: flags octet, optional 4-octet TLS Message Length."""
+
+    def __init__(self, fragment_size: int, version: int = 0) -> None:
+        # EAP header 4 + type 1 + flags 1 + length 4.
+        self.payload = max(16, fragment_size - 10)
+        self.version = version & VERSION_MASK
+        self._in = bytearray()
+        self._in_total: int | None = None
+        self._out = b""
+        self._out_pos = 0
+
+    def start(self) -> bytes:
+        return bytes([FLAG_S | self.version])
+
+    def ack(self) -> bytes:
+        return bytes([self.version])
+
+    @property
+    def sending(self) -> bool:
+        return self._out_pos < len(self._out)
+
+    def queue(self, data: bytes) -> None:
+        self._out, self._out_pos = data, 0
+
+    def next_fragment(self) -> bytes:
+        chunk = self._out[self._out_pos : self._out_pos + self.payload]
+        first = self._out_pos == 0
+        self._out_pos += len(chunk)
+        more = self._out_pos < len(self._out)
+        flags = self.version | (FLAG_M if more else 0)
+        if first and more:
+            return bytes([flags | FLAG_L]) + struct.pack("!I", len(self._out)) + chunk
+        return bytes([flags]) + chunk
+
+    def receive(self, data: bytes) -> Frame:
+        if not data:
+            return Frame("error", "TLS: response without flags")
+        flags, body = data[0], data[1:]
+        if flags & FLAG_L:
+            if len(body) < 4:
+                return Frame("error", "TLS: truncated length field")
+            total = struct.unpack("!I", body[:4])[0]
+            body = body[4:]
+            if total > MAX_MESSAGE:
+                return Frame("error", f"TLS: message of {total} octets is too long")
+            if self._in_total is None and not self._in:
+                self._in_total = total
+        if not body and not (flags & FLAG_M):
+            if self._in:
+                return Frame("error", "TLS: empty final fragment")
+            return Frame("ack")
+        if self.sending:
+            return Frame("error", "TLS: peer sent data while we were fragmenting")
+        self._in += body
+        if len(self._in) > (self._in_total or MAX_MESSAGE):
+            return Frame("error", "TLS: fragments exceed the announced length")
+        if flags & FLAG_M:
+            return Frame("partial")
+        message = bytes(self._in)
+        self._in.clear()
+        self._in_total = None
+        return Frame("message", message)
