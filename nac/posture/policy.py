@@ -23,6 +23,7 @@ from nac.posture.rules import RULE_KINDS, Rule, RuleBase, VulnerabilitiesRule
 from nac.posture.segments import ISOLATED, QUARANTINE, Segment
 
 SAMPLE_POLICY_FILE = "sample_policy.toml"
+ACTIVE_POLICY_FILE = "policy.toml"  # in the state directory; `nac policy apply` writes it
 SCHEMA_VERSION = 1
 
 
@@ -165,6 +166,18 @@ def loads_policy(text: str, source: str = "<policy>") -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(source, [("", f"not valid TOML: {exc}")]) from None
     return Policy.from_dict(data, source)
+
+
+def active_policy_path(state_dir: Path) -> Path | None:
+    """STATE/policy.toml if an administrator installed one, else None (the sample applies)."""
+    path = Path(state_dir) / ACTIVE_POLICY_FILE
+    return path if path.is_file() else None
+
+
+def load_active_policy(state_dir: Path) -> Policy:
+    """The policy the server enforces: STATE/policy.toml, or the embedded sample."""
+    path = active_policy_path(state_dir)
+    return load_policy(path) if path is not None else Policy.sample()
 
 
 def sample_policy_text() -> str:

@@ -382,6 +382,11 @@ class VulnerabilitiesRule(RuleBase):
             return False
         return True
 
+    def _severity_text(self, finding: FindingLike) -> str:
+        if finding.severity in SEVERITY_RANK and finding.severity != UNKNOWN:
+            return finding.severity
+        return f"severity unknown, counted as {self.unknown_severity}"
+
     def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
         if not isinstance(_section(posture, "packages"), list):
             return Outcome(None, "installed software unknown")
@@ -391,7 +396,7 @@ class VulnerabilitiesRule(RuleBase):
         if not hits:
             return Outcome(COMPLIANT, "")
         described = [
-            f"{f.package} {f.installed} ({f.advisory_id}, {f.severity}"
+            f"{f.package} {f.installed} ({f.advisory_id}, {self._severity_text(f)}"
             + (f", fixed in {f.fixed})" if f.fixed else ", no fix yet)")
             for f in hits
         ]
