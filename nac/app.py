@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nac.accounts import Account, SecretBox, accounts_from_tables, load_accounts_file, make_account
-from nac.authorize import Authorizer, SamplePolicyView
+from nac.authorize import Authorizer, SamplePolicyView, apply_segment_settings
 from nac.config import DEMO_ACCOUNT, Config
 from nac.radius.clients import ClientTable, NasClient, profile
 from nac.radius.engine import Engine
@@ -73,7 +73,12 @@ class Server:
         self.store = open_store(cfg.store, state_dir)
         self.box = SecretBox(state_dir / "keys" / "accounts.key")
         self.accounts = build_accounts(cfg, state_dir, self.box)
-        self.authorizer = Authorizer(SamplePolicyView())
+        policy = SamplePolicyView()
+        try:
+            policy.segments = apply_segment_settings(policy.segments, cfg.segments)
+        except KeyError as exc:
+            raise ValueError(f"{cfg.source}: {exc.args[0]}") from None
+        self.authorizer = Authorizer(policy)
         self.eap = build_eap(cfg, state_dir, self.accounts, self.box)
         self.engine = Engine(
             build_clients(cfg), self.authorizer, self.accounts, eap=self.eap,

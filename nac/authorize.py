@@ -37,6 +37,20 @@ class SamplePolicyView:
         return self.role_caps.get(role)
 
 
+def apply_segment_settings(
+    segments: dict[str, Segment], settings: dict[str, Any]
+) -> dict[str, Segment]:
+    """The policy's segments with the server config's network settings laid over them."""
+    out = dict(segments)
+    for name, st in settings.items():
+        if name not in out:
+            raise KeyError(f"segments.{name}: no such segment in the policy "
+                           f"(it has {', '.join(sorted(out))})")
+        changes = {k: v for k, v in st.model_dump().items() if v not in (None, {})}
+        out[name] = out[name].model_copy(update=changes)
+    return out
+
+
 # evaluate(posture, role, identity, mac) -> Decision (segment and reasons; VLAN filled here)
 PostureEvaluator = Callable[[dict[str, Any], str, str | None, str | None], Decision]
 

@@ -77,6 +77,26 @@ class EapSettings(_Strict):
     crl: str | None = None
 
 
+class SegmentSettings(_Strict):
+    """Network settings of a policy segment, set by the server's operator (win over the
+    policy file's): the VLAN plan belongs to the network, the rules to the policy."""
+
+    vlan: int | None = Field(default=None, ge=1, le=4094)
+    vlan_name: str | None = None
+    vlan_overrides: dict[str, int] = Field(default_factory=dict)  # by client group or vendor
+    reinspect_interval: int | None = Field(default=None, ge=60, le=86400)
+    filter_id: str | None = None
+    role: str | None = None
+
+    @field_validator("vlan_overrides")
+    @classmethod
+    def _vlans(cls, v: dict[str, int]) -> dict[str, int]:
+        for k, vid in v.items():
+            if not 1 <= vid <= 4094:
+                raise ValueError(f"VLAN {vid} for {k!r} is outside 1-4094")
+        return v
+
+
 class Config(_Strict):
     listen: list[str] = Field(default_factory=lambda: ["0.0.0.0", "::"])
     auth_port: int = Field(default=1812, ge=1, le=65535)
@@ -87,6 +107,7 @@ class Config(_Strict):
     accounts: dict[str, AccountEntry] = Field(default_factory=dict)
     accounts_file: str | None = None
     eap: EapSettings = Field(default_factory=EapSettings)
+    segments: dict[str, SegmentSettings] = Field(default_factory=dict)
     # Switch inventory for enforcement (enforcers/inventory.py); kept raw here and validated
     # by the enforcers package so the packet path does not import it.
     switches: list[dict[str, object]] = Field(default_factory=list)

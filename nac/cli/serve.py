@@ -43,7 +43,7 @@ def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
     if cfg.embedded:
         log.info(
             "running the embedded demo default (no --config): NAS clients 127.0.0.1 and ::1 "
-            "with secret testing123, account demo/demo-password, sample policy "
+            "with the demo secret, the demo account (both in README.md), the sample policy "
             "(quarantine VLAN 10, isolated VLAN 20, normal VLAN 30), state in %s", state_dir)
     else:
         log.info("configuration %s, state in %s", cfg.source, state_dir)

@@ -248,7 +248,10 @@ def encode_reply(code: int, request: Packet, secret: bytes, attrs: bytes) -> byt
     if length > MAX_PACKET:
         raise ValueError("reply exceeds 4096 octets")
     head = struct.pack("!BBH", code, request.ident, length)
-    ma = hmac.digest(secret, head + request.authenticator + body, "md5")
+    # Accounting-Response signs over a zeroed authenticator, like accounting requests;
+    # Access and CoA/Disconnect replies over the request's (RFC 3579 3.2, RFC 5176 3.3).
+    ma_auth = _ZERO16 if code == ACCOUNTING_RESPONSE else request.authenticator
+    ma = hmac.digest(secret, head + ma_auth + body, "md5")
     body = body[:2] + ma + body[18:]
     resp_auth = hashlib.md5(head + request.authenticator + body + secret).digest()
     return head + resp_auth + body

@@ -178,7 +178,8 @@ class Engine:
                 d.vlan,
                 vlan_name=seg.vlan_name,
                 session_timeout=seg.reinspect_interval,
-                role=seg.role or seg.filter_id,
+                role=seg.role or seg.filter_id or (
+                    seg.name if client.profile.role_attr == "aruba-role" else None),
             )
             self._reply_cache[key] = attrs
         return attrs
