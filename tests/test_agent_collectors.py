@@ -6,11 +6,11 @@ import calendar
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_agent_fixtures import build_debian_root, write
 
 from eap_ext.agent.collectors import (
     collect_posture,
@@ -27,6 +27,10 @@ from eap_ext.agent.collectors import (
     updates,
 )
 from eap_ext.agent.hostroot import HostRoot
+
+# The fixture builder sits beside this file; tests/ may or may not be a package.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_agent_fixtures import build_debian_root, write  # noqa: E402
 
 
 @pytest.fixture

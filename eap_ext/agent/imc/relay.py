@@ -1,0 +1,89 @@
+"""`nac-agent imc`: the agent side of the IF-IMC shim, one process per TNC handshake.
+
+Reads framing events from the shim, answers each with the PA-TNC messages to send (the
+posture on BEGIN, replies to server messages), and records what the server said in the state
+file for `nac-agent status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .. import state
+from . import framing
+from .codec import PostureCodec, default_codec
+
+log = logging.getLogger(__name__)
+
+# IF-IMC connection states after the handshake -> the TNCS recommendation they mean.
+STATE_RECOMMENDATION = {2: "allow", 3: "isolate", 4: "none"}
+
+
+class ImcAgent:
+    def __init__(self, collect: Callable[[str | None], dict[str, Any]],
+                 codec: PostureCodec | None = None, state_file: Path | None = None) -> None:
+        self.collect = collect
+        self.codec = codec or default_codec()
+        self.state_file = state_file
+        self.connection: int | None = None
+
+    def _token(self) -> str | None:
+        last = state.load(self.state_file) or {}
+        cert = last.get("certificate")
+        return cert.get("token") if isinstance(cert, dict) else None
+
+    def handle(self, ftype: int, payload: bytes) -> list[tuple[int, bytes]]:
+        """Messages to send in answer to one shim event."""
+        if ftype == framing.BEGIN:
+            (self.connection,) = struct.unpack("!I", payload[:4])
+            doc = self.collect(self._token())
+            log.debug("connection %s: sending posture", self.connection)
+            return self.codec.posture_messages(doc)
+        if ftype == framing.STATE:
+            conn, new_state = struct.unpack("!II", payload[:8])
+            rec = STATE_RECOMMENDATION.get(new_state)
+            if rec is not None:
+                state.update({"recommendation": rec, "connection": conn}, self.state_file)
+            return []
+        if ftype == framing.BATCH_ENDING:
+            return []
+        if ftype < framing.CONTROL_MIN:
+            news = self.codec.server_message(ftype, payload)
+            changes = news.state_changes()
+            if changes:
+                state.update(changes, self.state_file)
+            return news.replies
+        log.debug("ignoring unknown control frame %#x", ftype)
+        return []
+
+
+def serve(agent: ImcAgent, reader: BinaryIO, writer: BinaryIO) -> None:
+    """Answer events until the shim closes the connection."""
+    while True:
+        frame = framing.read_frame(reader)
+        if frame is None:
+            return
+        try:
+            replies = agent.handle(*frame)
+        except Exception as exc:  # noqa: BLE001 - an answer (END) must always go back
+            log.warning("IMC event %#x failed: %r", frame[0], exc)
+            replies = []
+        for mtype, msg in replies:
+            framing.write_frame(writer, mtype, msg)
+        framing.write_frame(writer, framing.END)
+        writer.flush()
+
+
+def run_stdio(agent: ImcAgent) -> None:
+    """Serve over stdin/stdout; stdout is moved aside first so no stray print corrupts it."""
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    with os.fdopen(0, "rb", buffering=0) as reader, os.fdopen(out_fd, "wb") as writer:
+        serve(agent, reader, writer)

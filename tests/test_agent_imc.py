@@ -1,0 +1,245 @@
+"""The IF-IMC plug-in: framing, the `nac-agent imc` relay, and the C shim driven by a fake
+TNCC through ctypes (the calls wpa_supplicant's tncc.c makes, in the same order)."""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from eap_ext.agent import state
+from eap_ext.agent.imc import framing
+from eap_ext.agent.imc.codec import POSTURE_MESSAGE_TYPE, FallbackCodec, ServerNews
+from eap_ext.agent.imc.install import build_library
+from eap_ext.agent.imc.relay import ImcAgent, serve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_agent_fixtures import build_debian_root  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pa_tnc_server_message() -> bytes:
+    """A server PA-TNC message: Assessment Result = major non-compliance (IETF type 9) and
+    a string Remediation Instructions (IETF type 10), encoded by hand from RFC 5792."""
+    text = b"Upgrade openssl"
+    remediation = (struct.pack("!II", 0, 2) + struct.pack("!I", len(text)) + text
+                   + bytes([2]) + b"en")
+    attrs = (struct.pack("!BBHII", 0, 0, 0, 9, 16) + struct.pack("!I", 2)
+             + struct.pack("!BBHII", 0, 0, 0, 10, 12 + len(remediation)) + remediation)
+    return struct.pack("!BBHI", 1, 0, 0, 77) + attrs
+
+
+def fake_collect(token: str | None) -> dict:
+    return {"schema": 1, "os": {"id": "debian"}, "certificate": token}
+
+
+class RecordingCodec:
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, bytes]] = []
+
+    def posture_messages(self, doc: dict) -> list[tuple[int, bytes]]:
+        return [(POSTURE_MESSAGE_TYPE, json.dumps(doc).encode())]
+
+    def server_message(self, msg_type: int, data: bytes) -> ServerNews:
+        self.seen.append((msg_type, data))
+        return ServerNews(assessment="compliant", segment="normal",
+                          replies=[(POSTURE_MESSAGE_TYPE, b"again")])
+
+
+def test_framing_roundtrip() -> None:
+    buf = io.BytesIO()
+    framing.write_frame(buf, 0x1, b"abc")
+    framing.write_frame(buf, framing.END)
+    buf.seek(0)
+    assert framing.read_frame(buf) == (1, b"abc")
+    assert framing.read_frame(buf) == (framing.END, b"")
+    assert framing.read_frame(buf) is None
+    with pytest.raises(framing.FramingError):
+        framing.read_frame(io.BytesIO(framing.encode(1, b"abc")[:-1]))
+    assert framing.message_type(0, 1) == 1
+    assert framing.message_type(32473, 0xFF) == 0x7ED9FF
+
+
+def test_relay_answers_every_event(tmp_path: Path) -> None:
+    codec = RecordingCodec()
+    agent = ImcAgent(fake_collect, codec, tmp_path / "last.json")
+    events = (framing.encode(framing.BEGIN, struct.pack("!I", 5))
+              + framing.encode(0x1, b"server says")
+              + framing.encode(framing.BATCH_ENDING, struct.pack("!I", 5))
+              + framing.encode(framing.STATE, struct.pack("!II", 5, 3)))
+    out = io.BytesIO()
+    serve(agent, io.BytesIO(events), out)
+    out.seek(0)
+    frames = []
+    while (frame := framing.read_frame(out)) is not None:
+        frames.append(frame)
+    assert frames[0] == (POSTURE_MESSAGE_TYPE, json.dumps(fake_collect(None)).encode())
+    assert frames[1:] == [(framing.END, b""), (POSTURE_MESSAGE_TYPE, b"again"),
+                          (framing.END, b""), (framing.END, b""), (framing.END, b"")]
+    assert codec.seen == [(1, b"server says")]
+    saved = state.load(tmp_path / "last.json")
+    assert saved["assessment"] == "compliant" and saved["segment"] == "normal"
+    assert saved["recommendation"] == "isolate"
+
+
+def test_relay_survives_a_failing_collector(tmp_path: Path) -> None:
+    def broken(_token: str | None) -> dict:
+        raise OSError("disk gone")
+
+    out = io.BytesIO()
+    serve(ImcAgent(broken, RecordingCodec(), tmp_path / "s.json"),
+          io.BytesIO(framing.encode(framing.BEGIN, b"\0\0\0\1")), out)
+    assert out.getvalue() == framing.encode(framing.END)
+
+
+def test_server_message_decoding() -> None:
+    pytest.importorskip("eap_ext.tnc.pa_tnc")
+    news = FallbackCodec().server_message(1, pa_tnc_server_message())
+    assert news.assessment == "major-non-compliance"
+    assert news.remediation == ["Upgrade openssl"]
+
+
+def test_imc_subprocess_sends_posture(tmp_path: Path) -> None:
+    root = build_debian_root(tmp_path / "host")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NAC_AGENT_ROOT": str(root),
+           "NAC_AGENT_STATE_DIR": str(tmp_path / "st")}
+    events = (framing.encode(framing.BEGIN, struct.pack("!I", 0))
+              + framing.encode(framing.STATE, struct.pack("!II", 0, 2)))
+    proc = subprocess.run([sys.executable, "-m", "eap_ext.agent", "imc"], input=events,
+                          env=env, capture_output=True, timeout=60, check=True)
+    out = io.BytesIO(proc.stdout)
+    mtype, msg = framing.read_frame(out)
+    assert mtype == POSTURE_MESSAGE_TYPE
+    assert msg[0] == 1  # PA-TNC version
+    assert b'"openssl"' in msg
+    assert framing.read_frame(out) == (framing.END, b"")
+    assert framing.read_frame(out) == (framing.END, b"")
+    assert state.load(tmp_path / "st" / "last.json")["recommendation"] == "allow"
+
+
+# --- the C shim, loaded and called the way tncc.c does -------------------------------
+
+UL = ctypes.c_ulong
+BindFn = ctypes.CFUNCTYPE(UL, UL, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p))
+SendFn = ctypes.CFUNCTYPE(UL, UL, UL, ctypes.POINTER(ctypes.c_ubyte), UL, UL)
+ReportFn = ctypes.CFUNCTYPE(UL, UL, ctypes.POINTER(UL), UL)
+
+
+class FakeTncc:
+    def __init__(self, lib_path: Path) -> None:
+        self.lib = ctypes.CDLL(str(lib_path))
+        for name in ("Initialize", "ProvideBindFunction", "BeginHandshake", "ReceiveMessage",
+                     "NotifyConnectionChange", "BatchEnding", "Terminate"):
+            getattr(self.lib, f"TNC_IMC_{name}").restype = UL
+        self.sent: list[tuple[int, int, bytes]] = []
+        self.reported: list[int] = []
+        self._send = SendFn(self._on_send)
+        self._report = ReportFn(self._on_report)
+        self._bind = BindFn(self._on_bind)
+
+    def _on_send(self, imc: int, conn: int, buf, length: int, mtype: int) -> int:
+        self.sent.append((conn, mtype, ctypes.string_at(buf, length)))
+        return 0
+
+    def _on_report(self, imc: int, types, count: int) -> int:
+        self.reported = [types[i] for i in range(count)]
+        return 0
+
+    def _on_bind(self, imc: int, name: bytes, out) -> int:
+        table = {b"TNC_TNCC_SendMessage": self._send,
+                 b"TNC_TNCC_ReportMessageTypes": self._report}
+        fn = table.get(name)
+        out[0] = ctypes.cast(fn, ctypes.c_void_p).value if fn else None
+        return 0
+
+    def start(self, imc_id: int = 0) -> None:
+        version = UL(0)
+        assert self.lib.TNC_IMC_Initialize(UL(imc_id), UL(1), UL(1), ctypes.byref(version)) == 0
+        assert version.value == 1
+        assert self.lib.TNC_IMC_ProvideBindFunction(UL(imc_id), self._bind) == 0
+
+
+@pytest.fixture
+def shim(tmp_path: Path) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    return build_library(tmp_path / "nac_imc.so", command="false")
+
+
+def test_shim_relays_a_handshake(shim: Path, tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    root = build_debian_root(tmp_path / "host")
+    st = tmp_path / "st"
+    monkeypatch.setenv("NAC_IMC_COMMAND",
+                       f"PYTHONPATH={REPO} exec {sys.executable} -m eap_ext.agent imc")
+    monkeypatch.setenv("NAC_AGENT_ROOT", str(root))
+    monkeypatch.setenv("NAC_AGENT_STATE_DIR", str(st))
+    tncc = FakeTncc(shim)
+    tncc.start()
+    assert tncc.reported == [0xFFFFFFFF]
+    lib = tncc.lib
+    assert lib.TNC_IMC_NotifyConnectionChange(UL(0), UL(7), UL(0)) == 0  # CREATE
+    assert lib.TNC_IMC_NotifyConnectionChange(UL(0), UL(7), UL(1)) == 0  # HANDSHAKE
+    assert lib.TNC_IMC_BeginHandshake(UL(0), UL(7)) == 0
+    assert len(tncc.sent) == 1
+    conn, mtype, msg = tncc.sent[0]
+    assert (conn, mtype, msg[0]) == (7, 1, 1)
+    assert b'"3.0.11-1~deb12u2"' in msg
+    server = pa_tnc_server_message()
+    buf = (ctypes.c_ubyte * len(server)).from_buffer_copy(server)
+    assert lib.TNC_IMC_ReceiveMessage(UL(0), UL(7), buf, UL(len(server)), UL(1)) == 0
+    assert lib.TNC_IMC_BatchEnding(UL(0), UL(7)) == 0
+    assert lib.TNC_IMC_NotifyConnectionChange(UL(0), UL(7), UL(3)) == 0  # ISOLATED
+    assert lib.TNC_IMC_NotifyConnectionChange(UL(0), UL(7), UL(5)) == 0  # DELETE
+    assert lib.TNC_IMC_Terminate(UL(0)) == 0
+    saved = state.load(st / "last.json")
+    assert saved["recommendation"] == "isolate"
+    try:
+        import eap_ext.tnc.pa_tnc  # noqa: F401
+    except ImportError:
+        return
+    assert saved["assessment"] == "major-non-compliance"
+    assert saved["remediation"] == ["Upgrade openssl"]
+
+
+def test_shim_checks_versions_and_ids(shim: Path) -> None:
+    lib = FakeTncc(shim).lib
+    version = UL(0)
+    assert lib.TNC_IMC_BeginHandshake(UL(0), UL(0)) == 1  # not initialized
+    assert lib.TNC_IMC_Initialize(UL(0), UL(2), UL(3), ctypes.byref(version)) == 3
+    assert lib.TNC_IMC_Initialize(UL(4), UL(1), UL(1), ctypes.byref(version)) == 0
+    assert lib.TNC_IMC_Initialize(UL(4), UL(1), UL(1), ctypes.byref(version)) == 2
+    assert lib.TNC_IMC_BatchEnding(UL(5), UL(0)) == 6  # someone else's IMC id
+    assert lib.TNC_IMC_Terminate(UL(4)) == 0
+
+
+def test_shim_survives_a_dead_agent(shim: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAC_IMC_COMMAND", "exit 3")
+    tncc = FakeTncc(shim)
+    tncc.start()
+    assert tncc.lib.TNC_IMC_BeginHandshake(UL(0), UL(1)) == 10  # FATAL, no crash
+    assert tncc.lib.TNC_IMC_BatchEnding(UL(0), UL(1)) == 9      # no agent: OTHER
+    assert tncc.sent == []
+    assert tncc.lib.TNC_IMC_Terminate(UL(0)) == 0
+
+
+def test_shim_times_out_a_hung_agent(shim: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAC_IMC_COMMAND", "exec sleep 30")
+    monkeypatch.setenv("NAC_IMC_TIMEOUT_MS", "200")
+    tncc = FakeTncc(shim)
+    tncc.start()
+    started = time.monotonic()
+    assert tncc.lib.TNC_IMC_BeginHandshake(UL(0), UL(1)) == 10
+    # 0.2 s for the answer, then up to 2 s grace before SIGKILL.
+    assert time.monotonic() - started < 5
+    assert tncc.lib.TNC_IMC_Terminate(UL(0)) == 0
