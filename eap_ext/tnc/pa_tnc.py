@@ -104,6 +104,7 @@ class VendorAttrType(IntEnum):
     FORWARDING_DETAIL = 8   # {"ipv4", "ipv6", "bridges"} | "unknown"
     LISTENING_DETAIL = 9    # [{"proto", "address", "port"}] | "unknown"
     DOCUMENT_META = 10      # {"schema", "collected_at", "rest": {other top-level keys}}
+    POSTURE_DOCUMENT = 0x7E  # the whole posture document in one attribute (agent fallback)
 
 
 class _Reader:
