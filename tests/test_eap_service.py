@@ -1,0 +1,232 @@
+"""The EAP service: negotiation, identifiers, MD5 and MSCHAPv2, bounds and hostile input."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nac.eap import mschap, packet
+from nac.eap.service import EapService, NasInfo
+from tests.test_eap_peer import (
+    NAS,
+    PASSWORD,
+    Conversation,
+    Lab,
+    identity,
+    mschapv2_response,
+    nak,
+    response,
+)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    return Lab(tmp_path_factory.mktemp("eap-svc"))
+
+
+def md5_answer(req: packet.EapPacket, secret: str) -> bytes:
+    challenge = req.data[1 : 1 + req.data[0]]
+    digest = hashlib.md5(bytes([req.identifier]) + secret.encode() + challenge).digest()
+    return response(req.identifier, packet.MD5, bytes([16]) + digest)
+
+
+def test_md5_via_nak_accepts(lab: Lab) -> None:
+    conv = Conversation(lab.service())
+    res = conv.send(identity(3, "demo"))
+    assert res.action == "challenge" and res.state and len(res.state) == 16
+    req = packet.parse(res.eap or b"")
+    assert req.type == packet.PEAP and req.identifier == 4  # the default proposal
+    res = conv.send(nak(req.identifier, packet.MD5))
+    req = packet.parse(res.eap or b"")
+    assert req.type == packet.MD5
+    res = conv.send(md5_answer(req, PASSWORD))
+    assert res.action == "accept", res.reason
+    assert (res.identity, res.role, res.method, res.msk) == ("demo", "default", "md5", None)
+    assert packet.parse(res.eap or b"") == packet.EapPacket(packet.SUCCESS, req.identifier)
+
+
+def test_md5_wrong_password_and_unknown_user(lab: Lab) -> None:
+    for who, secret in (("demo", "wrong"), ("nobody", PASSWORD)):
+        conv = Conversation(lab.service(default_method="md5"))
+        req = packet.parse(conv.send(identity(1, who)).eap or b"")
+        if req.type != packet.MD5:
+            req = packet.parse(conv.send(nak(req.identifier, packet.MD5)).eap or b"")
+        res = conv.send(md5_answer(req, secret))
+        assert res.action == "reject"
+        assert packet.parse(res.eap or b"").code == packet.FAILURE
+
+
+def test_md5_not_offered_without_secret(lab: Lab) -> None:
+    from nac.accounts import make_account
+
+    accounts = {"nomd5": make_account("nomd5", "pw")}
+    svc = EapService(lab.config(), accounts.get, lab.box)
+    assert "md5" not in svc.allowed_methods("nomd5", NAS)
+    conv = Conversation(svc)
+    req = packet.parse(conv.send(identity(1, "nomd5")).eap or b"")
+    res = conv.send(nak(req.identifier, packet.MD5))
+    assert res.action == "reject" and "none allowed" in res.reason
+
+
+def test_standalone_mschapv2(lab: Lab) -> None:
+    conv = Conversation(lab.service(default_method="mschapv2"))
+    req = packet.parse(conv.send(identity(9, "demo")).eap or b"")
+    assert req.type == packet.MSCHAPV2 and req.data[0] == 1
+    body, nt = mschapv2_response(req.data, "demo", PASSWORD)
+    res = conv.send(response(req.identifier, packet.MSCHAPV2, body))
+    req2 = packet.parse(res.eap or b"")
+    assert req2.data[0] == 3  # Success request carrying the authenticator response
+    from nac.accounts import nt_hash
+
+    want = mschap.authenticator_response(nt_hash(PASSWORD), nt, body[5:21], req.data[5:21],
+                                         "demo")
+    assert want.encode() in req2.data
+    res = conv.send(response(req2.identifier, packet.MSCHAPV2, b"\x03"))
+    assert res.action == "accept" and res.method == "mschapv2"
+    recv, send = mschap.server_keys(nt_hash(PASSWORD), nt)
+    assert res.msk is not None and res.msk[:32] == recv + send
+
+
+def test_standalone_mschapv2_wrong_password_fails_after_failure_request(lab: Lab) -> None:
+    conv = Conversation(lab.service(default_method="mschapv2"))
+    req = packet.parse(conv.send(identity(9, "demo")).eap or b"")
+    body, _ = mschapv2_response(req.data, "demo", "nope")
+    req2 = packet.parse(conv.send(response(req.identifier, packet.MSCHAPV2, body)).eap or b"")
+    assert req2.data[0] == 4 and b"E=691" in req2.data
+    res = conv.send(response(req2.identifier, packet.MSCHAPV2, b"\x04"))
+    assert res.action == "reject" and "wrong password" in res.reason
+
+
+def test_wrong_identifier_dropped_and_retransmission_repeated(lab: Lab) -> None:
+    svc = lab.service()
+    conv = Conversation(svc)
+    first = conv.send(identity(1, "demo"))
+    req = packet.parse(first.eap or b"")
+    assert conv.send(nak((req.identifier + 5) & 0xFF, packet.MD5)).action == "drop"
+    md5_req = conv.send(nak(req.identifier, packet.MD5))
+    # The same NAK again (the NAS lost our answer): the same MD5 request comes back.
+    again = conv.send(nak(req.identifier, packet.MD5))
+    assert again.action == "challenge" and again.eap == md5_req.eap
+    res = conv.send(md5_answer(packet.parse(md5_req.eap or b""), PASSWORD))
+    assert res.action == "accept"
+
+
+def test_nak_only_right_after_the_proposal(lab: Lab) -> None:
+    conv = Conversation(lab.service(default_method="md5"))
+    req = packet.parse(conv.send(identity(1, "demo")).eap or b"")
+    assert req.type == packet.MD5
+    res = conv.send(nak(req.identifier, 0))  # type 0: nothing acceptable
+    assert res.action == "reject"
+
+
+def test_realm_and_nas_group_policy(lab: Lab) -> None:
+    svc = lab.service(realm_methods={"corp.example": ["tls"]},
+                      nas_group_methods={"legacy": ["md5", "peap"]})
+    assert svc.allowed_methods("alice@corp.example", NAS) == ["tls"]
+    legacy = NasInfo("10.0.0.1", "legacy", "generic", None, None)
+    assert svc.allowed_methods("demo", legacy) == ["peap", "md5"]
+    conv = Conversation(svc)
+    req = packet.parse(conv.send(identity(1, "alice@corp.example")).eap or b"")
+    assert req.type == packet.TLS  # default peap not allowed there: the first allowed
+
+
+def test_account_methods_restrict(lab: Lab) -> None:
+    from nac.accounts import make_account
+
+    acc = make_account("pinned", "pw", allow_md5=True, box=lab.box)
+    acc.methods = ("ttls",)
+    svc = EapService(lab.config(), {"pinned": acc}.get, lab.box)
+    assert svc.allowed_methods("pinned", NAS) == ["ttls"]
+
+
+def test_unknown_state_and_non_response(lab: Lab) -> None:
+    svc = lab.service()
+    res = svc.handle(state=b"x" * 16, eap=response(1, packet.MD5, b"\x10" + b"0" * 16),
+                     nas=NAS, now=0)
+    assert res.action == "reject"
+    req = packet.EapPacket(packet.REQUEST, 1, packet.IDENTITY, b"").encode()
+    assert svc.handle(state=None, eap=req, nas=NAS, now=0).action == "drop"
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x02", b"\x02\x01\x00", b"\x02\x01\x00\x09\x01ab",
+                                 b"\x02\x01\x00\x02", b"\x07\x01\x00\x05\x01",
+                                 b"\x03\x01\x00\x05\x01"])
+def test_truncated_or_bad_packets(lab: Lab, raw: bytes) -> None:
+    svc = lab.service()
+    res = svc.handle(state=None, eap=raw, nas=NAS, now=0)
+    if raw == b"":  # EAP-Start: we ask for the identity
+        assert res.action == "challenge"
+        assert packet.parse(res.eap or b"").type == packet.IDENTITY
+    else:
+        assert res.action == "drop"
+
+
+def test_idle_conversations_expire(lab: Lab) -> None:
+    svc = lab.service(idle_timeout=5)
+    a = svc.handle(state=None, eap=identity(1, "demo"), nas=NAS, now=100.0)
+    svc.handle(state=None, eap=identity(1, "other"), nas=NAS, now=103.0)
+    assert svc.live == 2
+    assert svc.expire(104.0) == 0
+    assert svc.expire(106.0) == 1
+    assert svc.live == 1
+    req = packet.parse(a.eap or b"")
+    late = svc.handle(state=a.state, eap=nak(req.identifier, packet.MD5), nas=NAS, now=106.0)
+    assert late.action == "reject" and "expired" in late.reason
+
+
+def test_max_conversations(lab: Lab) -> None:
+    svc = lab.service(max_conversations=3, idle_timeout=10)
+    for i in range(3):
+        assert svc.handle(state=None, eap=identity(i, f"u{i}"), nas=NAS, now=0).action == (
+            "challenge")
+    assert svc.handle(state=None, eap=identity(9, "u9"), nas=NAS, now=1).action == "drop"
+    # Once the old ones are idle long enough, room is made by expiring them.
+    assert svc.handle(state=None, eap=identity(9, "u9"), nas=NAS, now=20).action == "challenge"
+    assert svc.live == 1
+
+
+def test_states_are_unique_and_random(lab: Lab) -> None:
+    svc = lab.service()
+    states = {svc.handle(state=None, eap=identity(1, "demo"), nas=NAS, now=0).state
+              for _ in range(200)}
+    assert len(states) == 200
+
+
+def test_conversation_byte_budget(lab: Lab) -> None:
+    svc = lab.service(max_bytes_per_conversation=4096, default_method="md5")
+    conv = Conversation(svc)
+    res = conv.send(identity(1, "demo"))
+    big = response(packet.parse(res.eap or b"").identifier, packet.MD5, b"\x10" + b"A" * 5000)
+    res = conv.send(big)
+    assert res.action == "reject" and "too big" in res.reason
+    assert svc.live == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=80), min_size=1, max_size=6), st.booleans())
+def test_hostile_input_never_raises(tmp_path_factory: pytest.TempPathFactory,
+                                    blobs: list[bytes], keep_state: bool) -> None:
+    svc = _fuzz_service(tmp_path_factory)
+    state = None
+    for i, blob in enumerate(blobs):
+        # Half the time make it look like a Response so deeper code is reached.
+        raw = blob if i % 2 else struct.pack("!BBH", 2, blob[:1][0] if blob else 0,
+                                             5 + len(blob)) + bytes([1 + i % 30]) + blob
+        res = svc.handle(state=state, eap=raw, nas=NAS, now=float(i))
+        assert not res.reason.startswith("internal error"), res.reason
+        if keep_state and res.state:
+            state = res.state
+
+
+_FUZZ: dict[str, EapService] = {}
+
+
+def _fuzz_service(factory: pytest.TempPathFactory) -> EapService:
+    if "svc" not in _FUZZ:
+        _FUZZ["svc"] = Lab(Path(factory.mktemp("fuzz"))).service()
+    return _FUZZ["svc"]

@@ -1,0 +1,171 @@
+"""EAP-TLS, PEAP and TTLS state machines driven in-process by a pyOpenSSL peer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nac.eap import packet
+from nac.eap.tls_engine import TLS12_LABELS, TLS13_LABEL
+from nac.pki import revoke
+from tests.test_eap_peer import Lab, TlsPeer, run_tls
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    return Lab(tmp_path_factory.mktemp("eap-tls"))
+
+
+def peer_msk(peer: TlsPeer) -> bytes:
+    """What an RFC 5216/9190/5281/9427 peer derives from its side of the same TLS session."""
+    if peer.conn.get_protocol_version_name() == "TLSv1.3":
+        return peer.conn.export_keying_material(TLS13_LABEL, 128, bytes([peer.type]))[:64]
+    return peer.conn.export_keying_material(TLS12_LABELS[peer.method], 128)[:64]
+
+
+CASES = [
+    ("tls", "", "tls", "demo"),
+    ("peap", "", "peap/mschapv2", "demo"),
+    ("ttls", "pap", "ttls/pap", "demo"),
+    ("ttls", "mschapv2", "ttls/mschapv2", "demo"),
+]
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize(("method", "inner", "full", "who"), CASES)
+@pytest.mark.parametrize("fragment", [1020, 300])
+def test_tls_methods_accept_with_matching_msk(lab: Lab, method: str, inner: str, full: str,
+                                              who: str, version: str, fragment: int) -> None:
+    service = lab.service(fragment_size=fragment)
+    peer = TlsPeer(lab, method, version=version, fragment=fragment, cert=method == "tls",
+                   inner=inner)
+    res, conv = run_tls(lab, service, peer)
+    assert res.action == "accept", res.reason
+    assert res.identity == who and res.role == "default" and res.method == full
+    assert res.msk is not None and len(res.msk) == 64
+    assert res.msk == peer_msk(peer)
+    assert res.eap is not None and packet.parse(res.eap).code == packet.SUCCESS
+    assert service.live == 0
+    if fragment == 300:
+        assert conv.rounds > 6  # the certificate flights really were fragmented
+
+
+def test_every_request_fits_the_fragment_size(lab: Lab) -> None:
+    service = lab.service(fragment_size=300)
+    peer = TlsPeer(lab, "tls", version="1.2", fragment=300, cert=True)
+    sizes: list[int] = []
+    original = service.handle
+
+    def spy(**kw):  # type: ignore[no-untyped-def]
+        r = original(**kw)
+        if r.eap:
+            sizes.append(len(r.eap))
+        return r
+
+    service.handle = spy  # type: ignore[method-assign]
+    res, _ = run_tls(lab, service, peer)
+    assert res.action == "accept"
+    assert max(sizes) <= 300
+
+
+def test_tls13_eap_tls_sends_commitment_message(lab: Lab) -> None:
+    peer = TlsPeer(lab, "tls", version="1.3", cert=True)
+    res, _ = run_tls(lab, lab.service(), peer)
+    assert res.action == "accept"
+    assert b"\x00" in peer.app_seen  # RFC 9190 2.5
+
+
+def test_wrong_inner_password_rejected(lab: Lab) -> None:
+    for method, inner in (("peap", ""), ("ttls", "pap"), ("ttls", "mschapv2")):
+        peer = TlsPeer(lab, method, inner=inner, password="wrong")
+        res, _ = run_tls(lab, lab.service(), peer)
+        assert res.action == "reject", method
+        assert "wrong password" in res.reason
+
+
+def test_eap_tls_without_client_certificate_rejected(lab: Lab) -> None:
+    res, _ = run_tls(lab, lab.service(), TlsPeer(lab, "tls", cert=False))
+    assert res.action == "reject"
+    assert "TLS" in res.reason
+
+
+def test_revoked_certificate_rejected(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    revoke(tmp_path, "demo")
+    res, _ = run_tls(lab, lab.service(), TlsPeer(lab, "tls", version="1.2", cert=True))
+    assert res.action == "reject"
+    assert "revoked" in res.reason
+
+
+def test_session_resumption_for_fast_reauthentication(lab: Lab) -> None:
+    service = lab.service()
+    for version in ("1.2", "1.3"):
+        first = TlsPeer(lab, "tls", version=version, cert=True)
+        res1, conv1 = run_tls(lab, service, first)
+        assert res1.action == "accept"
+        second = TlsPeer(lab, "tls", version=version, cert=True, resume=first)
+        res2, conv2 = run_tls(lab, service, second)
+        assert res2.action == "accept", res2.reason
+        assert _reused(second)
+        assert res2.identity == "demo"
+        assert conv2.rounds < conv1.rounds
+        assert res2.msk == peer_msk(second)
+
+
+def _reused(peer: TlsPeer) -> bool:
+    from OpenSSL._util import lib
+
+    return bool(lib.SSL_session_reused(peer.conn._ssl))
+
+
+def test_tls_min_version_enforced(lab: Lab) -> None:
+    res, _ = run_tls(lab, lab.service(tls_min_version="1.3"),
+                     TlsPeer(lab, "peap", version="1.2"))
+    assert res.action == "reject"
+
+
+def test_tls_garbage_rejected_not_raised(lab: Lab) -> None:
+    from tests.test_eap_peer import Conversation, identity, nak, response
+
+    service = lab.service()
+    conv = Conversation(service)
+    res = conv.send(identity(1, "x"))
+    req = packet.parse(res.eap or b"")
+    res = conv.send(nak(req.identifier, packet.TTLS))
+    req = packet.parse(res.eap or b"")
+    res = conv.send(response(req.identifier, packet.TTLS, b"\x00" + b"\x16\x03\x01garbage" * 9))
+    assert res.action == "reject"
+    assert res.reason.startswith("TLS")
+    assert service.live == 0
+
+
+def test_fragment_flood_beyond_limit_fails(lab: Lab) -> None:
+    from tests.test_eap_peer import Conversation, identity, nak, response
+
+    service = lab.service(max_bytes_per_conversation=8192)
+    conv = Conversation(service)
+    res = conv.send(identity(1, "x"))
+    req = packet.parse(res.eap or b"")
+    res = conv.send(nak(req.identifier, packet.TLS))
+    for _ in range(100):
+        req = packet.parse(res.eap or b"")
+        res = conv.send(response(req.identifier, packet.TLS, b"\x40" + b"A" * 1000))  # M set
+        if res.action != "challenge":
+            break
+    assert res.action == "reject"
+    assert "too big" in res.reason or "long" in res.reason
+    assert service.live == 0
+
+
+def test_announced_length_too_long_fails(lab: Lab) -> None:
+    from tests.test_eap_peer import Conversation, identity, nak, response
+
+    service = lab.service()
+    conv = Conversation(service)
+    res = conv.send(identity(1, "x"))
+    req = packet.parse(res.eap or b"")
+    res = conv.send(nak(req.identifier, packet.PEAP))
+    req = packet.parse(res.eap or b"")
+    res = conv.send(response(req.identifier, packet.PEAP, b"\xc0\x7f\xff\xff\xff" + b"A" * 10))
+    assert res.action == "reject"
