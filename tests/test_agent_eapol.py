@@ -24,6 +24,7 @@ from eap_ext.agent.imc.install import build_library, imc_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_agent_fixtures import build_debian_root  # noqa: E402
+from test_agent_imc import decode_posture  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "testing123"
@@ -152,7 +153,10 @@ def test_eapol_test_loads_imc_and_hostapd_tncs_receives_posture(tmp_path: Path) 
     sent = _hexdump_after(eapol_log, "TNC: TNC_TNCC_SendMessage - hexdump")
     assert received == sent
     assert received[0] == 1  # PA-TNC version 1
-    assert b'"3.0.11-1~deb12u2"' in received
+    doc = decode_posture(received)
+    assert doc["os"]["id"] == "debian"
+    assert any(p["name"] == "openssl" and p["version"] == "3.0.11-1~deb12u2"
+               for p in doc["packages"])
     # hostapd (no IMV loaded) recommends "allow"; the agent recorded it for `status`.
     assert "TNC: TNCCS-Recommendation: 'allow'" in eapol_log
     assert state.load(tmp_path / "state" / "last.json")["recommendation"] == "allow"

@@ -1,9 +1,11 @@
 """Posture document <-> PA-TNC messages for the IMC, over eap_ext.tnc's codecs.
 
 The agent's needs are two calls (PostureCodec): the posture as IF-IMC messages, and what a
-server message tells us (ServerNews). The PA-TNC work itself belongs to eap_ext/tnc; this
-module only adapts it, with a minimal built-in fallback so the agent still speaks when that
-package is absent (one vendor attribute carrying the whole document as JSON).
+server message tells us (ServerNews). The PA-TNC work itself belongs to eap_ext/tnc
+(pa_tnc + posture_attrs: one attribute per section, IETF attributes where they exist); this
+module only adapts it. FallbackCodec, used only when those modules cannot be imported, sends
+one vendor attribute of type POSTURE_DOCUMENT (0x7E) with the whole document as JSON, which
+posture_attrs also reads.
 
 Message type: everything goes in ONE PA-TNC message of type (IETF << 8) | 1 (PA subtype
 "Operating System", RFC 5792 7.2), because wpa_supplicant's TNCC keeps only the last
@@ -78,18 +80,24 @@ class FallbackCodec:
 
 def news_from_pa_tnc(data: bytes) -> ServerNews:
     """Read assessment, remediation, certificate and segment from a server PA-TNC message."""
-    news = ServerNews()
     try:
         from eap_ext.tnc import pa_tnc
     except ImportError:
         log.debug("eap_ext.tnc.pa_tnc unavailable: server message not decoded")
-        return news
+        return ServerNews()
     try:
         msg = pa_tnc.decode_message(data, vendor_id=NAC_PEN)
     except ValueError as exc:
         log.debug("undecodable server message: %s", exc)
-        return news
-    for attr in msg.attributes:
+        return ServerNews()
+    return news_from_attributes(msg.attributes)
+
+
+def news_from_attributes(attributes: Any) -> ServerNews:
+    from eap_ext.tnc import pa_tnc
+
+    news = ServerNews()
+    for attr in attributes:
         if isinstance(attr, pa_tnc.AssessmentResult):
             news.assessment = ASSESSMENT_NAMES.get(attr.result, str(attr.result))
         elif isinstance(attr, pa_tnc.RemediationInstructions):
@@ -102,5 +110,46 @@ def news_from_pa_tnc(data: bytes) -> ServerNews:
     return news
 
 
+class TncCodec:
+    """eap_ext.tnc's mapping: per-section attributes, Attribute Requests answered, PA-TNC
+    errors reported back for messages we cannot parse (RFC 5792 4.2.8)."""
+
+    def __init__(self) -> None:
+        from eap_ext.tnc import pa_tnc, posture_attrs
+
+        self._pa = pa_tnc
+        self._attrs = posture_attrs
+        self._next_id = 1
+        self._last_doc: dict[str, Any] | None = None
+
+    def _message(self, attributes: list[Any]) -> tuple[int, bytes]:
+        msg = self._pa.build_message(self._next_id, attributes)
+        self._next_id += 1
+        return POSTURE_MESSAGE_TYPE, msg
+
+    def posture_messages(self, doc: dict[str, Any]) -> list[tuple[int, bytes]]:
+        self._last_doc = doc
+        return [self._message(self._attrs.posture_to_attributes(doc, vendor_id=NAC_PEN))]
+
+    def server_message(self, msg_type: int, data: bytes) -> ServerNews:
+        try:
+            msg = self._pa.decode_message(data, vendor_id=NAC_PEN)
+        except self._pa.PaTncCodecError as exc:
+            log.debug("server message rejected: %s", exc)
+            return ServerNews(replies=[self._message([self._pa.PaTncError.from_exception(exc)])])
+        news = news_from_attributes(msg.attributes)
+        requested = self._pa.requested_types(msg.attributes)
+        if requested and self._last_doc is not None:
+            attrs = self._attrs.posture_to_attributes(self._last_doc, vendor_id=NAC_PEN)
+            chosen = self._attrs.select_attributes(attrs, requested)
+            if chosen:
+                news.replies.append(self._message(chosen))
+        return news
+
+
 def default_codec() -> PostureCodec:
-    return FallbackCodec()
+    try:
+        return TncCodec()
+    except ImportError as exc:
+        log.debug("eap_ext.tnc codecs unavailable (%s): JSON fallback", exc)
+        return FallbackCodec()
