@@ -294,3 +294,33 @@ def test_shim_times_out_a_hung_agent(shim: Path, monkeypatch: pytest.MonkeyPatch
     # 0.2 s for the answer, then up to 2 s grace before SIGKILL.
     assert time.monotonic() - started < 5
     assert tncc.lib.TNC_IMC_Terminate(UL(0)) == 0
+
+
+def test_agent_against_the_servers_imv_session(tmp_path: Path) -> None:
+    """Contract with eap_ext.tnc.session.ImvSession (the server's side), batches carried as
+    wpa_supplicant's TNCC and hostapd's TNCS would carry them (IF-TNCCS 1.1)."""
+    session = pytest.importorskip("eap_ext.tnc.session")
+    tnccs11 = pytest.importorskip("eap_ext.tnc.tnccs11")
+    from eap_ext.agent.collectors import collect_posture
+    from eap_ext.agent.hostroot import HostRoot
+
+    doc = collect_posture(HostRoot(build_debian_root(tmp_path / "host"), rooted=True))
+    agent = ImcAgent(lambda _token: doc, default_codec(), tmp_path / "last.json")
+    seen: dict = {}
+
+    def evaluate(document: dict, identity: str | None) -> tuple:
+        seen["doc"] = document
+        return "isolate", 2, ["Upgrade openssl to 3.0.15", "https://nac.example/fix"], b"cert"
+
+    imv = session.ImvSession(evaluate, protocol="tnccs11")
+    sent = agent.handle(framing.BEGIN, struct.pack("!I", 0))
+    batch = tnccs11.Tnccs11Batch(1, "TNCS", tuple(tnccs11.ImcImvMessage(t, b) for t, b in sent))
+    out, _events = imv.receive(batch.encode())
+    assert seen["doc"] == doc
+    for msg in tnccs11.decode_batch(out).messages:
+        if isinstance(msg, tnccs11.ImcImvMessage):
+            assert agent.handle(msg.msg_type, msg.body) == []
+    saved = state.load(tmp_path / "last.json")
+    assert saved["assessment"] == "major-non-compliance"
+    assert saved["remediation"] == ["Upgrade openssl to 3.0.15", "https://nac.example/fix"]
+    assert saved["certificate"]["token"] == "Y2VydA=="
