@@ -248,3 +248,28 @@ def test_certificate_digest(deb_root: HostRoot) -> None:
     assert doc["certificate"]["token"] == "dG9rZW4="
     again = collect_posture(deb_root)
     assert doc["certificate"]["posture_digest"] == posture_digest(again)
+
+
+def test_apt_simulation_is_cached_until_its_inputs_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = build_debian_root(tmp_path / "host")
+    (host / "var/lib/apt/lists").mkdir(parents=True)
+    root = HostRoot(host, rooted=False)  # "live", but on our tree and with a fake apt-get
+    runs: list[list[str]] = []
+
+    def fake_run(_self: HostRoot, argv: list[str], timeout: float = 30.0) -> str:
+        runs.append(argv)
+        return ("Inst libssl3 [3.0.11-1~deb12u2] (3.0.15-1~deb12u1 "
+                "Debian-Security:12/stable-security [amd64])\n")
+
+    monkeypatch.setattr(HostRoot, "run", fake_run)
+    monkeypatch.setattr(HostRoot, "can_run", lambda _self, _prog: True)
+    cache = tmp_path / "state" / "pending_updates.json"
+    assert updates.collect(root, cache) == {"security": 1, "total": 1}
+    assert updates.collect(root, cache) == {"security": 1, "total": 1}
+    assert len(runs) == 1
+    status = host / "var/lib/dpkg/status"
+    os.utime(status, ns=(0, status.stat().st_mtime_ns + 10**9))  # dpkg ran
+    updates.collect(root, cache)
+    assert len(runs) == 2
+    assert runs[0][:2] == ["apt-get", "-s"]
