@@ -1,0 +1,326 @@
+"""SSH drivers (netmiko): Linux bridge switches and Cisco IOS.
+
+netmiko is blocking, so every call runs in a worker thread. Sessions are pooled: one
+logged-in session per switch, shared by every driver instance of that switch and reused
+across calls (a login costs far more than a command); a broken session is dropped and the
+next call logs in again. Calls on one switch are serialised by the session's lock because
+an interactive CLI session can only run one command at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from enforcers.base import DriverError, NetworkDriver
+from enforcers.inventory import Switch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Interface names go into shell/CLI lines: allow only what real names use.
+_PORT_RE = re.compile(r"^[A-Za-z0-9_.:/@-]{1,64}$")
+
+
+def _check_port(port: str, switch: str) -> str:
+    if not _PORT_RE.match(port):
+        raise DriverError(f"invalid port name {port!r}", retryable=False, switch=switch)
+    return port
+
+
+def _check_vlan(vlan: int, switch: str) -> int:
+    if not 1 <= int(vlan) <= 4094:
+        raise DriverError(f"invalid VLAN {vlan}", retryable=False, switch=switch)
+    return int(vlan)
+
+
+@dataclass
+class _Session:
+    key: tuple[str, str, int, str]
+    conn: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class SshPool:
+    """One netmiko session per switch, reused; a process normally has one pool."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str, int, str], _Session] = {}
+        self._guard = threading.Lock()
+
+    def session(self, switch: Switch) -> _Session:
+        assert switch.ssh is not None
+        key = (switch.name, switch.address, switch.ssh.port, switch.ssh.username)
+        with self._guard:
+            if key not in self._sessions:
+                self._sessions[key] = _Session(key)
+            return self._sessions[key]
+
+    def drop(self, sess: _Session) -> None:
+        """Disconnect (called with sess.lock held)."""
+        if sess.conn is not None:
+            # Not netmiko's disconnect(): its config-mode probe waits ~10 s on some
+            # prompts. Our commands never leave the CLI in config mode, so a plain
+            # "exit" and closing the transport is enough.
+            try:
+                sess.conn.write_channel("exit" + sess.conn.RETURN)
+            except Exception:  # noqa: BLE001 - a dead session may fail to write; ignore
+                pass
+            try:
+                sess.conn.paramiko_cleanup()
+            except Exception:  # noqa: BLE001
+                pass
+            sess.conn = None
+
+    def close_all(self) -> None:
+        with self._guard:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for s in sessions:
+            with s.lock:
+                self.drop(s)
+
+
+DEFAULT_POOL = SshPool()
+
+
+class _SshDriver(NetworkDriver):
+    """Common part: connect, run in a thread, classify errors."""
+
+    device_type: ClassVar[str] = ""
+
+    def __init__(self, switch: Switch, pool: SshPool | None = None) -> None:
+        super().__init__(switch)
+        if switch.ssh is None:
+            raise DriverError(f"{switch.name}: no [ssh] credentials", retryable=False,
+                              switch=switch.name)
+        self.pool = pool or DEFAULT_POOL
+
+    def _connect_params(self) -> dict[str, Any]:
+        ssh = self.switch.ssh
+        assert ssh is not None
+        params: dict[str, Any] = {
+            "device_type": self.device_type,
+            "host": self.switch.address,
+            "port": ssh.port,
+            "username": ssh.username,
+            "conn_timeout": ssh.timeout,
+            "auth_timeout": ssh.timeout,
+            "banner_timeout": ssh.timeout,
+            "timeout": ssh.timeout,
+            "fast_cli": True,
+            "allow_agent": False,
+        }
+        if ssh.password is not None:
+            params["password"] = ssh.password.get_secret_value()
+        if ssh.key_file:
+            params["use_keys"] = True
+            params["key_file"] = ssh.key_file
+        else:
+            params["use_keys"] = False
+        if ssh.enable_secret is not None:
+            params["secret"] = ssh.enable_secret.get_secret_value()
+        return params
+
+    def _login(self) -> Any:
+        from netmiko import ConnectHandler
+
+        conn = ConnectHandler(**self._connect_params())
+        self._after_login(conn)
+        return conn
+
+    def _after_login(self, conn: Any) -> None:
+        """Vendor hook, e.g. enter enable mode."""
+
+    def _classify(self, exc: BaseException) -> DriverError:
+        from netmiko.exceptions import NetmikoAuthenticationException
+
+        if isinstance(exc, DriverError):
+            return exc
+        if isinstance(exc, NetmikoAuthenticationException):
+            return DriverError(f"{self.switch.name}: SSH authentication failed: {exc}",
+                               retryable=False, switch=self.switch.name)
+        # Timeouts, refused connections, resets, protocol errors: the switch may come back.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return DriverError(f"{self.switch.name}: SSH {type(exc).__name__}: {first}",
+                           retryable=True, switch=self.switch.name)
+
+    def _with_session(self, fn: Callable[[Any], T]) -> T:
+        """Run fn(conn) with the pooled session (blocking; call in a thread)."""
+        sess = self.pool.session(self.switch)
+        with sess.lock:
+            try:
+                if sess.conn is None or not sess.conn.is_alive():
+                    self.pool.drop(sess)
+                    sess.conn = self._login()
+                return fn(sess.conn)
+            except DriverError as exc:
+                if exc.retryable:
+                    self.pool.drop(sess)
+                raise
+            except Exception as exc:  # noqa: BLE001 - netmiko/paramiko raise many types
+                self.pool.drop(sess)
+                raise self._classify(exc) from exc
+
+    async def _run(self, fn: Callable[[Any], T]) -> T:
+        return await asyncio.to_thread(self._with_session, fn)
+
+    async def open(self) -> None:
+        await self._run(lambda conn: None)
+
+    async def close(self) -> None:
+        sess = self.pool.session(self.switch)
+
+        def _close() -> None:
+            with sess.lock:
+                self.pool.drop(sess)
+
+        await asyncio.to_thread(_close)
+
+
+class LinuxBridgeDriver(_SshDriver):
+    """A Linux box whose bridge is the switch (netmiko device type "linux").
+
+    vlan_mode "filtering": ``bridge vlan del dev PORT vid OLD`` for every old VLAN, then
+    ``bridge vlan add dev PORT vid N pvid untagged``. vlan_mode "bridge-per-vlan":
+    ``ip link set dev PORT master <bridge of VLAN N>``. Bounce: ``ip link set dev PORT
+    down``, a pause, ``up`` in one shell line so a dropped session cannot leave it down.
+    """
+
+    name = "ssh-linux-bridge"
+    device_type = "linux"
+
+    def _sh(self, conn: Any, command: str) -> str:
+        """Run one shell line; raise DriverError if it exits non-zero."""
+        prefix = "sudo -n " if self.switch.linux_bridge.use_sudo else ""
+        out: str = conn.send_command(f"{prefix}{command}; echo __rc=$?",
+                                     read_timeout=30.0)
+        m = re.search(r"__rc=(\d+)\s*$", out.strip())
+        if m is None:
+            raise DriverError(f"{self.switch.name}: no exit status from {command!r}",
+                              retryable=True, switch=self.switch.name)
+        body = out[: m.start()].strip()
+        if m.group(1) != "0":
+            raise DriverError(f"{self.switch.name}: {command!r} failed: {body}",
+                              retryable=False, switch=self.switch.name)
+        return body
+
+    def _read_vlan(self, conn: Any, port: str) -> int:
+        opts = self.switch.linux_bridge
+        if opts.vlan_mode == "filtering":
+            data = json.loads(self._sh(conn, f"bridge -j vlan show dev {port}") or "[]")
+            for entry in data:
+                for v in entry.get("vlans", []):
+                    if "PVID" in v.get("flags", []):
+                        return int(v["vlan"])
+            raise DriverError(f"{self.switch.name}: {port} has no PVID", retryable=False,
+                              switch=self.switch.name)
+        data = json.loads(self._sh(conn, f"ip -j link show dev {port}") or "[]")
+        master = data[0].get("master", "") if data else ""
+        head, tail = opts.vlan_bridge_pattern.split("{vlan}")
+        mid = master[len(head): len(master) - len(tail)] if master else ""
+        if master.startswith(head) and master.endswith(tail) and mid.isdigit():
+            return int(mid)
+        raise DriverError(f"{self.switch.name}: {port} is in no VLAN bridge ({master!r})",
+                          retryable=False, switch=self.switch.name)
+
+    async def get_port_vlan(self, port: str) -> int:
+        port = _check_port(port, self.switch.name)
+        return await self._run(lambda conn: self._read_vlan(conn, port))
+
+    async def set_port_vlan(self, port: str, vlan: int) -> None:
+        port = _check_port(port, self.switch.name)
+        vlan = _check_vlan(vlan, self.switch.name)
+        opts = self.switch.linux_bridge
+
+        def change(conn: Any) -> None:
+            if opts.vlan_mode == "filtering":
+                data = json.loads(self._sh(conn, f"bridge -j vlan show dev {port}") or "[]")
+                olds = {int(v["vlan"]) for e in data for v in e.get("vlans", [])}
+                cmds = [f"bridge vlan del dev {port} vid {o}" for o in sorted(olds - {vlan})]
+                cmds.append(f"bridge vlan add dev {port} vid {vlan} pvid untagged")
+                self._sh(conn, " && ".join(cmds))
+            else:
+                target = opts.vlan_bridge_pattern.format(vlan=vlan)
+                self._sh(conn, f"ip link set dev {port} master {target}")
+            got = self._read_vlan(conn, port)
+            if got != vlan:
+                raise DriverError(f"{self.switch.name}: {port} VLAN is {got} after setting "
+                                  f"{vlan}", retryable=True, switch=self.switch.name)
+
+        await self._run(change)
+
+    async def bounce_port(self, port: str) -> None:
+        port = _check_port(port, self.switch.name)
+        pause = max(0.0, float(self.switch.bounce_down_seconds))
+        await self._run(lambda conn: self._sh(
+            conn, f"ip link set dev {port} down && sleep {pause:g} && "
+                  f"ip link set dev {port} up"))
+
+
+class CiscoIosDriver(_SshDriver):
+    """Cisco IOS access switch over SSH (netmiko "cisco_ios").
+
+    Configuration goes ``configure terminal`` / ``interface X`` / commands / ``exit`` /
+    ``exit``: leaving with ``exit`` rather than ``end`` also works on IOS emulators that
+    lack ``end``. Reads use ``show running-config interface X``.
+    """
+
+    name = "ssh-cisco-ios"
+    device_type = "cisco_ios"
+
+    def _after_login(self, conn: Any) -> None:
+        if self.switch.ssh is not None and self.switch.ssh.enable_secret is not None:
+            conn.enable()
+
+    def _check_output(self, out: str) -> None:
+        for line in out.splitlines():
+            if line.strip().startswith("%"):
+                raise DriverError(f"{self.switch.name}: IOS said {line.strip()!r}",
+                                  retryable=False, switch=self.switch.name)
+
+    def _configure(self, conn: Any, port: str, lines: list[str]) -> str:
+        out: str = conn.send_config_set([f"interface {port}", *lines],
+                                        exit_config_mode=False, cmd_verify=False)
+        out += conn.send_command_timing("exit")  # config-if -> config
+        out += conn.send_command_timing("exit")  # config -> exec
+        self._check_output(out)
+        return out
+
+    def _read_vlan(self, conn: Any, port: str) -> int:
+        out: str = conn.send_command(f"show running-config interface {port}")
+        self._check_output(out)
+        if f"interface {port}" not in out:
+            raise DriverError(f"{self.switch.name}: no interface {port}", retryable=False,
+                              switch=self.switch.name)
+        m = re.search(r"^\s*switchport access vlan (\d+)\s*$", out, re.M)
+        return int(m.group(1)) if m else 1  # IOS omits the default access VLAN 1
+
+    async def get_port_vlan(self, port: str) -> int:
+        port = _check_port(port, self.switch.name)
+        return await self._run(lambda conn: self._read_vlan(conn, port))
+
+    async def set_port_vlan(self, port: str, vlan: int) -> None:
+        port = _check_port(port, self.switch.name)
+        vlan = _check_vlan(vlan, self.switch.name)
+
+        def change(conn: Any) -> None:
+            self._configure(conn, port, [f"switchport access vlan {vlan}"])
+            got = self._read_vlan(conn, port)
+            if got != vlan:
+                raise DriverError(f"{self.switch.name}: {port} VLAN is {got} after setting "
+                                  f"{vlan}", retryable=True, switch=self.switch.name)
+
+        await self._run(change)
+
+    async def bounce_port(self, port: str) -> None:
+        port = _check_port(port, self.switch.name)
+        await self._run(lambda conn: self._configure(conn, port, ["shutdown"]))
+        await asyncio.sleep(max(0.0, float(self.switch.bounce_down_seconds)))
+        await self._run(lambda conn: self._configure(conn, port, ["no shutdown"]))

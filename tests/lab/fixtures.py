@@ -1,0 +1,85 @@
+"""Context managers and skip helpers for building lab fixtures in test modules.
+
+A test module wraps them in its own fixtures, e.g.::
+
+    @pytest.fixture
+    def lab(tmp_path):
+        with switch_lab(tmp_path, sshd=True, snmpd=True) as lab:
+            yield lab
+
+Everything started is stopped and every namespace deleted on exit, even on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .daemons import (
+    HostapdDas,
+    SnmpServer,
+    SshServer,
+    have,
+    start_hostapd_das,
+    start_snmpd,
+    start_sshd,
+)
+from .netns import LabSwitch, can_use_netns, create_switch
+
+
+def skip_unless_lab(*programs: str) -> None:
+    """pytest.skip with a clear reason when root/netns or a program is missing."""
+    if not can_use_netns():
+        pytest.skip("needs root and a working `ip netns` (network namespace lab)")
+    missing = have("bridge", *programs)
+    if missing:
+        pytest.skip(f"{missing} not installed")
+
+
+@dataclass
+class Lab:
+    switch: LabSwitch
+    workdir: Path
+    sshd: SshServer | None = None
+    snmpd: SnmpServer | None = None
+    hostapd: HostapdDas | None = None
+
+
+@contextlib.contextmanager
+def switch_lab(
+    workdir: Path,
+    *,
+    n_hosts: int = 3,
+    vlans: tuple[int, ...] = (10, 20, 30),
+    initial: dict[int, int] | None = None,
+    sshd: bool = False,
+    snmpd: bool = False,
+    hostapd_port: str | None = None,
+    das_secret: str = "das-secret",
+) -> Iterator[Lab]:
+    """Lab switch plus the requested daemons; hostapd_port puts hostapd on that port."""
+    programs = (["sshd", "ssh-keygen", "openssl"] if sshd else []) + (
+        ["snmpd", "snmpget"] if snmpd else []) + (["hostapd"] if hostapd_port else [])
+    skip_unless_lab(*programs)
+    sw = create_switch(n_hosts=n_hosts, vlans=vlans, initial=initial)
+    lab = Lab(switch=sw, workdir=workdir)
+    try:
+        if sshd:
+            lab.sshd = start_sshd(sw.ns, sw.mgmt_ip, workdir / "sshd")
+        if snmpd:
+            lab.snmpd = start_snmpd(sw.ns, sw.mgmt_ip, workdir / "snmpd", mode=sw.mode,
+                                    vlan_bridge_pattern=sw.vlan_bridge_pattern)
+        if hostapd_port:
+            lab.hostapd = start_hostapd_das(sw.ns, hostapd_port, sw.peer_ip,
+                                            workdir / "hostapd", das_secret=das_secret,
+                                            own_ip=sw.mgmt_ip)
+        yield lab
+    finally:
+        for d in (lab.hostapd, lab.snmpd, lab.sshd):
+            if d is not None:
+                d.stop()
+        sw.destroy()

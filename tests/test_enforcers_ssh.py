@@ -1,0 +1,120 @@
+"""SSH Linux-bridge driver against OpenSSH sshd inside a lab switch namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from enforcers.base import DriverError
+from enforcers.inventory import Switch
+from enforcers.ssh import LinuxBridgeDriver, SshPool
+from tests.lab.fixtures import Lab, switch_lab
+
+pytestmark = [pytest.mark.netns, pytest.mark.peer]
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    # hosts 1 and 2 share VLAN 10, host 3 is alone in VLAN 20
+    with switch_lab(tmp_path, sshd=True, initial={1: 10, 2: 10, 3: 20}) as lab:
+        yield lab
+
+
+def inventory_entry(lab: Lab, *, password: bool = False) -> Switch:
+    assert lab.sshd is not None
+    ssh = {"username": lab.sshd.user}
+    if password:
+        ssh["password"] = lab.sshd.password
+    else:
+        ssh["key_file"] = str(lab.sshd.key_file)
+    return Switch.model_validate({
+        "name": "labsw", "address": lab.switch.mgmt_ip, "driver": "ssh-linux-bridge",
+        "vendor": "linux", "ssh": ssh, "bounce_down_seconds": 0.2,
+        "linux_bridge": {"vlan_mode": lab.switch.mode,
+                         "vlan_bridge_pattern": lab.switch.vlan_bridge_pattern},
+    })
+
+
+def test_set_vlan_moves_host_between_segments(lab: Lab) -> None:
+    sw = lab.switch
+    h1, h2, h3 = sw.hosts
+    assert sw.reachable(h3, h1, tries=1) is False
+    pool = SshPool()
+
+    async def scenario() -> tuple[int, int, float]:
+        drv = LinuxBridgeDriver(inventory_entry(lab), pool=pool)
+        async with drv:
+            before = await drv.get_port_vlan("swp3")
+            t0 = time.perf_counter()
+            await drv.set_port_vlan("swp3", 10)
+            elapsed = time.perf_counter() - t0
+            after = await drv.get_port_vlan("swp3")
+            await drv.set_port_vlan("swp3", 10)  # idempotent
+        return before, after, elapsed
+
+    before, after, elapsed = asyncio.run(scenario())
+    assert (before, after) == (20, 10)
+    assert sw.port_vlan("swp3") == 10  # the kernel agrees, not just the driver
+    assert sw.reachable(h3, h1)
+    # and the reverse: move host 1 away from host 2
+    asyncio.run(_set(lab, pool, "swp1", 30))
+    assert sw.port_vlan("swp1") == 30
+    assert not sw.ping(h1, h2, count=1)
+    pool.close_all()
+    print(f"ssh set_port_vlan {elapsed * 1000:.1f} ms")
+
+
+async def _set(lab: Lab, pool: SshPool, port: str, vlan: int) -> None:
+    drv = LinuxBridgeDriver(inventory_entry(lab), pool=pool)
+    await drv.set_port_vlan(port, vlan)
+
+
+def test_password_login_bounce_and_session_reuse(lab: Lab) -> None:
+    sw = lab.switch
+    pool = SshPool()
+
+    async def scenario() -> None:
+        drv = LinuxBridgeDriver(inventory_entry(lab, password=True), pool=pool)
+        await drv.bounce_port("swp2")
+        sess = pool.session(drv.switch)
+        first = sess.conn
+        await drv.set_port_vlan("swp2", 20)
+        assert sess.conn is first  # the pooled session was reused, no second login
+        await drv.close()
+
+    asyncio.run(scenario())
+    assert sw.port_is_up("swp2")
+    assert sw.port_vlan("swp2") == 20
+    log = (lab.workdir / "sshd" / "sshd.log").read_text()
+    assert log.count("Accepted password") == 1
+
+
+def test_errors_are_classified(lab: Lab) -> None:
+    pool = SshPool()
+    entry = inventory_entry(lab)
+
+    async def scenario() -> None:
+        drv = LinuxBridgeDriver(entry, pool=pool)
+        with pytest.raises(DriverError) as bad_port:
+            await drv.set_port_vlan("nosuchport", 10)
+        assert bad_port.value.retryable is False
+        with pytest.raises(DriverError) as inj:
+            await drv.set_port_vlan("swp1;reboot", 10)
+        assert inj.value.retryable is False
+        with pytest.raises(DriverError) as bad_vlan:
+            await drv.set_port_vlan("swp1", 5000)
+        assert bad_vlan.value.retryable is False
+        lab.sshd.stop()  # type: ignore[union-attr]
+        await drv.close()
+        with pytest.raises(DriverError) as down:
+            await drv.get_port_vlan("swp1")
+        assert down.value.retryable is True
+        lab.sshd.start()  # type: ignore[union-attr]
+        assert await drv.get_port_vlan("swp1") == 10  # reconnects by itself
+
+    asyncio.run(scenario())
+    pool.close_all()
