@@ -126,12 +126,23 @@ def test_packages_unknown_without_any_database(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("v4", "v6"), [(False, False), (True, False), (False, True)])
 def test_forwarding(tmp_path: Path, v4: bool, v6: bool) -> None:
     root = HostRoot(build_debian_root(tmp_path, ip_forward=v4, ipv6_forward=v6), rooted=True)
-    assert forwarding.collect(root) == {"ipv4": v4, "ipv6": v6, "bridges": []}
+    assert forwarding.collect(root) == {"ipv4": v4, "ipv6": v6, "bridges": [], "tunnels": []}
 
 
 def test_forwarding_bridge(tmp_path: Path) -> None:
     root = HostRoot(build_debian_root(tmp_path, bridge="br0"), rooted=True)
     assert forwarding.collect(root)["bridges"] == ["br0"]
+
+
+def test_forwarding_tunnels(tmp_path: Path) -> None:
+    build_debian_root(tmp_path)
+    write(tmp_path, "sys/class/net/eth0/type", "1\n")
+    write(tmp_path, "sys/class/net/wg0/type", "65534\n")   # WireGuard
+    write(tmp_path, "sys/class/net/tap0/type", "1\n")      # tap: Ethernet-typed, tun_flags
+    write(tmp_path, "sys/class/net/tap0/tun_flags", "0x1002\n")
+    write(tmp_path, "sys/class/net/gre1/type", "778\n")
+    root = HostRoot(tmp_path, rooted=True)
+    assert forwarding.collect(root)["tunnels"] == ["gre1", "tap0", "wg0"]
 
 
 def test_forwarding_unknown(tmp_path: Path) -> None:

@@ -245,7 +245,8 @@ def test_shim_relays_a_handshake(shim: Path, tmp_path: Path,
     assert len(tncc.sent) == 1
     conn, mtype, msg = tncc.sent[0]
     assert (conn, mtype, msg[0]) == (7, 1, 1)
-    assert decode_posture(msg)["forwarding"] == {"ipv4": False, "ipv6": False, "bridges": []}
+    assert decode_posture(msg)["forwarding"] == {"ipv4": False, "ipv6": False, "bridges": [],
+                                                  "tunnels": []}
     server = pa_tnc_server_message()
     buf = (ctypes.c_ubyte * len(server)).from_buffer_copy(server)
     assert lib.TNC_IMC_ReceiveMessage(UL(0), UL(7), buf, UL(len(server)), UL(1)) == 0
