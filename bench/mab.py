@@ -1,0 +1,207 @@
+"""MAB/PAP throughput: our server against FreeRADIUS, same load, same run.
+
+    python3 bench/mab.py [--requests N] [--window W[,W...]] [--mode mab|pap]
+                         [--workers K] [--only freeradius|nac]
+
+Builds N signed Access-Requests once (bench/packets.py), compiles the C
+load generator (bench/radload.c -> bench/out/radload), then for each
+server: start it on a free loopback port, wait until it answers, replay the
+same packets with radload, read the server's CPU time from /proc, stop it.
+Prints each result, the ratio nac/freeradius, and one JSON summary line
+(last line of output). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import freeradius  # noqa: E402
+import packets  # noqa: E402
+import probe  # noqa: E402
+
+OUT = BENCH / "out"
+SECRET = b"testing123"
+
+
+def build_radload() -> Path:
+    """Compile radload with gcc -O2 unless the binary is newer than the source."""
+    src = BENCH / "radload.c"
+    exe = OUT / "radload"
+    if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
+        return exe
+    OUT.mkdir(exist_ok=True)
+    tmp = exe.with_suffix(f".tmp{os.getpid()}")
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(tmp), str(src)], check=True)
+    tmp.replace(exe)  # atomic: parallel runs never see a half-written binary
+    return exe
+
+
+def run_radload(exe: Path, pkt_file: Path, port: int, window: int, timeout_ms: int,
+                seconds: float = 0) -> dict:
+    cmd = [str(exe), "-f", str(pkt_file), "-h", "127.0.0.1", "-p", str(port),
+           "-w", str(window), "-t", str(timeout_ms)]
+    if seconds:
+        cmd += ["-T", str(seconds)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(pid: int, run: Callable[[], dict]) -> dict:
+    """Run the load and add the server's CPU seconds over it, and requests
+    per server CPU-second (the load generator has a core of its own)."""
+    cpu0 = probe.tree_cpu_seconds(pid)
+    result = run()
+    cpu = probe.tree_cpu_seconds(pid) - cpu0
+    result["server_cpu_s"] = round(cpu, 3)
+    result["rps_per_cpu"] = round(result["received"] / cpu, 1) if cpu > 0 else None
+    result["server_cores"] = round(cpu / result["seconds"], 2) if result["seconds"] else None
+    return result
+
+
+def nac_command(state_dir: Path, auth_port: int, acct_port: int,
+                workers: int | None) -> list[str]:
+    # the tree's code, whatever `nac` may be installed
+    cmd = [sys.executable, "-c", "from nac.cli.main import main; main()", "serve",
+           "--state-dir", str(state_dir), "--auth-port", str(auth_port),
+           "--acct-port", str(acct_port), "--log-level", "warning"]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    return cmd
+
+
+def nac_available() -> str | None:
+    """None if `nac serve` can run here, else why not."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from nac.cli.main import main; main()", "serve", "--help"],
+        capture_output=True, text=True, cwd=ROOT, env=_env(),
+    )
+    if proc.returncode != 0:
+        return (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    return None
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def bench_freeradius(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Namespace,
+                     tmp: Path) -> dict[int, dict]:
+    results = {}
+    for w in windows:
+        (port,) = probe.free_udp_ports(1)
+        with freeradius.FreeRadius(tmp / f"freeradius-{w}", port, args.threads) as fr:
+            results[w] = measure(fr.pid, partial(run_radload, exe, pkt_file, port, w,
+                                                 args.timeout_ms))
+    return results
+
+
+def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Namespace,
+              tmp: Path) -> dict[int, dict]:
+    results = {}
+    for w in windows:
+        auth, acct = probe.free_udp_ports(2)
+        state = tmp / f"nac-{w}"
+        state.mkdir()
+        log = (tmp / f"nac-{w}.log").open("wb")
+        proc = subprocess.Popen(nac_command(state, auth, acct, args.workers), cwd=ROOT,
+                                env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            try:
+                waited = probe.wait_answers(auth, SECRET, timeout=60, alive=proc)
+            except (RuntimeError, TimeoutError) as exc:
+                tail = (tmp / f"nac-{w}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"nac serve did not answer: {exc}\n{tail}") from None
+            print(f"nac answered after {waited:.1f} s", file=sys.stderr)
+            results[w] = measure(proc.pid, partial(run_radload, exe, pkt_file, auth, w,
+                                                   args.timeout_ms))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            log.close()
+    return results
+
+
+def line(name: str, r: dict) -> str:
+    return (f"{name:<11} w={r['window']:<4} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+            f"p99 {r['p99_ms']:.2f} ms  accepts {r['accepts']}/{r['sent']}  "
+            f"timeouts {r['timeouts']}  server CPU {r['server_cpu_s']:.2f} s "
+            f"({r['rps_per_cpu'] or 0:.0f} req per CPU-s)")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=100_000)
+    ap.add_argument("--window", default="64",
+                    help="outstanding requests; a comma list runs each (e.g. 64,256)")
+    ap.add_argument("--mode", choices=sorted(packets.BUILDERS), default="mab")
+    ap.add_argument("--workers", type=int, help="passed to nac serve --workers")
+    ap.add_argument("--threads", type=int, default=2, help="FreeRADIUS worker threads")
+    ap.add_argument("--timeout-ms", type=int, default=2000)
+    ap.add_argument("--only", choices=["freeradius", "nac"])
+    args = ap.parse_args()
+    windows = [int(w) for w in args.window.split(",")]
+
+    exe = build_radload()
+    summary: dict = {"mode": args.mode, "requests": args.requests, "cpus": os.cpu_count(),
+                     "freeradius": {}, "nac": {}, "ratio": {}}
+    with tempfile.TemporaryDirectory(prefix="nac-bench-") as t:
+        tmp = Path(t)
+        pkt_file = tmp / f"{args.mode}.bin"
+        t0 = time.monotonic()
+        packets.write(pkt_file, packets.build(args.mode, args.requests, SECRET))
+        print(f"built {args.requests} {args.mode} requests in {time.monotonic() - t0:.1f} s",
+              file=sys.stderr)
+
+        if args.only != "nac":
+            if freeradius.binary() is None:
+                print("FreeRADIUS is not installed (apt-get install freeradius): skipped",
+                      file=sys.stderr)
+            else:
+                summary["freeradius"] = bench_freeradius(exe, pkt_file, windows, args, tmp)
+                for r in summary["freeradius"].values():
+                    print(line("freeradius", r))
+        if args.only != "freeradius":
+            why = nac_available()
+            if why:
+                print(f"nac serve is not available yet ({why}): skipped", file=sys.stderr)
+                summary["nac_error"] = why
+            else:
+                summary["nac"] = bench_nac(exe, pkt_file, windows, args, tmp)
+                for r in summary["nac"].values():
+                    print(line("nac", r))
+
+    for w in windows:
+        fr, ours = summary["freeradius"].get(w), summary["nac"].get(w)
+        if fr and ours and fr["rps"]:
+            summary["ratio"][w] = {
+                "rps": round(ours["rps"] / fr["rps"], 3),
+                "rps_per_cpu": round(ours["rps_per_cpu"] / fr["rps_per_cpu"], 3)
+                if ours["rps_per_cpu"] and fr["rps_per_cpu"] else None,
+            }
+            print(f"ratio nac/freeradius w={w}: {summary['ratio'][w]['rps']:.3f} (throughput), "
+                  f"{summary['ratio'][w]['rps_per_cpu']} (per server CPU-second)")
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

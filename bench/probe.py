@@ -1,0 +1,82 @@
+"""Small helpers shared by the bench scripts: free loopback ports, waiting
+until a RADIUS server answers, and the CPU time a process tree used."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import packets
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_udp_ports(count: int) -> list[int]:
+    """Distinct loopback UDP ports that are free right now (the kernel
+    picks them), so a bench never talks to some other server."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_answers(port: int, secret: bytes, timeout: float = 20.0,
+                 alive: subprocess.Popen | None = None) -> float:
+    """Send signed MAB Access-Requests to 127.0.0.1:port until one gets a
+    reply with its identifier; return the seconds waited. Gives up early
+    when the server process `alive` has exited."""
+    start = time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        i = 0
+        while time.monotonic() - start < timeout:
+            if alive is not None and alive.poll() is not None:
+                raise RuntimeError(f"the server exited with {alive.returncode} before answering")
+            req = packets.mab_request(i, secret, os.urandom(16))
+            try:
+                s.sendto(req, ("127.0.0.1", port))
+                data = s.recv(4096)
+                if len(data) >= 20 and data[1] == req[1]:
+                    return time.monotonic() - start
+            except (TimeoutError, ConnectionRefusedError):
+                pass
+            i += 1
+            time.sleep(0.05)
+    raise TimeoutError(f"no RADIUS answer on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its descendants (all threads), from
+    /proc/PID/stat, in seconds."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        # fields after the parenthesised command name; utime, stime are 14, 15
+        fields = stat.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+        todo += _children(p)
+    return total / CLK_TCK
