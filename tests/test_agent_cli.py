@@ -165,3 +165,17 @@ def test_watch_cli_runs_trigger(tmp_path: Path) -> None:
                 env={"NAC_AGENT_ROOT": str(root)}).stdout
     assert "0 re-authentication(s) requested" in out
     assert not (tmp_path / "fired").exists()
+
+
+def test_status_per_interface(tmp_path: Path) -> None:
+    path = tmp_path / "last.json"
+    state.update({"recommendation": "allow", "assessment": "compliant"}, path, "eth0")
+    state.update({"recommendation": "isolate", "remediation": ["Enable the firewall"]},
+                 path, "wlan0")
+    data = state.load(path)
+    assert data["recommendation"] == "isolate" and data["interface"] == "wlan0"
+    assert data["by_interface"]["eth0"]["recommendation"] == "allow"
+    out = agent("status", env={"NAC_AGENT_STATE_DIR": str(tmp_path)}).stdout
+    eth0, wlan0 = out.split("Last assessment on ")[1:]
+    assert eth0.startswith("eth0") and "allow" in eth0 and "compliant" in eth0
+    assert wlan0.startswith("wlan0") and "isolate" in wlan0 and "Enable the firewall" in wlan0

@@ -47,10 +47,22 @@ def save(data: dict[str, Any], path: Path | None = None) -> Path:
     return path
 
 
-def update(changes: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
-    """Merge `changes` into the state (None values are dropped) and stamp the time."""
+def update(changes: dict[str, Any], path: Path | None = None,
+           interface: str | None = None) -> dict[str, Any]:
+    """Merge `changes` into the state (None values are dropped) and stamp the time.
+
+    Draft 5.4.1: each interface is inspected on its own and may get its own result, so with
+    `interface` the changes also go under "by_interface"[interface]; the top level always
+    holds the latest answer, whichever interface it came for.
+    """
     data = load(path) or {}
-    data.update({k: v for k, v in changes.items() if v is not None})
-    data["updated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    kept = {k: v for k, v in changes.items() if v is not None}
+    data.update(kept)
+    data["updated_at"] = now
+    if interface:
+        per = data.setdefault("by_interface", {})
+        per.setdefault(interface, {}).update({**kept, "updated_at": now})
+        data["interface"] = interface
     save(data, path)
     return data

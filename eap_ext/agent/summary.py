@@ -68,7 +68,16 @@ def posture_summary(doc: dict[str, Any]) -> str:
 
 
 def status_summary(data: dict[str, Any]) -> str:
-    lines = [f"Last assessment (updated {data.get('updated_at', '?')})"]
+    per = data.get("by_interface")
+    if isinstance(per, dict) and per:
+        # Draft 5.4.1: one result per inspected interface.
+        return "\n".join(_one_status(entry, f" on {name}")
+                         for name, entry in sorted(per.items()))
+    return _one_status(data, "")
+
+
+def _one_status(data: dict[str, Any], where: str) -> str:
+    lines = [f"Last assessment{where} (updated {data.get('updated_at', '?')})"]
     for key, label in (("assessment", "Assessment"), ("recommendation", "Recommendation"),
                        ("segment", "Segment")):
         lines.append(f"  {label + ':':16}{data.get(key, '-')}")

@@ -21,17 +21,25 @@ from .codec import PostureCodec, default_codec
 
 log = logging.getLogger(__name__)
 
+# Which interface this supplicant serves (set it in the supplicant's unit, e.g.
+# Environment=NAC_AGENT_INTERFACE=%I); IF-IMC itself does not say.
+INTERFACE_ENV = "NAC_AGENT_INTERFACE"
 # IF-IMC connection states after the handshake -> the TNCS recommendation they mean.
 STATE_RECOMMENDATION = {2: "allow", 3: "isolate", 4: "none"}
 
 
 class ImcAgent:
     def __init__(self, collect: Callable[[str | None], dict[str, Any]],
-                 codec: PostureCodec | None = None, state_file: Path | None = None) -> None:
+                 codec: PostureCodec | None = None, state_file: Path | None = None,
+                 interface: str | None = None) -> None:
         self.collect = collect
         self.codec = codec or default_codec()
         self.state_file = state_file
+        self.interface = interface if interface is not None else os.environ.get(INTERFACE_ENV)
         self.connection: int | None = None
+
+    def _record(self, changes: dict[str, Any]) -> None:
+        state.update(changes, self.state_file, interface=self.interface)
 
     def _token(self) -> str | None:
         last = state.load(self.state_file) or {}
@@ -49,7 +57,7 @@ class ImcAgent:
             conn, new_state = struct.unpack("!II", payload[:8])
             rec = STATE_RECOMMENDATION.get(new_state)
             if rec is not None:
-                state.update({"recommendation": rec, "connection": conn}, self.state_file)
+                self._record({"recommendation": rec, "connection": conn})
             return []
         if ftype == framing.BATCH_ENDING:
             return []
@@ -57,7 +65,7 @@ class ImcAgent:
             news = self.codec.server_message(ftype, payload)
             changes = news.state_changes()
             if changes:
-                state.update(changes, self.state_file)
+                self._record(changes)
             return news.replies
         log.debug("ignoring unknown control frame %#x", ftype)
         return []
