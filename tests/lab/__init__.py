@@ -12,11 +12,12 @@ from .daemons import (
     start_hostapd_das,
     start_snmpd,
     start_sshd,
+    start_supplicant,
 )
 from .netns import LabHost, LabSwitch, can_use_netns, create_switch, vlan_filtering_supported
 
 __all__ = [
     "HostapdDas", "LabHost", "LabSwitch", "SnmpServer", "SshServer", "can_use_netns",
-    "create_switch", "have", "start_hostapd_das", "start_snmpd", "start_sshd",
+    "create_switch", "have", "start_hostapd_das", "start_snmpd", "start_sshd", "start_supplicant",
     "vlan_filtering_supported",
 ]

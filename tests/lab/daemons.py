@@ -332,3 +332,46 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- wpa_supplicant
+@dataclass
+class Supplicant:
+    ns: str
+    interface: str
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.workdir / "wpa_supplicant.log"
+        with open(log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [IP, "netns", "exec", self.ns, "wpa_supplicant", "-D", "wired", "-i",
+                 self.interface, "-c", str(self.workdir / "wpa.conf"), "-dd"],
+                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+
+def start_supplicant(ns: str, workdir: Path, *, interface: str = "eth0",
+                     identity: str = "host", password: str = "secret",
+                     eap: str = "MD5") -> Supplicant:
+    """wpa_supplicant (driver=wired) on a lab host: it sends EAPOL-Start, so hostapd on the
+    switch port creates a session (station entry) for the host's MAC."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "wpa.conf").write_text(f"""\
+ctrl_interface={workdir}/ctrl
+ap_scan=0
+network={{
+  key_mgmt=IEEE8021X
+  eap={eap}
+  identity="{identity}"
+  password="{password}"
+  eapol_flags=0
+}}
+""")
+    sup = Supplicant(ns=ns, interface=interface, workdir=workdir)
+    sup.start()
+    return sup
