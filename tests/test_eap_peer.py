@@ -16,6 +16,7 @@ from OpenSSL import SSL
 from nac.accounts import SecretBox, make_account, nt_hash
 from nac.eap import avp, mschap, packet
 from nac.eap.config import EapConfig
+from nac.eap.methods.base import Method, MethodEnv, Outcome, Step
 from nac.eap.service import EapResult, EapService, NasInfo
 from nac.eap.tls_engine import Framer
 from nac.pki import init_pki, issue_client
@@ -23,6 +24,25 @@ from nac.pki import init_pki, issue_client
 NAS = NasInfo(address="127.0.0.1", group=None, vendor="generic", calling_station_id=None,
               nas_port_id=None)
 PASSWORD = "demo-password"
+POSTURE_TYPE = 38  # EAP-TNC's type; the fake posture method below borrows it
+
+
+class FakePosture(Method):
+    """Stands in for the EAP-TNC method: one round trip, reports what the peer said."""
+
+    name = "tnc"
+    type = POSTURE_TYPE
+
+    def start(self, ident: int) -> bytes:
+        return b"report?"
+
+    def process(self, ident: int, data: bytes) -> Step:
+        self.posture = {"report": data.decode()}
+        return Step("success")
+
+
+def fake_posture(env: MethodEnv, outcome: Outcome) -> Method | None:
+    return FakePosture(env)
 
 
 @dataclass
@@ -119,6 +139,7 @@ class TlsPeer:
         self.established = False
         self.inner_done = False
         self.app_seen: list[bytes] = []
+        self.posture_nak = False
 
     def _out(self) -> bytes:
         chunks = []
@@ -162,8 +183,16 @@ class TlsPeer:
         except (SSL.WantReadError, SSL.ZeroReturnError):
             return b""
         self.app_seen.append(data)
+        if self.method == "ttls":
+            eap = b"".join(a.value for a in avp.parse(data) if a.code == avp.EAP_MESSAGE)
+            if eap and eap[4] == POSTURE_TYPE:
+                return avp.Avp(avp.EAP_MESSAGE, self._posture(packet.parse(eap))).encode()
+            return b""
         if self.method != "peap":
             return b""
+        if data[:1] == bytes([POSTURE_TYPE]):
+            hdr = struct.pack("!BBH", packet.REQUEST, 0, 4 + len(data))
+            return self._posture(packet.parse(hdr + data))[4:]
         if len(data) >= 5 and data[0] == packet.REQUEST and data[4] == packet.TLV:
             # Result TLV: confirm with the same status (full header, PEAPv0 rule for TLV).
             return packet.EapPacket(packet.RESPONSE, data[1], packet.TLV, data[5:]).encode()
@@ -176,6 +205,11 @@ class TlsPeer:
                 return bytes([packet.MSCHAPV2]) + body
             return bytes([packet.MSCHAPV2, op])  # ack Success (3) or Failure (4)
         return b""
+
+    def _posture(self, req: packet.EapPacket) -> bytes:
+        if self.posture_nak:
+            return response(req.identifier, packet.NAK, bytes([packet.MSCHAPV2]))
+        return response(req.identifier, POSTURE_TYPE, b"firewall=on")
 
     def respond(self, req_data: bytes) -> bytes:
         """Type-data of our Response to a Request's type-data."""

@@ -169,3 +169,21 @@ def test_announced_length_too_long_fails(lab: Lab) -> None:
     req = packet.parse(res.eap or b"")
     res = conv.send(response(req.identifier, packet.PEAP, b"\xc0\x7f\xff\xff\xff" + b"A" * 10))
     assert res.action == "reject"
+
+
+@pytest.mark.parametrize(("method", "inner"), [("ttls", "pap"), ("ttls", "mschapv2"),
+                                               ("peap", "")])
+@pytest.mark.parametrize("nak", [False, True])
+def test_posture_method_runs_inside_the_tunnel(lab: Lab, method: str, inner: str,
+                                               nak: bool) -> None:
+    from nac.eap.service import EapService
+    from tests.test_eap_peer import fake_posture
+
+    service = EapService(lab.config(), lab.accounts.get, lab.box, posture=fake_posture)
+    peer = TlsPeer(lab, method, inner=inner)
+    peer.posture_nak = nak
+    res, _ = run_tls(lab, service, peer)
+    assert res.action == "accept", res.reason
+    assert res.identity == "demo" and res.msk == peer_msk(peer)
+    # A peer without a posture agent NAKs: still authenticated, posture unknown.
+    assert res.posture == (None if nak else {"report": "firewall=on"})

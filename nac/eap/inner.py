@@ -1,4 +1,5 @@
-"""A small EAP server run inside a PEAP or TTLS tunnel: inner Identity, then one method.
+"""A small EAP server run inside a PEAP or TTLS tunnel: inner Identity, then the
+authentication method, then (optionally) a posture method such as EAP-TNC.
 
 The tunnel authenticates the inner identity, so the account is looked up by that name and
 the outer (often anonymous) identity is ignored."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from nac.eap import packet
-from nac.eap.methods.base import Method, MethodEnv, Step, fail, request
+from nac.eap.methods.base import Method, MethodEnv, Outcome, Step, fail, request
 from nac.eap.methods.mschapv2 import MschapV2Method
 
 
@@ -18,10 +19,21 @@ class InnerEap:
         self.outer = outer
         self.identity: str | None = None
         self.method: Method | None = None
+        self.auth: Outcome | None = None  # set once authentication succeeded
 
     def start(self, ident: int) -> bytes:
         """The full inner EAP-Request/Identity packet."""
         return packet.request(ident, packet.IDENTITY)
+
+    def authenticated(self, ident: int, outcome: Outcome) -> Step:
+        """Authentication is done (by an inner EAP method or by TTLS AVPs): run the posture
+        method if there is one; a "request" Step carries its first full inner packet."""
+        self.auth = outcome
+        method = self.env.posture(self.env, outcome) if self.env.posture else None
+        if method is None:
+            return Step("success", outcome=outcome)
+        self.method = method
+        return request(packet.request(ident, method.type, method.start(ident)))
 
     def process(self, ident: int, pkt: packet.EapPacket) -> Step:
         """Handle an inner Response; a "request" Step carries the full next inner packet,
@@ -35,13 +47,21 @@ class InnerEap:
             full = f"{self.outer}/mschapv2" if self.outer == "peap" else "ttls/eap-mschapv2"
             if not self.env.inner_allowed(full):
                 return fail(f"{full} is not allowed")
-            self.method = MschapV2Method(replace(self.env, identity=self.identity), full_name=full)
+            self.method = MschapV2Method(replace(self.env, identity=self.identity),
+                                         full_name=full)
             return request(packet.request(ident, self.method.type, self.method.start(ident)))
         if pkt.type == packet.NAK:
-            return fail(f"{self.outer}: peer refused inner EAP-MSCHAPv2")
+            if self.auth is not None:  # the peer has no posture agent: unknown posture
+                return Step("success", outcome=self.auth)
+            return fail(f"{self.outer}: peer refused inner {self.method.name}")
         if pkt.type != self.method.type:
             return fail(f"{self.outer}: inner type {pkt.type} does not answer the request")
         step = self.method.process(ident, pkt.data)
         if step.kind == "request":
             return request(packet.request(ident, self.method.type, step.data))
-        return step
+        if self.auth is None:
+            if step.kind == "success" and step.outcome is not None:
+                return self.authenticated(ident, step.outcome)
+            return step
+        # The posture method ended: a failed inspection is unknown posture, not a reject.
+        return Step("success", outcome=replace(self.auth, posture=self.method.posture))

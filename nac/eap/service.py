@@ -15,7 +15,7 @@ from typing import Literal
 from nac.accounts import Account, SecretBox
 from nac.eap import packet
 from nac.eap.config import OUTER_METHODS, EapConfig
-from nac.eap.methods.base import Method, MethodEnv, Step, account_permits
+from nac.eap.methods.base import Method, MethodEnv, PostureFactory, Step, account_permits
 from nac.eap.methods.md5 import Md5Method
 from nac.eap.methods.mschapv2 import MschapV2Method
 from nac.eap.methods.peap import PeapMethod
@@ -55,7 +55,7 @@ class EapResult:
     identity: str | None = None  # the authenticated identity (inner identity for tunnels)
     role: str | None = None  # the account's role
     method: str | None = None  # "md5", "tls", "peap", "ttls", "mschapv2", e.g. "ttls/pap"
-    posture: dict | None = None  # reserved for the posture phase (later)
+    posture: dict | None = None  # what the posture method in the tunnel reported, if any
     reason: str = ""  # why (logged; Reply-Message on reject)
     outer_identity: str | None = None  # the EAP-Response/Identity, for logs
 
@@ -82,8 +82,11 @@ class EapService:
         config: EapConfig,
         lookup: Callable[[str], Account | None],
         box: SecretBox | None,
+        *,
+        posture: PostureFactory | None = None,
     ) -> None:
         self.config = config
+        self.posture = posture
         self.lookup = lookup
         self.box = box
         self.tls: TlsContexts | None = None
@@ -213,6 +216,7 @@ class EapService:
             conv.identity,
             self.tls,
             inner_allowed=lambda n: n in self.config.inner_methods,
+            posture=self.posture,
         )
         try:
             method = METHODS[name](env)
@@ -250,6 +254,7 @@ class EapService:
                 identity=o.identity,
                 role=o.role,
                 method=o.method,
+                posture=o.posture,
                 reason="authenticated",
                 outer_identity=outer,
             )

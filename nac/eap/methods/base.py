@@ -25,6 +25,7 @@ class Outcome:
     role: str
     method: str
     msk: bytes | None = None  # 64 octets when the method derives keys
+    posture: dict | None = None  # what a posture method inside the tunnel reported
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,9 @@ def fail(reason: str) -> Step:
     return Step("failure", reason=reason)
 
 
+PostureFactory = Callable[["MethodEnv", Outcome], "Method | None"]
+
+
 @dataclass(slots=True)
 class MethodEnv:
     """What a method may consult: never I/O, only lookups the caller provided."""
@@ -53,6 +57,9 @@ class MethodEnv:
     identity: str  # the EAP-Response/Identity (outer identity)
     tls: TlsContexts | None = None
     inner_allowed: Callable[[str], bool] = field(default=lambda _name: True)
+    # After a tunnel authenticates, posture(env, outcome) may return a further inner EAP
+    # method (e.g. EAP-TNC) to run inside the same tunnel; None skips posture.
+    posture: PostureFactory | None = None
 
 
 class Method(ABC):
@@ -69,6 +76,9 @@ class Method(ABC):
     @abstractmethod
     def process(self, ident: int, data: bytes) -> Step:
         """Handle the type-data of a Response to the Request sent with `ident`."""
+
+    # A posture method sets this before it returns its final Step("success").
+    posture: dict | None = None
 
 
 def account_permits(account: Account | None, method: str) -> bool:

@@ -7,6 +7,7 @@ optional for wpa_supplicant and not offered, so the MSK is the TLS key material.
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 from nac.eap import packet
 from nac.eap.inner import InnerEap
@@ -97,8 +98,6 @@ class PeapMethod(TlsMethodBase):
         if step.kind == "failure":
             return step
         assert step.outcome is not None
-        self.outcome = Outcome(
-            step.outcome.identity, step.outcome.role, step.outcome.method, self.msk
-        )
+        self.outcome = replace(step.outcome, msk=self.msk)
         self.phase = "result"
         return result_tlv(self._next_id(), RESULT_SUCCESS)

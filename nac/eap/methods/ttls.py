@@ -3,6 +3,8 @@ EAP-MSCHAPv2 (EAP-Message AVPs). The client speaks first inside the tunnel."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from nac.accounts import Account
 from nac.eap import avp, mschap, packet
 from nac.eap.inner import InnerEap
@@ -33,12 +35,31 @@ class TtlsMethod(TlsMethodBase):
 
     def on_flight_acked(self) -> Step:
         if self.pending is not None:
-            return Step("success", outcome=self.pending)
+            return self._after_mschapv2(send_now=True)
         return self.on_idle()
 
+    def _after_mschapv2(self, send_now: bool) -> Step:
+        outcome, self.pending = self.pending, None
+        assert outcome is not None
+        result = self._authenticated(outcome)
+        if send_now and isinstance(result, bytes):
+            return self.send_app(result)
+        assert isinstance(result, Step)
+        return result
+
+    def _authenticated(self, outcome: Outcome) -> Step | bytes:
+        """Inner authentication done: success, or the posture method's first request."""
+        self.inner = self.inner or InnerEap(self.env, "ttls")
+        self.iid = (self.iid + 1) & 0xFF
+        step = self.inner.authenticated(self.iid, outcome)
+        if step.kind == "request":
+            return avp.Avp(avp.EAP_MESSAGE, step.data).encode()
+        return step
+
     def on_app(self, plain: bytes) -> Step | bytes | None:
-        if self.pending is not None:
-            return Step("success", outcome=self.pending)
+        if self.pending is not None:  # the peer acknowledged MS-CHAP2-Success with data
+            outcome, self.pending = self.pending, None
+            return self._authenticated(outcome)
         try:
             avps = avp.parse(plain)
         except avp.AvpError as exc:
@@ -69,14 +90,14 @@ class TtlsMethod(TlsMethodBase):
             return None, f"{method}: method not allowed for account"
         return account, ""
 
-    def _pap(self, name: str, password: bytes) -> Step:
+    def _pap(self, name: str, password: bytes) -> Step | bytes:
         account, why = self._account(name, "ttls/pap")
         if account is None:
             return fail(why)
         # RFC 5281 11.2.5: the password is NUL-padded to a multiple of 16 octets.
         if not account.check_password(password.rstrip(b"\x00").decode("utf-8", "replace")):
             return fail("ttls/pap: wrong password")
-        return Step("success", outcome=Outcome(account.name, account.role, "ttls/pap", self.msk))
+        return self._authenticated(Outcome(account.name, account.role, "ttls/pap", self.msk))
 
     def _mschapv2(self, name: str, challenge: bytes, response: bytes) -> Step | bytes:
         account, why = self._account(name, "ttls/mschapv2")
@@ -112,5 +133,4 @@ class TtlsMethod(TlsMethodBase):
         if step.kind == "failure":
             return step
         assert step.outcome is not None
-        o = step.outcome
-        return Step("success", outcome=Outcome(o.identity, o.role, o.method, self.msk))
+        return Step("success", outcome=replace(step.outcome, msk=self.msk))
