@@ -90,13 +90,20 @@ def install(tnc_config: Path, prefix: Path, agent_cmd: str | None) -> None:
               help="Shell command to run instead of `wpa_cli reauthenticate` (tests).")
 def watch(interface: str, ctrl_dir: str | None, wpa_cli: str, interval: float,
           max_checks: int | None, trigger: str | None) -> None:
-    """Re-authenticate when packages or security settings change (host-type monitor)."""
-    from .watch import watch as do_watch
-    from .watch import wpa_cli_command
+    """Re-authenticate when packages or security settings change (host-type monitor).
 
-    argv = ["/bin/sh", "-c", trigger] if trigger else wpa_cli_command(interface, ctrl_dir,
-                                                                      wpa_cli)
-    count = do_watch(argv, interval=interval, max_checks=max_checks,
+    Without a wpa_supplicant control socket for the interface, an EAPOL-Start is sent
+    instead, so the authenticator restarts 802.1X on the port.
+    """
+    from .watch import reauth_runner, run_command, wpa_cli_command
+    from .watch import watch as do_watch
+
+    if trigger:
+        argv, runner = ["/bin/sh", "-c", trigger], run_command
+    else:
+        argv = wpa_cli_command(interface, ctrl_dir, wpa_cli)
+        runner = reauth_runner(interface, ctrl_dir, wpa_cli)
+    count = do_watch(argv, interval=interval, max_checks=max_checks, runner=runner,
                      on_trigger=lambda code: click.echo(f"re-authentication requested "
                                                         f"(exit {code})"))
     click.echo(f"{count} re-authentication(s) requested")

@@ -15,6 +15,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .collectors import firewall, forwarding, security_software
@@ -61,6 +62,30 @@ def wpa_cli_command(interface: str, ctrl_dir: str | None = None,
     if ctrl_dir:
         argv += ["-p", ctrl_dir]
     return [*argv, "-i", interface, "reauthenticate"]
+
+
+DEFAULT_CTRL_DIR = "/var/run/wpa_supplicant"
+
+
+def reauth_runner(interface: str, ctrl_dir: str | None = None, wpa_cli: str = "wpa_cli"
+                  ) -> Callable[[list[str]], int]:
+    """wpa_cli when the supplicant's control socket exists, else an EAPOL-Start of our own
+    (decided at each trigger: the supplicant may come and go)."""
+
+    def run(argv: list[str]) -> int:
+        sock = Path(ctrl_dir or DEFAULT_CTRL_DIR) / interface
+        if sock.exists():
+            return run_command(argv)
+        from . import eapol
+
+        try:
+            eapol.send(interface)
+        except (OSError, ImportError) as exc:
+            log.warning("no control socket %s and EAPOL-Start failed: %s", sock, exc)
+            return -1
+        return 0
+
+    return run
 
 
 def run_command(argv: list[str]) -> int:
