@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -55,8 +56,14 @@ def run_radload(exe: Path, pkt_file: Path, port: int, window: int, timeout_ms: i
            "-w", str(window), "-t", str(timeout_ms)]
     if seconds:
         cmd += ["-T", str(seconds)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # the load generator's own CPU: if near result["seconds"], it was the limit
+    result["client_cpu_s"] = round(after.ru_utime + after.ru_stime
+                                   - before.ru_utime - before.ru_stime, 3)
+    return result
 
 
 def measure(pid: int, run: Callable[[], dict]) -> dict:
@@ -144,7 +151,7 @@ def line(name: str, r: dict) -> str:
     return (f"{name:<11} w={r['window']:<4} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
             f"p99 {r['p99_ms']:.2f} ms  accepts {r['accepts']}/{r['sent']}  "
             f"timeouts {r['timeouts']}  server CPU {r['server_cpu_s']:.2f} s "
-            f"({r['rps_per_cpu'] or 0:.0f} req per CPU-s)")
+            f"({r['rps_per_cpu'] or 0:.0f} req per CPU-s)  radload CPU {r['client_cpu_s']:.2f} s")
 
 
 def main() -> int:
