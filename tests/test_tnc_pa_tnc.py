@@ -170,3 +170,21 @@ def test_requested_types_and_remediation_text() -> None:
     assert requested_types([req, AssessmentResult(0)]) == {(0, 7), (DEFAULT_VENDOR_ID, 6)}
     assert RemediationInstructions.string("apt upgrade").text == "apt upgrade"
     assert RemediationInstructions.uri("https://fix.example/").text == "https://fix.example/"
+
+
+def test_deflated_kind_bounds_inflation() -> None:
+    import zlib
+
+    from eap_ext.tnc.pa_tnc import MAX_INFLATED
+
+    ok = VendorAttribute(VendorAttrType.PACKAGE_EXTRA_Z, [[0, {"arch": "amd64"}]] * 500)
+    wire = PaTncMessage(1, (ok,)).encode()
+    assert len(wire) < 200 and decode_message(wire).attributes == (ok,)
+    bomb = zlib.compress(b"[" + b" " * (MAX_INFLATED + 10) + b"]", 1)
+    for value in (bomb, bomb[:-10], b"not deflate", zlib.compress(b"[1]") + b"junk"):
+        attr = RawAttribute(DEFAULT_VENDOR_ID, VendorAttrType.PACKAGE_EXTRA_Z, value)
+        t0 = time.monotonic()
+        with pytest.raises(PaTncCodecError) as ei:
+            decode_message(PaTncMessage(1, (attr,)).encode())
+        assert ei.value.code == PaErrorCode.INVALID_PARAMETER
+        assert time.monotonic() - t0 < 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
@@ -104,7 +105,13 @@ class VendorAttrType(IntEnum):
     FORWARDING_DETAIL = 8   # {"ipv4", "ipv6", "bridges"} | "unknown"
     LISTENING_DETAIL = 9    # [{"proto", "address", "port"}] | "unknown"
     DOCUMENT_META = 10      # {"schema", "collected_at", "rest": {other top-level keys}}
+    PACKAGE_EXTRA_Z = 11    # PACKAGE_EXTRA as zlib-deflated JSON (package lists are large)
     POSTURE_DOCUMENT = 0x7E  # the whole posture document in one attribute (agent fallback)
+
+
+# Kinds whose JSON is deflated; inflating stops at MAX_INFLATED bytes (no zip bombs).
+DEFLATED_KINDS = frozenset({VendorAttrType.PACKAGE_EXTRA_Z})
+MAX_INFLATED = 16 << 20
 
 
 class _Reader:
@@ -562,7 +569,8 @@ class RawAttribute(Attribute):
 @dataclass(frozen=True)
 class VendorAttribute(Attribute):
     """One of our vendor-specific attributes; the value is UTF-8 JSON (compact, sorted
-    keys, no NaN). `data` is any JSON value; the vendor ID is a parameter."""
+    keys, no NaN), zlib-deflated for the kinds in DEFLATED_KINDS. `data` is any JSON
+    value; the vendor ID is a parameter."""
 
     kind: int
     data: Any
@@ -578,13 +586,23 @@ class VendorAttribute(Attribute):
         return self.kind
 
     def encode_value(self) -> bytes:
-        return json.dumps(self.data, separators=(",", ":"), ensure_ascii=False,
-                          sort_keys=True, allow_nan=False).encode("utf-8")
+        raw = json.dumps(self.data, separators=(",", ":"), ensure_ascii=False,
+                         sort_keys=True, allow_nan=False).encode("utf-8")
+        return zlib.compress(raw, 9) if self.kind in DEFLATED_KINDS else raw
 
     @classmethod
     def decode_json(cls, kind: int, vendor: int, r: _Reader) -> VendorAttribute:
+        raw = r.data
+        if kind in DEFLATED_KINDS:
+            inflater = zlib.decompressobj()
+            try:
+                raw = inflater.decompress(raw, MAX_INFLATED)
+            except zlib.error as exc:
+                raise r.fail(f"vendor attribute {kind}: bad deflate data") from exc
+            if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+                raise r.fail(f"vendor attribute {kind}: truncated, oversized or trailing")
         try:
-            data = json.loads(r.data.decode("utf-8"))
+            data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise r.fail(f"vendor attribute {kind}: bad JSON") from exc
         return cls(kind, data, vendor)

@@ -4,8 +4,8 @@ Each section travels in its own attribute so an IMV can ask for just what it nee
 
     os                 OS_DETAILS (vendor, whole object) + IETF Product Information
                        (pretty_name) and String Version (version, kernel as build number)
-    packages           IETF Installed Packages (name, version) + PACKAGE_EXTRA (vendor,
-                       index-aligned: every other key of each package)
+    packages           IETF Installed Packages (name, version) + PACKAGE_EXTRA_Z (vendor,
+                       deflated, index-aligned: every other key of each package)
     forwarding         FORWARDING_DETAIL (vendor) + IETF Forwarding Enabled
     listening          LISTENING_DETAIL (vendor) + IETF Port Filter (not-blocked entries)
     factory_default_password  IETF Factory Default Password Enabled
@@ -131,7 +131,7 @@ def _packages_to_attributes(pkgs: list[dict[str, Any]], vendor_id: int) -> list[
             extra.append([1, pkg])
     out: list[Attribute] = [InstalledPackages(tuple(pairs[i:i + _MAX_PKGS_PER_ATTR]))
                             for i in range(0, max(len(pairs), 1), _MAX_PKGS_PER_ATTR)]
-    out.append(VendorAttribute(VendorAttrType.PACKAGE_EXTRA, extra, vendor_id))
+    out.append(VendorAttribute(VendorAttrType.PACKAGE_EXTRA_Z, extra, vendor_id))
     return out
 
 
@@ -232,7 +232,7 @@ def _os_from(vend: dict[int, Any], ietf: dict[int, list[Attribute]]) -> Any:
 def _packages_from(vend: dict[int, Any], ietf: dict[int, list[Attribute]]) -> Any:
     pairs = [p for a in ietf.get(AttrType.INSTALLED_PACKAGES, [])
              if isinstance(a, InstalledPackages) for p in a.packages]
-    extra = vend.get(VendorAttrType.PACKAGE_EXTRA)
+    extra = vend.get(VendorAttrType.PACKAGE_EXTRA_Z, vend.get(VendorAttrType.PACKAGE_EXTRA))
     if extra is not None and not isinstance(extra, list):
         return extra  # "unknown" or another non-list value, carried as is
     if AttrType.INSTALLED_PACKAGES not in ietf:
