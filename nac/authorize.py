@@ -60,6 +60,10 @@ class Authorizer:
         self.policy = policy
         self.evaluator = evaluator
         self.registered: dict[str, str] = {}  # MAC -> segment set by an administrator
+        self._unknown_mab: dict[tuple[str | None, str], Decision] = {}
+
+    def policy_changed(self) -> None:
+        self._unknown_mab.clear()
 
     def _segment(self, name: str) -> Segment:
         seg = self.policy.segments.get(name)
@@ -92,13 +96,16 @@ class Authorizer:
     def mab(self, mac: str, group: str | None, vendor: str) -> Decision:
         reg = self.registered.get(mac)
         if reg is not None:
-            return self.finish(reg, [f"MAC {mac} registered in segment {reg!r}"], "mab",
+            return self.finish(reg, [f"MAC registered in segment {reg!r}"], "mab",
                                group, vendor)
-        return self.finish(
-            QUARANTINE,
-            [f"unknown MAC {mac} without posture: quarantine (draft 3.2, 5.4.2)"],
-            "mab", group, vendor,
-        )
+        d = self._unknown_mab.get((group, vendor))
+        if d is None:  # the same answer for every unknown MAC on such a switch: make it once
+            d = self.finish(
+                QUARANTINE, ["unknown MAC without posture: quarantine (draft 3.2, 5.4.2)"],
+                "mab", group, vendor,
+            )
+            self._unknown_mab[(group, vendor)] = d
+        return d
 
     def account(
         self,
@@ -118,7 +125,7 @@ class Authorizer:
             return self.finish(name, reasons, "posture", group, vendor, d.remediation)
         reg = self.registered.get(mac) if mac else None
         if reg is not None:
-            reasons.append(f"MAC {mac} registered in segment {reg!r}")
+            reasons.append(f"MAC registered in segment {reg!r}")
             name = reg
         elif self.policy.require_posture:
             reasons.append("no posture reported: quarantine (draft 5.4.2)")

@@ -15,7 +15,13 @@ def normalize_mac(text: str | bytes | None) -> str | None:
     if isinstance(text, bytes):
         text = text.decode("ascii", "replace")
     s = text.strip().lower()
-    if len(s) > 17:
+    n = len(s)
+    if n == 17 and s[2] == s[5] == s[8] == s[11] == s[14] and s[2] in ":-":
+        h = s[0:2] + s[3:5] + s[6:8] + s[9:11] + s[12:14] + s[15:17]
+        if _HEX.issuperset(h):
+            return s if s[2] == ":" else s.replace("-", ":")
+        return None
+    if n > 17:
         return None
     h = s.replace(":", "").replace("-", "").replace(".", "")
     if len(h) != 12 or not _HEX.issuperset(h):

@@ -86,6 +86,28 @@ _ZERO16 = bytes(16)
 Attrs = list[tuple[int, bytes]]
 
 
+_PADS: dict[bytes, tuple[object, object]] = {}
+
+
+def hmac_md5(secret: bytes, msg: bytes) -> bytes:
+    """HMAC-MD5 (RFC 2104) with the key's pads hashed once per secret: a copy of a ready
+    MD5 state is about three times cheaper than hmac.digest under OpenSSL 3."""
+    pads = _PADS.get(secret)
+    if pads is None:
+        key = hashlib.md5(secret).digest() if len(secret) > 64 else secret
+        key = key.ljust(64, b"\0")
+        pads = (hashlib.md5(bytes(b ^ 0x36 for b in key)),
+                hashlib.md5(bytes(b ^ 0x5C for b in key)))
+        if len(_PADS) > 1024:
+            _PADS.clear()
+        _PADS[secret] = pads
+    inner = pads[0].copy()  # type: ignore[attr-defined]
+    inner.update(msg)
+    outer = pads[1].copy()  # type: ignore[attr-defined]
+    outer.update(inner.digest())
+    return outer.digest()  # type: ignore[no-any-return]
+
+
 class MalformedPacket(ValueError):
     """The datagram is not a well-formed RADIUS packet; `reason` is a short counter label."""
 
@@ -97,7 +119,7 @@ class MalformedPacket(ValueError):
 class Packet:
     """A decoded packet: header fields plus attributes in wire order."""
 
-    __slots__ = ("code", "ident", "authenticator", "attrs", "raw", "ma_offset")
+    __slots__ = ("code", "ident", "authenticator", "attrs", "raw", "ma_offset", "first")
 
     def __init__(
         self,
@@ -114,12 +136,11 @@ class Packet:
         self.attrs = attrs
         self.raw = raw
         self.ma_offset = ma_offset  # offset of the Message-Authenticator value, -1 if absent
+        # First value of each type; dict() over the reversed list keeps the first, in C.
+        self.first: dict[int, bytes] = dict(reversed(attrs))
 
     def get(self, attr_type: int) -> bytes | None:
-        for t, v in self.attrs:
-            if t == attr_type:
-                return v
-        return None
+        return self.first.get(attr_type)
 
     def get_all(self, attr_type: int) -> list[bytes]:
         return [v for t, v in self.attrs if t == attr_type]
@@ -129,7 +150,7 @@ class Packet:
         return None if v is None else v.decode("utf-8", "replace")
 
     def get_int(self, attr_type: int) -> int | None:
-        v = self.get(attr_type)
+        v = self.first.get(attr_type)
         if v is None or len(v) != 4:
             return None
         return int.from_bytes(v, "big")
@@ -186,7 +207,7 @@ def message_authenticator_ok(
         msg = raw[:off] + _ZERO16 + raw[off + 16 :]
     else:
         msg = raw[:4] + authenticator + raw[20:off] + _ZERO16 + raw[off + 16 :]
-    got = hmac.digest(secret, msg, "md5")
+    got = hmac_md5(secret, msg)
     return hmac.compare_digest(got, raw[off : off + 16])
 
 
@@ -230,6 +251,8 @@ def split_eap(eap: bytes) -> bytes:
 
 
 def join_eap(pkt: Packet) -> bytes | None:
+    if EAP_MESSAGE not in pkt.first:
+        return None
     parts = [v for t, v in pkt.attrs if t == EAP_MESSAGE]
     return b"".join(parts) if parts else None
 
@@ -242,8 +265,10 @@ def encode_reply(code: int, request: Packet, secret: bytes, attrs: bytes) -> byt
 
     `attrs` are already-encoded attributes (precomputed where the packet path allows).
     """
-    proxy = b"".join(encode_attr(PROXY_STATE, v) for t, v in request.attrs if t == PROXY_STATE)
-    body = _MA_PLACEHOLDER + attrs + proxy
+    body = _MA_PLACEHOLDER + attrs
+    for t, v in request.attrs:
+        if t == PROXY_STATE:
+            body += bytes((PROXY_STATE, len(v) + 2)) + v
     length = HEADER + len(body)
     if length > MAX_PACKET:
         raise ValueError("reply exceeds 4096 octets")
@@ -251,7 +276,7 @@ def encode_reply(code: int, request: Packet, secret: bytes, attrs: bytes) -> byt
     # Accounting-Response signs over a zeroed authenticator, like accounting requests;
     # Access and CoA/Disconnect replies over the request's (RFC 3579 3.2, RFC 5176 3.3).
     ma_auth = _ZERO16 if code == ACCOUNTING_RESPONSE else request.authenticator
-    ma = hmac.digest(secret, head + ma_auth + body, "md5")
+    ma = hmac_md5(secret, head + ma_auth + body)
     body = body[:2] + ma + body[18:]
     resp_auth = hashlib.md5(head + request.authenticator + body + secret).digest()
     return head + resp_auth + body
@@ -270,9 +295,9 @@ def encode_request(
     head = struct.pack("!BBH", code, ident, length)
     if code in (ACCESS_REQUEST, STATUS_SERVER):
         auth = authenticator or os.urandom(16)
-        ma = hmac.digest(secret, head + auth + body, "md5")
+        ma = hmac_md5(secret, head + auth + body)
         return head + auth + body[:2] + ma + body[18:]
-    ma = hmac.digest(secret, head + _ZERO16 + body, "md5")
+    ma = hmac_md5(secret, head + _ZERO16 + body)
     body = body[:2] + ma + body[18:]
     auth = hashlib.md5(head + _ZERO16 + body + secret).digest()
     return head + auth + body

@@ -89,7 +89,7 @@ class Engine:
                 if not c.message_authenticator_ok(pkt, client.secret):
                     self._drop("bad_message_authenticator", host)
                     return None
-            elif client.require_message_authenticator or c.EAP_MESSAGE in _types(pkt):
+            elif client.require_message_authenticator or c.EAP_MESSAGE in pkt.first:
                 self._drop("missing_message_authenticator", host)
                 return None
             out = self._access_request(pkt, client, host, key, now)
@@ -350,10 +350,6 @@ class Engine:
             session_time=pkt.get_int(c.ACCT_SESSION_TIME),
             terminate_cause=pkt.get_int(c.ACCT_TERMINATE_CAUSE),
         )
-
-
-def _types(pkt: c.Packet) -> set[int]:
-    return {t for t, _ in pkt.attrs}
 
 
 def _eap_failure(eap: bytes) -> bytes:

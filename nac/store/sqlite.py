@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -119,6 +120,12 @@ ON CONFLICT (nas, acct_session_id) DO UPDATE SET
 """
 
 
+@functools.lru_cache(maxsize=4096)
+def _json_list(items: tuple[str, ...]) -> str:
+    """Most decisions repeat the same reasons: encode each distinct tuple once."""
+    return json.dumps(list(items))
+
+
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -144,73 +151,71 @@ class SqliteStore:
                 self._conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
         self._pending: deque[tuple[str, object]] = deque()
         self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
         self._stop = False
         self._interval = flush_interval
         self._writer: threading.Thread | None = None
+        # Only the event loop enqueues and only the writer commits, so two plain counters
+        # tell flush() when everything queued so far is on disk, without a lock per record.
+        self._queued = 0
+        self._committed = 0
         self.write_errors = 0
         self.last_write_error: str | None = None
 
     # ---- packet-path writes -------------------------------------------------------------
-    def _ensure_writer(self) -> None:
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write_loop, name="store-writer",
-                                            daemon=True)
-            self._writer.start()
+    def _start_writer(self) -> None:
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer",
+                                        daemon=True)
+        self._writer.start()
 
     def record_decision(self, rec: DecisionRecord) -> None:
-        self._idle.clear()
         self._pending.append(("decision", rec))
-        self._ensure_writer()
+        self._queued += 1
+        if self._writer is None:
+            self._start_writer()
 
     def record_accounting(self, rec: AccountingRecord) -> None:
-        self._idle.clear()
         self._pending.append(("acct", rec))
-        self._ensure_writer()
+        self._queued += 1
+        if self._writer is None:
+            self._start_writer()
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Wait until every queued write is committed (tests, shutdown)."""
+        """Wait until every write queued so far is committed (tests, shutdown)."""
         if self._writer is None:
             return
-        self._wake.set()
+        target = self._queued
         deadline = time.monotonic() + timeout
-        while self._pending or not self._idle.is_set():
+        while self._committed < target:
             if time.monotonic() > deadline:
                 raise TimeoutError("store writes still pending")
             self._wake.set()
-            time.sleep(0.005)
+            time.sleep(0.002)
 
     def _write_loop(self) -> None:
         conn = connect(self.path)
-        while True:
+        while not (self._stop and not self._pending):
             self._wake.wait(self._interval)
             self._wake.clear()
-            if not self._pending:
-                self._idle.set()
-                if self._stop:
+            while self._pending:
+                batch: list[tuple[str, object]] = []
+                try:
+                    while len(batch) < 5000:
+                        batch.append(self._pending.popleft())
+                except IndexError:
+                    pass
+                try:
+                    self._commit(conn, batch)
+                except sqlite3.Error as exc:
+                    # Keep the batch for a later try; say why once per kind of failure.
+                    self.write_errors += 1
+                    if self.last_write_error != str(exc):
+                        log.error("store write failed, will retry: %s", exc)
+                    self.last_write_error = str(exc)
+                    self._pending.extendleft(reversed(batch))
+                    time.sleep(0.5)
                     break
-                continue
-            batch: list[tuple[str, object]] = []
-            try:
-                while len(batch) < 5000:
-                    batch.append(self._pending.popleft())
-            except IndexError:
-                pass
-            try:
-                self._commit(conn, batch)
-            except sqlite3.Error as exc:
-                # Keep the batch for a later try; an operator sees the reason once per kind.
-                self.write_errors += 1
-                if self.last_write_error != str(exc):
-                    log.error("store write failed, will retry: %s", exc)
-                self.last_write_error = str(exc)
-                self._pending.extendleft(reversed(batch))
-                time.sleep(0.5)
-                continue
-            self.last_write_error = None
-            if not self._pending:
-                self._idle.set()
+                self.last_write_error = None
+                self._committed += len(batch)
         conn.close()
 
     @staticmethod
@@ -224,8 +229,7 @@ class SqliteStore:
                 d: DecisionRecord = rec  # type: ignore[assignment]
                 decisions.append((
                     d.at, d.mac, d.identity, d.role, d.nas, d.nas_port, d.method, d.source,
-                    d.segment, d.vlan, json.dumps(list(d.reasons)),
-                    json.dumps(list(d.remediation)),
+                    d.segment, d.vlan, _json_list(d.reasons), _json_list(d.remediation),
                 ))
                 if d.mac:
                     posture = json.dumps(d.posture) if d.posture is not None else None
@@ -332,7 +336,7 @@ class SqliteStore:
 
     def close(self) -> None:
         if self._writer is not None:
-            self.flush()
+            self.flush(timeout=30)
             self._stop = True
             self._wake.set()
             self._writer.join(timeout=5)
