@@ -253,8 +253,20 @@ class JobQueue:
         Called before every claim, so a restarted process resumes what a dead one held.
         """
         now = self.clock()
+        kinds = tuple(PORT_KINDS)
+        marks = ",".join("?" * len(kinds))
         self._begin()
         try:
+            # A newer decision for the same port queued meanwhile: drop the stale one.
+            self.conn.execute(
+                f"UPDATE {TABLE} SET state = 'superseded', lease_owner = NULL "
+                f"WHERE state = 'claimed' AND lease_expires_at < ? AND kind IN ({marks}) "
+                f"AND port <> '' AND EXISTS (SELECT 1 FROM {TABLE} n WHERE n.state = 'pending'"
+                f" AND n.switch = {TABLE}.switch AND n.port = {TABLE}.port"
+                f" AND n.kind IN ({marks}) AND n.id <> {TABLE}.id"
+                f" AND n.decided_at >= {TABLE}.decided_at)",
+                (now, *kinds, *kinds),
+            )
             dead = self.conn.execute(
                 f"UPDATE {TABLE} SET state = 'dead', lease_owner = NULL, "
                 "last_error = COALESCE(last_error, 'lease expired') "
@@ -341,12 +353,24 @@ class JobQueue:
         return min(self.max_delay, self.base_delay * (2 ** max(0, attempts - 1)))
 
     def fail(self, job_id: int, error: str, *, retryable: bool = True) -> str:
-        """Record a failed attempt; returns the new state ('pending' or 'dead')."""
+        """Record a failed attempt; returns the new state ('pending', 'dead' or 'superseded').
+
+        A job superseded while in flight is not retried (a newer decision is queued)."""
         job = self.get(job_id)
         if job is None or job.state != "claimed" or job.lease_owner != self.owner:
             log.warning("job %d: failure reported but lease was lost", job_id)
             return job.state if job else "missing"
         now = self.clock()
+        newer = self._newer_pending(job)
+        if newer is not None:
+            # A newer decision for this port was queued while this one was in flight:
+            # retrying the old one could undo it, so it is superseded instead.
+            self.conn.execute(
+                f"UPDATE {TABLE} SET state = 'superseded', superseded_by = ?, last_error = ?, "
+                "lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND state = 'claimed'"
+                " AND lease_owner = ?", (newer, error[:2000], job_id, self.owner))
+            log.info("job %d failed (%s) and is superseded by job %d", job_id, error, newer)
+            return "superseded"
         if not retryable or job.attempts >= job.max_attempts:
             state, nxt = "dead", job.next_attempt_at
         else:
@@ -362,6 +386,17 @@ class JobQueue:
             log.warning("job %d attempt %d failed (%s); retry in %.1f s", job_id,
                         job.attempts, error, nxt - now)
         return state
+
+    def _newer_pending(self, job: Job) -> int | None:
+        if job.kind not in PORT_KINDS or not job.port:
+            return None
+        kinds = tuple(PORT_KINDS)
+        marks = ",".join("?" * len(kinds))
+        row = self.conn.execute(
+            f"SELECT id FROM {TABLE} WHERE switch = ? AND port = ? AND state = 'pending' "
+            f"AND kind IN ({marks}) AND id <> ? AND decided_at >= ? ORDER BY id DESC",
+            (job.switch, job.port, *kinds, job.id, job.decided_at)).fetchone()
+        return int(row[0]) if row else None
 
     # -- operator side ------------------------------------------------------------------
     def retry(self, job_id: int) -> bool:

@@ -158,3 +158,25 @@ def test_reauth_jobs_are_not_superseded(db: Path, clock: Clock) -> None:
     b = q.enqueue("reauth", "sw1", mac="02:00:00:00:00:02")
     assert len(q.claim(5)) == 2
     assert {q.get(a).state, q.get(b).state} == {"claimed"}
+
+
+def test_failed_in_flight_job_is_superseded_by_newer(db: Path, clock: Clock) -> None:
+    q = make(db, clock)
+    old = q.enqueue("set_vlan", "sw1", "p1", vlan=10)
+    q.claim()
+    clock.t += 1
+    new = q.enqueue("set_vlan", "sw1", "p1", vlan=20)
+    assert q.fail(old, "timeout", retryable=True) == "superseded"
+    (job,) = q.claim()
+    assert job.id == new
+
+
+def test_expired_in_flight_job_is_superseded_by_newer(db: Path, clock: Clock) -> None:
+    q = make(db, clock, owner="a")
+    old = q.enqueue("set_vlan", "sw1", "p1", vlan=10)
+    q.claim()
+    clock.t += 1
+    new = q.enqueue("set_vlan", "sw1", "p1", vlan=20)
+    clock.t += 20
+    (job,) = make(db, clock, owner="b").claim(5)
+    assert job.id == new and q.get(old).state == "superseded"

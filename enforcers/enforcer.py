@@ -1,0 +1,314 @@
+"""The policy enforcer (draft 4.4, 6.3): turns queued decisions into switch changes.
+
+Per job it picks the way in, per switch:
+1. RADIUS CoA first, when the switch takes CoA (``[coa]`` in its inventory entry) and the
+   job names a live session (MAC or session id): a CoA-Request with the VLAN (or
+   re-authenticate / Disconnect, per ``coa.vlan_method``).
+2. If the NAS NAKs (e.g. Error-Cause 401 Unsupported-Attribute, as hostapd does for VLAN
+   attributes), cannot be reached, or CoA is not available: the switch's port driver
+   (SNMP or SSH) sets the access VLAN and bounces the port so the host notices (DHCP,
+   802.1X restart).
+
+The worker loop claims jobs from the durable queue, runs up to ``concurrency`` at once (one
+per switch port at a time, which the queue guarantees), keeps their leases alive, and
+reports success or failure back; the queue does retries, backoff and dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from enforcers.base import DriverError, NetworkDriver
+from enforcers.coa import RETRYABLE_CAUSES, CoaDriver
+from enforcers.inventory import ResolvedPort, Switch
+from enforcers.queue import Job, JobQueue
+
+log = logging.getLogger(__name__)
+
+DriverFactory = Callable[[Switch, str], NetworkDriver]
+
+
+def make_driver(switch: Switch, kind: str) -> NetworkDriver:
+    """Build the driver ``kind`` ("coa", "snmp", "ssh-linux-bridge", "ssh-cisco-ios")."""
+    if kind == "coa":
+        return CoaDriver(switch)
+    if kind == "snmp":
+        from enforcers.snmp import SnmpDriver
+
+        return SnmpDriver(switch)
+    if kind == "ssh-linux-bridge":
+        from enforcers.ssh import LinuxBridgeDriver
+
+        return LinuxBridgeDriver(switch)
+    if kind == "ssh-cisco-ios":
+        from enforcers.ssh import CiscoIosDriver
+
+        return CiscoIosDriver(switch)
+    raise DriverError(f"unknown driver {kind!r}", retryable=False, switch=switch.name)
+
+
+class Enforcer:
+    """Producer API (``set_vlan``, ``reauth``, ``bounce``) plus the asyncio worker."""
+
+    def __init__(
+        self,
+        switches: Iterable[Switch],
+        queue: JobQueue,
+        *,
+        concurrency: int = 16,
+        poll_interval: float = 0.5,
+        driver_factory: DriverFactory = make_driver,
+    ) -> None:
+        self.switches = {s.name: s for s in switches}
+        self.queue = queue
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.driver_factory = driver_factory
+        self._drivers: dict[tuple[str, str], NetworkDriver] = {}
+        self._wake: asyncio.Event | None = None
+
+    # -- producer side ------------------------------------------------------------------
+    def set_vlan(
+        self,
+        switch: str,
+        port: str | None,
+        vlan: int,
+        *,
+        nas_port: int | None = None,
+        nas_port_id: str | None = None,
+        mac: str | None = None,
+        session_id: str | None = None,
+        decided_at: float | None = None,
+        reason: str = "",
+    ) -> int:
+        """Queue "put this port in this VLAN". The port may be given by name, NAS-Port or
+        NAS-Port-Id; it is resolved now so supersede works on the interface name."""
+        sw = self._switch(switch)
+        rp = self._resolve(sw, port, nas_port, nas_port_id)
+        job_id = self.queue.enqueue(
+            "set_vlan", sw.name, rp.name, vlan=vlan, mac=mac, session_id=session_id,
+            decided_at=decided_at, payload={"reason": reason} if reason else None)
+        self._notify()
+        return job_id
+
+    def reauth(self, switch: str, *, mac: str | None = None, session_id: str | None = None,
+               port: str | None = None, decided_at: float | None = None) -> int:
+        """Queue "make the NAS re-authenticate this session"."""
+        sw = self._switch(switch)
+        job_id = self.queue.enqueue("reauth", sw.name, "", mac=mac, session_id=session_id,
+                                    decided_at=decided_at,
+                                    payload={"port": port} if port else None)
+        self._notify()
+        return job_id
+
+    def bounce(self, switch: str, port: str, *, decided_at: float | None = None) -> int:
+        sw = self._switch(switch)
+        rp = self._resolve(sw, port, None, None)
+        job_id = self.queue.enqueue("bounce", sw.name, rp.name, decided_at=decided_at)
+        self._notify()
+        return job_id
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- drivers ------------------------------------------------------------------------
+    def _switch(self, name: str) -> Switch:
+        try:
+            return self.switches[name]
+        except KeyError:
+            raise DriverError(f"unknown switch {name!r}", retryable=False,
+                              switch=name) from None
+
+    @staticmethod
+    def _resolve(sw: Switch, port: str | None, nas_port: int | None,
+                 nas_port_id: str | None) -> ResolvedPort:
+        try:
+            return sw.ports.resolve(name=port, nas_port=nas_port, nas_port_id=nas_port_id)
+        except LookupError as exc:
+            raise DriverError(f"{sw.name}: {exc}", retryable=False, switch=sw.name) from exc
+
+    def driver(self, sw: Switch, kind: str) -> NetworkDriver:
+        """The cached driver of this kind for this switch (drivers are long-lived)."""
+        key = (sw.name, kind)
+        if key not in self._drivers:
+            self._drivers[key] = self.driver_factory(sw, kind)
+        return self._drivers[key]
+
+    def port_driver(self, sw: Switch) -> NetworkDriver | None:
+        return None if sw.driver == "coa" else self.driver(sw, sw.driver)
+
+    async def close(self) -> None:
+        for drv in self._drivers.values():
+            with contextlib.suppress(Exception):
+                await drv.close()
+        self._drivers.clear()
+
+    # -- applying one job ---------------------------------------------------------------
+    async def apply(self, job: Job) -> str:
+        """Apply a claimed job; returns a one-line result. Raises DriverError."""
+        sw = self._switch(job.switch)
+        if job.kind == "set_vlan":
+            return await self._apply_set_vlan(sw, job)
+        if job.kind == "reauth":
+            return await self._apply_reauth(sw, job)
+        if job.kind == "bounce":
+            drv = self.port_driver(sw) or self.driver(sw, "coa")
+            await drv.bounce_port(job.port)
+            return f"{drv.name} bounce"
+        raise DriverError(f"unknown job kind {job.kind!r}", retryable=False, switch=sw.name)
+
+    async def _apply_set_vlan(self, sw: Switch, job: Job) -> str:
+        if job.vlan is None:
+            raise DriverError("set_vlan job without a VLAN", retryable=False, switch=sw.name)
+        notes: list[str] = []
+        coa_error: DriverError | None = None
+        live = bool(job.mac or job.session_id)
+        if sw.coa is not None and live and sw.coa.vlan_method != "none":
+            coa = self.driver(sw, "coa")
+            assert isinstance(coa, CoaDriver)
+            try:
+                method = sw.coa.vlan_method
+                if method == "coa-vlan":
+                    res = await coa.change_vlan(job.vlan, mac=job.mac, session=job.session_id)
+                elif method == "reauthenticate":
+                    res = await coa.reauthenticate(mac=job.mac, session=job.session_id)
+                else:
+                    res = await coa.disconnect(mac=job.mac, session=job.session_id)
+                if res.ok:
+                    return f"coa {res.method}: {res.detail}"
+                notes.append(f"coa {res.method}: {res.detail}")
+                if res.error_cause in RETRYABLE_CAUSES:
+                    coa_error = DriverError(res.detail, retryable=True, switch=sw.name,
+                                            error_cause=res.error_cause)
+                else:
+                    coa_error = DriverError(res.detail, retryable=False, switch=sw.name,
+                                            error_cause=res.error_cause)
+            except DriverError as exc:
+                notes.append(f"coa failed: {exc}")
+                coa_error = exc
+            log.info("job %d: CoA did not apply (%s); falling back to %s", job.id,
+                     notes[-1], sw.driver)
+        drv = self.port_driver(sw)
+        if drv is None:
+            raise coa_error or DriverError(
+                f"{sw.name}: no live session for CoA and no port driver", retryable=False,
+                switch=sw.name)
+        await drv.set_port_vlan(job.port, job.vlan)
+        done = f"{drv.name} set VLAN {job.vlan}"
+        if sw.bounce_after_vlan:
+            await drv.bounce_port(job.port)
+            done += " + bounce"
+        return "; ".join([*notes, done])
+
+    async def _apply_reauth(self, sw: Switch, job: Job) -> str:
+        port = job.payload.get("port")
+        notes: list[str] = []
+        if sw.coa is not None:
+            coa = self.driver(sw, "coa")
+            try:
+                res = await coa.reauthenticate(mac=job.mac, session=job.session_id,
+                                               port=None if (job.mac or job.session_id)
+                                               else port)
+                if res.ok:
+                    return f"coa {res.method}: {res.detail}"
+                notes.append(f"coa {res.method}: {res.detail}")
+                if not port or sw.driver == "coa":
+                    raise DriverError(res.detail, retryable=res.error_cause in RETRYABLE_CAUSES,
+                                      switch=sw.name, error_cause=res.error_cause)
+            except DriverError as exc:
+                if not port or sw.driver == "coa":
+                    raise
+                notes.append(f"coa failed: {exc}")
+        drv = self.port_driver(sw)
+        if drv is None or not port:
+            raise DriverError(f"{sw.name}: cannot re-authenticate without CoA or a port",
+                              retryable=False, switch=sw.name)
+        await drv.bounce_port(port)
+        return "; ".join([*notes, f"{drv.name} bounce {port}"])
+
+    # -- worker -------------------------------------------------------------------------
+    async def _process(self, job: Job) -> None:
+        keeper = asyncio.create_task(self._keep_lease(job.id))
+        try:
+            result = await self.apply(job)
+        except DriverError as exc:
+            self.queue.fail(job.id, str(exc), retryable=exc.retryable)
+        except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the loop
+            log.exception("job %d: unexpected error", job.id)
+            self.queue.fail(job.id, f"{type(exc).__name__}: {exc}", retryable=True)
+        else:
+            self.queue.complete(job.id, result)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep_lease(self, job_id: int) -> None:
+        while True:
+            await asyncio.sleep(max(0.5, self.queue.lease / 3))
+            self.queue.extend(job_id)
+
+    async def run_once(self, limit: int | None = None) -> int:
+        """Claim due jobs and apply them concurrently; returns how many were processed."""
+        jobs = self.queue.claim(limit or self.concurrency)
+        if jobs:
+            await asyncio.gather(*(self._process(j) for j in jobs))
+        return len(jobs)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """The worker loop: runs until ``stop`` is set, then finishes in-flight jobs."""
+        stop = stop or asyncio.Event()
+        self._wake = asyncio.Event()
+        tasks: set[asyncio.Task[Any]] = set()
+        try:
+            while not stop.is_set():
+                free = self.concurrency - len(tasks)
+                jobs = self.queue.claim(free) if free > 0 else []
+                for job in jobs:
+                    t = asyncio.create_task(self._process(job))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                if jobs:
+                    await asyncio.sleep(0)
+                    continue
+                # Sleep until woken by a new job, a job finishing, the next due retry or
+                # the poll interval (another process may have queued work).
+                timeout = self.poll_interval
+                due = self.queue.next_due()
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - self.queue.clock()))
+                self._wake.clear()
+                waiters = [asyncio.create_task(self._wake.wait()),
+                           asyncio.create_task(stop.wait())]
+                if tasks:
+                    waiters.append(asyncio.create_task(asyncio.wait(
+                        set(tasks), return_when=asyncio.FIRST_COMPLETED)))
+                _, pending = await asyncio.wait(waiters, timeout=max(timeout, 0.01),
+                                                return_when=asyncio.FIRST_COMPLETED)
+                for w in pending:
+                    w.cancel()
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            self._wake = None
+
+    async def drain(self, timeout: float = 60.0) -> None:
+        """Run until no job is pending or claimed (tests, CLI one-shot), or timeout."""
+        deadline = time.monotonic() + timeout
+        stop = asyncio.Event()
+        runner = asyncio.create_task(self.run(stop))
+        try:
+            while time.monotonic() < deadline:
+                counts = self.queue.counts()
+                if not counts.get("pending") and not counts.get("claimed"):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await runner

@@ -1,0 +1,202 @@
+"""Enforcer end to end on the lab switch: CoA first, NAK -> SNMP/SSH fallback, outages,
+restart resume. Real hostapd DAS, snmpd and sshd in the switch namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from enforcers.enforcer import Enforcer
+from enforcers.inventory import Switch
+from enforcers.queue import JobQueue
+from enforcers.ssh import DEFAULT_POOL
+from tests.lab import start_supplicant
+from tests.lab.fixtures import Lab, switch_lab
+from tests.lab.netns import run
+
+pytestmark = [pytest.mark.netns, pytest.mark.peer]
+SECRET = "das-secret"
+INITIAL = {1: 10, 2: 10, 3: 20}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with switch_lab(tmp_path_factory.mktemp("enf"), sshd=True, snmpd=True,
+                    hostapd_port="swp1", das_secret=SECRET, initial=INITIAL) as lab:
+        yield lab
+    DEFAULT_POOL.close_all()
+
+
+@pytest.fixture
+def fresh(lab: Lab) -> Iterator[Lab]:
+    yield lab
+    if not _mgmt_up(lab):
+        lab.switch.mgmt_up()
+    for i, vlan in INITIAL.items():
+        port = f"swp{i}"
+        if lab.switch.port_vlan(port) != vlan:
+            lab.switch.set_port_vlan(port, vlan)
+
+
+def _mgmt_up(lab: Lab) -> bool:
+    out = run(["ip", "-j", "link", "show", lab.switch.mgmt_root_if]).stdout
+    return "UP" in json.loads(out)[0].get("flags", [])
+
+
+def entry(lab: Lab, driver: str, **over: object) -> Switch:
+    assert lab.sshd is not None and lab.snmpd is not None
+    sw = lab.switch
+    data: dict[str, object] = {
+        "name": "labsw", "address": sw.mgmt_ip, "driver": driver, "vendor": "linux",
+        "snmp": {"version": "2c", "community": lab.snmpd.community, "timeout": 0.3,
+                 "retries": 0},
+        "ssh": {"username": lab.sshd.user, "key_file": str(lab.sshd.key_file),
+                "timeout": 3},
+        "coa": {"secret": SECRET, "timeout": 0.3, "retries": 0},
+        "ports": {"table": [{"name": p, "ifindex": sw.ifindex(p)} for p in sw.ports]},
+        "linux_bridge": {"vlan_mode": sw.mode, "vlan_bridge_pattern": sw.vlan_bridge_pattern},
+        "bounce_down_seconds": 0.1,
+    }
+    data.update(over)
+    return Switch.model_validate(data)
+
+
+def queue(tmp_path: Path, **kw: object) -> JobQueue:
+    kw.setdefault("base_delay", 0.3)
+    kw.setdefault("max_delay", 1.0)
+    kw.setdefault("max_attempts", 50)
+    kw.setdefault("lease", 10.0)
+    return JobQueue(tmp_path / "nac.db", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("driver", ["snmp", "ssh-linux-bridge"])
+def test_coa_nak_falls_back_to_port_driver(fresh: Lab, tmp_path: Path, driver: str) -> None:
+    sw = fresh.switch
+    h1, h2, h3 = sw.hosts
+    q = queue(tmp_path)
+    enf = Enforcer([entry(fresh, driver)], q)
+    # Live session (MAC known): CoA first; hostapd NAKs the VLAN attributes (401).
+    jid = enf.set_vlan("labsw", "swp1", 20, mac=h1.mac, decided_at=time.time())
+
+    async def go() -> None:
+        await enf.drain(30)
+        await enf.close()
+
+    asyncio.run(go())
+    job = q.get(jid)
+    assert job is not None and job.state == "done", job
+    assert "CoA-NAK Error-Cause 401 (Unsupported-Attribute)" in (job.result or "")
+    assert f"{driver} set VLAN 20 + bounce" in (job.result or "")
+    assert sw.port_vlan("swp1") == 20 and sw.port_is_up("swp1")
+    assert sw.reachable(h1, h3)  # host 1 joined host 3's VLAN
+    assert not sw.ping(h1, h2, count=1)  # and left host 2's
+    print(f"{driver}: CoA NAK + fallback, decision->applied {job.latency * 1000:.0f} ms")
+
+
+def test_no_session_goes_straight_to_port_driver(fresh: Lab, tmp_path: Path) -> None:
+    q = queue(tmp_path)
+    enf = Enforcer([entry(fresh, "snmp")], q)
+    jid = enf.set_vlan("labsw", "swp3", 10)
+    asyncio.run(_drain(enf))
+    job = q.get(jid)
+    assert job is not None and job.state == "done"
+    assert job.result == "snmp set VLAN 10 + bounce"
+    assert fresh.switch.port_vlan("swp3") == 10
+
+
+def test_coa_ack_is_enough_for_a_live_session(fresh: Lab, tmp_path: Path) -> None:
+    """vlan_method=disconnect on a NAS that has the session: the ACK completes the job."""
+    h1 = fresh.switch.hosts[0]
+    sup = start_supplicant(h1.ns, tmp_path / "wpa")
+    try:
+        deadline = time.monotonic() + 10
+        while "received EAPOL-Start" not in fresh.hostapd.log_text():  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        q = queue(tmp_path)
+        sw_entry = entry(fresh, "snmp")
+        assert sw_entry.coa is not None
+        sw_entry = sw_entry.model_copy(update={"coa": sw_entry.coa.model_copy(
+            update={"vlan_method": "disconnect"})})
+        enf = Enforcer([sw_entry], q)
+        jid = enf.set_vlan("labsw", "swp1", 30, mac=h1.mac)
+        asyncio.run(_drain(enf))
+        job = q.get(jid)
+        assert job is not None and job.state == "done"
+        assert job.result == "coa disconnect: Disconnect-ACK"
+    finally:
+        sup.stop()
+
+
+async def _drain(enf: Enforcer, timeout: float = 30) -> None:
+    await enf.drain(timeout)
+    await enf.close()
+
+
+@pytest.mark.parametrize("driver", ["snmp", "ssh-linux-bridge"])
+def test_unreachable_switch_jobs_wait_and_apply(fresh: Lab, tmp_path: Path, driver: str) -> None:
+    """Management link down for a few seconds (30 s in production terms, shortened by a
+    0.3 s..1 s backoff): jobs back off, nothing is lost, the latest decision wins."""
+    sw = fresh.switch
+    q = queue(tmp_path)
+    enf = Enforcer([entry(fresh, driver, coa=None)], q)
+    sw.mgmt_down()
+    outage = 4.0
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(enf.run(stop))
+        a = enf.set_vlan("labsw", "swp2", 20)
+        b = enf.set_vlan("labsw", "swp3", 30)
+        await asyncio.sleep(outage / 2)
+        c = enf.set_vlan("labsw", "swp2", 30)  # supersedes a while it waits
+        await asyncio.sleep(outage / 2)
+        for jid in (b, c):
+            job = q.get(jid)
+            assert job is not None and job.state in ("pending", "claimed")
+        assert q.get(b).attempts >= 2 and q.get(b).last_error  # type: ignore[union-attr]
+        # a was in flight when c came: it is superseded when its attempt fails
+        await asyncio.sleep(1.5)
+        assert q.get(a).state == "superseded"  # type: ignore[union-attr]
+        sw.mgmt_up()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if all(q.get(j).state == "done" for j in (b, c)):  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await worker
+        await enf.close()
+        for jid in (b, c):
+            job = q.get(jid)
+            assert job is not None and job.state == "done", job
+            print(f"{driver}: job {jid} applied after {job.attempts} attempts, "
+                  f"decision->applied {job.latency:.2f} s")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if not _mgmt_up(fresh):
+            sw.mgmt_up()
+    assert sw.port_vlan("swp2") == 30 and sw.port_vlan("swp3") == 30
+    assert q.counts().get("dead", 0) == 0
+
+
+def test_restart_resumes_claimed_job(fresh: Lab, tmp_path: Path) -> None:
+    """A worker dies holding a job: after its lease expires a new process applies it."""
+    first = queue(tmp_path, lease=1.0, owner="dead-worker")
+    jid = first.enqueue("set_vlan", "labsw", "swp2", vlan=30)
+    assert [j.id for j in first.claim()] == [jid]
+    first.close()
+    second = queue(tmp_path, lease=1.0, owner="new-worker")
+    enf = Enforcer([entry(fresh, "ssh-linux-bridge")], second)
+    time.sleep(1.1)
+    asyncio.run(_drain(enf))
+    job = second.get(jid)
+    assert job is not None and job.state == "done" and job.attempts == 2
+    assert fresh.switch.port_vlan("swp2") == 30
