@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import methodcaller
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from nac.prevention.ecosystems import (
     NPM,
     PYPI,
     RPM_FAMILY,
+    SOURCE_KEYED,
     VERSION_CLASSES,
     UnsupportedVersion,
     host_release,
@@ -51,6 +53,7 @@ class Finding:
 _TRUST_ORDER = {"local": 0, "vendor": 1, "community": 2}
 
 DISTRO_MANAGERS = frozenset({"dpkg", "rpm", "apk"})
+_SOURCE_MANAGERS = frozenset({"dpkg", "apk"})
 _LANG_MANAGERS = {"pip": PYPI, "pypi": PYPI, "npm": NPM}
 _PURL_TYPES = {"pypi": PYPI, "npm": NPM}
 
@@ -141,9 +144,13 @@ def _hit(intervals: tuple[_Interval, ...], v: Version) -> tuple[bool, str | None
     return False, None
 
 
-_GET_NAME = methodcaller("get", "name")
-_GET_SOURCE = methodcaller("get", "source")
-_GET_MANAGER = methodcaller("get", "manager")
+_VERDICT_CACHE_MAX = 2_000_000
+_SOURCE_TRIPLE = itemgetter("source", "source_version", "manager")
+
+
+class _NotFast(Exception):
+    """A package the source-keyed hot path does not handle."""
+
 
 _Key = tuple[str, str, str]  # (base ecosystem, release or "", package name)
 
@@ -162,6 +169,7 @@ class VulnIndex:
                 by_adv.setdefault(e.advisory_id, set()).add(name)
         self._by_advisory = by_adv
         self._verdicts: dict[tuple[str, str, str, str], tuple[Finding, ...]] = {}
+        self._host_verdicts: dict[tuple[str, str], dict[Any, tuple[Finding, ...]]] = {}
 
     @property
     def advisory_count(self) -> int:
@@ -181,37 +189,96 @@ class VulnIndex:
         pkgs = posture.get("packages")
         if not isinstance(pkgs, list) or not pkgs:
             return []
+        host = host_release(posture.get("os"))
+        if host is not None and host[0] in SOURCE_KEYED:
+            try:
+                fast = self._source_keyed(pkgs, host)
+            except (TypeError, AttributeError):
+                fast = None  # malformed entries: the general path below copes
+            if fast is not None:
+                return fast
         try:
-            names = list(map(_GET_NAME, pkgs))
-            sources = list(map(_GET_SOURCE, pkgs))
-            managers = set(map(_GET_MANAGER, pkgs))
-        except AttributeError:  # a non-object in the list: drop it, keep the rest
-            pkgs = [p for p in pkgs if isinstance(p, dict)]
-            names = list(map(_GET_NAME, pkgs))
-            sources = list(map(_GET_SOURCE, pkgs))
-            managers = set(map(_GET_MANAGER, pkgs))
-        # Fast reject in C: most installed packages have no advisory at all.
-        hits = self._names.intersection(names)
-        hits.update(self._names.intersection(sources))
+            names, sources, managers, hits = self._prefilter(pkgs)
+        except (AttributeError, TypeError):
+            # Malformed entries (not objects, non-string names): drop them, keep the rest.
+            pkgs = [p for p in pkgs if _well_formed(p)]
+            names, sources, managers, hits = self._prefilter(pkgs)
         # Language packages need name normalisation first (PEP 503), so they always go through.
         lang = not managers <= DISTRO_MANAGERS
         if not hits and not lang:
             return []
-        host = host_release(posture.get("os"))
         out: list[Finding] = []
         seen: set[tuple[str, str, str]] = set()
         for pkg, name, source in zip(pkgs, names, sources, strict=True):
-            if (
+            if not (
                 name in hits
                 or source in hits
                 or (lang and pkg.get("manager") not in DISTRO_MANAGERS)
             ):
-                for f in self._package_findings(host, pkg):
-                    key = (f.advisory_id, f.package, f.installed)
-                    if key not in seen:
-                        seen.add(key)
-                        out.append(f)
+                continue
+            for f in self._package_findings(host, pkg):
+                key = (f.advisory_id, f.package, f.installed)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(f)
         return out
+
+    def _source_keyed(self, pkgs: list[Any], host: tuple[str, str]) -> list[Finding] | None:
+        """Hot path for Debian/Ubuntu/Alpine hosts whose packages carry source and
+        source_version (what our agent reports). One C-level pass reads each package's
+        (source, source_version, manager); that triple is the verdict key, decided once per
+        index and then only looked up. Returns None when the list does not fit (other managers,
+        missing or odd fields): the general path handles those."""
+        verdicts = self._host_verdicts.get(host)
+        if verdicts is None:
+            verdicts = self._host_verdicts[host] = {}
+        try:
+            # Warm path: one chained C pass, no intermediate list.
+            found = list(map(verdicts.__getitem__, map(_SOURCE_TRIPLE, pkgs)))
+        except (KeyError, TypeError):
+            # A missing field, an unhashable one, or first sight of a (source, version).
+            try:
+                triples = list(map(_SOURCE_TRIPLE, pkgs))
+                found = [self._triple_verdict(host, verdicts, t) for t in triples]
+            except (KeyError, TypeError, _NotFast):
+                return None
+        out: list[Finding] = []
+        # Binaries of one source version (openssl, libssl3) share one verdict tuple: report once.
+        for verdict in {id(v): v for v in filter(None, found)}.values():
+            out.extend(verdict)
+        return out
+
+    def _triple_verdict(
+        self, host: tuple[str, str], verdicts: dict[Any, tuple[Finding, ...]], triple: Any
+    ) -> tuple[Finding, ...]:
+        cached = verdicts.get(triple)
+        if cached is not None:
+            return cached
+        source, version, manager = triple
+        if manager not in _SOURCE_MANAGERS or not isinstance(source, str) or not source:
+            raise _NotFast
+        if not isinstance(version, str) or not version:
+            raise _NotFast
+        if len(verdicts) >= _VERDICT_CACHE_MAX:
+            verdicts.clear()  # bounded memory; an index lives for one feed epoch anyway
+        if source in self._names:
+            result = self._verdict(host[0], host[1], source, version)
+        else:
+            result = ()
+        verdicts[triple] = result
+        return result
+
+    def _prefilter(self, pkgs: list[Any]) -> tuple[list[Any], list[Any], set[Any], set[str]]:
+        """Names, sources, managers, and the names that have any advisory: all C-level loops,
+        since most installed packages have no advisory at all."""
+        # map(dict.get, ...) runs in C, several times faster than a comprehension; a non-dict
+        # raises TypeError and sends the caller to its cleaning path.
+        names = list(map(dict.get, pkgs, repeat("name")))
+        sources = list(map(dict.get, pkgs, repeat("source")))
+        managers = set(map(dict.get, pkgs, repeat("manager")))
+        hits = self._names.intersection(names)
+        hits.update(self._names.intersection(sources))
+        return names, sources, managers, hits
 
     def _package_findings(self, host: tuple[str, str] | None, pkg: dict[str, Any]) -> list[Finding]:
         manager = pkg.get("manager")
@@ -288,8 +355,19 @@ class VulnIndex:
                     ),
                 )
         result = tuple(f for _, f in sorted(best.values(), key=lambda rf: rf[1].advisory_id))
+        if len(self._verdicts) >= _VERDICT_CACHE_MAX:
+            self._verdicts.clear()
         self._verdicts[vkey] = result
         return result
+
+
+def _well_formed(p: object) -> bool:
+    return (
+        isinstance(p, dict)
+        and isinstance(p.get("name"), str)
+        and isinstance(p.get("source"), str | None)
+        and isinstance(p.get("manager"), str | None)
+    )
 
 
 def _language_ecosystem(pkg: dict[str, Any]) -> str | None:
