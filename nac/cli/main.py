@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "nac.cli.nodes",
     "nac.cli.config_cmd",
     "nac.cli.pki",
+    "nac.cli.feed",
 ]
 
 
