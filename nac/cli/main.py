@@ -8,6 +8,7 @@ import click
 
 # Each module defines register(cli: click.Group) -> None.
 COMMAND_MODULES = [
+    "nac.cli.enforce",
     "nac.cli.policy",
     "nac.cli.serve",
     "nac.cli.nodes",
