@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -161,3 +164,136 @@ def test_eapol_test_loads_imc_and_hostapd_tncs_receives_posture(tmp_path: Path) 
     assert "TNC: TNCCS-Recommendation: 'allow'" in eapol_log
     assert state.load(tmp_path / "state" / "last.json")["recommendation"] == "allow"
     assert Path("/etc/tnc_config").exists() == etc_before
+
+
+@pytest.mark.netns
+def test_watch_reauthenticates_wpa_supplicant_over_a_wired_port(tmp_path: Path) -> None:
+    """Draft 4.5.1 end to end: wpa_supplicant (driver=wired, our IMC) authenticates to hostapd
+    (driver=wired, internal EAP server, tnc=1) over a veth pair between two netns; then
+    `nac-agent watch` sees dpkg change and `wpa_cli reauthenticate` reruns the posture check.
+
+    fast_reauth=0: with it on, wpa_supplicant 2.10 keeps EAP-TNC as the TTLS phase-2 method
+    on re-authentication and Naks the inner MSCHAPv2, so the check would fail.
+    """
+    _check_environment()
+    if shutil.which("wpa_supplicant") is None or shutil.which("wpa_cli") is None:
+        pytest.skip("wpa_supplicant/wpa_cli not installed")
+    _make_certs(tmp_path)
+    lib = build_library(tmp_path / "nac_imc.so",
+                        command=f"PYTHONPATH={REPO} exec {sys.executable} -m eap_ext.agent imc")
+    root = build_debian_root(tmp_path / "host")
+    tag = os.urandom(3).hex()
+    sw_ns, host_ns = f"nacsw-{tag}", f"nachost-{tag}"
+    ctrl = tmp_path / "ctrl"
+    (tmp_path / "eap_user").write_text('* TTLS\n"host1" MSCHAPV2 "secret-pw" [2]\n')
+    (tmp_path / "hostapd.conf").write_text(textwrap.dedent(f"""\
+        interface=vb
+        driver=wired
+        logger_stdout=-1
+        logger_stdout_level=0
+        ieee8021x=1
+        eapol_version=2
+        eap_server=1
+        eap_user_file={tmp_path}/eap_user
+        ca_cert={tmp_path}/ca.pem
+        server_cert={tmp_path}/server.pem
+        private_key={tmp_path}/server.key
+        tnc=1
+        """))
+    (tmp_path / "wpas.conf").write_text(textwrap.dedent(f"""\
+        ctrl_interface={ctrl}
+        ap_scan=0
+        fast_reauth=0
+        network={{
+          key_mgmt=IEEE8021X
+          eap=TTLS
+          identity="host1"
+          anonymous_identity="anonymous"
+          password="secret-pw"
+          ca_cert="{tmp_path}/ca.pem"
+          phase2="autheap=MSCHAPV2"
+          eapol_flags=0
+        }}
+        """))
+    for d in ("upper", "work"):
+        (tmp_path / d).mkdir()
+    hostapd_log, wpas_log = tmp_path / "hostapd.log", tmp_path / "wpas.log"
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    script = tmp_path / "lab.sh"
+    script.write_text(textwrap.dedent(f"""\
+        set -e
+        hp=; wp=
+        cleanup() {{
+          set +e
+          [ -n "$hp$wp" ] && kill $hp $wp 2>/dev/null && wait $hp $wp 2>/dev/null
+          ip netns del {sw_ns} 2>/dev/null; ip netns del {host_ns} 2>/dev/null
+        }}
+        trap cleanup EXIT
+        mount -t overlay overlay \\
+          -o lowerdir=/etc,upperdir={tmp_path}/upper,workdir={tmp_path}/work /etc
+        echo '{imc_line(lib)}' > /etc/tnc_config
+        ip netns add {sw_ns}
+        ip netns add {host_ns}
+        ip link add va netns {host_ns} type veth peer name vb netns {sw_ns}
+        ip -n {host_ns} link set va up
+        ip -n {sw_ns} link set vb up
+        until ip -n {host_ns} link show va | grep -q LOWER_UP; do sleep 0.05; done
+        ip netns exec {sw_ns} hostapd -dd {tmp_path}/hostapd.conf > {hostapd_log} 2>&1 &
+        hp=$!
+        until grep -q AP-ENABLED {hostapd_log}; do sleep 0.05; done
+        ip netns exec {host_ns} wpa_supplicant -dd -D wired -i va -c {tmp_path}/wpas.conf \\
+          > {wpas_log} 2>&1 &
+        wp=$!
+        until grep -q EAP-SUCCESS {wpas_log}; do sleep 0.1; done
+        touch {ready}
+        until [ -e {stop} ]; do sleep 0.1; done
+        """))
+    env = {**os.environ, "NAC_AGENT_ROOT": str(root),
+           "NAC_AGENT_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(REPO)}
+    lab = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", str(script)],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        _wait_for(lambda: ready.exists() or lab.poll() is not None, 30)
+        assert ready.exists(), _tail(lab, wpas_log, hostapd_log)
+        assert wpas_log.read_text(errors="replace").count("TNC_IMC_BeginHandshake: 0") == 1
+
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "eap_ext.agent", "-v", "watch", "-i", "va", "-p", str(ctrl),
+             "--interval", "0.2", "--max-checks", "15"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert watch.stderr is not None
+        for line in watch.stderr:  # the first snapshot is taken: now change the host
+            if "watching for posture changes" in line:
+                break
+        status = root / "var/lib/dpkg/status"
+        os.utime(status, ns=(0, status.stat().st_mtime_ns + 10**9))  # "dpkg -i" happened
+        out, _ = watch.communicate(timeout=30)
+        assert "re-authentication requested (exit 0)" in out
+        assert "1 re-authentication(s) requested" in out
+        _wait_for(lambda: wpas_log.read_text(errors="replace").count("EAP-SUCCESS") >= 2, 30)
+    finally:
+        stop.touch()
+        try:
+            lab.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # our own session: the lab and its daemons
+            os.killpg(lab.pid, signal.SIGKILL)
+            lab.wait()
+    wpas = wpas_log.read_text(errors="replace")
+    assert wpas.count("CTRL-EVENT-EAP-SUCCESS") == 2, _tail(lab, wpas_log, hostapd_log)
+    assert wpas.count("TNC_IMC_BeginHandshake: 0") == 2  # the posture check ran again
+    assert hostapd_log.read_text(errors="replace").count("IMC-IMV-Message Type 0x1") == 2
+    assert state.load(tmp_path / "state" / "last.json")["recommendation"] == "allow"
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _tail(proc: subprocess.Popen[bytes], *logs: Path) -> str:
+    parts = [f"lab exit {proc.poll()}"]
+    parts += [f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in logs
+              if p.exists()]
+    return "\n".join(parts)

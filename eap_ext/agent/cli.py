@@ -29,7 +29,7 @@ def _last_token() -> str | None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
 def main(verbose: bool) -> None:
     """Quarantine inspection agent: reports this host's posture to the NAC server."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, force=True,
                         stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
 

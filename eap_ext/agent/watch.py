@@ -105,6 +105,7 @@ def watch(trigger: list[str], *, root: HostRoot | None = None, interval: float =
     """Poll until max_checks (forever if None); returns how many times it triggered."""
     root = root or HostRoot.from_env()
     previous = take_snapshot(root)
+    log.info("watching for posture changes every %.1f s", interval)
     triggered = checks = 0
     while max_checks is None or checks < max_checks:
         sleep(interval)
