@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from nac.accounts import Account, SecretBox, accounts_from_tables, load_accounts_file, make_account
-from nac.authorize import Authorizer, SamplePolicyView, apply_segment_settings
+from nac.authorize import Authorizer
 from nac.config import DEMO_ACCOUNT, Config
+from nac.posture.policy import PolicyError
 from nac.radius.clients import ClientTable, NasClient, profile
 from nac.radius.engine import Engine
 from nac.radius.server import serve_udp
+from nac.runtime import LivePolicy
 from nac.store import open_store
 
 log = logging.getLogger("nac")
@@ -73,12 +76,12 @@ class Server:
         self.store = open_store(cfg.store, state_dir)
         self.box = SecretBox(state_dir / "keys" / "accounts.key")
         self.accounts = build_accounts(cfg, state_dir, self.box)
-        policy = SamplePolicyView()
+        db_path = getattr(self.store, "path", state_dir / "nac.db")
         try:
-            policy.segments = apply_segment_settings(policy.segments, cfg.segments)
-        except KeyError as exc:
-            raise ValueError(f"{cfg.source}: {exc.args[0]}") from None
-        self.authorizer = Authorizer(policy)
+            self.live = LivePolicy(state_dir, db_path, cfg.policy_file, cfg.segments)
+        except PolicyError as exc:
+            raise ValueError(str(exc)) from None
+        self.authorizer = Authorizer(self.live.policy, self.live.evaluate)
         self.eap = build_eap(cfg, state_dir, self.accounts, self.box)
         self.engine = Engine(
             build_clients(cfg), self.authorizer, self.accounts, eap=self.eap,
@@ -96,8 +99,18 @@ class Server:
                 self.authorizer.registered[mac] = segment
         self._reg_seq = seq
 
+    def reload_if_changed(self) -> None:
+        try:
+            changed = self.live.poll()
+        except Exception as exc:  # e.g. the store is locked by a long feed import
+            log.warning("could not check policy/feeds for changes: %s", exc)
+            return
+        if changed:
+            self.authorizer.policy = self.live.policy
+            self.authorizer.policy_changed()
+            self.engine.policy_changed()
+
     async def _housekeeping(self) -> None:
-        loop = asyncio.get_running_loop()
         tick = 0
         while True:
             await asyncio.sleep(REGISTRATION_POLL)
@@ -107,7 +120,8 @@ class Server:
             except Exception as exc:  # the store may be briefly locked or down
                 log.warning("could not read registrations: %s", exc)
             if tick % 2 == 0:
-                self.engine.expire(loop.time())
+                self.engine.expire(time.time())
+                self.reload_if_changed()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()

@@ -7,34 +7,21 @@ returns a Decision. The posture rules themselves live in nac/posture/.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nac.posture.decision import Decision
-from nac.posture.segments import QUARANTINE, Segment, sample_segments
+from nac.posture.segments import QUARANTINE, Segment
 
 
 class PolicyView(Protocol):
-    """What authorization needs from the active policy."""
+    """What authorization needs from the active policy (nac.posture.policy.Policy)."""
 
     segments: dict[str, Segment]
     require_posture: bool
 
-    def role_cap(self, role: str) -> str | None:
-        """The highest segment the role may reach, None for no cap."""
+    def role_cap(self, role: str | None) -> Segment:
+        """The highest segment the role may reach."""
         ...
-
-
-@dataclass
-class SamplePolicyView:
-    """The sample policy's segments and roles, used until a policy file is loaded."""
-
-    segments: dict[str, Segment] = field(default_factory=sample_segments)
-    require_posture: bool = True
-    role_caps: dict[str, str] = field(default_factory=lambda: {"guest": QUARANTINE})
-
-    def role_cap(self, role: str) -> str | None:
-        return self.role_caps.get(role)
 
 
 def apply_segment_settings(
@@ -51,8 +38,8 @@ def apply_segment_settings(
     return out
 
 
-# evaluate(posture, role, identity, mac) -> Decision (segment and reasons; VLAN filled here)
-PostureEvaluator = Callable[[dict[str, Any], str, str | None, str | None], Decision]
+# evaluate(posture or None, role, nas group, vendor) -> Decision, per the active policy.
+PostureEvaluator = Callable[[dict[str, Any] | None, str, str | None, str], Decision]
 
 
 class Authorizer:
@@ -75,11 +62,9 @@ class Authorizer:
         if role is None:
             return name
         cap = self.policy.role_cap(role)
-        if cap is None or cap not in self.policy.segments:
-            return name
-        if self.policy.segments[cap].level < self._segment(name).level:
-            reasons.append(f"role {role!r} may reach at most {cap!r} (draft 5.4.3)")
-            return cap
+        if cap.level < self._segment(name).level:
+            reasons.append(f"role {role!r} may reach at most {cap.name!r} (draft 5.4.3)")
+            return cap.name
         return name
 
     def finish(self, name: str, reasons: list[str], source: str, group: str | None,
@@ -117,20 +102,17 @@ class Authorizer:
         vendor: str,
         method: str,
     ) -> Decision:
-        reasons = [f"authenticated {identity!r} by {method} (role {role!r})"]
-        if posture is not None and self.evaluator is not None:
-            d = self.evaluator(posture, role, identity, mac)
-            reasons.extend(d.reasons)
-            name = self._cap(d.segment, role, reasons)
-            return self.finish(name, reasons, "posture", group, vendor, d.remediation)
+        who = f"authenticated {identity!r} by {method} (role {role!r})"
         reg = self.registered.get(mac) if mac else None
-        if reg is not None:
-            reasons.append(f"MAC registered in segment {reg!r}")
-            name = reg
-        elif self.policy.require_posture:
-            reasons.append("no posture reported: quarantine (draft 5.4.2)")
-            name = QUARANTINE
-        else:
-            name = max(self.policy.segments.values(), key=lambda s: s.level).name
-            reasons.append("policy does not require posture")
-        return self.finish(self._cap(name, role, reasons), reasons, "account", group, vendor)
+        if posture is None and reg is not None:
+            reasons = [who, f"MAC registered in segment {reg!r}"]
+            return self.finish(self._cap(reg, role, reasons), reasons, "account", group, vendor)
+        if self.evaluator is None:
+            reasons = [who, "no posture policy loaded: quarantine"]
+            return self.finish(QUARANTINE, reasons, "account", group, vendor)
+        d = self.evaluator(posture, role, group, vendor)
+        return Decision(
+            segment=d.segment, vlan=d.vlan, reasons=(who, *d.reasons),
+            remediation=d.remediation, certificate=d.certificate, expires=d.expires,
+            source="posture" if posture is not None else "account", extra=d.extra,
+        )

@@ -91,9 +91,13 @@ def show_node(mac: str, state_dir: Path, store_url: str | None, as_json: bool) -
 def set_node(mac: str, segment: str, reason: str, state_dir: Path, store_url: str | None) -> None:
     """Register MAC in SEGMENT (or 'none' to remove the registration)."""
     mac = _mac(mac)
-    from nac.authorize import SamplePolicyView
+    from nac.posture.policy import PolicyError, load_active_policy
 
-    known = SamplePolicyView().segments
+    try:
+        known = load_active_policy(state_dir).segments
+    except PolicyError as exc:
+        fail(str(exc))
+        return
     seg = None if segment.lower() == "none" else segment
     if seg is not None and seg not in known:
         fail(f"unknown segment {seg!r}; the policy has: {', '.join(sorted(known))}")

@@ -28,7 +28,7 @@ class _Endpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int] | tuple) -> None:  # type: ignore[override]
         host, port = addr[0], addr[1]
         try:
-            out = self.handler(data, host, port, time.monotonic())
+            out = self.handler(data, host, port, time.time())
         except Exception:  # a bug must cost one request, never the server
             self.engine.counters["drop_internal_error"] += 1
             log.exception("internal error on a request from %s", host)
@@ -44,7 +44,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(self.executor, job.work)
-            out = job.finish(result, time.monotonic())
+            out = job.finish(result, time.time())
         except Exception:
             self.engine.counters["drop_internal_error"] += 1
             log.exception("internal error finishing a request")
