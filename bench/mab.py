@@ -70,8 +70,12 @@ def measure(pid: int, run: Callable[[], dict]) -> dict:
     """Run the load and add the server's CPU seconds over it, and requests
     per server CPU-second (the load generator has a core of its own)."""
     cpu0 = probe.tree_cpu_seconds(pid)
+    drops0 = probe.udp_rcvbuf_errors()
     result = run()
     cpu = probe.tree_cpu_seconds(pid) - cpu0
+    # system-wide, so other programs count too; but timeouts together with
+    # drops mean a socket buffer overflowed rather than a request got lost
+    result["udp_rcvbuf_errors"] = probe.udp_rcvbuf_errors() - drops0
     result["server_cpu_s"] = round(cpu, 3)
     result["rps_per_cpu"] = round(result["received"] / cpu, 1) if cpu > 0 else None
     result["server_cores"] = round(cpu / result["seconds"], 2) if result["seconds"] else None
@@ -150,7 +154,8 @@ def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Name
 def line(name: str, r: dict) -> str:
     return (f"{name:<11} w={r['window']:<4} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
             f"p99 {r['p99_ms']:.2f} ms  accepts {r['accepts']}/{r['sent']}  "
-            f"timeouts {r['timeouts']}  server CPU {r['server_cpu_s']:.2f} s "
+            f"timeouts {r['timeouts']} (UDP drops {r['udp_rcvbuf_errors']})  "
+            f"server CPU {r['server_cpu_s']:.2f} s "
             f"({r['rps_per_cpu'] or 0:.0f} req per CPU-s)  radload CPU {r['client_cpu_s']:.2f} s")
 
 

@@ -80,3 +80,12 @@ def tree_cpu_seconds(pid: int) -> float:
         total += int(fields[11]) + int(fields[12])
         todo += _children(p)
     return total / CLK_TCK
+
+
+def udp_rcvbuf_errors() -> int:
+    """The kernel's count of UDP datagrams dropped for a full socket receive
+    buffer (all sockets of this network namespace)."""
+    lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()
+             if ln.startswith("Udp:")]
+    header, values = lines[0], lines[1]
+    return int(values[header.index("RcvbufErrors")])
