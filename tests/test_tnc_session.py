@@ -242,3 +242,37 @@ def test_imc_ignores_other_pa_types_and_reports_peer_errors() -> None:
     reply, events = imc.receive(batch)
     assert imc.assessment is None and isinstance(events[0], PeerError)
     assert reply is not None and tnccs11.decode_batch(reply).batch_id == 3
+
+
+@pytest.mark.parametrize("protocol", ["tnccs11", "pb-tnc"])
+@pytest.mark.parametrize("trusted", [True, False])
+def test_certificate_only_first_batch(protocol: str, trusted: bool) -> None:
+    """Draft 5.3 step 3: an unchanged host sends only its certificate; the server either
+    relies on it or asks for the whole posture."""
+    posture = dict(SCHEMA_EXAMPLE, packages="unknown", factory_default_password="unknown")
+    ev = Evaluator("allow")
+    asked: list[dict[str, Any]] = []
+
+    def want_full(doc: dict[str, Any]) -> bool:
+        asked.append(doc)
+        return not trusted
+
+    imc = ImcSession(posture, protocol=protocol, certificate_only=True)  # type: ignore[arg-type]
+    imv = ImvSession(ev, want_full_posture=want_full)
+    first = imc.begin()
+    if protocol == "tnccs11":
+        body = tnccs11.decode_batch(first).messages[0].body  # type: ignore[union-attr]
+    else:
+        body = pb_tnc.decode_batch(first).messages[0].body  # type: ignore[union-attr]
+    kinds = [a.attr_type for a in decode_message(body).attributes]
+    assert kinds == [10, 7]  # DOCUMENT_META and CERTIFICATE only
+    run_out: bytes | None = first
+    while run_out is not None:
+        reply, _ = imv.receive(run_out)
+        if reply is None:
+            break
+        run_out, _ = imc.receive(reply)
+    assert asked == [{"schema": 1, "collected_at": posture["collected_at"],
+                      "certificate": posture["certificate"]}]
+    assert len(ev.calls) == 1 and imc.recommendation == "allow"
+    assert ev.calls[0][0] == (asked[0] if trusted else posture)

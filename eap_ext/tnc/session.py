@@ -23,6 +23,10 @@ PB-TNC exchange:
 PB-PA messages stay out of the RESULT batch, and RESULT-only messages out of SDATA, as
 RFC 5793 assigns them; that costs the one extra round trip.
 
+Re-inspection (draft 5.3 step 3): ImcSession(certificate_only=True) opens with just its
+quarantine certificate; ImvSession(want_full_posture=...) decides whether to rely on it
+or to request every posture attribute before calling `evaluate`.
+
 All PA-TNC content travels in ONE PA message per batch because wpa_supplicant's TNCC keeps
 only the last message an IMC sends per batch.
 """
@@ -276,10 +280,11 @@ class ImcSession(_Base):
     def __init__(self, posture: dict[str, Any], *, protocol: Protocol = "tnccs11",
                  vendor_id: int = DEFAULT_VENDOR_ID, pa_vendor: int = IETF_PEN,
                  pa_subtype: int = PaSubtype.OPERATING_SYSTEM, collector_id: int = 1,
-                 max_batch: int = 1 << 20) -> None:
+                 certificate_only: bool = False, max_batch: int = 1 << 20) -> None:
         super().__init__(protocol, vendor_id, pa_vendor, pa_subtype, max_batch)
         self.posture = posture
         self.collector_id = collector_id
+        self.certificate_only = certificate_only
         self.attributes = posture_to_attributes(posture, vendor_id=vendor_id)
         self.recommendation: str | None = None
         self.assessment: int | None = None
@@ -297,9 +302,20 @@ class ImcSession(_Base):
             for b in pa_bodies)).encode()
 
     def begin(self) -> bytes:
-        """The first batch (sent right after the EAP-TNC/PT-EAP Start): the posture."""
+        """The first batch (sent right after the EAP-TNC/PT-EAP Start): the posture, or
+        with certificate_only=True and a certificate at hand, just that certificate (draft
+        5.3 step 3); the IMV then asks for the rest if it will not rely on it."""
         self.last_batch_id = 0
-        return self._outbound([self._pa(self.attributes)])
+        return self._outbound([self._pa(self._first_attributes())])
+
+    def _first_attributes(self) -> list[Attribute]:
+        cert = self.posture.get("certificate")
+        if not self.certificate_only or not isinstance(cert, dict):
+            return self.attributes
+        meta = {k: self.posture[k] for k in ("schema", "collected_at") if k in self.posture}
+        return [VendorAttribute(VendorAttrType.DOCUMENT_META, {**meta, "rest": {}},
+                                self.vendor_id),
+                VendorAttribute(VendorAttrType.CERTIFICATE, cert, self.vendor_id)]
 
     def receive(self, data: bytes) -> Result:
         events: list[Any] = []
@@ -350,7 +366,7 @@ class ImcSession(_Base):
             self.done = True
             return None, events
         if inb.batch_type == pb_tnc.BatchType.SRETRY:
-            return self._outbound([self._pa(self.attributes)]), events
+            return self._outbound([self._pa(self._first_attributes())]), events
         return self._outbound(replies, validator), events
 
     def _finish(self, recommendation: str, events: list[Any]) -> None:
@@ -403,27 +419,51 @@ class ImvSession(_Base):
     `evaluate` returns (recommendation 'allow'|'isolate'|'none', assessment result 0-4,
     remediation strings (URIs are sent as URIs), certificate bytes or None). With
     protocol=None the protocol is detected from the first inbound batch.
+
+    `want_full_posture(document)`, if given, is asked once before evaluating: returning
+    True makes the IMV request every posture attribute first, e.g. when a host sent only
+    its quarantine certificate and the server will not rely on it. When the peer sends an
+    attribute type again, the newer copy replaces the older one.
     """
 
     def __init__(self, evaluate: EvaluateFn, *, identity: str | None = None,
                  protocol: Protocol | None = None, vendor_id: int = DEFAULT_VENDOR_ID,
                  pa_vendor: int = IETF_PEN, pa_subtype: int = PaSubtype.OPERATING_SYSTEM,
-                 validator_id: int = 1, max_batch: int = 1 << 20) -> None:
+                 validator_id: int = 1,
+                 want_full_posture: Callable[[dict[str, Any]], bool] | None = None,
+                 max_batch: int = 1 << 20) -> None:
         super().__init__(protocol, vendor_id, pa_vendor, pa_subtype, max_batch)
         self.evaluate = evaluate
         self.identity = identity
         self.validator_id = validator_id
+        self.want_full_posture = want_full_posture
         self.collector_id = ANY_VALIDATOR
-        self.attributes: list[Attribute] = []
+        self._by_type: dict[tuple[int, int], list[Attribute]] = {}
         self.requested = False
         self.document: dict[str, Any] | None = None
         self.decision: Evaluated | None = None
         self._result_pending = False  # PB-TNC: SDATA sent, RESULT still to send
 
+    @property
+    def attributes(self) -> list[Attribute]:
+        """The posture attributes collected so far (latest copy of each type)."""
+        return [a for group in self._by_type.values() for a in group]
+
+    def _collect(self, attrs: Sequence[Attribute]) -> None:
+        fresh: dict[tuple[int, int], list[Attribute]] = {}
+        for a in attrs:
+            if not isinstance(a, AttributeRequest | PaTncError):
+                fresh.setdefault((a.vendor_id, a.attr_type), []).append(a)
+        self._by_type.update(fresh)
+
     def _complete(self) -> bool:
-        return any(isinstance(a, VendorAttribute) and a.vendor_id == self.vendor_id
-                   and a.kind in (VendorAttrType.DOCUMENT_META, VendorAttrType.POSTURE_DOCUMENT)
-                   for a in self.attributes)
+        return any((self.vendor_id, k) in self._by_type
+                   for k in (VendorAttrType.DOCUMENT_META, VendorAttrType.POSTURE_DOCUMENT))
+
+    def _request(self, errors: Sequence[Attribute]) -> bytes:
+        self.requested = True
+        req = AttributeRequest(posture_attribute_types(self.vendor_id))
+        return self._outbound([self._pa([*errors, req])], [])
 
     def receive(self, data: bytes) -> Result:
         events: list[Any] = []
@@ -450,11 +490,15 @@ class ImvSession(_Base):
                 errors.append(err)
             if self.protocol == "pb-tnc":
                 self.collector_id = ident
-            self.attributes.extend(a for a in attrs if not isinstance(a, AttributeRequest))
-        if not self._complete() and not self.requested:
-            self.requested = True
-            req = AttributeRequest(posture_attribute_types(self.vendor_id))
-            return self._outbound([self._pa([*errors, req])], []), events
+            events.extend(PeerError(f"PA-TNC Error code {a.error_code}")
+                          for a in attrs if isinstance(a, PaTncError))
+            self._collect(attrs)
+        if not self.requested:
+            if not self._complete():
+                return self._request(errors), events
+            if self.want_full_posture is not None and self.want_full_posture(
+                    attributes_to_posture(self.attributes, vendor_id=self.vendor_id)):
+                return self._request(errors), events
         return self._decide(events, errors), events
 
     def _decide(self, events: list[Any], errors: Sequence[Attribute] = ()) -> bytes:
