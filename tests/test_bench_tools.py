@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,24 @@ def test_mab_script_end_to_end() -> None:
     fr = summary["freeradius"]["16"]
     assert fr["accepts"] == 300 and fr["timeouts"] == 0
     assert fr["server_cpu_s"] >= 0 and summary["mode"] == "mab"
+
+
+@needs_freeradius
+@pytest.mark.peer
+@pytest.mark.parametrize("mode", ["mab", "pap"])
+def test_freeradius_reply_carries_the_vlan(rdict: Dictionary, server, mode: str) -> None:
+    # the yardstick answers what nac must answer: a signed Accept with the VLAN
+    raw = packets.build(mode, 1, SECRET)[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(raw, ("127.0.0.1", server.port))
+        data = s.recv(4096)
+    req = packet.AuthPacket(packet=raw, secret=SECRET, dict=rdict)
+    reply = req.CreateReply(packet=data)
+    assert req.VerifyReply(reply, data, enforce_ma=True)
+    assert reply.code == packet.AccessAccept
+    assert reply["Tunnel-Type:1"] == ["VLAN"]
+    assert reply["Tunnel-Medium-Type:1"] == ["IEEE-802"]
+    assert reply["Tunnel-Private-Group-Id:1"] == ["10"]
+    assert reply["Session-Timeout"] == [3600]
+    assert reply["Termination-Action"] == ["RADIUS-Request"]
