@@ -101,9 +101,9 @@ def eapol_cmd(port: int, conf_path: Path, *, no_keys: bool, timeout: int) -> lis
 
 
 def eapol(lab: Lab, text: str, *, no_keys: bool = False, port: int | None = None,
-          timeout: int = 15) -> Run:
+          timeout: int = 15, reauths: int = 0) -> Run:
     cmd = eapol_cmd(port or lab.srv.auth_port, write_conf(lab, text), no_keys=no_keys,
-                    timeout=timeout)
+                    timeout=timeout) + ([f"-r{reauths}"] if reauths else [])
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 15)
     return Run(p.returncode, p.stdout + p.stderr)
 
@@ -157,6 +157,19 @@ def test_method_accepts_with_keys_and_vlan(lab: Lab, method: str, tls: str) -> N
     assert f"Using TLS version TLSv{tls}" in r.out
     assert r.vlan() == QUARANTINE_VLAN
     assert r.accept_attrs()[1] == ["'demo'"]  # User-Name: the inner identity
+
+
+@pytest.mark.parametrize("method", ["tls", "peap-mschapv2", "ttls-pap", "ttls-mschapv2",
+                                    "ttls-eap-mschapv2"])
+def test_tls13_resumption_on_reauthentication(lab: Lab, method: str) -> None:
+    # wpa_supplicant 2.10 resumes only TLS 1.3 sessions; a TTLS peer then skips phase 2
+    # (RFC 5281 8), so the server must remember who authenticated in that session.
+    r = eapol(lab, conf(lab, tls="1.3", **METHODS[method]), reauths=2)  # type: ignore[arg-type]
+    assert r.rc == 0, r.out[-3000:]
+    assert "MPPE keys OK: 3  mismatch: 0" in r.out
+    assert r.out.count("Handshake finished - resumed=1") >= 2
+    if method.startswith("ttls"):
+        assert r.out.count("Session resumption - skip phase 2") == 2
 
 
 @pytest.mark.parametrize(("name", "text"), [

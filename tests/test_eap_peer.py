@@ -155,10 +155,15 @@ class TlsPeer:
         try:
             self.conn.do_handshake()
             self.established = True
-            if self.method == "ttls":
+            if self.method == "ttls" and not self.resumed():  # RFC 5281 8: may skip
                 self.conn.sendall(self._ttls_phase2())
         except SSL.WantReadError:
             pass
+
+    def resumed(self) -> bool:
+        from OpenSSL._util import lib
+
+        return bool(lib.SSL_session_reused(self.conn._ssl))
 
     def _ttls_phase2(self) -> bytes:
         name = avp.Avp(avp.USER_NAME, b"demo").encode()

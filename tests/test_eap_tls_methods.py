@@ -114,9 +114,30 @@ def test_session_resumption_for_fast_reauthentication(lab: Lab) -> None:
 
 
 def _reused(peer: TlsPeer) -> bool:
-    from OpenSSL._util import lib
+    return peer.resumed()
 
-    return bool(lib.SSL_session_reused(peer.conn._ssl))
+
+@pytest.mark.parametrize("inner", ["pap", "mschapv2"])
+def test_ttls_resumption_skips_phase2_and_keeps_identity(lab: Lab, inner: str) -> None:
+    service = lab.service()
+    first = TlsPeer(lab, "ttls", version="1.3", inner=inner)
+    res1, _ = run_tls(lab, service, first)
+    assert res1.action == "accept"
+    second = TlsPeer(lab, "ttls", version="1.3", inner=inner, resume=first)
+    res2, _ = run_tls(lab, service, second)
+    assert second.resumed()
+    assert res2.action == "accept", res2.reason
+    assert (res2.identity, res2.method) == ("demo", f"ttls/{inner}")
+    assert res2.msk == peer_msk(second) and res2.msk != res1.msk
+    # Resuming the resumed session works too (its result was remembered again) ...
+    third = TlsPeer(lab, "ttls", version="1.3", inner=inner, resume=second)
+    assert run_tls(lab, service, third)[0].action == "accept"
+    # ... but a session whose phase 2 result is gone (evicted) is refused, not trusted.
+    assert service.tls is not None
+    service.tls.resumption._entries.clear()
+    fourth = TlsPeer(lab, "ttls", version="1.3", inner=inner, resume=third)
+    res4, _ = run_tls(lab, service, fourth)
+    assert fourth.resumed() and res4.action == "reject"
 
 
 def test_tls_min_version_enforced(lab: Lab) -> None:

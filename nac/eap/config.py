@@ -24,6 +24,8 @@ class EapConfig(BaseModel):
     tls_min_version: Literal["1.2", "1.3"] = "1.2"
     tls_max_version: Literal["1.2", "1.3"] = "1.3"
     tls_resumption: bool = True
+    # How long a TLS session (ticket or cache entry) and its phase 2 result may be resumed.
+    tls_session_lifetime: float = Field(3600.0, gt=0)
     cert_file: Path | None = None
     key_file: Path | None = None
     ca_file: Path | None = None

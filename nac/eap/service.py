@@ -6,6 +6,8 @@ and bounds; methods see only type-data. No sockets, clocks or threads: `now` com
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 from collections.abc import Callable
@@ -34,6 +36,7 @@ METHODS: dict[str, type[Method]] = {
 }
 BY_TYPE = {cls.type: name for name, cls in METHODS.items()}
 TLS_METHODS = ("tls", "peap", "ttls")
+PASSWORD_MEMO = 300.0  # seconds a verified password skips scrypt
 MAX_ROUNDS = 600  # a 64 KiB flight in 300-octet fragments needs ~230
 
 
@@ -93,6 +96,11 @@ class EapService:
         if config.cert_file and config.key_file:
             self.tls = TlsContexts(config)
         self._convs: dict[bytes, _Conversation] = {}
+        self._now = 0.0
+        # Verified passwords, remembered briefly under a per-process key: scrypt costs
+        # ~0.2 s, and handle() runs on the event loop.
+        self._memo_key = os.urandom(32)
+        self._memo: dict[tuple[str, str], tuple[bytes, float]] = {}
 
     @property
     def live(self) -> int:
@@ -111,6 +119,7 @@ class EapService:
             self.tls.load_crl(pem)
 
     def handle(self, *, state: bytes | None, eap: bytes, nas: NasInfo, now: float) -> EapResult:
+        self._now = now
         try:
             return self._handle(state, eap, nas, now)
         except Exception as exc:  # a bug must cost one conversation, never the server
@@ -217,6 +226,8 @@ class EapService:
             self.tls,
             inner_allowed=lambda n: n in self.config.inner_methods,
             posture=self.posture,
+            now=lambda: self._now,
+            check_password=self._check_password,
         )
         try:
             method = METHODS[name](env)
@@ -267,6 +278,20 @@ class EapService:
             reason=step.reason or "authentication failed",
             outer_identity=outer,
         )
+
+    def _check_password(self, account: Account, password: str) -> bool:
+        key = (account.name, account.password_hash or "")
+        tag = hmac.new(self._memo_key, password.encode(), hashlib.sha256).digest()
+        hit = self._memo.get(key)
+        if hit and hmac.compare_digest(hit[0], tag) and self._now - hit[1] < PASSWORD_MEMO:
+            return True
+        if not account.check_password(password):
+            return False
+        self._memo.pop(key, None)
+        self._memo[key] = (tag, self._now)
+        while len(self._memo) > self.config.max_conversations:
+            del self._memo[next(iter(self._memo))]
+        return True
 
     # Policy -----------------------------------------------------------------------------
     def allowed_methods(self, identity: str, nas: NasInfo) -> list[str]:

@@ -8,7 +8,9 @@ and its session-id context apart from the other methods'.
 
 from __future__ import annotations
 
+import hashlib
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,7 @@ class TlsContexts:
             raise ValueError("TLS methods need cert_file and key_file")
         self.config = config
         self._contexts = {name: self._build(name) for name in ("tls", "peap", "ttls")}
+        self.resumption = ResumptionCache(config.tls_session_lifetime, config.max_conversations)
         self.revoked: frozenset[int] = frozenset()
         if config.crl_file and Path(config.crl_file).exists():
             self.load_crl(Path(config.crl_file).read_bytes())
@@ -70,6 +73,7 @@ class TlsContexts:
         ctx.set_session_id(b"nac-eap-" + method.encode())
         if cfg.tls_resumption:
             ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+            ctx.set_timeout(int(cfg.tls_session_lifetime))
         else:
             ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
             ctx.set_options(SSL.OP_NO_TICKET)
@@ -100,6 +104,28 @@ def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) ->
     return isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)) and (
         crl.is_signature_valid(key)
     )
+
+
+class ResumptionCache:
+    """Phase 2 results of tunnels, by a hash of the TLS session secret, so a resumed PEAP or
+    TTLS session (whose peer may skip phase 2, RFC 5281 8) still names who it is."""
+
+    def __init__(self, lifetime: float, max_entries: int) -> None:
+        self.lifetime = lifetime
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, tuple[str, str, float]] = OrderedDict()
+
+    def put(self, key: bytes, identity: str, method: str, now: float) -> None:
+        self._entries[key] = (identity, method, now)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def get(self, key: bytes, now: float) -> tuple[str, str] | None:
+        hit = self._entries.get(key)
+        if hit is None or now - hit[2] > self.lifetime:
+            return None
+        return hit[0], hit[1]
 
 
 class TlsSession:
@@ -159,6 +185,11 @@ class TlsSession:
     @property
     def resumed(self) -> bool:
         return bool(_lib.SSL_session_reused(self.conn._ssl))  # noqa: SLF001
+
+    def session_key(self) -> bytes:
+        """Names the current TLS session: a hash of its secret (TLS 1.2 master secret; TLS 1.3
+        resumption PSK of the newest ticket), equal again when the peer resumes it."""
+        return hashlib.sha256(b"nac-resume" + self.conn.master_key()).digest()
 
     def peer_certificate(self) -> x509.Certificate | None:
         return self.conn.get_peer_certificate(as_cryptography=True)

@@ -60,6 +60,11 @@ class MethodEnv:
     # After a tunnel authenticates, posture(env, outcome) may return a further inner EAP
     # method (e.g. EAP-TNC) to run inside the same tunnel; None skips posture.
     posture: PostureFactory | None = None
+    # The `now` of the handle() call being served: the only clock methods may read.
+    now: Callable[[], float] = field(default=lambda: 0.0)
+    # Password check with the service's short-lived memo (scrypt costs ~0.2 s a try).
+    check_password: Callable[[Account, str], bool] = field(
+        default=lambda account, password: account.check_password(password))
 
 
 class Method(ABC):

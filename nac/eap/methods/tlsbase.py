@@ -21,6 +21,9 @@ class TlsMethodBase(Method):
         self.tls = TlsSession(env.tls, self.tls_name)
         self.framer = Framer(env.config.fragment_size, self.framer_version)
         self.msk: bytes | None = None
+        self.resume_key: bytes | None = None  # the session the peer resumed, if it did
+        self.issue_key: bytes | None = None  # the session this handshake leaves behind
+        self.final: Step | None = None  # success waiting for the ACK of our last flight
 
     def start(self, ident: int) -> bytes:
         return self.framer.start()
@@ -34,28 +37,47 @@ class TlsMethodBase(Method):
         if frame.kind == "ack":
             if self.framer.sending:
                 return request(self.framer.next_fragment())
-            return self.on_flight_acked()
+            if self.final is not None:
+                return self._remember(self.final)
+            return self._remember(self.on_flight_acked())
         try:
-            return self._message(frame.data)
+            step = self._message(frame.data)
         except TlsError as exc:
             return fail(str(exc))
+        return self._remember(step)
+
+    def _remember(self, step: Step) -> Step:
+        if step.kind == "success" and step.outcome and self.issue_key and self.env.tls:
+            self.env.tls.resumption.put(self.issue_key, step.outcome.identity,
+                                        step.outcome.method, self.env.now())
+        return step
+
+    def resumed_identity(self) -> tuple[str, str] | None:
+        """(identity, method) that authenticated in the session the peer resumed."""
+        if self.resume_key is None or self.env.tls is None:
+            return None
+        return self.env.tls.resumption.get(self.resume_key, self.env.now())
 
     def _message(self, data: bytes) -> Step:
         done_now = self.tls.feed(data)
+        if self.resume_key is None and self.tls.resumed:
+            # Read before this handshake issues new tickets, which replace the secret.
+            self.resume_key = self.tls.session_key()
         handshake_out = self.tls.outgoing()
         app_out = b""
         if done_now:
+            self.issue_key = self.tls.session_key()
             self.msk = self.tls.key_material()[:64]
             result = self.on_established(bool(handshake_out))
             if isinstance(result, Step):
-                return result
+                return self._final(result, handshake_out)
             app_out = result or b""
         if self.tls.established:
             plain = self.tls.read_app()
             if plain:
                 result = self.on_app(plain)
                 if isinstance(result, Step):
-                    return result
+                    return self._final(result, handshake_out)
                 app_out += result or b""
         if app_out:
             self.tls.write_app(app_out)
@@ -63,6 +85,14 @@ class TlsMethodBase(Method):
         if out:
             return self.send(out)
         return self.on_idle()
+
+    def _final(self, step: Step, handshake_out: bytes) -> Step:
+        """Success must not strand handshake bytes (TLS 1.3 session tickets): deliver them
+        first and succeed on the peer's ACK."""
+        if step.kind == "success" and handshake_out:
+            self.final = step
+            return self.send(handshake_out)
+        return step
 
     def send(self, tls_bytes: bytes) -> Step:
         self.framer.queue(tls_bytes)

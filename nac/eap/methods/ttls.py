@@ -26,6 +26,21 @@ class TtlsMethod(TlsMethodBase):
         self.iid = 0
         self.prompts = 0
         self.pending: Outcome | None = None  # MSCHAPv2: success once the peer acks
+        self.resumed: Outcome | None = None  # phase 2 skipped: success once the peer acks
+
+    def on_established(self, flight_pending: bool) -> Step | bytes | None:
+        if not self.tls.resumed:
+            return None
+        # RFC 5281 8: a peer resuming a session may skip phase 2; take the earlier result.
+        hit = self.resumed_identity()
+        if hit is None:
+            return fail("TTLS: resumed a session whose phase 2 result is unknown")
+        identity, method = hit
+        account, why = self._account(identity, method)
+        if account is None:
+            return fail(why)
+        self.resumed = Outcome(account.name, account.role, method, self.msk)
+        return None if flight_pending else Step("success", outcome=self.resumed)
 
     def on_idle(self) -> Step:
         if not self.tls.established or self.prompts >= MAX_PROMPTS:
@@ -34,6 +49,8 @@ class TtlsMethod(TlsMethodBase):
         return request(self.framer.ack())
 
     def on_flight_acked(self) -> Step:
+        if self.resumed is not None:
+            return Step("success", outcome=self.resumed)
         if self.pending is not None:
             return self._after_mschapv2(send_now=True)
         return self.on_idle()
@@ -95,7 +112,8 @@ class TtlsMethod(TlsMethodBase):
         if account is None:
             return fail(why)
         # RFC 5281 11.2.5: the password is NUL-padded to a multiple of 16 octets.
-        if not account.check_password(password.rstrip(b"\x00").decode("utf-8", "replace")):
+        plain = password.rstrip(b"\x00").decode("utf-8", "replace")
+        if not self.env.check_password(account, plain):
             return fail("ttls/pap: wrong password")
         return self._authenticated(Outcome(account.name, account.role, "ttls/pap", self.msk))
 
