@@ -193,6 +193,7 @@ class FakeTncc:
                      "NotifyConnectionChange", "BatchEnding", "Terminate"):
             getattr(self.lib, f"TNC_IMC_{name}").restype = UL
         self.sent: list[tuple[int, int, bytes]] = []
+        self.senders: list[int] = []
         self.reported: list[int] = []
         self._send = SendFn(self._on_send)
         self._report = ReportFn(self._on_report)
@@ -200,6 +201,7 @@ class FakeTncc:
 
     def _on_send(self, imc: int, conn: int, buf, length: int, mtype: int) -> int:
         self.sent.append((conn, mtype, ctypes.string_at(buf, length)))
+        self.senders.append(imc)
         return 0
 
     def _on_report(self, imc: int, types, count: int) -> int:
@@ -271,8 +273,32 @@ def test_shim_checks_versions_and_ids(shim: Path) -> None:
     assert lib.TNC_IMC_Initialize(UL(0), UL(2), UL(3), ctypes.byref(version)) == 3
     assert lib.TNC_IMC_Initialize(UL(4), UL(1), UL(1), ctypes.byref(version)) == 0
     assert lib.TNC_IMC_Initialize(UL(4), UL(1), UL(1), ctypes.byref(version)) == 2
-    assert lib.TNC_IMC_BatchEnding(UL(5), UL(0)) == 6  # someone else's IMC id
+    assert lib.TNC_IMC_BatchEnding(UL(5), UL(0)) == 1    # an IMC ID never initialized
+    assert lib.TNC_IMC_BatchEnding(UL(1000), UL(0)) == 6  # an IMC ID out of range
+    assert lib.TNC_IMC_Initialize(UL(1), UL(1), UL(1), None) == 6
     assert lib.TNC_IMC_Terminate(UL(4)) == 0
+    assert lib.TNC_IMC_Terminate(UL(4)) == 1
+
+
+def test_shim_serves_two_imc_ids_at_once(shim: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two interfaces authenticating at once load the IMC twice into one supplicant: the
+    same library, two IMC IDs, one agent process each."""
+    monkeypatch.setenv("NAC_IMC_COMMAND",
+                       f"PYTHONPATH={REPO} exec {sys.executable} -m eap_ext.agent imc")
+    monkeypatch.setenv("NAC_AGENT_ROOT", str(build_debian_root(tmp_path / "host")))
+    monkeypatch.setenv("NAC_AGENT_STATE_DIR", str(tmp_path / "st"))
+    tncc = FakeTncc(shim)
+    tncc.start(0)
+    tncc.start(1)
+    lib = tncc.lib
+    assert lib.TNC_IMC_BeginHandshake(UL(0), UL(10)) == 0
+    assert lib.TNC_IMC_BeginHandshake(UL(1), UL(11)) == 0
+    assert lib.TNC_IMC_Terminate(UL(0)) == 0
+    assert lib.TNC_IMC_BatchEnding(UL(1), UL(11)) == 0  # IMC 1's agent is still there
+    assert lib.TNC_IMC_Terminate(UL(1)) == 0
+    assert tncc.senders == [0, 1]
+    assert [(conn, mtype) for conn, mtype, _ in tncc.sent] == [(10, 1), (11, 1)]
 
 
 def test_shim_survives_a_dead_agent(shim: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -84,12 +84,42 @@ typedef TNC_Result (*TNC_TNCC_ReportMessageTypesPointer)(TNC_IMCID imcID,
 #define FRAME_STATE 0xFFFFFF03u
 #define MAX_MESSAGE (16u * 1024u * 1024u)
 
-static int initialized;
-static TNC_IMCID imc_id;
-static int sock = -1;
-static pid_t child = -1;
-static TNC_TNCC_SendMessagePointer send_message;
-static TNC_TNCC_ReportMessageTypesPointer report_message_types;
+/*
+ * One slot per IMC ID. wpa_supplicant loads the IMC for every EAP-TNC session and dlopen()
+ * hands back the same library, so two interfaces authenticating at once (draft 5.4.1)
+ * mean two IMC IDs live in this one copy: each gets its own agent process.
+ */
+#define MAX_IMC_IDS 16
+
+struct imc_slot {
+	int initialized;
+	int sock;
+	pid_t child;
+	TNC_TNCC_SendMessagePointer send_message;
+};
+
+static struct imc_slot slots[MAX_IMC_IDS];
+
+static struct imc_slot *slot_of(TNC_IMCID imcID)
+{
+	return imcID < MAX_IMC_IDS ? &slots[imcID] : NULL;
+}
+
+/* The slot of an initialized IMC ID, or NULL (*res says why). */
+static struct imc_slot *live_slot(TNC_IMCID imcID, TNC_Result *res)
+{
+	struct imc_slot *s = slot_of(imcID);
+
+	if (s == NULL) {
+		*res = TNC_RESULT_INVALID_PARAMETER;
+		return NULL;
+	}
+	if (!s->initialized) {
+		*res = TNC_RESULT_NOT_INITIALIZED;
+		return NULL;
+	}
+	return s;
+}
 
 static int timeout_ms(void)
 {
@@ -99,35 +129,35 @@ static int timeout_ms(void)
 	return value > 0 ? value : 60000;
 }
 
-static void stop_child(void)
+static void stop_child(struct imc_slot *s)
 {
 	int i;
 
-	if (sock >= 0) {
-		close(sock); /* the agent sees EOF and exits */
-		sock = -1;
+	if (s->sock >= 0) {
+		close(s->sock); /* the agent sees EOF and exits */
+		s->sock = -1;
 	}
-	if (child <= 0)
+	if (s->child <= 0)
 		return;
 	for (i = 0; i < 100; i++) { /* up to 2 s to exit cleanly */
-		if (waitpid(child, NULL, WNOHANG) == child) {
-			child = -1;
+		if (waitpid(s->child, NULL, WNOHANG) == s->child) {
+			s->child = -1;
 			return;
 		}
 		usleep(20000);
 	}
-	kill(child, SIGKILL);
-	waitpid(child, NULL, 0);
-	child = -1;
+	kill(s->child, SIGKILL);
+	waitpid(s->child, NULL, 0);
+	s->child = -1;
 }
 
-static int start_child(void)
+static int start_child(struct imc_slot *s)
 {
 	int sv[2];
 	const char *cmd = getenv("NAC_IMC_COMMAND");
 	pid_t pid;
 
-	if (sock >= 0)
+	if (s->sock >= 0)
 		return 0;
 	if (cmd == NULL || *cmd == '\0')
 		cmd = NAC_IMC_COMMAND;
@@ -148,12 +178,12 @@ static int start_child(void)
 		_exit(127);
 	}
 	close(sv[1]);
-	sock = sv[0];
-	child = pid;
+	s->sock = sv[0];
+	s->child = pid;
 	return 0;
 }
 
-static int write_all(const unsigned char *buf, size_t len)
+static int write_all(int sock, const unsigned char *buf, size_t len)
 {
 	while (len > 0) {
 		/* MSG_NOSIGNAL: a dead agent must not SIGPIPE the supplicant. */
@@ -169,7 +199,7 @@ static int write_all(const unsigned char *buf, size_t len)
 	return 0;
 }
 
-static int read_all(unsigned char *buf, size_t len, int timeout)
+static int read_all(int sock, unsigned char *buf, size_t len, int timeout)
 {
 	while (len > 0) {
 		struct pollfd pfd = { .fd = sock, .events = POLLIN };
@@ -204,19 +234,19 @@ static uint32_t get_u32(const unsigned char *p)
 	return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16) | ((uint32_t) p[2] << 8) | p[3];
 }
 
-static int write_frame(uint32_t type, const unsigned char *payload, uint32_t len)
+static int write_frame(int sock, uint32_t type, const unsigned char *payload, uint32_t len)
 {
 	unsigned char hdr[8];
 
 	put_u32(hdr, type);
 	put_u32(hdr + 4, len);
-	if (write_all(hdr, sizeof(hdr)) < 0)
+	if (write_all(sock, hdr, sizeof(hdr)) < 0)
 		return -1;
-	return len ? write_all(payload, len) : 0;
+	return len ? write_all(sock, payload, len) : 0;
 }
 
 /* Read the agent's answer to one event: message frames relayed to the TNCC, then END. */
-static int relay_answer(TNC_ConnectionID conn)
+static int relay_answer(struct imc_slot *s, TNC_IMCID imcID, TNC_ConnectionID conn)
 {
 	int timeout = timeout_ms();
 
@@ -224,7 +254,7 @@ static int relay_answer(TNC_ConnectionID conn)
 		unsigned char hdr[8], *buf;
 		uint32_t type, len;
 
-		if (read_all(hdr, sizeof(hdr), timeout) < 0)
+		if (read_all(s->sock, hdr, sizeof(hdr), timeout) < 0)
 			return -1;
 		type = get_u32(hdr);
 		len = get_u32(hdr + 4);
@@ -235,24 +265,24 @@ static int relay_answer(TNC_ConnectionID conn)
 		buf = malloc(len ? len : 1);
 		if (buf == NULL)
 			return -1;
-		if (read_all(buf, len, timeout) < 0) {
+		if (read_all(s->sock, buf, len, timeout) < 0) {
 			free(buf);
 			return -1;
 		}
-		if (send_message)
-			send_message(imc_id, conn, buf, len, type);
+		if (s->send_message)
+			s->send_message(imcID, conn, buf, len, type);
 		free(buf);
 	}
 }
 
 /* Send one event frame and relay the answer; on any failure the child is dropped. */
-static TNC_Result exchange(TNC_ConnectionID conn, uint32_t type, const unsigned char *payload,
-			   uint32_t len)
+static TNC_Result exchange(struct imc_slot *s, TNC_IMCID imcID, TNC_ConnectionID conn,
+			   uint32_t type, const unsigned char *payload, uint32_t len)
 {
-	if (sock < 0)
+	if (s->sock < 0)
 		return TNC_RESULT_OTHER;
-	if (write_frame(type, payload, len) < 0 || relay_answer(conn) < 0) {
-		stop_child();
+	if (write_frame(s->sock, type, payload, len) < 0 || relay_answer(s, imcID, conn) < 0) {
+		stop_child(s);
 		return TNC_RESULT_FATAL;
 	}
 	return TNC_RESULT_SUCCESS;
@@ -261,15 +291,19 @@ static TNC_Result exchange(TNC_ConnectionID conn, uint32_t type, const unsigned 
 EXPORT TNC_Result TNC_IMC_Initialize(TNC_IMCID imcID, TNC_Version minVersion,
 				     TNC_Version maxVersion, TNC_Version *pOutActualVersion)
 {
-	if (initialized)
+	struct imc_slot *s = slot_of(imcID);
+
+	if (s == NULL || pOutActualVersion == NULL)
+		return TNC_RESULT_INVALID_PARAMETER;
+	if (s->initialized)
 		return TNC_RESULT_ALREADY_INITIALIZED;
 	if (minVersion > TNC_IFIMC_VERSION_1 || maxVersion < TNC_IFIMC_VERSION_1)
 		return TNC_RESULT_NO_COMMON_VERSION;
-	if (pOutActualVersion == NULL)
-		return TNC_RESULT_INVALID_PARAMETER;
 	*pOutActualVersion = TNC_IFIMC_VERSION_1;
-	imc_id = imcID;
-	initialized = 1;
+	s->sock = -1;
+	s->child = -1;
+	s->send_message = NULL;
+	s->initialized = 1;
 	return TNC_RESULT_SUCCESS;
 }
 
@@ -278,18 +312,20 @@ EXPORT TNC_Result TNC_IMC_ProvideBindFunction(TNC_IMCID imcID,
 {
 	/* Every type: the agent, not the shim, decides which messages concern it. */
 	TNC_MessageType all[] = { 0xFFFFFFFFul };
+	TNC_TNCC_ReportMessageTypesPointer report = NULL;
+	TNC_Result res;
+	struct imc_slot *s = live_slot(imcID, &res);
 
-	if (!initialized)
-		return TNC_RESULT_NOT_INITIALIZED;
-	if (imcID != imc_id || bindFunction == NULL)
+	if (s == NULL)
+		return res;
+	if (bindFunction == NULL)
 		return TNC_RESULT_INVALID_PARAMETER;
-	if (bindFunction(imcID, "TNC_TNCC_SendMessage", (void **) &send_message) !=
-	    TNC_RESULT_SUCCESS || send_message == NULL)
+	if (bindFunction(imcID, "TNC_TNCC_SendMessage", (void **) &s->send_message) !=
+	    TNC_RESULT_SUCCESS || s->send_message == NULL)
 		return TNC_RESULT_FATAL;
-	if (bindFunction(imcID, "TNC_TNCC_ReportMessageTypes",
-			 (void **) &report_message_types) == TNC_RESULT_SUCCESS &&
-	    report_message_types)
-		report_message_types(imcID, all, 1);
+	if (bindFunction(imcID, "TNC_TNCC_ReportMessageTypes", (void **) &report) ==
+	    TNC_RESULT_SUCCESS && report)
+		report(imcID, all, 1);
 	return TNC_RESULT_SUCCESS;
 }
 
@@ -298,69 +334,71 @@ EXPORT TNC_Result TNC_IMC_NotifyConnectionChange(TNC_IMCID imcID, TNC_Connection
 {
 	unsigned char payload[8];
 	TNC_Result res;
+	struct imc_slot *s = live_slot(imcID, &res);
 
-	if (!initialized)
-		return TNC_RESULT_NOT_INITIALIZED;
-	if (imcID != imc_id)
-		return TNC_RESULT_INVALID_PARAMETER;
-	if (sock < 0)
+	if (s == NULL)
+		return res;
+	if (s->sock < 0)
 		return TNC_RESULT_SUCCESS; /* CREATE/HANDSHAKE come before BeginHandshake */
 	put_u32(payload, (uint32_t) connectionID);
 	put_u32(payload + 4, (uint32_t) newState);
-	res = exchange(connectionID, FRAME_STATE, payload, sizeof(payload));
+	res = exchange(s, imcID, connectionID, FRAME_STATE, payload, sizeof(payload));
 	if (newState == TNC_CONNECTION_STATE_DELETE)
-		stop_child();
+		stop_child(s);
 	return res;
 }
 
 EXPORT TNC_Result TNC_IMC_BeginHandshake(TNC_IMCID imcID, TNC_ConnectionID connectionID)
 {
 	unsigned char payload[4];
+	TNC_Result res;
+	struct imc_slot *s = live_slot(imcID, &res);
 
-	if (!initialized)
-		return TNC_RESULT_NOT_INITIALIZED;
-	if (imcID != imc_id)
-		return TNC_RESULT_INVALID_PARAMETER;
-	if (start_child() < 0)
+	if (s == NULL)
+		return res;
+	if (start_child(s) < 0)
 		return TNC_RESULT_FATAL;
 	put_u32(payload, (uint32_t) connectionID);
-	return exchange(connectionID, FRAME_BEGIN, payload, sizeof(payload));
+	return exchange(s, imcID, connectionID, FRAME_BEGIN, payload, sizeof(payload));
 }
 
 EXPORT TNC_Result TNC_IMC_ReceiveMessage(TNC_IMCID imcID, TNC_ConnectionID connectionID,
 					 TNC_BufferReference messageBuffer,
 					 TNC_UInt32 messageLength, TNC_MessageType messageType)
 {
-	if (!initialized)
-		return TNC_RESULT_NOT_INITIALIZED;
-	if (imcID != imc_id || (messageLength && messageBuffer == NULL) ||
-	    messageLength > MAX_MESSAGE || messageType >= FRAME_END)
+	TNC_Result res;
+	struct imc_slot *s = live_slot(imcID, &res);
+
+	if (s == NULL)
+		return res;
+	if ((messageLength && messageBuffer == NULL) || messageLength > MAX_MESSAGE ||
+	    messageType >= FRAME_END)
 		return TNC_RESULT_INVALID_PARAMETER;
-	return exchange(connectionID, (uint32_t) messageType, messageBuffer,
+	return exchange(s, imcID, connectionID, (uint32_t) messageType, messageBuffer,
 			(uint32_t) messageLength);
 }
 
 EXPORT TNC_Result TNC_IMC_BatchEnding(TNC_IMCID imcID, TNC_ConnectionID connectionID)
 {
 	unsigned char payload[4];
+	TNC_Result res;
+	struct imc_slot *s = live_slot(imcID, &res);
 
-	if (!initialized)
-		return TNC_RESULT_NOT_INITIALIZED;
-	if (imcID != imc_id)
-		return TNC_RESULT_INVALID_PARAMETER;
+	if (s == NULL)
+		return res;
 	put_u32(payload, (uint32_t) connectionID);
-	return exchange(connectionID, FRAME_BATCH_ENDING, payload, sizeof(payload));
+	return exchange(s, imcID, connectionID, FRAME_BATCH_ENDING, payload, sizeof(payload));
 }
 
 EXPORT TNC_Result TNC_IMC_Terminate(TNC_IMCID imcID)
 {
-	if (!initialized)
-		return TNC_RESULT_NOT_INITIALIZED;
-	if (imcID != imc_id)
-		return TNC_RESULT_INVALID_PARAMETER;
-	stop_child();
-	send_message = NULL;
-	report_message_types = NULL;
-	initialized = 0;
+	TNC_Result res;
+	struct imc_slot *s = live_slot(imcID, &res);
+
+	if (s == NULL)
+		return res;
+	stop_child(s);
+	s->send_message = NULL;
+	s->initialized = 0;
 	return TNC_RESULT_SUCCESS;
 }
