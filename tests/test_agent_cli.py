@@ -145,9 +145,11 @@ def test_watch_triggers_on_package_change(tmp_path: Path) -> None:
             write(root.base, "proc/sys/net/ipv4/ip_forward", "1\n")
 
     count = watch(wpa_cli_command("eth0", "/run/wpa"), root=root, interval=0, max_checks=5,
-                  runner=lambda argv: calls.append(argv) or 0, sleep=tick)
+                  runner=lambda argv: calls.append(argv) or 0, sleep=tick,
+                  prepare=lambda: calls.append(["prepare"]))
     assert count == 2
-    assert calls == [["wpa_cli", "-p", "/run/wpa", "-i", "eth0", "reauthenticate"]] * 2
+    reauth = ["wpa_cli", "-p", "/run/wpa", "-i", "eth0", "reauthenticate"]
+    assert calls == [["prepare"], reauth] * 2
 
 
 def test_watch_ignores_signature_age(tmp_path: Path) -> None:

@@ -103,7 +103,10 @@ def watch(interface: str, ctrl_dir: str | None, wpa_cli: str, interval: float,
     else:
         argv = wpa_cli_command(interface, ctrl_dir, wpa_cli)
         runner = reauth_runner(interface, ctrl_dir, wpa_cli)
+    from .collectors import updates
+
     count = do_watch(argv, interval=interval, max_checks=max_checks, runner=runner,
+                     prepare=lambda: updates.collect(HostRoot.from_env()),
                      on_trigger=lambda code: click.echo(f"re-authentication requested "
                                                         f"(exit {code})"))
     click.echo(f"{count} re-authentication(s) requested")

@@ -101,8 +101,13 @@ def watch(trigger: list[str], *, root: HostRoot | None = None, interval: float =
           take_snapshot: Callable[[HostRoot], str] = snapshot,
           runner: Callable[[list[str]], int] = run_command,
           sleep: Callable[[float], None] = time.sleep,
-          on_trigger: Callable[[int], None] | None = None) -> int:
-    """Poll until max_checks (forever if None); returns how many times it triggered."""
+          on_trigger: Callable[[int], None] | None = None,
+          prepare: Callable[[], object] | None = None) -> int:
+    """Poll until max_checks (forever if None); returns how many times it triggered.
+
+    `prepare` runs before each trigger: the CLI uses it to refresh the pending-updates
+    cache, so the slow apt simulation happens here and not inside the EAP exchange.
+    """
     root = root or HostRoot.from_env()
     previous = take_snapshot(root)
     log.info("watching for posture changes every %.1f s", interval)
@@ -113,6 +118,11 @@ def watch(trigger: list[str], *, root: HostRoot | None = None, interval: float =
         current = take_snapshot(root)
         if current != previous:
             log.info("posture-relevant change: re-authenticating")
+            if prepare is not None:
+                try:
+                    prepare()
+                except Exception as exc:  # noqa: BLE001 - warming a cache is optional
+                    log.debug("prepare failed: %r", exc)
             code = runner(trigger)
             triggered += 1
             if on_trigger:
