@@ -1,6 +1,6 @@
 """MAB/PAP throughput: our server against FreeRADIUS, same load, same run.
 
-    python3 bench/mab.py [--requests N] [--window W[,W...]] [--mode mab|pap]
+    python3 bench/mab.py [--requests N] [--seconds T] [--window W[,W...]] [--mode mab|pap]
                          [--workers K] [--only freeradius|nac]
 
 Builds N signed Access-Requests once (bench/packets.py), compiles the C
@@ -117,7 +117,7 @@ def bench_freeradius(exe: Path, pkt_file: Path, windows: list[int], args: argpar
         (port,) = probe.free_udp_ports(1)
         with freeradius.FreeRadius(tmp / f"freeradius-{w}", port, args.threads) as fr:
             results[w] = measure(fr.pid, partial(run_radload, exe, pkt_file, port, w,
-                                                 args.timeout_ms))
+                                                 args.timeout_ms, args.seconds))
     return results
 
 
@@ -139,7 +139,7 @@ def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Name
                 raise RuntimeError(f"nac serve did not answer: {exc}\n{tail}") from None
             print(f"nac answered after {waited:.1f} s", file=sys.stderr)
             results[w] = measure(proc.pid, partial(run_radload, exe, pkt_file, auth, w,
-                                                   args.timeout_ms))
+                                                   args.timeout_ms, args.seconds))
         finally:
             proc.terminate()
             try:
@@ -168,6 +168,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, help="passed to nac serve --workers")
     ap.add_argument("--threads", type=int, default=2, help="FreeRADIUS worker threads")
     ap.add_argument("--timeout-ms", type=int, default=2000)
+    ap.add_argument("--seconds", type=float, default=0,
+                    help="stop sending after this long even if requests are left")
     ap.add_argument("--only", choices=["freeradius", "nac"])
     args = ap.parse_args()
     windows = [int(w) for w in args.window.split(",")]

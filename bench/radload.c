@@ -167,7 +167,9 @@ int main(int argc, char **argv)
 	}
 	freeaddrinfo(ai);
 
-	uint32_t *lat_us = malloc((size_t)total * sizeof(uint32_t));
+	/* grows on demand: with -T, -n may be far above what gets sent */
+	size_t lat_cap = total < (1 << 20) ? (size_t)total : (1 << 20);
+	uint32_t *lat_us = malloc(lat_cap * sizeof(uint32_t));
 	long sent = 0, received = 0, accepts = 0, rejects = 0, others = 0;
 	long timeouts = 0, outstanding = 0, send_errors = 0;
 	uint64_t timeout_ns = (uint64_t)timeout_ms * 1000000ull;
@@ -254,8 +256,13 @@ int main(int argc, char **argv)
 						continue; /* late or duplicate reply */
 					sl->state = FREE;
 					outstanding--;
-					if (received < total)
-						lat_us[received] = (uint32_t)((t - sl->t_ns) / 1000);
+					if ((size_t)received == lat_cap) {
+						lat_cap *= 2;
+						lat_us = realloc(lat_us, lat_cap * sizeof(uint32_t));
+						if (!lat_us)
+							die("realloc");
+					}
+					lat_us[received] = (uint32_t)((t - sl->t_ns) / 1000);
 					received++;
 					last_reply = t;
 					if (r[0] == 2)
@@ -289,7 +296,7 @@ int main(int argc, char **argv)
 
 	double seconds = (double)((received ? last_reply : now_ns()) - start) / 1e9;
 	double p50 = 0, p99 = 0;
-	long nlat = received < total ? received : total;
+	long nlat = received;
 
 	if (nlat > 0) {
 		qsort(lat_us, (size_t)nlat, sizeof(uint32_t), cmp_u32);

@@ -192,3 +192,18 @@ def test_freeradius_reply_carries_the_vlan(rdict: Dictionary, server, mode: str)
     assert reply["Tunnel-Private-Group-Id:1"] == ["10"]
     assert reply["Session-Timeout"] == [3600]
     assert reply["Termination-Action"] == ["RADIUS-Request"]
+
+
+@needs_gcc
+@needs_freeradius
+@pytest.mark.peer
+def test_radload_reuses_packets_and_stops_on_time(radload: Path, server, tmp_path: Path) -> None:
+    pkts = packets.build("mab", 50, SECRET)
+    # -n beyond the file replays it, each round from another source socket
+    r = _load(radload, pkts, server.port, tmp_path, "-n", "150", "-w", "16")
+    assert (r["sent"], r["accepts"], r["timeouts"]) == (150, 150, 0), r
+    assert r["sockets"] == 3
+    # -T stops sending early; whatever was sent is answered
+    r = _load(radload, pkts, server.port, tmp_path, "-n", "100000000", "-T", "0.3")
+    assert 0 < r["sent"] < 100000000 and r["accepts"] == r["sent"], r
+    assert r["seconds"] < 2
