@@ -284,3 +284,24 @@ def test_apt_simulation_is_cached_until_its_inputs_change(
     updates.collect(root, cache)
     assert len(runs) == 2
     assert runs[0][:2] == ["apt-get", "-s"]
+
+
+def test_rpm_cli_is_asked_with_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rpm collector's command line, against a stand-in `rpm` that records its argv."""
+    host = tmp_path / "host"
+    write(host, "etc/os-release", 'ID="rhel"\nVERSION_ID="9.2"\n')
+    (host / "var/lib/rpm").mkdir(parents=True)
+    bindir = tmp_path / "bin"
+    argv_file = tmp_path / "argv"
+    write(bindir, "rpm", f"""#!/bin/sh
+printf '%s\\n' "$@" > {argv_file}
+printf 'bash\\t(none)\\t5.1.8\\t6.el9_1\\tx86_64\\tbash-5.1.8-6.el9_1.src.rpm\\n'
+""").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    pkgs = packages.collect(HostRoot(host, rooted=True))
+    assert pkgs == [{"name": "bash", "version": "5.1.8-6.el9_1", "arch": "x86_64",
+                     "source": "bash", "source_version": "5.1.8-6.el9_1", "manager": "rpm",
+                     "purl": "pkg:rpm/rhel/bash@5.1.8-6.el9_1?arch=x86_64&distro=rhel-9.2"}]
+    argv = argv_file.read_text().splitlines()
+    assert argv[:3] == ["--root", str(host), "-qa"]
+    assert argv[3] == "--queryformat"
