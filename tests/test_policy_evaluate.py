@@ -225,3 +225,23 @@ def test_index_consulted_once_per_evaluation(sample: Policy) -> None:
     )
     evaluate(no_feeds, posture("debian12_compliant"), role="default", index=index, now=NOW)
     assert index.calls == 1  # a policy without a vulnerabilities rule never asks
+
+
+def test_evaluation_caches_do_not_change_policy_equality(site: Policy) -> None:
+    fresh = load_policy(DATA / "policy" / "site.toml")
+    used = load_policy(DATA / "policy" / "site.toml")
+    for name in ("debian12_compliant", "denied_telnetd", "debian10_old_os"):
+        evaluate(used, posture(name), role="default", index=None, now=NOW)
+    assert used == fresh
+
+
+def test_software_rule_without_purls_and_odd_entries(site: Policy) -> None:
+    p = posture("debian12_compliant")
+    assert p is not None
+    p["packages"] = [
+        "garbage",
+        {"name": "nmap", "version": "7.93+dfsg1-1", "manager": "dpkg"},  # no purl
+    ]
+    d = evaluate(site, p, role="default", index=None, now=NOW)
+    assert d.segment == "isolated"
+    assert "pkg:deb/debian/nmap@7.93+dfsg1-1" in d.reasons[0]

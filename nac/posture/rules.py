@@ -13,6 +13,7 @@ ranges once, when the policy is loaded, so that evaluating a posture is only loo
 from __future__ import annotations
 
 import fnmatch
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,15 @@ SEVERITY_RANK = {"unknown": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
 TRUST_RANK = {"community": 0, "vendor": 1, "local": 2}
 Trust = Literal["community", "vendor", "local"]
 Seconds = Annotated[int, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+class Memo(dict[Any, Any]):
+    """A cache held by a model: equal to any other Memo, so it never affects model equality."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Memo)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class FindingLike(Protocol):
@@ -137,6 +147,7 @@ class OsRule(RuleBase):
 
     check_kind: Literal["os"] = Field("os", alias="check")
     allow: list[OsMatch] = Field(min_length=1)
+    _verdicts: Memo = PrivateAttr(default_factory=Memo)
 
     def default_remediation(self) -> str:
         allowed = ", ".join(m.describe() for m in self.allow)
@@ -146,7 +157,13 @@ class OsRule(RuleBase):
         os_info = _section(posture, "os")
         if not isinstance(os_info, dict):
             return Outcome(None, "OS unknown")
-        if any(m.matches(os_info) for m in self.allow):
+        key = (os_info.get("family"), os_info.get("id"), os_info.get("version_id"))
+        allowed = self._verdicts.get(key)  # hosts share a handful of OS versions
+        if allowed is None:
+            if len(self._verdicts) > 10_000:
+                self._verdicts.clear()
+            allowed = self._verdicts[key] = any(m.matches(os_info) for m in self.allow)
+        if allowed:
             return Outcome(COMPLIANT, "")
         shown = os_info.get("pretty_name") or f"{os_info.get('id')} {os_info.get('version_id')}"
         return self._fail(f"operating system {shown} is not allowed")
@@ -259,12 +276,89 @@ def _compile_patterns(patterns: list[str]) -> tuple[re.Pattern[str] | None, re.P
     )
 
 
-def _purl_of(pkg: dict[str, Any]) -> str:
+_PURL_TYPES = {"dpkg": "deb", "rpm": "rpm", "apk": "apk"}
+DENIED, NOT_ALLOWED, FINE = "deny", "unknown", ""
+_GET_PURL = operator.itemgetter("purl")
+
+
+class PurlMatcher:
+    """Allow/deny purl patterns compiled once, with verdicts remembered per purl.
+
+    A plain class, not a pydantic model: it runs over thousands of packages per host. Purls
+    repeat across hosts, so a host is mostly one C-level set difference against the purls
+    already known to be fine; only new purls meet the regexes.
+    """
+
+    __slots__ = ("_deny_full", "_deny_name", "_allow_full", "_allow_name", "_has_allow",
+                 "_fine", "_flagged", "_key")  # fmt: skip
+    MAX_REMEMBERED = 500_000  # bounds memory on sites with very diverse hosts
+
+    def __init__(self, deny: list[str], allow: list[str]) -> None:
+        self._key = (tuple(deny), tuple(allow))
+        self._deny_full, self._deny_name = _compile_patterns(deny)
+        self._allow_full, self._allow_name = _compile_patterns(allow)
+        self._has_allow = bool(allow)
+        self._fine: set[str] = set()
+        self._flagged: dict[str, str] = {}
+
+    def __eq__(self, other: object) -> bool:  # same patterns, same matcher (Policy equality)
+        return isinstance(other, PurlMatcher) and other._key == self._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def verdict(self, purl: str) -> str:
+        base = purl.split("@", 1)[0].split("?", 1)[0]
+        if (self._deny_full and self._deny_full.match(purl)) or (
+            self._deny_name and self._deny_name.match(base)
+        ):
+            return DENIED
+        if self._has_allow and not (
+            (self._allow_full and self._allow_full.match(purl))
+            or (self._allow_name and self._allow_name.match(base))
+        ):
+            return NOT_ALLOWED
+        return FINE
+
+    def scan(self, packages: list[Any], namespace: str = "") -> tuple[list[str], list[str]]:
+        """(denied purls, purls not on the allow list) among `packages`, sorted."""
+        try:  # the common case, all in C: every purl already known to be fine
+            if self._fine.issuperset(map(_GET_PURL, packages)):
+                return [], []
+        except (KeyError, TypeError):  # a package without purl, or not an object
+            pass
+        purls = {_purl_of(p, namespace) for p in packages if isinstance(p, dict)}
+        fresh = purls - self._fine
+        if not fresh:
+            return [], []
+        if len(self._fine) + len(self._flagged) > self.MAX_REMEMBERED:
+            self._fine.clear()
+            self._flagged.clear()
+        denied: list[str] = []
+        unknown: list[str] = []
+        for purl in fresh:
+            verdict = self._flagged.get(purl)
+            if verdict is None:
+                verdict = self.verdict(purl)
+                if verdict == FINE:
+                    self._fine.add(purl)
+                else:
+                    self._flagged[purl] = verdict
+            if verdict == DENIED:
+                denied.append(purl)
+            elif verdict == NOT_ALLOWED:
+                unknown.append(purl)
+        return sorted(denied), sorted(unknown)
+
+
+def _purl_of(pkg: dict[str, Any], namespace: str) -> str:
+    """The package's purl; built from its fields (namespace = distribution id) if absent."""
     purl = pkg.get("purl")
     if isinstance(purl, str) and purl:
         return purl
-    kind = {"dpkg": "deb", "rpm": "rpm", "apk": "apk"}.get(str(pkg.get("manager")), "generic")
-    return f"pkg:{kind}/{pkg.get('name')}@{pkg.get('version')}"
+    kind = _PURL_TYPES.get(str(pkg.get("manager")))
+    prefix = f"pkg:{kind}/{namespace}/" if kind and namespace else f"pkg:{kind or 'generic'}/"
+    return f"{prefix}{pkg.get('name')}@{pkg.get('version')}"
 
 
 class SoftwareRule(RuleBase):
@@ -279,57 +373,22 @@ class SoftwareRule(RuleBase):
     deny: list[PurlPattern] = Field(default_factory=list)
     allow: list[PurlPattern] = Field(default_factory=list)
     unknown: Status = COMPLIANT
-    _deny_full: re.Pattern[str] | None = PrivateAttr(default=None)
-    _deny_name: re.Pattern[str] | None = PrivateAttr(default=None)
-    _allow_full: re.Pattern[str] | None = PrivateAttr(default=None)
-    _allow_name: re.Pattern[str] | None = PrivateAttr(default=None)
-    # purl -> "deny" / "unknown" / "" ; purls repeat across hosts, so 10,000 hosts with
-    # 2,000 packages each cost mostly dict lookups.
-    _cache: dict[str, str] = PrivateAttr(default_factory=dict)
+    _matcher: PurlMatcher | None = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
-        self._deny_full, self._deny_name = _compile_patterns(self.deny)
-        self._allow_full, self._allow_name = _compile_patterns(self.allow)
+        self._matcher = PurlMatcher(self.deny, self.allow)
 
     def default_remediation(self) -> str:
         return "Remove the software the site does not allow."
-
-    def _classify(self, purl: str) -> str:
-        verdict = self._cache.get(purl)
-        if verdict is not None:
-            return verdict
-        base = purl.split("@", 1)[0].split("?", 1)[0]
-        if (self._deny_full and self._deny_full.match(purl)) or (
-            self._deny_name and self._deny_name.match(base)
-        ):
-            verdict = "deny"
-        elif self.allow and not (
-            (self._allow_full and self._allow_full.match(purl))
-            or (self._allow_name and self._allow_name.match(base))
-        ):
-            verdict = "unknown"
-        else:
-            verdict = ""
-        if len(self._cache) > 500_000:  # bound memory on sites with very diverse hosts
-            self._cache.clear()
-        self._cache[purl] = verdict
-        return verdict
 
     def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
         packages = _section(posture, "packages")
         if not isinstance(packages, list):
             return Outcome(None, "installed software unknown")
-        denied: list[str] = []
-        unknown: list[str] = []
-        for pkg in packages:
-            if not isinstance(pkg, dict):
-                continue
-            purl = _purl_of(pkg)
-            verdict = self._classify(purl)
-            if verdict == "deny":
-                denied.append(purl)
-            elif verdict == "unknown":
-                unknown.append(purl)
+        assert self._matcher is not None
+        os_info = posture.get("os")
+        namespace = str(os_info.get("id") or "") if isinstance(os_info, dict) else ""
+        denied, unknown = self._matcher.scan(packages, namespace)
         if denied:
             return self._fail("denied software installed: " + _some(denied))
         if unknown and self.unknown != COMPLIANT:
