@@ -13,6 +13,8 @@ from typing import Any
 from nac.accounts import Account, SecretBox, accounts_from_tables, load_accounts_file, make_account
 from nac.authorize import Authorizer
 from nac.config import DEMO_ACCOUNT, Config
+from nac.enforcement import Target, load_planner
+from nac.events import DecisionRecord
 from nac.posture.policy import PolicyError
 from nac.radius.clients import ClientTable, NasClient, profile
 from nac.radius.engine import Engine
@@ -35,7 +37,7 @@ def build_clients(cfg: Config) -> ClientTable:
                 cl.name or cl.address, cl.address,
             )
         table.append(NasClient(
-            network=cl.address, secret=cl.secret.encode(), name=cl.name or cl.address,
+            network=cl.address, secret=cl.secret.encode(), name=cl.name or "",
             profile=profile(cl.vendor), group=cl.group,
             require_message_authenticator=cl.require_message_authenticator,
         ))
@@ -83,12 +85,27 @@ class Server:
             raise ValueError(str(exc)) from None
         self.authorizer = Authorizer(self.live.policy, self.live.evaluate)
         self.eap = build_eap(cfg, state_dir, self.accounts, self.box)
+        self.planner = load_planner(cfg.switches, db_path, cfg.source)
         self.engine = Engine(
             build_clients(cfg), self.authorizer, self.accounts, eap=self.eap,
-            on_decision=self.store.record_decision, on_accounting=self.store.record_accounting,
+            on_decision=self.on_decision, on_accounting=self.store.record_accounting,
         )
         self._reg_seq = 0
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nac-slow")
+
+    def on_decision(self, rec: DecisionRecord) -> None:
+        self.store.record_decision(rec)
+        planner = self.planner
+        if planner is None or rec.mac is None:
+            return
+        sw = planner.switch_for(rec.nas)
+        if sw is not None and sw.name in planner.push_on_auth:
+            # A switch that ignores RADIUS VLANs: set the port now, by SNMP or SSH.
+            port = rec.nas_port
+            planner.set_vlan(
+                Target(mac=rec.mac, nas=rec.nas, port=port,
+                       nas_port=int(port) if port and port.isdigit() else None),
+                rec.vlan, decided_at=rec.at, reason=f"{rec.source}: {rec.segment}", live=False)
 
     def poll_registrations(self) -> None:
         seq, changes = self.store.registrations_since(self._reg_seq)
@@ -140,9 +157,18 @@ class Server:
                  len(self.engine.clients.clients), len(self.accounts),
                  "on" if self.eap is not None else "off", self.store.url)
         house = asyncio.ensure_future(self._housekeeping())
+        worker = None
+        if self.planner is not None:
+            log.info("enforcement: %d switch(es) in the inventory, %d pushed after every "
+                     "decision; pending jobs resume", len(self.planner.switches),
+                     len(self.planner.push_on_auth))
+            worker = asyncio.ensure_future(self.planner.enforcer.run(stop))
         await stop.wait()
         log.info("stopping")
         house.cancel()
+        if worker is not None:
+            await asyncio.wait_for(worker, timeout=30)
+            await self.planner.enforcer.close()  # type: ignore[union-attr]
         for t in transports:
             t.close()
         self.store.close()

@@ -327,6 +327,20 @@ class SqliteStore:
         )
         return rows[0] if rows else None
 
+    def nodes_with_posture(self) -> list[dict[str, Any]]:
+        """Nodes whose last inspection left a posture: what a policy or feed change re-checks."""
+        return self._query(
+            "SELECT mac, segment, vlan, role, identity, last_nas, last_port, posture "
+            "FROM nodes WHERE posture IS NOT NULL ORDER BY mac"
+        )
+
+    def live_session(self, mac: str) -> dict[str, Any] | None:
+        """The node's newest accounting session that has not stopped."""
+        rows = self._query(
+            "SELECT * FROM sessions WHERE mac = ? AND stopped_at IS NULL "
+            "ORDER BY updated_at DESC LIMIT 1", (mac,))
+        return rows[0] if rows else None
+
     def healthy(self) -> bool:
         try:
             self._query("SELECT 1 AS ok")
