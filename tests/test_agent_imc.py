@@ -108,6 +108,17 @@ def test_relay_answers_every_event(tmp_path: Path) -> None:
     assert saved["recommendation"] == "isolate"
 
 
+def test_new_handshake_forgets_the_old_answer(tmp_path: Path) -> None:
+    path = tmp_path / "last.json"
+    state.update({"assessment": "major-non-compliance", "remediation": ["Upgrade openssl"],
+                  "recommendation": "isolate", "certificate": {"token": "Y2VydA=="}}, path)
+    agent = ImcAgent(fake_collect, RecordingCodec(), path)
+    agent.handle(framing.BEGIN, struct.pack("!I", 1))
+    saved = state.load(path)
+    assert "remediation" not in saved and "assessment" not in saved
+    assert saved["certificate"] == {"token": "Y2VydA=="}
+
+
 def test_relay_survives_a_failing_collector(tmp_path: Path) -> None:
     def broken(_token: str | None) -> dict:
         raise OSError("disk gone")

@@ -47,6 +47,24 @@ def save(data: dict[str, Any], path: Path | None = None) -> Path:
     return path
 
 
+HANDSHAKE_KEYS = ("assessment", "recommendation", "segment", "remediation")
+
+
+def begin_handshake(path: Path | None = None, interface: str | None = None) -> None:
+    """Forget the previous handshake's answer (not the certificate, which is reused): a new
+    result without remediation must not show the old remediation."""
+    data = load(path)
+    if data is None:
+        return
+    targets = [data]
+    if interface and isinstance(data.get("by_interface"), dict):
+        targets.append(data["by_interface"].get(interface) or {})
+    for target in targets:
+        for key in HANDSHAKE_KEYS:
+            target.pop(key, None)
+    save(data, path)
+
+
 def update(changes: dict[str, Any], path: Path | None = None,
            interface: str | None = None) -> dict[str, Any]:
     """Merge `changes` into the state (None values are dropped) and stamp the time.

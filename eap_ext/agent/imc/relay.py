@@ -37,6 +37,7 @@ class ImcAgent:
         self.state_file = state_file
         self.interface = interface if interface is not None else os.environ.get(INTERFACE_ENV)
         self.connection: int | None = None
+        self._remediation: list[str] = []
 
     def _record(self, changes: dict[str, Any]) -> None:
         state.update(changes, self.state_file, interface=self.interface)
@@ -50,6 +51,8 @@ class ImcAgent:
         """Messages to send in answer to one shim event."""
         if ftype == framing.BEGIN:
             (self.connection,) = struct.unpack("!I", payload[:4])
+            self._remediation = []
+            state.begin_handshake(self.state_file, self.interface)
             doc = self.collect(self._token())
             log.debug("connection %s: sending posture", self.connection)
             return self.codec.posture_messages(doc)
@@ -64,6 +67,9 @@ class ImcAgent:
         if ftype < framing.CONTROL_MIN:
             news = self.codec.server_message(ftype, payload)
             changes = news.state_changes()
+            if "remediation" in changes:  # several server messages may each carry some
+                self._remediation += changes["remediation"]
+                changes["remediation"] = list(self._remediation)
             if changes:
                 self._record(changes)
             return news.replies
