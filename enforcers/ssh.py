@@ -281,15 +281,19 @@ class CiscoIosDriver(_SshDriver):
 
     def _check_output(self, out: str) -> None:
         for line in out.splitlines():
-            if line.strip().startswith("%"):
+            # IOS creates a missing access VLAN and says so with a "%" line: not an error.
+            if line.strip().startswith("%") and "Creating vlan" not in line:
                 raise DriverError(f"{self.switch.name}: IOS said {line.strip()!r}",
                                   retryable=False, switch=self.switch.name)
 
     def _configure(self, conn: Any, port: str, lines: list[str]) -> str:
-        out: str = conn.send_config_set([f"interface {port}", *lines],
-                                        exit_config_mode=False, cmd_verify=False)
-        out += conn.send_command_timing("exit")  # config-if -> config
-        out += conn.send_command_timing("exit")  # config -> exec
+        # Line by line, each waiting for the next prompt: netmiko's send_config_set probes
+        # config mode with timed reads (~2 s per change). "exit" twice leaves config-if
+        # and config mode.
+        out = ""
+        for cmd in ["configure terminal", f"interface {port}", *lines, "exit", "exit"]:
+            out += conn.send_command(cmd, expect_string=r"#\s*$", strip_prompt=False,
+                                     read_timeout=15.0)
         self._check_output(out)
         return out
 
