@@ -87,3 +87,33 @@ def test_durations_are_seconds() -> None:
     assert policy.segments["isolated"].reinspect_interval == 900
     assert policy.rules[1].max_signature_age == 48 * 3600  # type: ignore[union-attr]
     assert policy.rules[5].grace == 72 * 3600
+
+
+def _documented_keys() -> set[str]:
+    from nac.posture.rules import RULE_TYPES, OsMatch
+
+    keys = (
+        set(Policy.model_fields)
+        | set(sample_segments()["normal"].model_dump())
+        | set(OsMatch.model_fields)
+    )
+    for rule_type in RULE_TYPES:
+        keys |= {f.alias or name for name, f in rule_type.model_fields.items()}
+    return keys
+
+
+def test_every_key_is_documented() -> None:
+    doc = (Path(__file__).parent.parent / "nac" / "posture" / "POLICY.md").read_text()
+    missing = sorted(
+        k
+        for k in _documented_keys()
+        if not any(form in doc for form in (f"`{k}`", f"`[{k}]`", f"`[{k}.", f"`[[{k}]]`"))
+    )
+    assert not missing, f"keys without documentation in POLICY.md: {missing}"
+
+
+def test_policy_md_example_is_valid() -> None:
+    doc = (Path(__file__).parent.parent / "nac" / "posture" / "POLICY.md").read_text()
+    example = doc.split("## Example", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    policy = loads_policy(example, "POLICY.md example")
+    assert policy.rule_names == ("supported-os", "antivirus", "security-updates")
