@@ -71,8 +71,11 @@ def build_eap(cfg: Config, state_dir: Path, accounts: dict[str, Account], box: S
 
 
 class Server:
-    def __init__(self, cfg: Config, state_dir: Path) -> None:
+    def __init__(self, cfg: Config, state_dir: Path, *, reuse_port: bool = False,
+                 worker_id: int | None = None) -> None:
         self.cfg = cfg
+        self.reuse_port = reuse_port
+        self.worker_id = worker_id
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(cfg.store, state_dir)
@@ -151,14 +154,16 @@ class Server:
         self.poll_registrations()
         transports = await serve_udp(
             self.engine, self.cfg.listen, self.cfg.auth_port, self.cfg.acct_port,
-            executor=self.executor,
+            executor=self.executor, reuse_port=self.reuse_port,
         )
         log.info("ready: %d NAS client(s), %d account(s), EAP %s, store %s",
                  len(self.engine.clients.clients), len(self.accounts),
                  "on" if self.eap is not None else "off", self.store.url)
         house = asyncio.ensure_future(self._housekeeping())
         worker = None
-        if self.planner is not None:
+        # One enforcer per server: in a worker pool, worker 0 runs it (the queue's claims
+        # would keep two apart anyway, but one is enough and keeps switch sessions pooled).
+        if self.planner is not None and self.worker_id in (None, 0):
             log.info("enforcement: %d switch(es) in the inventory, %d pushed after every "
                      "decision; pending jobs resume", len(self.planner.switches),
                      len(self.planner.push_on_auth))
@@ -175,11 +180,25 @@ class Server:
         self.executor.shutdown(wait=False)
 
 
-def run_server(cfg: Config, state_dir: Path) -> None:
+def prepare_state(cfg: Config, state_dir: Path) -> None:
+    """What workers share and must not race to create: store schema, keys, PKI."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    open_store(cfg.store, state_dir).close()
+    SecretBox(state_dir / "keys" / "accounts.key")
+    try:
+        from nac.pki import ensure_pki
+    except ImportError:
+        return
+    ensure_pki(state_dir)
+
+
+def run_server(cfg: Config, state_dir: Path, *, reuse_port: bool = False,
+               worker_id: int | None = None) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(Server(cfg, state_dir).run())
+    server = Server(cfg, state_dir, reuse_port=reuse_port, worker_id=worker_id)
+    asyncio.run(server.run())

@@ -12,10 +12,11 @@ from nac.cli.common import fail, state_dir_option, store_option
 from nac.config import ConfigError, embedded, load_config
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, worker_id: int | None = None) -> None:
+    who = "" if worker_id is None else f"[w{worker_id}] "
     logging.basicConfig(
         level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
         stream=sys.stderr,
     )
 
@@ -29,18 +30,28 @@ def setup_logging(level: str) -> None:
 @click.option("--acct-port", type=click.IntRange(1, 65535), help="Accounting port (1813).")
 @click.option("--listen", multiple=True, help="Address to listen on (repeatable).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--workers", type=click.IntRange(0, 256), default=0,
+              help="Worker processes on the same ports (SO_REUSEPORT). 0: one per core.")
+@click.option("--reuse-port", is_flag=True, hidden=True)
+@click.option("--worker-id", type=int, default=None, hidden=True)
 def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
           auth_port: int | None, acct_port: int | None, listen: tuple[str, ...],
-          log_level: str | None) -> None:
+          log_level: str | None, workers: int, reuse_port: bool,
+          worker_id: int | None) -> None:
     """Run the RADIUS server (authentication and accounting)."""
     try:
         cfg = load_config(config_path) if config_path else embedded()
     except ConfigError as exc:
         fail(str(exc))
         return
-    setup_logging(log_level or cfg.log_level)
+    setup_logging(log_level or cfg.log_level, worker_id)
     log = logging.getLogger("nac")
-    if cfg.embedded:
+    from nac.workers import default_workers, supervise, worker_argv
+
+    count = workers or default_workers()
+    if worker_id is not None:
+        pass  # a worker: the supervisor already said what runs
+    elif cfg.embedded:
         log.info(
             "running the embedded demo default (no --config): NAS clients 127.0.0.1 and ::1 "
             "with the demo secret, the demo account (both in README.md), the sample policy "
@@ -55,10 +66,14 @@ def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
         cfg.listen = list(listen)
     if store_url:
         cfg.store = store_url
-    from nac.app import run_server
+    from nac.app import prepare_state, run_server
 
     try:
-        run_server(cfg, state_dir)
+        if count > 1 and worker_id is None:
+            prepare_state(cfg, state_dir)
+            log.info("starting %d worker processes on the same ports", count)
+            raise SystemExit(supervise(worker_argv(sys.argv[1:]), count, state_dir))
+        run_server(cfg, state_dir, reuse_port=reuse_port, worker_id=worker_id)
     except OSError as exc:
         fail(f"cannot start: {exc}")
     except ValueError as exc:

@@ -1,0 +1,93 @@
+"""`nac serve --workers N`: N processes on the same ports (SO_REUSEPORT), one supervisor.
+
+The kernel hashes each datagram's 4-tuple to one socket, so every packet of a NAS flow
+(one source address and port, as switches and eapol_test use) reaches the same worker and
+an EAP conversation's state stays where it was made. The supervisor prepares shared state
+once (store schema, PKI), starts the workers, restarts one that dies, and stops them all
+on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("nac.workers")
+
+RESTART_BACKOFF_MAX = 30.0
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def supervise(worker_argv: list[str], count: int, state_dir: Path) -> int:
+    """Run `count` workers with `worker_argv` (each gets --worker-id I); returns exit code."""
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    failures: dict[int, int] = {}
+    next_start: dict[int, float] = {}
+
+    def start(i: int) -> None:
+        procs[i] = subprocess.Popen([*worker_argv, "--worker-id", str(i)])
+        log.info("worker %d started (pid %d)", i, procs[i].pid)
+
+    for i in range(count):
+        start(i)
+    while not stopping:
+        time.sleep(0.2)
+        for i, p in list(procs.items()):
+            rc = p.poll()
+            if rc is None or stopping:
+                continue
+            failures[i] = failures.get(i, 0) + 1
+            delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures[i] - 1))
+            if i not in next_start:
+                log.error("worker %d (pid %d) exited with %d; restarting in %.1fs", i, p.pid,
+                          rc, delay)
+                next_start[i] = time.monotonic() + delay
+            elif time.monotonic() >= next_start.pop(i):
+                start(i)
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+    log.info("all workers stopped")
+    return 0
+
+
+def worker_argv(argv: list[str]) -> list[str]:
+    """This command line as a single-process worker: --workers 1, sockets shared."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        if a.startswith("--workers="):
+            continue
+        out.append(a)
+    return [sys.executable, "-m", "nac.cli.main", *out, "--workers", "1", "--reuse-port"]
