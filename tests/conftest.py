@@ -86,6 +86,8 @@ def start_server(tmp: Path, *args: str, ready_timeout: float = 30.0) -> NacServe
     auth, acct = free_port_pair()
     state = tmp / "state"
     log_path = tmp / "serve.log"
+    if "--workers" not in args:  # one process unless a test is about workers
+        args = (*args, "--workers", "1")
     cmd = [*nac_cmd(), "serve", "--state-dir", str(state), "--auth-port", str(auth),
            "--acct-port", str(acct), "--listen", "127.0.0.1", "--listen", "::1", *args]
     logf = log_path.open("wb")
