@@ -54,7 +54,8 @@ def run_section(name: str, fn: Callable[[HostRoot], Any], root: HostRoot) -> Any
 def posture_digest(doc: dict[str, Any]) -> str:
     """SHA-256 of the posture without its volatile keys (time, certificate), canonical JSON."""
     stable = {k: v for k, v in doc.items() if k not in ("collected_at", "certificate")}
-    canon = json.dumps(stable, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canon = json.dumps(stable, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                       allow_nan=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
