@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Outer method names, in the order we prefer them when the default is not allowed.
 OUTER_METHODS = ("peap", "ttls", "tls", "mschapv2", "md5")
@@ -38,3 +38,15 @@ class EapConfig(BaseModel):
     nas_group_methods: dict[str, list[str]] = Field(default_factory=dict)
     default_method: str = "peap"
     server_name: str = "nac"  # MSCHAPv2 authenticator name
+
+    @model_validator(mode="after")
+    def _check(self) -> EapConfig:
+        if self.tls_min_version > self.tls_max_version:
+            raise ValueError("tls_min_version is above tls_max_version")
+        unknown = [m for m in [*self.methods, self.default_method] if m not in OUTER_METHODS]
+        if unknown:
+            raise ValueError(f"unknown EAP method(s) {unknown}; known: {list(OUTER_METHODS)}")
+        bad_inner = [m for m in self.inner_methods if m not in INNER_METHODS]
+        if bad_inner:
+            raise ValueError(f"unknown inner method(s) {bad_inner}; known: {list(INNER_METHODS)}")
+        return self

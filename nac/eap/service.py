@@ -126,7 +126,8 @@ class EapService:
             log.exception("EAP conversation failed")
             if state is not None:
                 self._convs.pop(state, None)
-            return EapResult("reject", None, None, reason=f"internal error: {exc}")
+            failure = packet.failure(eap[1]) if len(eap) > 1 else None
+            return EapResult("reject", failure, None, reason=f"internal error: {exc}")
 
     # ------------------------------------------------------------------------------------
     def _handle(self, state: bytes | None, raw: bytes, nas: NasInfo, now: float) -> EapResult:
@@ -300,15 +301,16 @@ class EapService:
         cfg = self.config
         allowed = [m for m in OUTER_METHODS if m in cfg.methods]
         realm = identity.rsplit("@", 1)[1].lower() if "@" in identity else None
-        if realm is not None and realm in cfg.realm_methods:
-            allowed = [m for m in allowed if m in cfg.realm_methods[realm]]
+        realms = {k.lower(): v for k, v in cfg.realm_methods.items()}
+        if realm is not None and realm in realms:
+            allowed = [m for m in allowed if m in realms[realm]]
         if nas.group is not None and nas.group in cfg.nas_group_methods:
             allowed = [m for m in allowed if m in cfg.nas_group_methods[nas.group]]
         account = self.lookup(identity)
         if account is not None:
             allowed = [m for m in allowed if _has_keys(account, m) and account_permits(account, m)]
-        if self.tls is None:
-            allowed = [m for m in allowed if m not in TLS_METHODS]
+        tls = self.tls
+        allowed = [m for m in allowed if m not in TLS_METHODS or (tls and tls.has(m))]
         return allowed
 
 

@@ -50,14 +50,21 @@ class TlsContexts:
         if not (config.cert_file and config.key_file):
             raise ValueError("TLS methods need cert_file and key_file")
         self.config = config
-        self._contexts = {name: self._build(name) for name in ("tls", "peap", "ttls")}
+        # EAP-TLS needs a CA to check client certificates; without one only the tunnels run.
+        names = ("tls", "peap", "ttls") if config.ca_file else ("peap", "ttls")
+        self._contexts = {name: self._build(name) for name in names}
         self.resumption = ResumptionCache(config.tls_session_lifetime, config.max_conversations)
         self.revoked: frozenset[int] = frozenset()
         if config.crl_file and Path(config.crl_file).exists():
             self.load_crl(Path(config.crl_file).read_bytes())
 
     def context(self, method: str) -> SSL.Context:
+        if method not in self._contexts:
+            raise ValueError(f"{method}: not configured (EAP-TLS needs ca_file)")
         return self._contexts[method]
+
+    def has(self, method: str) -> bool:
+        return method in self._contexts
 
     def _build(self, method: str) -> SSL.Context:
         cfg = self.config
