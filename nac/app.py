@@ -19,7 +19,7 @@ from nac.posture.policy import PolicyError
 from nac.radius.clients import ClientTable, NasClient, profile
 from nac.radius.engine import Engine
 from nac.radius.server import serve_udp
-from nac.runtime import LivePolicy
+from nac.runtime import LivePolicy, publish_loaded, unpublish
 from nac.store import open_store
 
 log = logging.getLogger("nac")
@@ -129,6 +129,7 @@ class Server:
             self.authorizer.policy = self.live.policy
             self.authorizer.policy_changed()
             self.engine.policy_changed()
+            publish_loaded(self.state_dir, self.live.file_digest)
 
     async def _housekeeping(self) -> None:
         tick = 0
@@ -152,6 +153,7 @@ class Server:
             except (NotImplementedError, RuntimeError):
                 pass
         self.poll_registrations()
+        publish_loaded(self.state_dir, self.live.file_digest)
         transports = await serve_udp(
             self.engine, self.cfg.listen, self.cfg.auth_port, self.cfg.acct_port,
             executor=self.executor, reuse_port=self.reuse_port,
@@ -176,6 +178,7 @@ class Server:
             await self.planner.enforcer.close()  # type: ignore[union-attr]
         for t in transports:
             t.close()
+        unpublish(self.state_dir)
         self.store.close()
         self.executor.shutdown(wait=False)
 

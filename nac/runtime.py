@@ -8,6 +8,7 @@ touching conversations in flight (a swap is one attribute assignment on the loop
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,58 @@ from nac.prevention import cache as feed_cache
 from nac.prevention.index import VulnIndex, load_index
 
 log = logging.getLogger("nac.policy")
+
+RUN_DIR = "run"
+
+
+def publish_loaded(state_dir: Path, digest: str) -> None:
+    """Tell `nac policy apply` which policy this process enforces (STATE/run/policy-PID)."""
+    run = state_dir / RUN_DIR
+    run.mkdir(parents=True, exist_ok=True)
+    tmp = run / f".policy-{os.getpid()}.tmp"
+    tmp.write_text(digest)
+    tmp.replace(run / f"policy-{os.getpid()}")
+
+
+def unpublish(state_dir: Path) -> None:
+    (state_dir / RUN_DIR / f"policy-{os.getpid()}").unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_until_enforced(state_dir: Path, digest: str, timeout: float = 10.0) -> tuple[int, int]:
+    """Wait until every running server process enforces the policy with `digest`.
+
+    Returns (processes enforcing it, processes running); files of dead processes are
+    removed. With no server running, returns (0, 0) at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        total = done = 0
+        for f in (state_dir / RUN_DIR).glob("policy-*"):
+            try:
+                pid = int(f.name.split("-", 1)[1])
+            except ValueError:
+                continue
+            if not _alive(pid):
+                f.unlink(missing_ok=True)
+                continue
+            total += 1
+            try:
+                done += f.read_text().strip() == digest
+            except OSError:
+                pass
+        if done == total or time.monotonic() > deadline:
+            return done, total
+        time.sleep(0.1)
 
 
 class LivePolicy:
@@ -48,6 +101,7 @@ class LivePolicy:
         path = self.path
         policy = load_policy(path) if path else Policy.sample()
         self._mtime = path.stat().st_mtime if path else None
+        self.file_digest = policy.digest  # what `nac policy apply` computes from the file
         try:
             segments = apply_segment_settings(policy.segments, self.segment_settings)
         except KeyError as exc:
