@@ -17,6 +17,7 @@ driver cannot do at all (e.g. ``get_port_vlan`` over RADIUS CoA).
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -145,7 +146,14 @@ class NetworkDriver(abc.ABC):
 
         Returns a ReauthResult; a NAK is a result with ok=False, not an exception.
         Raises DriverError for transport failures (retryable) and NotSupportedError.
-        Port-only drivers implement it as a port bounce (method "bounce").
+        This default, used by the port drivers (SNMP, SSH), bounces ``port``: the link
+        flap makes the switch's authenticator start 802.1X again. Without a port it
+        raises NotSupportedError.
         """
-        raise NotSupportedError(f"{self.name}: reauthenticate not supported",
-                                switch=self.switch.name)
+        if port is None:
+            raise NotSupportedError(f"{self.name}: reauthenticate needs a port",
+                                    switch=self.switch.name)
+        t0 = time.perf_counter()
+        await self.bounce_port(port)
+        return ReauthResult(ok=True, method="bounce", detail=f"bounced {port}",
+                            elapsed=time.perf_counter() - t0)

@@ -84,6 +84,8 @@ def test_password_login_bounce_and_session_reuse(lab: Lab) -> None:
         first = sess.conn
         await drv.set_port_vlan("swp2", 20)
         assert sess.conn is first  # the pooled session was reused, no second login
+        res = await drv.reauthenticate(mac="02:00:00:00:00:01", port="swp2")
+        assert res.ok and res.method == "bounce"
         await drv.close()
 
     asyncio.run(scenario())
