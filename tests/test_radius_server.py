@@ -270,3 +270,18 @@ def test_config_check_names_file_and_key(tmp_path: Path) -> None:
     assert f"{bad}: auth_port:" in r.stderr
     assert f"{bad}: clients[0].address:" in r.stderr
     assert f"{bad}: clients[0].vendor:" in r.stderr and "aruba" in r.stderr
+
+
+def test_json_logs_carry_decision_fields(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--log-format", "json")
+    try:
+        r = radclient(srv.auth_port, "auth", mab("02:00:00:00:00:0d"))
+        assert r.code == "Access-Accept"
+        time.sleep(0.2)
+        records = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+    finally:
+        srv.stop()
+    assert records and all("ts" in r and "level" in r for r in records)
+    (d,) = [r for r in records if r.get("mac") == "02:00:00:00:00:0d"]
+    assert d["segment"] == "quarantine" and d["vlan"] == 10 and d["method"] == "mab"
+    assert d["reasons"] and d["correlation_id"].startswith("127.0.0.1/")

@@ -12,13 +12,17 @@ from nac.cli.common import fail, state_dir_option, store_option
 from nac.config import ConfigError, embedded, load_config
 
 
-def setup_logging(level: str, worker_id: int | None = None) -> None:
-    who = "" if worker_id is None else f"[w{worker_id}] "
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, worker_id: int | None = None, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from nac.logfmt import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(worker_id))
+    else:
+        who = "" if worker_id is None else f"[w{worker_id}] "
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 @click.command("serve")
@@ -30,13 +34,15 @@ def setup_logging(level: str, worker_id: int | None = None) -> None:
 @click.option("--acct-port", type=click.IntRange(1, 65535), help="Accounting port (1813).")
 @click.option("--listen", multiple=True, help="Address to listen on (repeatable).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one object per line, with decision fields.")
 @click.option("--workers", type=click.IntRange(0, 256), default=0,
               help="Worker processes on the same ports (SO_REUSEPORT). 0: one per core.")
 @click.option("--reuse-port", is_flag=True, hidden=True)
 @click.option("--worker-id", type=int, default=None, hidden=True)
 def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
           auth_port: int | None, acct_port: int | None, listen: tuple[str, ...],
-          log_level: str | None, workers: int, reuse_port: bool,
+          log_level: str | None, log_format: str, workers: int, reuse_port: bool,
           worker_id: int | None) -> None:
     """Run the RADIUS server (authentication and accounting)."""
     try:
@@ -44,7 +50,7 @@ def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
     except ConfigError as exc:
         fail(str(exc))
         return
-    setup_logging(log_level or cfg.log_level, worker_id)
+    setup_logging(log_level or cfg.log_level, worker_id, log_format)
     log = logging.getLogger("nac")
     from nac.workers import default_workers, supervise, worker_argv
 

@@ -201,9 +201,16 @@ class Engine:
         ))
         self.counters["decision_" + d.segment] += 1
         if log.isEnabledFor(logging.INFO):
+            state = pkt.get(c.STATE)
+            corr = (state.hex()[:16] if state
+                    else f"{host}/{pkt.ident}/{pkt.authenticator.hex()[:8]}")
             log.info("decision mac=%s identity=%s nas=%s port=%s -> %s (vlan %d): %s",
                      mac, identity, client.name or host, port, d.segment, d.vlan,
-                     "; ".join(d.reasons))
+                     "; ".join(d.reasons),
+                     extra={"mac": mac, "identity": identity, "nas": client.name or host,
+                            "port": port, "segment": d.segment, "vlan": d.vlan,
+                            "reasons": d.reasons, "remediation": d.remediation,
+                            "source": d.source, "method": method, "correlation_id": corr})
 
     def _reject(self, pkt: c.Packet, client: NasClient, message: bytes,
                 extra: bytes = b"") -> bytes:
