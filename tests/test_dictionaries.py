@@ -140,7 +140,7 @@ def test_flags(rdict: Dictionary) -> None:
         ("Acct-Terminate-Cause", "Supplicant-Restart", 19),
         ("Tunnel-Type", "VLAN", 13),
         ("Tunnel-Medium-Type", "IEEE-802", 6),
-        ("Error-Cause", "Residual-Context-Removed", 201),
+        ("Error-Cause", "Residual-Session-Context-Removed", 201),
         ("Error-Cause", "Missing-Attribute", 402),
         ("Error-Cause", "Session-Context-Not-Found", 503),
         ("Error-Cause", "Multiple-Session-Selection-Unsupported", 508),
