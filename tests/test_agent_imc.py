@@ -362,3 +362,25 @@ def test_agent_against_the_servers_imv_session(tmp_path: Path) -> None:
     assert saved["assessment"] == "major-non-compliance"
     assert saved["remediation"] == ["Upgrade openssl to 3.0.15", "https://nac.example/fix"]
     assert saved["certificate"]["token"] == "Y2VydA=="
+
+
+def test_shim_terminates_fast_when_host_ignores_sigchld(
+        shim: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host process with SIGCHLD ignored has its children reaped by the kernel; the shim
+    must not wait out its grace period for an exit status it can never collect."""
+    import signal
+
+    # A minimal agent: answer the BEGIN event with END, then wait for EOF.
+    monkeypatch.setenv("NAC_IMC_COMMAND",
+                       "printf '\\377\\377\\377\\000\\000\\000\\000\\000'; exec cat >/dev/null")
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        tncc = FakeTncc(shim)
+        tncc.start()
+        assert tncc.lib.TNC_IMC_BeginHandshake(UL(0), UL(1)) == 0
+        assert tncc.sent == []
+        started = time.monotonic()
+        assert tncc.lib.TNC_IMC_Terminate(UL(0)) == 0
+        assert time.monotonic() - started < 1.0
+    finally:
+        signal.signal(signal.SIGCHLD, previous)

@@ -77,6 +77,8 @@ def install(tnc_config: Path, prefix: Path, agent_cmd: str | None) -> None:
     click.echo(f"built {result.library}")
     click.echo(f"{'registered in' if result.config_changed else 'already in'} "
                f"{result.tnc_config}")
+    click.echo("wpa_supplicant.conf needs fast_reauth=0 for `nac-agent watch` to re-run the "
+               "posture check (EAP-TTLS + EAP-TNC).")
 
 
 @main.command()

@@ -140,7 +140,10 @@ static void stop_child(struct imc_slot *s)
 	if (s->child <= 0)
 		return;
 	for (i = 0; i < 100; i++) { /* up to 2 s to exit cleanly */
-		if (waitpid(s->child, NULL, WNOHANG) == s->child) {
+		pid_t r = waitpid(s->child, NULL, WNOHANG);
+
+		/* ECHILD: the host process ignores SIGCHLD, so the kernel reaped it already */
+		if (r == s->child || (r < 0 && errno == ECHILD)) {
 			s->child = -1;
 			return;
 		}
