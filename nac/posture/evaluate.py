@@ -56,7 +56,8 @@ def evaluate(
     target = policy.top_segment
     grace_end: float | None = None
 
-    if not isinstance(posture, dict) or posture.get("schema") != POSTURE_SCHEMA:
+    schema = posture.get("schema") if isinstance(posture, dict) else None
+    if not isinstance(posture, dict) or type(schema) is not int or schema != POSTURE_SCHEMA:
         why = (
             "no posture reported (no agent, or it did not answer)"
             if not isinstance(posture, dict)

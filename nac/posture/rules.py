@@ -96,6 +96,11 @@ class RuleBase(BaseModel):
         return Outcome(self.on_fail, reason)
 
 
+def _number(value: Any) -> bool:
+    """A JSON number (bool is an int to Python, never a count or an age here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _section(posture: dict[str, Any], key: str) -> Any:
     """The section's value, or UNKNOWN when absent or marked unknown."""
     value = posture.get(key, UNKNOWN)
@@ -158,11 +163,14 @@ class OsRule(RuleBase):
         if not isinstance(os_info, dict):
             return Outcome(None, "OS unknown")
         key = (os_info.get("family"), os_info.get("id"), os_info.get("version_id"))
-        allowed = self._verdicts.get(key)  # hosts share a handful of OS versions
-        if allowed is None:
-            if len(self._verdicts) > 10_000:
-                self._verdicts.clear()
-            allowed = self._verdicts[key] = any(m.matches(os_info) for m in self.allow)
+        if all(isinstance(k, str) for k in key):
+            allowed = self._verdicts.get(key)  # hosts share a handful of OS versions
+            if allowed is None:
+                if len(self._verdicts) > 10_000:
+                    self._verdicts.clear()
+                allowed = self._verdicts[key] = any(m.matches(os_info) for m in self.allow)
+        else:  # a field missing or of the wrong type: no memo, usually no match
+            allowed = any(m.matches(os_info) for m in self.allow)
         if allowed:
             return Outcome(COMPLIANT, "")
         shown = os_info.get("pretty_name") or f"{os_info.get('id')} {os_info.get('version_id')}"
@@ -186,7 +194,11 @@ class SecuritySoftwareRule(RuleBase):
         if not isinstance(products, list):
             return Outcome(None, "security software unknown")
         wanted = set(self.any_of)
-        candidates = [p for p in products if not wanted or p.get("name") in wanted]
+        candidates = [
+            p
+            for p in products
+            if isinstance(p, dict) and (not wanted or str(p.get("name")) in wanted)
+        ]
         if not candidates:
             return self._fail(f"none of {', '.join(self.any_of) or 'any product'} installed")
         if self.must_run:
@@ -197,7 +209,7 @@ class SecuritySoftwareRule(RuleBase):
             return Outcome(COMPLIANT, "")
         max_hours = self.max_signature_age / 3600
         ages = [p.get("signature_age_hours") for p in candidates]
-        known = [a for a in ages if isinstance(a, int | float)]
+        known = [a for a in ages if _number(a)]
         if not known:
             return Outcome(None, "signature age unknown")
         if min(known) <= max_hours:
@@ -249,7 +261,9 @@ class ForwardingRule(RuleBase):
         if self.ipv6 and fwd.get("ipv6") is not False:
             on.append("IPv6" if fwd.get("ipv6") else "IPv6 (unknown)")
         if self.bridges and fwd.get("bridges"):
-            on.append("bridges " + ", ".join(map(str, fwd["bridges"])))
+            bridges = fwd["bridges"]
+            shown = ", ".join(map(str, bridges)) if isinstance(bridges, list) else str(bridges)
+            on.append("bridges " + shown)
         if not on:
             return Outcome(COMPLIANT, "")
         if all("unknown" in item for item in on):
@@ -474,7 +488,7 @@ class PendingUpdatesRule(RuleBase):
 
     def check(self, posture: dict[str, Any], findings: Sequence[FindingLike] | None) -> Outcome:
         pending = _section(posture, "pending_updates")
-        if not isinstance(pending, dict) or not isinstance(pending.get("security"), int):
+        if not isinstance(pending, dict) or not _number(pending.get("security")):
             return Outcome(None, "pending updates unknown")
         security = pending["security"]
         if security > self.max_security:
@@ -482,7 +496,7 @@ class PendingUpdatesRule(RuleBase):
                 f"{security} pending security update(s) (at most {self.max_security} allowed)"
             )
         total = pending.get("total")
-        if self.max_total is not None and isinstance(total, int) and total > self.max_total:
+        if self.max_total is not None and _number(total) and total > self.max_total:
             return self._fail(f"{total} pending update(s) (at most {self.max_total} allowed)")
         return Outcome(COMPLIANT, "")
 
