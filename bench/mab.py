@@ -51,9 +51,11 @@ def build_radload() -> Path:
 
 
 def run_radload(exe: Path, pkt_file: Path, port: int, window: int, timeout_ms: int,
-                seconds: float = 0) -> dict:
+                seconds: float = 0, sockets: int = 0) -> dict:
     cmd = [str(exe), "-f", str(pkt_file), "-h", "127.0.0.1", "-p", str(port),
            "-w", str(window), "-t", str(timeout_ms)]
+    if sockets:
+        cmd += ["-s", str(sockets)]
     if seconds:
         cmd += ["-T", str(seconds)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -117,7 +119,7 @@ def bench_freeradius(exe: Path, pkt_file: Path, windows: list[int], args: argpar
         (port,) = probe.free_udp_ports(1)
         with freeradius.FreeRadius(tmp / f"freeradius-{w}", port, args.threads) as fr:
             results[w] = measure(fr.pid, partial(run_radload, exe, pkt_file, port, w,
-                                                 args.timeout_ms, args.seconds))
+                                                 args.timeout_ms, args.seconds, args.sockets))
     return results
 
 
@@ -139,7 +141,7 @@ def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Name
                 raise RuntimeError(f"nac serve did not answer: {exc}\n{tail}") from None
             print(f"nac answered after {waited:.1f} s", file=sys.stderr)
             results[w] = measure(proc.pid, partial(run_radload, exe, pkt_file, auth, w,
-                                                   args.timeout_ms, args.seconds))
+                                                   args.timeout_ms, args.seconds, args.sockets))
         finally:
             proc.terminate()
             try:
@@ -168,6 +170,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, help="passed to nac serve --workers")
     ap.add_argument("--threads", type=int, default=2, help="FreeRADIUS worker threads")
     ap.add_argument("--timeout-ms", type=int, default=2000)
+    ap.add_argument("--sockets", type=int, default=16,
+                    help="radload source sockets; SO_REUSEPORT spreads them over workers")
     ap.add_argument("--seconds", type=float, default=0,
                     help="stop sending after this long even if requests are left")
     ap.add_argument("--only", choices=["freeradius", "nac"])

@@ -8,9 +8,9 @@
  * needed here. Prints one JSON line with counts, rate and latencies.
  *
  * The identifier of each packet is fixed by the builder (it is covered by
- * the Message-Authenticator), so a packet goes out on any socket whose slot
- * for that identifier is free; with more than 256 in flight the extra
- * sockets provide the extra slots.
+ * the Message-Authenticator), so a packet goes out on the next socket in
+ * turn whose slot for that identifier is free; with more than 256 in
+ * flight the extra sockets provide the extra slots.
  *
  * Usage: radload -f FILE -h HOST -p PORT [-w W] [-n N] [-T SECONDS]
  *                [-t TIMEOUT_MS] [-s SOCKETS]
@@ -206,7 +206,11 @@ int main(int argc, char **argv)
 			const uint8_t *p = pkts + offs[idx] + 2;
 			size_t len = ((size_t)pkts[offs[idx]] << 8) | pkts[offs[idx] + 1];
 			uint8_t id = p[1];
-			int first = (int)(((size_t)sent / npkts) % (size_t)nsocks), s = -1;
+			/* Round robin over the sockets (a server with SO_REUSEPORT
+			 * workers hashes each source port to one of them), shifted
+			 * by one each time the packets are replayed. */
+			int first = (int)(((size_t)sent + (size_t)sent / npkts) % (size_t)nsocks);
+			int s = -1;
 
 			for (int k = 0; k < nsocks; k++) {
 				int c = (first + k) % nsocks;
