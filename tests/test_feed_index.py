@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from nac.prevention import cache
-from nac.prevention.index import Finding, load_index
+from nac.prevention.index import Finding, VulnIndex, load_index
+from nac.prevention.packages import PackageTable, compile_posture
 from nac.prevention.sync import import_path
 
 DATA = Path(__file__).parent / "data" / "osv"
@@ -299,5 +300,51 @@ def test_fast_path_agrees_with_general_path(tmp_path: Path) -> None:
         b = {(f.advisory_id, f.installed, f.fixed) for f in general.findings(posture(pkgs + [pip]))}
         assert a == b
         assert len(fast.findings(posture(pkgs))) == len(a)  # one finding per source version
+        compiled = load_index(db).findings_compiled(compile_posture(posture(pkgs)))
+        assert {(f.advisory_id, f.installed, f.fixed) for f in compiled} == a
+        assert len(compiled) == len(a)
         total += len(a)
     assert total > 30  # the comparison was not vacuous
+
+
+def test_compiled_postures_match_findings(db: Path) -> None:
+    table = PackageTable()
+    rows = posture(
+        [
+            deb("openssl", "3.0.9-1"),
+            deb("libssl3", "3.0.9-1", source="openssl"),
+            deb("bash", "5.2.15-2+b2"),
+            {"name": "requests", "version": "2.30.0", "manager": "pip"},
+            {"name": "lodash", "version": "4.17.20", "purl": "pkg:npm/lodash@4.17.20"},
+        ]
+    )
+    debian_only = posture([deb("openssl", "3.0.9-1"), deb("libssl3", "3.0.9-1", "openssl")])
+    fixed = posture([deb("openssl", "3.0.11-1~deb12u2")])
+    rpm = posture(
+        [{"name": "openssl-libs", "version": "1:3.0.7-24.el9", "manager": "rpm"}], "rocky", "9.3"
+    )
+    compiled = [compile_posture(p, table) for p in (rows, debian_only, fixed, rpm)]
+    # Binaries of one source version collapse into one id at intake.
+    assert len(compiled[1].ids) == 1
+    for idx in (
+        index_from_rows_with(db, table),
+        index_from_rows_with(db, table),
+    ):
+        for p, c in zip((rows, debian_only, fixed, rpm), compiled, strict=True):
+            assert ids(idx.findings_compiled(c)) == ids(load_index(db).findings(p))
+    assert ids(index_from_rows_with(db, table).findings_compiled(compiled[0])) == [
+        "DSA-5532-1",
+        "GHSA-35jh-r3h4-6jhm",
+        "GHSA-j8r2-6x86-q33q",
+    ]
+    with pytest.raises(ValueError, match="another PackageTable"):
+        load_index(db).findings_compiled(compiled[0])
+    # Ids interned after the index was built are decided on first use.
+    idx = index_from_rows_with(db, table)
+    later = compile_posture(posture([deb("openssl", "3.0.8-1")]), table)
+    assert ids(idx.findings_compiled(later)) == ["DSA-5532-1"]
+
+
+def index_from_rows_with(db: Path, table: PackageTable) -> VulnIndex:
+    base = load_index(db)
+    return VulnIndex(base.epoch, base._by_key, base.skipped, table)

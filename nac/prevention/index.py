@@ -1,8 +1,12 @@
 """The in-memory vulnerability index the posture evaluator asks: which advisories hit a host.
 
-Built once per cache epoch. Lookups are keyed by (ecosystem, release, package) and verdicts are
-memoised per (ecosystem, release, package, version): a fleet runs few distinct package versions,
-so re-evaluating thousands of nodes costs mostly set intersections done in C.
+Built once per cache epoch (load_index). Advisories are keyed by (ecosystem, release, package);
+verdicts are memoised per package identity and version, since a fleet runs few distinct
+versions. Two ways in:
+- findings(posture): one node, e.g. at authentication. Debian/Ubuntu/Alpine postures take a
+  C-level path (itemgetter/map over the package list); others a general per-package loop.
+- findings_compiled(compile_posture(posture)): a whole fleet after a feed change. Postures are
+  compiled to package ids once at intake; re-evaluation is one pass over an int array.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -20,9 +24,6 @@ from univers.versions import Version
 from nac.prevention import cache
 from nac.prevention.ecosystems import (
     DISTROS,
-    NPM,
-    PYPI,
-    RPM_FAMILY,
     SOURCE_KEYED,
     VERSION_CLASSES,
     UnsupportedVersion,
@@ -31,6 +32,14 @@ from nac.prevention.ecosystems import (
     parse_semver,
     parse_version,
     split_ecosystem,
+)
+from nac.prevention.packages import (
+    DEFAULT_TABLE,
+    DISTRO_MANAGERS,
+    SOURCE_MANAGERS,
+    CompiledPosture,
+    PackageTable,
+    package_keys,
 )
 
 
@@ -52,10 +61,7 @@ class Finding:
 # operator's own ("local") overrides a vendor, which overrides a community feed.
 _TRUST_ORDER = {"local": 0, "vendor": 1, "community": 2}
 
-DISTRO_MANAGERS = frozenset({"dpkg", "rpm", "apk"})
-_SOURCE_MANAGERS = frozenset({"dpkg", "apk"})
-_LANG_MANAGERS = {"pip": PYPI, "pypi": PYPI, "npm": NPM}
-_PURL_TYPES = {"pypi": PYPI, "npm": NPM}
+_SOURCE_MANAGERS = SOURCE_MANAGERS
 
 # (lo, hi, hi_inclusive, fixed): lo None = from the beginning, hi None = no known end.
 _Interval = tuple[Version | None, Version | None, bool, str | None]
@@ -158,8 +164,16 @@ _Key = tuple[str, str, str]  # (base ecosystem, release or "", package name)
 class VulnIndex:
     """Advisories of one cache epoch, ready to match posture documents."""
 
-    def __init__(self, epoch: int, entries: dict[_Key, list[_Entry]], skipped: int = 0) -> None:
+    def __init__(
+        self,
+        epoch: int,
+        entries: dict[_Key, list[_Entry]],
+        skipped: int = 0,
+        table: PackageTable = DEFAULT_TABLE,
+    ) -> None:
         self.epoch = epoch
+        self.table = table  # the package ids findings_compiled() understands
+        self._by_id: list[tuple[Finding, ...]] = []
         self.skipped = skipped  # affected entries we cannot evaluate (unknown ecosystem/version)
         self._by_key = entries
         self._names = {k[2] for k in entries}
@@ -281,36 +295,27 @@ class VulnIndex:
         return names, sources, managers, hits
 
     def _package_findings(self, host: tuple[str, str] | None, pkg: dict[str, Any]) -> list[Finding]:
-        manager = pkg.get("manager")
-        name = pkg.get("name")
-        if not isinstance(name, str):
-            return []
-        if manager in DISTRO_MANAGERS:
-            if host is None:
-                return []  # unknown release: a Debian 12 advisory cannot be applied safely
-            base, release = host
-            if base in RPM_FAMILY:
-                keys = {name}
-                if isinstance(pkg.get("source"), str) and pkg["source"]:
-                    keys.add(pkg["source"])
-                version = pkg.get("version")
-            else:
-                # Debian/Ubuntu/Alpine advisories name the source package and its version.
-                keys = {pkg.get("source") or name}
-                version = pkg.get("source_version") or pkg.get("version")
-        else:
-            base = _language_ecosystem(pkg)
-            if base is None:
-                return []
-            release = ""
-            keys = {normalize_name(base, name)}
-            version = pkg.get("version")
-        if not isinstance(version, str) or not version:
-            return []
         out: list[Finding] = []
-        for key in keys:
-            out.extend(self._verdict(base, release, key, version))
+        for key in package_keys(host, pkg):
+            out.extend(self._verdict(*key))
         return out
+
+    def findings_compiled(self, posture: CompiledPosture) -> list[Finding]:
+        """findings() for a posture compiled at intake (packages.compile_posture): one C-level
+        pass over its ids. Meant for re-evaluating a whole fleet after a feed change."""
+        if posture.table is not self.table:
+            raise ValueError("posture compiled against another PackageTable")
+        by_id = self._by_id
+        if posture.max_id >= len(by_id):
+            self._fill()
+        return list(chain.from_iterable(filter(None, map(by_id.__getitem__, posture.ids))))
+
+    def _fill(self) -> None:
+        """Decide every interned package key not yet decided (cheap for keys no advisory names)."""
+        by_id, keys, names = self._by_id, self.table.keys, self._names
+        for i in range(len(by_id), len(keys)):
+            key = keys[i]
+            by_id.append(self._verdict(*key) if key[2] in names else ())
 
     def _verdict(self, base: str, release: str, name: str, version: str) -> tuple[Finding, ...]:
         vkey = (base, release, name, version)
@@ -368,17 +373,6 @@ def _well_formed(p: object) -> bool:
         and isinstance(p.get("source"), str | None)
         and isinstance(p.get("manager"), str | None)
     )
-
-
-def _language_ecosystem(pkg: dict[str, Any]) -> str | None:
-    manager = pkg.get("manager")
-    if isinstance(manager, str) and manager.lower() in _LANG_MANAGERS:
-        return _LANG_MANAGERS[manager.lower()]
-    purl = pkg.get("purl")
-    if isinstance(purl, str) and purl.startswith("pkg:"):
-        ptype = purl[4:].split("/", 1)[0].lower()
-        return _PURL_TYPES.get(ptype)
-    return None
 
 
 def build_entry(row: tuple[Any, ...]) -> tuple[_Key, _Entry] | None:

@@ -1,0 +1,147 @@
+"""Package identity (draft 7.3) and compiled postures for fleet-wide re-evaluation.
+
+A package is identified by (ecosystem, release, name, version): the name is the *source*
+package on Debian/Ubuntu/Alpine (their advisories are keyed by source), the binary rpm name on
+the Red Hat family, the PEP 503 name on PyPI. These keys do not depend on any advisory, so a
+posture can be compiled once, when it arrives, into small integers: re-evaluating it against a
+new feed epoch is then one C-level pass over an int array (VulnIndex.findings_compiled).
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from nac.prevention.ecosystems import (
+    NPM,
+    PYPI,
+    RPM_FAMILY,
+    SOURCE_KEYED,
+    host_release,
+    normalize_name,
+)
+
+VerdictKey = tuple[str, str, str, str]  # (base ecosystem, release or "", name, version)
+
+DISTRO_MANAGERS = frozenset({"dpkg", "rpm", "apk"})
+SOURCE_MANAGERS = frozenset({"dpkg", "apk"})
+_LANG_MANAGERS = {"pip": PYPI, "pypi": PYPI, "npm": NPM}
+_PURL_TYPES = {"pypi": PYPI, "npm": NPM}
+_SOURCE_TRIPLE = itemgetter("source", "source_version", "manager")
+
+
+def language_ecosystem(pkg: dict[str, Any]) -> str | None:
+    manager = pkg.get("manager")
+    if isinstance(manager, str) and manager.lower() in _LANG_MANAGERS:
+        return _LANG_MANAGERS[manager.lower()]
+    purl = pkg.get("purl")
+    if isinstance(purl, str) and purl.startswith("pkg:"):
+        return _PURL_TYPES.get(purl[4:].split("/", 1)[0].lower())
+    return None
+
+
+def package_keys(host: tuple[str, str] | None, pkg: object) -> list[VerdictKey]:
+    """The identities one posture package is checked under (none if it cannot be placed)."""
+    if not isinstance(pkg, dict):
+        return []
+    name = pkg.get("name")
+    if not isinstance(name, str) or not name:
+        return []
+    if pkg.get("manager") in DISTRO_MANAGERS:
+        if host is None:
+            return []  # unknown release: a Debian 12 advisory cannot be applied safely
+        base, release = host
+        source = pkg.get("source")
+        if base in RPM_FAMILY:
+            version = pkg.get("version")
+            names = [name]
+            if isinstance(source, str) and source and source != name:
+                names.append(source)
+        else:
+            # Debian/Ubuntu/Alpine advisories name the source package and its version.
+            version = pkg.get("source_version") or pkg.get("version")
+            names = [source if isinstance(source, str) and source else name]
+    else:
+        lang = language_ecosystem(pkg)
+        if lang is None:
+            return []
+        base, release, version = lang, "", pkg.get("version")
+        names = [normalize_name(lang, name)]
+    if not isinstance(version, str) or not version:
+        return []
+    return [(base, release, n, version) for n in names]
+
+
+class PackageTable:
+    """Interns verdict keys as dense integers, shared by all postures and index epochs."""
+
+    def __init__(self) -> None:
+        self._ids: dict[VerdictKey, int] = {}
+        self.keys: list[VerdictKey] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def intern(self, key: VerdictKey) -> int:
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        with self._lock:  # ids must stay dense and unique if intake runs in threads
+            found = self._ids.get(key)
+            if found is None:
+                found = self._ids[key] = len(self.keys)
+                self.keys.append(key)
+            return found
+
+
+DEFAULT_TABLE = PackageTable()
+
+
+@dataclass(frozen=True)
+class CompiledPosture:
+    """A posture's packages as sorted unique ids of `table` (binaries of one source collapse)."""
+
+    ids: array[int]
+    max_id: int
+    table: PackageTable
+
+
+def compile_posture(
+    posture: dict[str, Any], table: PackageTable = DEFAULT_TABLE
+) -> CompiledPosture:
+    pkgs = posture.get("packages")
+    if not isinstance(pkgs, list):
+        pkgs = []
+    host = host_release(posture.get("os"))
+    keys: set[VerdictKey] = set()
+    rest: list[Any] = pkgs
+    if host is not None and host[0] in SOURCE_KEYED:
+        # Usual case first: one C-level pass, unique (source, version, manager) triples.
+        try:
+            triples = set(map(_SOURCE_TRIPLE, pkgs))
+        except (KeyError, TypeError):
+            triples = None
+        if triples is not None:
+            rest = []
+            base, release = host
+            for source, version, manager in triples:
+                if (
+                    manager in SOURCE_MANAGERS
+                    and isinstance(source, str)
+                    and source
+                    and isinstance(version, str)
+                    and version
+                ):
+                    keys.add((base, release, source, version))
+                else:
+                    rest = pkgs  # something unusual: let the general loop decide everything
+                    keys.clear()
+                    break
+    for pkg in rest:
+        keys.update(package_keys(host, pkg))
+    ids = sorted(table.intern(k) for k in keys)
+    return CompiledPosture(array("I", ids), ids[-1] if ids else -1, table)
