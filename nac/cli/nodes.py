@@ -106,5 +106,62 @@ def set_node(mac: str, segment: str, reason: str, state_dir: Path, store_url: st
     click.echo(f"{mac}: registered in {seg}" if seg else f"{mac}: registration removed")
 
 
+@nodes.command("reinspect")
+@click.argument("mac", required=False)
+@click.option("--all", "all_nodes", is_flag=True, help="Every node with a live session.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="Server config with the [[switches]] inventory.")
+@state_dir_option
+@store_option
+def reinspect(mac: str | None, all_nodes: bool, config_path: Path, state_dir: Path,
+              store_url: str | None) -> None:
+    """Ask the switch to re-authenticate MAC (or --all), so it is inspected again now."""
+    import time
+
+    from nac.config import ConfigError, load_config
+    from nac.enforcement import Target, load_planner
+
+    if bool(mac) == all_nodes:
+        fail("give a MAC or --all")
+    try:
+        cfg = load_config(config_path)
+        planner = load_planner(cfg.switches, _db_path(store_url, state_dir), str(config_path))
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+        return
+    if planner is None:
+        fail(f"{config_path}: no [[switches]] inventory: nothing can re-authenticate a host")
+        return
+    store = open_store(store_url, state_dir)
+    macs = [_mac(mac)] if mac else [n["mac"] for n in store.list_nodes()]
+    queued = 0
+    for m in macs:
+        node = store.get_node(m)
+        sess = store.live_session(m)
+        if node is None and sess is None:
+            click.echo(f"{m}: unknown node", err=True)
+            continue
+        target = Target(mac=m, nas=(sess or {}).get("nas") or (node or {}).get("last_nas"),
+                        port=(sess or {}).get("nas_port_id") or (node or {}).get("last_port"),
+                        session_id=(sess or {}).get("acct_session_id"))
+        if mac is None and sess is None:
+            continue  # --all: only nodes that are on the network now
+        job = planner.reauth(target, decided_at=time.time())
+        if job is None:
+            click.echo(f"{m}: NAS {target.nas} is not in the switch inventory", err=True)
+            continue
+        queued += 1
+        click.echo(f"{m}: re-authentication queued as job {job} on {target.nas}")
+    click.echo(f"{queued} re-inspection(s) queued; the server's enforcer applies them")
+    if mac and not queued:
+        raise SystemExit(1)
+
+
+def _db_path(store_url: str | None, state_dir: Path) -> Path:
+    if store_url and store_url.startswith("sqlite:///"):
+        return Path(store_url[len("sqlite:///"):])
+    return state_dir / "nac.db"
+
+
 def register(cli: click.Group) -> None:
     cli.add_command(nodes)
