@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from nac.cli import feed as feed_cli
 from nac.prevention.index import load_index
+from nac.prevention.sync import import_path
 
 DATA = Path(__file__).parent / "data" / "osv"
 
@@ -70,3 +73,14 @@ def test_import_one_off(tmp_path: Path) -> None:
     assert [(f.advisory_id, f.source, f.trust) for f in found] == [
         ("GHSA-j8r2-6x86-q33q", "local", "local")
     ]
+
+
+def test_progress_bar_only_on_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import_path(tmp_path / "a.db", DATA, progress=True)
+    assert capsys.readouterr().err == ""  # not a TTY: no bar in logs
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    import_path(tmp_path / "b.db", DATA, progress=True)
+    err = capsys.readouterr().err
+    assert "local" in err and "100%" in err

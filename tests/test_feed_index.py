@@ -14,7 +14,7 @@ import pytest
 from nac.prevention import cache
 from nac.prevention.index import Finding, VulnIndex, load_index
 from nac.prevention.packages import PackageTable, compile_posture
-from nac.prevention.sync import import_path
+from nac.prevention.sync import import_path, sync
 
 DATA = Path(__file__).parent / "data" / "osv"
 
@@ -348,3 +348,18 @@ def test_compiled_postures_match_findings(db: Path) -> None:
 def index_from_rows_with(db: Path, table: PackageTable) -> VulnIndex:
     base = load_index(db)
     return VulnIndex(base.epoch, base._by_key, base.skipped, table)
+
+
+def test_each_changed_source_bumps_the_epoch(tmp_path: Path) -> None:
+    db = tmp_path / "nac.db"
+    with cache.opened(db) as conn:
+        for name in ("a", "b"):
+            cache.add_source(
+                conn,
+                cache.FeedSource(name, None, str(DATA), "vendor", None, None, None, None, None),
+            )
+    report = sync(db)
+    # Same advisories in both sources: each source's transaction moves the epoch, so an
+    # index loaded between the two never carries the final epoch with partial data.
+    assert report.epoch == 2 and len(report.added) == 6
+    assert sync(db).epoch == 2

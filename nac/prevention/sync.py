@@ -8,6 +8,7 @@ have one of those packages (draft 7.2: an update invalidates related nodes' cert
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 import sys
@@ -130,19 +131,19 @@ def _import(
     progress: bool,
 ) -> None:
     """All blobs of one source in one transaction: a sync is applied whole or not at all."""
-    changed_before = len(report.changed_ids)
-    with conn:
-        for blob in blobs:
-            total, recs = records(blob)
-            with _progress(recs, total, f"{src.name}", progress) as items:
-                for origin, rec in items:
-                    try:
-                        adv = parse_record(rec)
-                    except OsvError as exc:
-                        report.invalid.append(f"{origin}: {exc}")
-                        continue
-                    _upsert(conn, src.name, adv, report)
-        if len(report.changed_ids) > changed_before:
+    changed = False
+    counted = [records(blob) for blob in blobs]
+    total = sum(n for n, _ in counted)
+    all_records = itertools.chain.from_iterable(recs for _, recs in counted)
+    with conn, _progress(all_records, total, f"importing {src.name}", progress) as items:
+        for origin, rec in items:
+            try:
+                adv = parse_record(rec)
+            except OsvError as exc:
+                report.invalid.append(f"{origin}: {exc}")
+                continue
+            changed |= _upsert(conn, src.name, adv, report)
+        if changed:
             cache.bump_epoch(conn)
 
 
@@ -154,7 +155,8 @@ def _affected_pairs(conn: sqlite3.Connection, source: str, adv_id: str) -> set[t
     return {(e, p) for e, p in rows}
 
 
-def _upsert(conn: sqlite3.Connection, source: str, adv: Advisory, report: SyncReport) -> None:
+def _upsert(conn: sqlite3.Connection, source: str, adv: Advisory, report: SyncReport) -> bool:
+    """Apply one record; True if the index would change (added, updated or retracted)."""
     row = conn.execute(
         "SELECT modified, withdrawn, digest FROM advisories WHERE source = ? AND id = ?",
         (source, adv.id),
@@ -163,12 +165,12 @@ def _upsert(conn: sqlite3.Connection, source: str, adv: Advisory, report: SyncRe
         old_modified, old_withdrawn, old_digest = row
         if old_digest == adv.digest:
             report.unchanged += 1
-            return
+            return False
         # RFC 3339 UTC strings order lexically; an older copy must not undo a newer one
         # (e.g. resurrect an advisory that was withdrawn meanwhile).
         if adv.modified < old_modified:
             report.stale += 1
-            return
+            return False
     before = _affected_pairs(conn, source, adv.id) if row is not None else set()
     values: tuple[Any, ...] = (
         adv.modified,
@@ -218,4 +220,6 @@ def _upsert(conn: sqlite3.Connection, source: str, adv: Advisory, report: SyncRe
     else:
         # Withdrawn on first sight, or re-published while withdrawn: nothing to retract.
         report.unchanged += 1
+        return False
     report.changed_packages |= before | after
+    return True
