@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from nac.prevention import cache
-from nac.prevention.index import Finding, VulnIndex, load_index
+from nac.prevention.index import Finding, VulnIndex, load_index, refresh
 from nac.prevention.packages import PackageTable, compile_posture
 from nac.prevention.sync import import_path, sync
 
@@ -363,3 +363,15 @@ def test_each_changed_source_bumps_the_epoch(tmp_path: Path) -> None:
     # index loaded between the two never carries the final epoch with partial data.
     assert report.epoch == 2 and len(report.added) == 6
     assert sync(db).epoch == 2
+
+
+def test_refresh_reloads_only_when_epoch_moves(db: Path, tmp_path: Path) -> None:
+    idx = refresh(None, db)
+    assert refresh(idx, db) is idx
+    rec = json.loads((DATA / "DSA-5532-1.json").read_text())
+    rec["withdrawn"] = rec["modified"] = "2024-02-01T00:00:00Z"
+    (tmp_path / "w.json").write_text(json.dumps(rec))
+    import_path(db, tmp_path / "w.json", "osv")
+    newer = refresh(idx, db)
+    assert newer is not idx and newer.epoch == idx.epoch + 1
+    assert newer.findings(posture([deb("openssl", "3.0.9-1")])) == []

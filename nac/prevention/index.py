@@ -460,3 +460,17 @@ def index_from_rows(epoch: int, rows: Iterable[Any]) -> VulnIndex:
         key, entry = built
         entries.setdefault(key, []).append(entry)
     return VulnIndex(epoch, entries, skipped)
+
+
+def refresh(index: VulnIndex | None, db_path: Path) -> VulnIndex:
+    """The current index: `index` itself while the cache epoch has not moved, else a new one.
+
+    Compiled postures stay valid across epochs (same PackageTable)."""
+    with cache.opened(db_path) as conn:
+        epoch = cache.get_epoch(conn)
+    if index is not None and index.epoch == epoch:
+        return index
+    fresh = load_index(db_path)
+    if index is not None and index.table is not fresh.table:
+        fresh = VulnIndex(fresh.epoch, fresh._by_key, fresh.skipped, index.table)
+    return fresh
