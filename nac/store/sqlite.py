@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from nac.events import AccountingRecord, DecisionRecord
+from nac.store.migrations import latest, migrate_sqlite
 
 log = logging.getLogger("nac.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = latest("sqlite")
+
+# The version-1 tables, kept for readers of this module; migrations.py is the source.
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -145,10 +148,8 @@ class SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = connect(path)
         self._lock = threading.Lock()
-        with self._conn:
-            self._conn.executescript(SCHEMA)
-            if self._conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
-                self._conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        # One server per file: pending migrations apply on open (nac/store/migrations.py).
+        migrate_sqlite(self._conn)
         self._pending: deque[tuple[str, object]] = deque()
         self._wake = threading.Event()
         self._stop = False

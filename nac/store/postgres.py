@@ -1,0 +1,357 @@
+"""PostgreSQL store: several servers share one database (DESIGN.md, "Scaling out").
+
+Same methods and row shapes as SqliteStore. Packet-path writes are queued and committed in
+batches by one writer thread on its own connection; when the database goes away the batch
+stays queued and the writer reconnects. Reads use a small connection pool.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from nac.events import AccountingRecord, DecisionRecord
+from nac.store.migrations import check_postgres, migrate_postgres
+
+log = logging.getLogger("nac.store")
+
+_NODE_UPSERT = """
+INSERT INTO nodes (mac, first_seen, last_seen, segment, vlan, reason, identity, role,
+                   last_nas, last_port, posture, posture_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (mac) DO UPDATE SET
+    last_seen = excluded.last_seen, segment = excluded.segment, vlan = excluded.vlan,
+    reason = excluded.reason, identity = COALESCE(excluded.identity, nodes.identity),
+    role = COALESCE(excluded.role, nodes.role), last_nas = excluded.last_nas,
+    last_port = excluded.last_port, posture = COALESCE(excluded.posture, nodes.posture),
+    posture_at = COALESCE(excluded.posture_at, nodes.posture_at)
+"""
+
+_DECISION_INSERT = """
+INSERT INTO decisions (at, mac, identity, role, nas, nas_port, method, source, segment, vlan,
+                       reasons, remediation)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)
+"""
+
+_ACCT_UPSERT = """
+INSERT INTO sessions (nas, acct_session_id, mac, user_name, nas_port, nas_port_id, framed_ip,
+                      framed_ipv6_prefix, started_at, updated_at, stopped_at, input_octets,
+                      output_octets, session_time, terminate_cause)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (nas, acct_session_id) DO UPDATE SET
+    mac = COALESCE(excluded.mac, sessions.mac),
+    user_name = COALESCE(excluded.user_name, sessions.user_name),
+    nas_port = COALESCE(excluded.nas_port, sessions.nas_port),
+    nas_port_id = COALESCE(excluded.nas_port_id, sessions.nas_port_id),
+    framed_ip = COALESCE(excluded.framed_ip, sessions.framed_ip),
+    framed_ipv6_prefix = COALESCE(excluded.framed_ipv6_prefix, sessions.framed_ipv6_prefix),
+    started_at = COALESCE(sessions.started_at, excluded.started_at),
+    updated_at = excluded.updated_at,
+    stopped_at = COALESCE(excluded.stopped_at, sessions.stopped_at),
+    input_octets = COALESCE(excluded.input_octets, sessions.input_octets),
+    output_octets = COALESCE(excluded.output_octets, sessions.output_octets),
+    session_time = COALESCE(excluded.session_time, sessions.session_time),
+    terminate_cause = COALESCE(excluded.terminate_cause, sessions.terminate_cause)
+"""
+
+_TOUCH = "UPDATE nodes SET last_seen = GREATEST(last_seen, %s) WHERE mac = %s"
+
+# Registrations take this transaction lock so their seq values commit in order: a poller
+# that has seen seq N can never later meet a smaller seq committed after it.
+_REGISTRATION_LOCK_KEY = 0x6E61635F726567  # "nac_reg"
+
+BATCH = 5000
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_list(items: tuple[str, ...]) -> str:
+    """Most decisions repeat the same reasons: encode each distinct tuple once."""
+    return json.dumps(list(items))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+class PostgresStore:
+    """Store on a PostgreSQL database. Thread-safe like SqliteStore.
+
+    migrate=True applies pending migrations first (tests, `nac store migrate`); otherwise an
+    older schema raises SchemaError (two servers must not race a migration).
+    """
+
+    def __init__(self, url: str, *, flush_interval: float = 0.05, pool_size: int = 4,
+                 migrate: bool = False, connect_timeout: float = 5.0) -> None:
+        self.url = redact(url)
+        self._dsn = url
+        self._connect_timeout = connect_timeout
+        try:
+            with self._connect() as conn:
+                if migrate:
+                    migrate_postgres(conn)
+                check_postgres(conn, self.url)
+        except psycopg.OperationalError as exc:
+            # ConnectionError is an OSError: `nac serve` reports it as "cannot start".
+            raise ConnectionError(f"cannot reach the store {self.url}: "
+                                  f"{str(exc).strip()}") from None
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=pool_size, open=True, name="nac-store",
+            kwargs={"autocommit": True, "row_factory": dict_row,
+                    "connect_timeout": max(1, int(connect_timeout))},
+            # A pooled connection may be dead after a database restart: test it on checkout.
+            check=ConnectionPool.check_connection, timeout=connect_timeout,
+        )
+        self._pending: deque[tuple[str, object]] = deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._interval = flush_interval
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        # As in SqliteStore: the loop enqueues, the writer commits; two counters tell flush().
+        self._queued = 0
+        self._committed = 0
+        self.write_errors = 0
+        self.reconnects = 0
+        self.last_write_error: str | None = None
+        self._give_up_at = float("inf")  # set by close(): stop retrying a dead database
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self._dsn, autocommit=True,
+                               connect_timeout=max(1, int(self._connect_timeout)))
+
+    # ---- packet-path writes -------------------------------------------------------------
+    def _start_writer(self) -> None:
+        with self._writer_lock:
+            if self._writer is None:
+                t = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+                t.start()
+                self._writer = t
+
+    def record_decision(self, rec: DecisionRecord) -> None:
+        self._pending.append(("decision", rec))
+        self._queued += 1
+        if self._writer is None:
+            self._start_writer()
+
+    def record_accounting(self, rec: AccountingRecord) -> None:
+        self._pending.append(("acct", rec))
+        self._queued += 1
+        if self._writer is None:
+            self._start_writer()
+
+    @property
+    def backlog(self) -> int:
+        """Records queued and not yet committed (a gauge for /metrics)."""
+        return self._queued - self._committed
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every write queued so far is committed (tests, shutdown)."""
+        if self._writer is None:
+            return
+        target = self._queued
+        deadline = time.monotonic() + timeout
+        while self._committed < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError("store writes still pending")
+            self._wake.set()
+            time.sleep(0.002)
+
+    def _write_loop(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not (self._stop and not self._pending):
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            while self._pending:
+                batch: list[tuple[str, object]] = []
+                try:
+                    while len(batch) < BATCH:
+                        batch.append(self._pending.popleft())
+                except IndexError:
+                    pass
+                try:
+                    if conn is None or conn.closed or conn.broken:
+                        if conn is not None:
+                            conn.close()
+                            conn = None
+                            self.reconnects += 1
+                        conn = self._connect()
+                    self._commit(conn, batch)
+                except psycopg.Error as exc:
+                    # Keep the batch for a later try (the transaction rolled back, so nothing
+                    # of it is half-written); say why once per kind of failure.
+                    self.write_errors += 1
+                    msg = str(exc).strip() or type(exc).__name__
+                    if self.last_write_error != msg:
+                        log.error("store write failed, will retry: %s", msg)
+                    self.last_write_error = msg
+                    self._pending.extendleft(reversed(batch))
+                    if self._stop and time.monotonic() > self._give_up_at:
+                        log.error("store closing with %d write(s) not committed",
+                                  len(self._pending))
+                        self._pending.clear()
+                        break
+                    time.sleep(0.5)
+                    break
+                if self.last_write_error is not None:
+                    log.warning("store writes resumed")
+                self.last_write_error = None
+                self._committed += len(batch)
+        if conn is not None:
+            conn.close()
+
+    @staticmethod
+    def _commit(conn: psycopg.Connection[Any], batch: list[tuple[str, object]]) -> None:
+        decisions = []
+        nodes: dict[str, tuple[object, ...]] = {}  # one upsert per MAC per batch, last wins
+        accts: dict[tuple[str, str], list[tuple[object, ...]]] = {}
+        touches: dict[str, float] = {}
+        for kind, rec in batch:
+            if kind == "decision":
+                d: DecisionRecord = rec  # type: ignore[assignment]
+                decisions.append((
+                    d.at, d.mac, d.identity, d.role, d.nas, d.nas_port, d.method, d.source,
+                    d.segment, d.vlan, _json_list(d.reasons), _json_list(d.remediation),
+                ))
+                if d.mac:
+                    posture = json.dumps(d.posture) if d.posture is not None else None
+                    nodes[d.mac] = (
+                        d.mac, d.at, d.at, d.segment, d.vlan,
+                        "; ".join(d.reasons), d.identity, d.role, d.nas, d.nas_port,
+                        posture, d.at if posture else None,
+                    )
+            else:
+                a: AccountingRecord = rec  # type: ignore[assignment]
+                started = a.at - (a.session_time or 0) if a.status == 1 else None
+                stopped = a.at if a.status == 2 else None
+                accts.setdefault((a.nas, a.session_id), []).append((
+                    a.nas, a.session_id, a.mac, a.user_name, a.nas_port, a.nas_port_id,
+                    a.framed_ip, a.framed_ipv6_prefix, started, a.at, stopped,
+                    a.input_octets, a.output_octets, a.session_time, a.terminate_cause,
+                ))
+                if a.mac:
+                    touches[a.mac] = max(a.at, touches.get(a.mac, a.at))
+        # Rows are locked in key order so two servers' batches cannot deadlock on each other
+        # (and if they still do, the batch is simply retried).
+        with conn.transaction(), conn.cursor() as cur:
+            if decisions:
+                cur.executemany(_DECISION_INSERT, decisions)
+            if nodes:
+                cur.executemany(_NODE_UPSERT, [nodes[m] for m in sorted(nodes)])
+            if accts:
+                # Updates of one session apply in arrival order (Start, Interim, Stop).
+                cur.executemany(_ACCT_UPSERT,
+                                [r for key in sorted(accts) for r in accts[key]])
+                cur.executemany(_TOUCH, [(touches[m], m) for m in sorted(touches)])
+
+    # ---- administrative -----------------------------------------------------------------
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[dict[str, Any]]:
+        with self._pool.connection() as conn:
+            return conn.execute(sql, args).fetchall()  # type: ignore[return-value]
+
+    def register_node(self, mac: str, segment: str | None, reason: str) -> None:
+        now = time.time()
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRATION_LOCK_KEY,))
+            conn.execute(
+                "INSERT INTO nodes (mac, first_seen, last_seen, registered_segment, reason) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (mac) DO UPDATE SET "
+                "registered_segment = excluded.registered_segment",
+                (mac, now, now, segment, reason),
+            )
+            conn.execute(
+                "INSERT INTO node_changes (mac, registered_segment, at) VALUES (%s, %s, %s)",
+                (mac, segment, now),
+            )
+
+    def registrations_since(self, seq: int) -> tuple[int, list[tuple[str, str | None]]]:
+        """Registrations changed after `seq` (seq 0: all of them) and the newest seq."""
+        if seq == 0:
+            # The top first: a change racing this read is seen again next poll, never missed.
+            top = self._query("SELECT COALESCE(MAX(seq), 0) AS s FROM node_changes")[0]["s"]
+            rows = self._query(
+                "SELECT mac, registered_segment FROM nodes WHERE registered_segment IS NOT NULL"
+            )
+            return int(top), [(r["mac"], r["registered_segment"]) for r in rows]
+        rows = self._query(
+            "SELECT seq, mac, registered_segment FROM node_changes WHERE seq > %s ORDER BY seq",
+            (seq,),
+        )
+        if not rows:
+            return seq, []
+        return int(rows[-1]["seq"]), [(r["mac"], r["registered_segment"]) for r in rows]
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM nodes ORDER BY mac")
+
+    def get_node(self, mac: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM nodes WHERE mac = %s", (mac,))
+        return rows[0] if rows else None
+
+    def decisions_for(self, mac: str, limit: int = 20) -> list[dict[str, Any]]:
+        # reasons/remediation are JSONB: psycopg hands them back as lists already.
+        return self._query(
+            "SELECT * FROM decisions WHERE mac = %s ORDER BY id DESC LIMIT %s", (mac, limit)
+        )
+
+    def count_decisions(self, mac: str | None = None) -> int:
+        if mac is None:
+            return int(self._query("SELECT COUNT(*) AS n FROM decisions")[0]["n"])
+        return int(self._query("SELECT COUNT(*) AS n FROM decisions WHERE mac = %s",
+                               (mac,))[0]["n"])
+
+    def sessions_for(self, mac: str, limit: int = 20) -> list[dict[str, Any]]:
+        return self._query(
+            "SELECT * FROM sessions WHERE mac = %s ORDER BY updated_at DESC LIMIT %s",
+            (mac, limit),
+        )
+
+    def session_by_ip(self, address: str) -> dict[str, Any] | None:
+        rows = self._query(
+            "SELECT * FROM sessions WHERE framed_ip = %s ORDER BY updated_at DESC LIMIT 1",
+            (address,),
+        )
+        return rows[0] if rows else None
+
+    def nodes_with_posture(self) -> list[dict[str, Any]]:
+        """Nodes whose last inspection left a posture: what a policy or feed change re-checks."""
+        return self._query(
+            "SELECT mac, segment, vlan, role, identity, last_nas, last_port, posture "
+            "FROM nodes WHERE posture IS NOT NULL ORDER BY mac"
+        )
+
+    def live_session(self, mac: str) -> dict[str, Any] | None:
+        """The node's newest accounting session that has not stopped."""
+        rows = self._query(
+            "SELECT * FROM sessions WHERE mac = %s AND stopped_at IS NULL "
+            "ORDER BY updated_at DESC LIMIT 1", (mac,))
+        return rows[0] if rows else None
+
+    def healthy(self) -> bool:
+        try:
+            self._query("SELECT 1 AS ok")
+        except Exception:  # any failure to answer means unhealthy, whatever its class
+            return False
+        return self.last_write_error is None
+
+    def close(self, timeout: float = 30.0) -> None:
+        if self._writer is not None:
+            try:
+                self.flush(timeout=timeout)
+            except TimeoutError:
+                log.error("store: %d write(s) still pending at close", self.backlog)
+            self._give_up_at = time.monotonic() + 1.0
+            self._stop = True
+            self._wake.set()
+            self._writer.join(timeout=5)
+        self._pool.close()
