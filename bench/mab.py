@@ -136,10 +136,17 @@ def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Name
         try:
             try:
                 waited = probe.wait_answers(auth, SECRET, timeout=60, alive=proc)
+                if args.workers is not None:
+                    # the first worker answers before the others have bound
+                    # the port: wait for all, or the load starts lopsided
+                    expected = args.workers or len(os.sched_getaffinity(0))
+                    probe.wait_listeners(auth, expected, alive=proc)
+                    waited += probe.wait_answers(auth, SECRET, alive=proc)
             except (RuntimeError, TimeoutError) as exc:
                 tail = (tmp / f"nac-{w}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"nac serve did not answer: {exc}\n{tail}") from None
-            print(f"nac answered after {waited:.1f} s", file=sys.stderr)
+            print(f"nac answered after {waited:.1f} s ({probe.udp_listeners(auth)} sockets "
+                  f"on port {auth})", file=sys.stderr)
             results[w] = measure(proc.pid, partial(run_radload, exe, pkt_file, auth, w,
                                                    args.timeout_ms, args.seconds, args.sockets))
         finally:

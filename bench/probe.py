@@ -89,3 +89,26 @@ def udp_rcvbuf_errors() -> int:
              if ln.startswith("Udp:")]
     header, values = lines[0], lines[1]
     return int(values[header.index("RcvbufErrors")])
+
+
+def udp_listeners(port: int) -> int:
+    """How many IPv4 UDP sockets are bound to `port`: with SO_REUSEPORT,
+    one per worker process that is up."""
+    count = 0
+    for ln in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        local = ln.split()[1]  # hex address:port
+        if int(local.rsplit(":", 1)[1], 16) == port:
+            count += 1
+    return count
+
+
+def wait_listeners(port: int, count: int, timeout: float = 60.0,
+                   alive: subprocess.Popen | None = None) -> None:
+    """Wait until `count` sockets are bound to `port` (all workers up)."""
+    deadline = time.monotonic() + timeout
+    while udp_listeners(port) < count:
+        if alive is not None and alive.poll() is not None:
+            raise RuntimeError(f"the server exited with {alive.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{udp_listeners(port)} of {count} workers bound port {port}")
+        time.sleep(0.1)

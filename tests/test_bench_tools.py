@@ -207,3 +207,20 @@ def test_radload_reuses_packets_and_stops_on_time(radload: Path, server, tmp_pat
     r = _load(radload, pkts, server.port, tmp_path, "-n", "100000000", "-T", "0.3")
     assert 0 < r["sent"] < 100000000 and r["accepts"] == r["sent"], r
     assert r["seconds"] < 2
+
+
+def test_udp_listeners_counts_reuseport_sockets() -> None:
+    (port,) = probe.free_udp_ports(1)
+    socks = []
+    try:
+        for _ in range(3):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(("127.0.0.1", port))
+            socks.append(s)
+            assert probe.udp_listeners(port) == len(socks)
+        probe.wait_listeners(port, 3, timeout=1)
+    finally:
+        for s in socks:
+            s.close()
+    assert probe.udp_listeners(port) == 0
