@@ -197,6 +197,8 @@ class FreeRadius:
         return self.proc.pid
 
     def start(self, timeout: float = 20.0) -> None:
+        """Validate the config, start the daemon and return once it answered
+        a signed MAB request (its reply proves the client and secret work)."""
         check_config(self.dir)
         exe = binary()
         assert exe is not None
