@@ -130,7 +130,8 @@ class JobQueue:
 
     base_delay/max_delay: backoff between attempts, seconds. max_attempts: attempts before
     dead letter. lease: seconds a claim stays valid; a worker must finish (or ``extend``)
-    within it. clock: injectable for tests.
+    within it. clock: injectable for tests. synchronous: SQLite's PRAGMA for a file path
+    ("FULL" to survive power loss, at the cost of an fsync per state change).
     """
 
     def __init__(
@@ -143,7 +144,10 @@ class JobQueue:
         lease: float = 30.0,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
+        synchronous: str = "NORMAL",
     ) -> None:
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"bad synchronous mode {synchronous!r}")
         if isinstance(db, sqlite3.Connection):
             self.conn = db
         else:
@@ -153,6 +157,10 @@ class JobQueue:
                                         check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA busy_timeout=10000")
+            # WAL + NORMAL: a committed job survives a process crash (the at-least-once
+            # promise); only an OS crash or power cut may lose the last commits. FULL
+            # would fsync every claim/complete and cost milliseconds per job.
+            self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = max_delay

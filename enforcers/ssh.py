@@ -199,8 +199,10 @@ class LinuxBridgeDriver(_SshDriver):
     def _sh(self, conn: Any, command: str) -> str:
         """Run one shell line; raise DriverError if it exits non-zero."""
         prefix = "sudo -n " if self.switch.linux_bridge.use_sudo else ""
+        # An explicit prompt pattern: netmiko's default prompt search costs ~50 ms/command.
+        prompt = re.escape(conn.base_prompt) + r"[^\n]*[#$]\s*$"
         out: str = conn.send_command(f"{prefix}{command}; echo __rc=$?",
-                                     read_timeout=30.0)
+                                     expect_string=prompt, read_timeout=30.0)
         m = re.search(r"__rc=(\d+)\s*$", out.strip())
         if m is None:
             raise DriverError(f"{self.switch.name}: no exit status from {command!r}",
@@ -249,6 +251,7 @@ class LinuxBridgeDriver(_SshDriver):
             else:
                 target = opts.vlan_bridge_pattern.format(vlan=vlan)
                 self._sh(conn, f"ip link set dev {port} master {target}")
+            # Read back: the switch's own state is the proof, not the command's exit code.
             got = self._read_vlan(conn, port)
             if got != vlan:
                 raise DriverError(f"{self.switch.name}: {port} VLAN is {got} after setting "
