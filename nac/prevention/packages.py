@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from array import array
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
@@ -31,6 +32,7 @@ SOURCE_MANAGERS = frozenset({"dpkg", "apk"})
 _LANG_MANAGERS = {"pip": PYPI, "pypi": PYPI, "npm": NPM}
 _PURL_TYPES = {"pypi": PYPI, "npm": NPM}
 _SOURCE_TRIPLE = itemgetter("source", "source_version", "manager")
+_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def language_ecosystem(pkg: dict[str, Any]) -> str | None:
@@ -117,31 +119,36 @@ def compile_posture(
     if not isinstance(pkgs, list):
         pkgs = []
     host = host_release(posture.get("os"))
-    keys: set[VerdictKey] = set()
-    rest: list[Any] = pkgs
+    keys: list[VerdictKey] | None = None
     if host is not None and host[0] in SOURCE_KEYED:
-        # Usual case first: one C-level pass, unique (source, version, manager) triples.
-        try:
-            triples = set(map(_SOURCE_TRIPLE, pkgs))
-        except (KeyError, TypeError):
-            triples = None
-        if triples is not None:
-            rest = []
-            base, release = host
-            for source, version, manager in triples:
-                if (
-                    manager in SOURCE_MANAGERS
-                    and isinstance(source, str)
-                    and source
-                    and isinstance(version, str)
-                    and version
-                ):
-                    keys.add((base, release, source, version))
-                else:
-                    rest = pkgs  # something unusual: let the general loop decide everything
-                    keys.clear()
-                    break
-    for pkg in rest:
-        keys.update(package_keys(host, pkg))
-    ids = sorted(table.intern(k) for k in keys)
+        keys = _source_keyed(pkgs, host)
+    if keys is None:
+        unique: set[VerdictKey] = set()
+        for pkg in pkgs:
+            unique.update(package_keys(host, pkg))
+        keys = list(unique)
+    try:
+        ids = list(map(table._ids.__getitem__, keys))
+    except KeyError:  # some package version this server has not seen yet
+        ids = [table.intern(k) for k in keys]
+    ids.sort()
     return CompiledPosture(array("I", ids), ids[-1] if ids else -1, table)
+
+
+def _source_keyed(pkgs: list[Any], host: tuple[str, str]) -> list[VerdictKey] | None:
+    """Usual Debian/Ubuntu/Alpine case in C-level passes: unique (source, source_version)
+    keys. None if any package does not fit (then the general loop decides everything)."""
+    try:
+        triples = set(map(_SOURCE_TRIPLE, pkgs))
+    except (KeyError, TypeError):
+        return None
+    sources = list(map(_FIRST, triples))
+    versions = list(map(_SECOND, triples))
+    if not set(map(_THIRD, triples)) <= SOURCE_MANAGERS:
+        return None
+    if set(map(type, sources)) | set(map(type, versions)) != {str}:
+        return None
+    if not all(sources) or not all(versions):
+        return None
+    base, release = host
+    return list(set(zip(repeat(base), repeat(release), sources, versions, strict=False)))
