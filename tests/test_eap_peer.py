@@ -114,8 +114,8 @@ class TlsPeer:
     """Client side of EAP-TLS/PEAP/TTLS: pyOpenSSL over memory BIOs plus EAP-TLS framing."""
 
     def __init__(self, lab: Lab, method: str, *, version: str = "1.3", fragment: int = 1020,
-                 cert: bool = False, inner: str = "pap", password: str = PASSWORD,
-                 resume: TlsPeer | None = None) -> None:
+                 cert: bool | tuple[Path, Path] = False, inner: str = "pap",
+                 password: str = PASSWORD, resume: TlsPeer | None = None) -> None:
         ctx = resume.ctx if resume else SSL.Context(SSL.TLS_CLIENT_METHOD)
         v = SSL.TLS1_3_VERSION if version == "1.3" else SSL.TLS1_2_VERSION
         if resume is None:
@@ -124,8 +124,10 @@ class TlsPeer:
             ctx.load_verify_locations(str(lab.pki.ca_cert))
             ctx.set_verify(SSL.VERIFY_PEER, lambda *a: a[-1])
             if cert:
-                ctx.use_certificate_file(str(lab.client_cert))
-                ctx.use_privatekey_file(str(lab.client_key))
+                cert_file, key_file = cert if isinstance(cert, tuple) else (
+                    lab.client_cert, lab.client_key)
+                ctx.use_certificate_file(str(cert_file))
+                ctx.use_privatekey_file(str(key_file))
         self.ctx = ctx
         self.conn = SSL.Connection(ctx, None)
         self.conn.set_connect_state()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nac.eap import packet
 from nac.eap.tls_engine import TLS12_LABELS, TLS13_LABEL
@@ -208,3 +210,54 @@ def test_posture_method_runs_inside_the_tunnel(lab: Lab, method: str, inner: str
     assert res.identity == "demo" and res.msk == peer_msk(peer)
     # A peer without a posture agent NAKs: still authenticated, posture unknown.
     assert res.posture == (None if nak else {"report": "firewall=on"})
+
+
+def test_rsa_pki_all_tls_methods(tmp_path: Path) -> None:
+    from nac.pki import init_pki, issue_client
+
+    lab = Lab(tmp_path)
+    init_pki(tmp_path, use_rsa=True, force=True)
+    lab.client_cert, lab.client_key, _ = issue_client(tmp_path, "demo", tmp_path / "rsa",
+                                                      use_rsa=True)
+    service = lab.service()
+    for method, inner in (("tls", ""), ("peap", ""), ("ttls", "pap")):
+        for version in ("1.2", "1.3"):
+            peer = TlsPeer(lab, method, version=version, cert=method == "tls", inner=inner)
+            res, _ = run_tls(lab, service, peer)
+            assert res.action == "accept", (method, version, res.reason)
+            assert res.msk == peer_msk(peer)
+
+
+def test_server_certificate_cannot_log_in_as_a_client(lab: Lab) -> None:
+    # serverAuth-only EKU: OpenSSL checks the ssl_client purpose of client certificates.
+    peer = TlsPeer(lab, "tls", version="1.2", cert=(lab.pki.server_cert, lab.pki.server_key))
+    res, _ = run_tls(lab, lab.service(), peer)
+    assert res.action == "reject"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([packet.TLS, packet.PEAP, packet.TTLS]),
+       st.lists(st.binary(max_size=40), min_size=1, max_size=8))
+def test_tls_framing_fuzz_never_raises(lab: Lab, eap_type: int, blobs: list[bytes]) -> None:
+    from tests.test_eap_peer import Conversation, identity, nak, response
+
+    service = _fuzz_service(lab)
+    conv = Conversation(service)
+    res = conv.send(identity(1, "x"))
+    req = packet.parse(res.eap or b"")
+    res = conv.send(nak(req.identifier, eap_type))
+    for blob in blobs:
+        if res.action != "challenge":
+            break
+        req = packet.parse(res.eap or b"")
+        res = conv.send(response(req.identifier, eap_type, blob))
+        assert not res.reason.startswith("internal error"), res.reason
+
+
+_SERVICES: dict[int, object] = {}
+
+
+def _fuzz_service(lab: Lab):  # type: ignore[no-untyped-def]
+    if id(lab) not in _SERVICES:
+        _SERVICES[id(lab)] = lab.service()
+    return _SERVICES[id(lab)]

@@ -222,6 +222,7 @@ def _describe(exc: SSL.Error) -> str:
 class Frame:
     kind: str  # "partial" (send an ACK), "ack" (peer acked), "message", "error"
     data: bytes = b""
+    reason: str = ""
 
 
 class Framer:
@@ -261,26 +262,26 @@ class Framer:
 
     def receive(self, data: bytes) -> Frame:
         if not data:
-            return Frame("error", "TLS: response without flags")
+            return Frame("error", reason="TLS: response without flags")
         flags, body = data[0], data[1:]
         if flags & FLAG_L:
             if len(body) < 4:
-                return Frame("error", "TLS: truncated length field")
+                return Frame("error", reason="TLS: truncated length field")
             total = struct.unpack("!I", body[:4])[0]
             body = body[4:]
             if total > MAX_MESSAGE:
-                return Frame("error", f"TLS: message of {total} octets is too long")
+                return Frame("error", reason=f"TLS: message of {total} octets is too long")
             if self._in_total is None and not self._in:
                 self._in_total = total
         if not body and not (flags & FLAG_M):
             if self._in:
-                return Frame("error", "TLS: empty final fragment")
+                return Frame("error", reason="TLS: empty final fragment")
             return Frame("ack")
         if self.sending:
-            return Frame("error", "TLS: peer sent data while we were fragmenting")
+            return Frame("error", reason="TLS: peer sent data while we were fragmenting")
         self._in += body
         if len(self._in) > (self._in_total or MAX_MESSAGE):
-            return Frame("error", "TLS: fragments exceed the announced length")
+            return Frame("error", reason="TLS: fragments exceed the announced length")
         if flags & FLAG_M:
             return Frame("partial")
         message = bytes(self._in)

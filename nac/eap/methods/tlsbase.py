@@ -31,7 +31,7 @@ class TlsMethodBase(Method):
     def process(self, ident: int, data: bytes) -> Step:
         frame = self.framer.receive(data)
         if frame.kind == "error":
-            return fail(frame.data.decode())
+            return fail(frame.reason)
         if frame.kind == "partial":
             return request(self.framer.ack())
         if frame.kind == "ack":
