@@ -229,7 +229,8 @@ class SnmpServer:
 
 
 def start_snmpd(ns: str, address: str, workdir: Path, *, mode: str, bridge: str = "br0",
-                vlan_bridge_pattern: str = "vl{vlan}", community: str = "lab-rw",
+                vlan_bridge_pattern: str = "vl{vlan}", vlans: tuple[int, ...] = (),
+                community: str = "lab-rw",
                 v3_user: str = "nacv3", v3_auth_key: str = "lab-auth-pass",
                 v3_priv_key: str = "lab-priv-pass", port: int = 161) -> SnmpServer:
     """Start snmpd in ``ns`` with the Q-BRIDGE pass_persist script for the lab bridge.
@@ -241,7 +242,8 @@ def start_snmpd(ns: str, address: str, workdir: Path, *, mode: str, bridge: str 
     # snmpd splits the command on spaces and does not understand shell quoting.
     script = " ".join([
         sys.executable, str(QBRIDGE_PASS), "--mode", mode, "--bridge", bridge,
-        "--vlan-bridge-pattern", vlan_bridge_pattern, "--log", str(workdir / "pass.log")])
+        "--vlan-bridge-pattern", vlan_bridge_pattern, "--log", str(workdir / "pass.log")]
+        + (["--vlans", ",".join(str(v) for v in vlans)] if vlans else []))
     (workdir / "snmpd.conf").write_text(f"""\
 sysName labswitch
 rwcommunity {community} default

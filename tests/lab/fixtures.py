@@ -72,7 +72,8 @@ def switch_lab(
             lab.sshd = start_sshd(sw.ns, sw.mgmt_ip, workdir / "sshd")
         if snmpd:
             lab.snmpd = start_snmpd(sw.ns, sw.mgmt_ip, workdir / "snmpd", mode=sw.mode,
-                                    vlan_bridge_pattern=sw.vlan_bridge_pattern)
+                                    vlan_bridge_pattern=sw.vlan_bridge_pattern,
+                                    vlans=sw.vlans)
         if hostapd_port:
             lab.hostapd = start_hostapd_das(sw.ns, hostapd_port, sw.peer_ip,
                                             workdir / "hostapd", das_secret=das_secret,

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,8 +45,6 @@ def run(cmd: Sequence[str], ns: str | None = None, check: bool = True,
 
 def can_use_netns() -> bool:
     """Root and a working ``ip netns``?"""
-    import os
-
     if os.geteuid() != 0 or not shutil.which("ip"):
         return False
     name = f"nacchk{secrets.token_hex(3)}"
@@ -195,9 +195,6 @@ class LabSwitch:
             pids = run([IP, "netns", "pids", ns], check=False).stdout.split()
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
-                    import os
-                    import signal
-
                     os.kill(int(pid), signal.SIGKILL)
             run([IP, "netns", "del", ns], check=False)
         self.namespaces.clear()
@@ -214,8 +211,11 @@ def create_switch(
     The caller must call ``destroy`` (use the ``lab_switch`` fixture, which does).
     """
     vlans = tuple(vlans)
-    if mode is None:
-        mode = "filtering" if vlan_filtering_supported() else "bridge-per-vlan"
+    # NAC_LAB_VLAN_MODE forces a mode (e.g. bridge-per-vlan on any kernel).
+    mode = mode or os.environ.get("NAC_LAB_VLAN_MODE") or (
+        "filtering" if vlan_filtering_supported() else "bridge-per-vlan")
+    if mode not in ("filtering", "bridge-per-vlan"):
+        raise ValueError(f"unknown lab VLAN mode {mode!r}")
     tag = secrets.token_hex(3)
     k = _free_subnet()
     sw = LabSwitch(tag=tag, ns=f"nac{tag}sw", k=k, mode=mode, vlans=vlans)

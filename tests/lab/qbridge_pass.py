@@ -12,7 +12,8 @@ and serves:
 The bridge port number (dot1dBasePort) of a port is its ifIndex in the namespace.
 
 This lab switch treats its ports as access ports: setting dot1qPvid moves the port's
-untagged membership to the new VLAN too, as many access switches do.
+untagged membership to the new VLAN too, as many access switches do. ``--vlans`` is the
+switch's VLAN database: a PVID outside it is refused with inconsistentValue.
 
 Protocol (snmpd pass_persist): "PING" -> "PONG"; "get\\nOID" / "getnext\\nOID" ->
 "OID\\nTYPE\\nVALUE" or "NONE"; "set\\nOID\\nTYPE VALUE" -> "DONE" or an error word.
@@ -47,7 +48,9 @@ def fmt_oid(oid: OID) -> str:
 
 
 class Bridge:
-    def __init__(self, mode: str, bridge: str, pattern: str) -> None:
+    def __init__(self, mode: str, bridge: str, pattern: str,
+                 vlans: set[int] | None = None) -> None:
+        self.vlans = vlans  # the switch's VLAN database; None: any VLAN
         self.mode = mode
         self.bridge = bridge
         self.head, self.tail = pattern.split("{vlan}")
@@ -98,7 +101,7 @@ class Bridge:
         return ports
 
     def known_vlans(self, ports: dict[int, dict]) -> set[int]:
-        vids = {v for p in ports.values() for v in p["vlans"]}
+        vids = {v for p in ports.values() for v in p["vlans"]} | (self.vlans or set())
         if self.mode != "filtering":
             for link in self._json("ip", "-j", "link", "show", "type", "bridge"):
                 vid = self._vlan_of_master(link["ifname"])
@@ -108,6 +111,8 @@ class Bridge:
 
     # -- writes ------------------------------------------------------------------------
     def set_pvid(self, name: str, vid: int, current: dict) -> str:
+        if self.vlans is not None and vid not in self.vlans:
+            return "inconsistent-value"  # like a switch: the VLAN must exist first
         if self.mode == "filtering":
             for old in list(current["vlans"]):
                 if old != vid:
@@ -229,9 +234,11 @@ def main() -> None:
     ap.add_argument("--mode", choices=("filtering", "bridge-per-vlan"), default="filtering")
     ap.add_argument("--bridge", default="br0")
     ap.add_argument("--vlan-bridge-pattern", default="vl{vlan}")
+    ap.add_argument("--vlans", default=None, help="VLAN database, e.g. 10,20,30")
     ap.add_argument("--log", default=None)
     args = ap.parse_args()
-    br = Bridge(args.mode, args.bridge, args.vlan_bridge_pattern)
+    vlans = {int(v) for v in args.vlans.split(",")} if args.vlans else None
+    br = Bridge(args.mode, args.bridge, args.vlan_bridge_pattern, vlans)
     logf = open(args.log, "a") if args.log else None  # noqa: SIM115
 
     def read() -> str:
