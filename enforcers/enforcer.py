@@ -26,7 +26,7 @@ from typing import Any
 from enforcers.base import DriverError, NetworkDriver
 from enforcers.coa import RETRYABLE_CAUSES, CoaDriver
 from enforcers.inventory import ResolvedPort, Switch
-from enforcers.queue import Job, JobQueue
+from enforcers.queue import Job, Queue
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Enforcer:
     def __init__(
         self,
         switches: Iterable[Switch],
-        queue: JobQueue,
+        queue: Queue,
         *,
         concurrency: int = 16,
         poll_interval: float = 0.5,

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,30 @@ class Job:
         d = {k: getattr(self, k) for k in _COLUMNS.replace(" ", "").split(",")}
         d["latency"] = self.latency
         return d
+
+
+class Queue(Protocol):
+    """What the Enforcer and the CLI need from a queue: JobQueue (SQLite) and the store's
+    PostgreSQL queue both provide it."""
+
+    lease: float
+    clock: Callable[[], float]
+
+    def enqueue(self, kind: str, switch: str, port: str = "", *, vlan: int | None = None,
+                mac: str | None = None, session_id: str | None = None,
+                payload: dict[str, Any] | None = None, decided_at: float | None = None,
+                max_attempts: int | None = None) -> int: ...
+    def claim(self, limit: int = 1) -> list[Job]: ...
+    def extend(self, job_id: int, seconds: float | None = None) -> bool: ...
+    def complete(self, job_id: int, result: str = "ok",
+                 applied_at: float | None = None) -> bool: ...
+    def fail(self, job_id: int, error: str, *, retryable: bool = True) -> str: ...
+    def retry(self, job_id: int) -> bool: ...
+    def get(self, job_id: int) -> Job | None: ...
+    def list_jobs(self, states: tuple[str, ...] | None = None,
+                  limit: int = 1000) -> list[Job]: ...
+    def counts(self) -> dict[str, int]: ...
+    def next_due(self) -> float | None: ...
 
 
 class JobQueue:
