@@ -63,13 +63,20 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
 class FeedServer:
     """Serves in-memory files with strong ETags; records each request's conditional headers."""
 
-    def __init__(self, cert: Path, key: Path) -> None:
+    def __init__(self, cert: Path | None, key: Path | None) -> None:
         self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
         self.requests: list[tuple[str, str | None, str | None, int]] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = server.files.get(self.path)
                 inm = self.headers.get("If-None-Match")
                 ims = self.headers.get("If-Modified-Since")
@@ -95,14 +102,17 @@ class FeedServer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.scheme = "http"
+        if cert is not None and key is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path: str) -> str:
-        return f"https://127.0.0.1:{self.httpd.server_address[1]}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -192,3 +202,22 @@ def test_signed_url_feed_and_tampered_body(server: tuple[FeedServer, Path], tmp_
     assert report.errors == [
         f"source pypi: {srv.url('/pypi.json')}: signature does not verify (feed altered?)"
     ]
+
+
+def test_redirect_to_plain_http_refused_for_unsigned_feed(
+    server: tuple[FeedServer, Path], tmp_path: Path
+) -> None:
+    srv, cert = server
+    plain = FeedServer(None, None)
+    try:
+        plain.files["/a.json"] = (DATA / "DSA-5532-1.json").read_bytes()
+        srv.redirects["/a.json"] = plain.url("/a.json")
+        db = tmp_path / "nac.db"
+        add(db, "redir", srv.url("/a.json"), cert)
+        report = sync(db, "redir")
+        assert report.added == []
+        assert report.errors == [
+            f"source redir: {srv.url('/a.json')}: redirected to {plain.url('/a.json')}"
+        ]
+    finally:
+        plain.close()

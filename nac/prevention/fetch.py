@@ -20,6 +20,7 @@ from nac.prevention.signing import SIG_SUFFIX, SignatureError, load_public_key, 
 
 ZIP_MAGIC = b"PK\x03\x04"
 USER_AGENT = "quarantine-nac-feed/1"
+MAX_FEED_BYTES = 2 * 1024**3  # OSV's all.zip of every ecosystem is about 1 GiB
 
 
 class FeedError(Exception):
@@ -95,7 +96,14 @@ def _get(
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=_ssl_context(source)) as resp:
-            return resp.status, resp.read(), resp.headers
+            final = resp.geturl()
+            if not final.startswith("https://") and not source.pubkey:
+                # A redirect must not downgrade an unsigned feed to a plain channel.
+                raise FeedError(f"source {source.name}: {url}: redirected to {final}")
+            body = resp.read(MAX_FEED_BYTES + 1)
+            if len(body) > MAX_FEED_BYTES:
+                raise FeedError(f"source {source.name}: {url}: larger than {MAX_FEED_BYTES} bytes")
+            return resp.status, body, resp.headers
     except urllib.error.HTTPError as exc:
         if exc.code == 304:
             return 304, b"", exc.headers
