@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "nac.cli.config_cmd",
     "nac.cli.pki",
     "nac.cli.feed",
+    "nac.cli.store",
 ]
 
 
