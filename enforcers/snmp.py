@@ -7,6 +7,8 @@ MIB objects (numeric, so no MIB files are needed at run time):
 - Q-BRIDGE-MIB dot1qVlanStaticUntaggedPorts.<vid>   1.3.6.1.2.1.17.7.1.4.3.1.4
 - CISCO-VLAN-MEMBERSHIP-MIB vmVlan.<ifIndex>        1.3.6.1.4.1.9.9.68.1.2.2.1.2
 - IF-MIB ifAdminStatus.<ifIndex>                    1.3.6.1.2.1.2.2.1.7 (up 1, down 2)
+- IF-MIB ifName / ifDescr, walked once to map a port name missing from the inventory's
+  port mapping to its ifIndex (dot1dBasePort is then assumed equal to the ifIndex)
 
 ``Switch.vlan_mib()`` picks: "qbridge" sets dot1qPvid only (switches that treat the PVID
 of an access port as its VLAN); "qbridge-static" also moves the port's bit between the
@@ -47,6 +49,7 @@ from pysnmp.hlapi.v3arch.asyncio import (
     usmHMAC384SHA512AuthProtocol,
     usmHMACMD5AuthProtocol,
     usmHMACSHAAuthProtocol,
+    walk_cmd,
 )
 from pysnmp.proto.rfc1905 import NoSuchInstance, NoSuchObject
 
@@ -58,6 +61,8 @@ DOT1Q_STATIC_EGRESS = "1.3.6.1.2.1.17.7.1.4.3.1.2"
 DOT1Q_STATIC_UNTAGGED = "1.3.6.1.2.1.17.7.1.4.3.1.4"
 CISCO_VMVLAN = "1.3.6.1.4.1.9.9.68.1.2.2.1.2"
 IF_ADMIN_STATUS = "1.3.6.1.2.1.2.2.1.7"
+IF_DESCR = "1.3.6.1.2.1.2.2.1.2"
+IF_NAME = "1.3.6.1.2.1.31.1.1.1.1"
 
 _AUTH = {
     "SHA": usmHMACSHAAuthProtocol, "SHA224": usmHMAC128SHA224AuthProtocol,
@@ -105,6 +110,7 @@ class SnmpDriver(NetworkDriver):
                               switch=switch.name)
         self.creds: SnmpV2c | SnmpV3 = switch.snmp
         self._target: UdpTransportTarget | None = None
+        self._names: dict[str, int] | None = None
         self._auth: Any = self._auth_data()
 
     def _auth_data(self) -> Any:
@@ -167,7 +173,28 @@ class SnmpDriver(NetworkDriver):
                             *(ObjectType(ObjectIdentity(o), v) for o, v in pairs))
         self._check("set", res)
 
-    def _resolve(self, port: str) -> ResolvedPort:
+    async def _walk_names(self) -> dict[str, int]:
+        """ifName -> ifIndex from IF-MIB (ifName, else ifDescr), read once per driver."""
+        if self._names is not None:
+            return self._names
+        await self.open()
+        names: dict[str, int] = {}
+        for column in (IF_NAME, IF_DESCR):
+            async for res in walk_cmd(shared_engine(), self._auth, self._target,
+                                      self._context(), ObjectType(ObjectIdentity(column)),
+                                      lexicographicMode=False):
+                err_ind, err_status = res[0], res[1]
+                if err_ind or err_status:
+                    self._check("walk", res)  # raises for transport/auth errors
+                    break
+                for oid, val in res[3]:
+                    names.setdefault(str(val), int(tuple(oid)[-1]))
+            if names:
+                break
+        self._names = names
+        return names
+
+    async def _resolve(self, port: str) -> ResolvedPort:
         try:
             rp = self.switch.ports.resolve(name=port)
         except LookupError:
@@ -175,13 +202,18 @@ class SnmpDriver(NetworkDriver):
         if rp.ifindex is None and port.isdigit():
             rp = ResolvedPort(port, int(port), rp.base_port or int(port), rp.nas_port)
         if rp.ifindex is None:
-            raise DriverError(f"{self.switch.name}: no ifIndex for port {port!r} (add it to "
-                              "the port table or an ifindex_pattern)", retryable=False,
-                              switch=self.switch.name)
+            # Not in the inventory: ask the switch (IF-MIB ifName/ifDescr).
+            ifindex = (await self._walk_names()).get(port)
+            if ifindex is not None:
+                rp = ResolvedPort(port, ifindex, rp.base_port or ifindex, rp.nas_port)
+        if rp.ifindex is None:
+            raise DriverError(f"{self.switch.name}: no ifIndex for port {port!r} (not in the "
+                              "port table or patterns, nor in the switch's ifName)",
+                              retryable=False, switch=self.switch.name)
         return rp
 
     async def get_port_vlan(self, port: str) -> int:
-        rp = self._resolve(port)
+        rp = await self._resolve(port)
         if self.switch.vlan_mib() == "cisco-vmvlan":
             (val,) = await self._get(f"{CISCO_VMVLAN}.{rp.ifindex}")
         else:
@@ -191,7 +223,7 @@ class SnmpDriver(NetworkDriver):
     async def set_port_vlan(self, port: str, vlan: int) -> None:
         if not 1 <= int(vlan) <= 4094:
             raise DriverError(f"invalid VLAN {vlan}", retryable=False, switch=self.switch.name)
-        rp = self._resolve(port)
+        rp = await self._resolve(port)
         mib = self.switch.vlan_mib()
         if mib == "cisco-vmvlan":
             await self._set((f"{CISCO_VMVLAN}.{rp.ifindex}", Integer(vlan)))
@@ -227,7 +259,7 @@ class SnmpDriver(NetworkDriver):
                  OctetString(set_portlist_bit(bytes(eg), bp, False))))
 
     async def bounce_port(self, port: str) -> None:
-        rp = self._resolve(port)
+        rp = await self._resolve(port)
         oid = f"{IF_ADMIN_STATUS}.{rp.ifindex}"
         await self._set((oid, Integer(2)))
         await asyncio.sleep(max(0.0, float(self.switch.bounce_down_seconds)))

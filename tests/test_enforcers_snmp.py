@@ -135,3 +135,22 @@ def test_portlist_bits() -> None:
     assert set_portlist_bit(b"", 1, True) == b"\x80"
     assert set_portlist_bit(b"\xff\xff", 9, False) == b"\xff\x7f"
     assert set_portlist_bit(b"\x00", 12, True) == b"\x00\x10"
+
+
+def test_port_name_resolved_from_ifname(fresh: Lab) -> None:
+    """No port table: the driver walks IF-MIB ifName to find the ifIndex."""
+    s = fresh.snmpd
+    assert s is not None
+    walk = s.snmpwalk("1.3.6.1.2.1.31.1.1.1.1").stdout
+    assert walk.count("STRING") == 3 and '"swp2"' in walk
+
+    async def scenario() -> None:
+        async with SnmpDriver(entry(fresh, False, ports={})) as drv:
+            assert await drv.get_port_vlan("swp2") == 10
+            await drv.set_port_vlan("swp2", 20)
+            with pytest.raises(DriverError) as exc:
+                await drv.get_port_vlan("eth7")
+            assert exc.value.retryable is False
+
+    asyncio.run(scenario())
+    assert fresh.switch.port_vlan("swp2") == 20

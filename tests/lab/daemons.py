@@ -251,6 +251,7 @@ createUser {v3_user} SHA "{v3_auth_key}" AES "{v3_priv_key}"
 rwuser {v3_user} priv
 pass_persist .1.3.6.1.2.1.17.7.1.4 {script}
 pass_persist .1.3.6.1.2.1.2.2.1.7 {script}
+pass_persist .1.3.6.1.2.1.31.1.1.1.1 {script}
 """)
     srv = SnmpServer(ns=ns, address=address, workdir=workdir, community=community,
                      v3_user=v3_user, v3_auth_key=v3_auth_key, v3_priv_key=v3_priv_key,

@@ -4,11 +4,13 @@
 snmpd runs this inside the lab switch namespace (see tests/lab/daemons.py), registered for
   .1.3.6.1.2.1.17.7.1.4      dot1qVlan subtree (Q-BRIDGE-MIB)
   .1.3.6.1.2.1.2.2.1.7       ifAdminStatus (IF-MIB)
+  .1.3.6.1.2.1.31.1.1.1.1    ifName (IF-MIB)
 and serves:
   dot1qPvid.<port>                    Unsigned32  GET/GETNEXT/SET
   dot1qVlanStaticEgressPorts.<vid>    PortList    GET/GETNEXT (SET in filtering mode)
   dot1qVlanStaticUntaggedPorts.<vid>  PortList    GET/GETNEXT (SET in filtering mode)
   ifAdminStatus.<ifIndex>             INTEGER     GET/GETNEXT/SET (up(1), down(2))
+  ifName.<ifIndex>                    DisplayString GET/GETNEXT (bridge ports only)
 The bridge port number (dot1dBasePort) of a port is its ifIndex in the namespace.
 
 This lab switch treats its ports as access ports: setting dot1qPvid moves the port's
@@ -34,7 +36,8 @@ PVID = QBRIDGE + (5, 1, 1)
 EGRESS = QBRIDGE + (3, 1, 2)
 UNTAGGED = QBRIDGE + (3, 1, 4)
 IFADMIN = (1, 3, 6, 1, 2, 1, 2, 2, 1, 7)
-ROOTS = (QBRIDGE, IFADMIN)
+IFNAME = (1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 1)
+ROOTS = (QBRIDGE, IFADMIN, IFNAME)
 
 OID = tuple[int, ...]
 
@@ -166,6 +169,7 @@ def table(br: Bridge) -> list[tuple[OID, str, str]]:
         if p["pvid"] is not None:
             rows.append((PVID + (ifindex,), "gauge", str(p["pvid"])))
         rows.append((IFADMIN + (ifindex,), "integer", "1" if p["up"] else "2"))
+        rows.append((IFNAME + (ifindex,), "string", p["name"]))
     for vid in br.known_vlans(ports):
         members = [i for i, p in ports.items() if vid in p["vlans"]]
         untagged = [i for i, p in ports.items() if p["vlans"].get(vid)]
