@@ -84,3 +84,18 @@ def test_progress_bar_only_on_a_terminal(
     import_path(tmp_path / "b.db", DATA, progress=True)
     err = capsys.readouterr().err
     assert "local" in err and "100%" in err
+
+
+def test_remove_source_retracts(tmp_path: Path) -> None:
+    state = ["--state-dir", str(tmp_path / "state")]
+    code, out = run(
+        "feed", "import", str(DATA), "--source", "mirror", "--trust", "community", *state
+    )
+    assert code == 0 and "epoch 1" in out
+    code, out = run("feed", "remove", "mirror", *state)
+    assert code == 0, out
+    assert "removed mirror: 3 advisories retracted; epoch 2" in out
+    idx = load_index(tmp_path / "state" / "nac.db")
+    assert idx.epoch == 2 and idx.advisory_count == 0
+    code, out = run("feed", "remove", "mirror", *state)
+    assert code == 1 and "no feed source named 'mirror'" in out

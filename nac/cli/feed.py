@@ -12,7 +12,7 @@ from nac.prevention import cache
 from nac.prevention.cache import FeedSource
 from nac.prevention.fetch import FeedError
 from nac.prevention.signing import SignatureError, generate_keypair, load_public_key, sign_file
-from nac.prevention.sync import SyncReport, import_path, sync
+from nac.prevention.sync import SyncReport, import_path, remove_source, sync
 
 
 def _print_report(report: SyncReport) -> None:
@@ -135,6 +135,21 @@ def sync_cmd(name: str | None, state_dir: Path) -> None:
     _print_report(report)
     if report.errors:
         raise SystemExit(1)
+
+
+@feed.command("remove")
+@click.argument("name")
+@state_dir_option
+def remove_cmd(name: str, state_dir: Path) -> None:
+    """Remove source NAME and retract its advisories."""
+    try:
+        report = remove_source(cache.db_path_for(state_dir), name)
+    except FeedError as exc:
+        fail(str(exc))
+        return
+    click.echo(
+        f"removed {name}: {len(report.withdrawn)} advisories retracted; epoch {report.epoch}"
+    )
 
 
 @feed.command("import")

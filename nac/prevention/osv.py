@@ -126,6 +126,14 @@ def _cvss_level(score: str) -> str | None:
     return None
 
 
+def _severity_entry(entry: dict[str, Any]) -> str | None:
+    """One OSV severity[] entry: a CVSS vector, or (type "Ubuntu") Ubuntu's priority word."""
+    score = str(entry.get("score", ""))
+    if entry.get("type") == "Ubuntu":
+        return _word(score)
+    return _cvss_level(score)
+
+
 def severity_of(record: dict[str, Any]) -> str:
     """The record's severity: its own rating word first, then CVSS vectors, then per-package.
 
@@ -138,7 +146,7 @@ def severity_of(record: dict[str, Any]) -> str:
     levels = [
         lvl
         for s in record.get("severity") or ()
-        if isinstance(s, dict) and (lvl := _cvss_level(str(s.get("score", ""))))
+        if isinstance(s, dict) and (lvl := _severity_entry(s))
     ]
     if not levels:
         for a in record.get("affected") or ():
@@ -149,7 +157,7 @@ def severity_of(record: dict[str, Any]) -> str:
                 if isinstance(spec, dict) and (w := _word(spec.get("severity"))):
                     levels.append(w)
                 for s in a.get("severity") or ():
-                    if isinstance(s, dict) and (lvl := _cvss_level(str(s.get("score", "")))):
+                    if isinstance(s, dict) and (lvl := _severity_entry(s)):
                         levels.append(lvl)
     if not levels:
         return "unknown"

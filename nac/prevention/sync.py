@@ -223,3 +223,32 @@ def _upsert(conn: sqlite3.Connection, source: str, adv: Advisory, report: SyncRe
         return False
     report.changed_packages |= before | after
     return True
+
+
+def remove_source(db_path: Path, name: str) -> SyncReport:
+    """Drop a source and everything it brought; its advisories count as withdrawn."""
+    report = SyncReport()
+    with cache.opened(db_path) as conn:
+        if cache.get_source(conn, name) is None:
+            raise FeedError(f"no feed source named {name!r}")
+        with conn:
+            report.withdrawn = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM advisories WHERE source = ? AND withdrawn IS NULL ORDER BY id",
+                    (name,),
+                )
+            ]
+            report.changed_packages = {
+                (e, p)
+                for e, p in conn.execute(
+                    "SELECT ecosystem, package FROM affected WHERE source = ?", (name,)
+                )
+            }
+            conn.execute("DELETE FROM affected WHERE source = ?", (name,))
+            conn.execute("DELETE FROM advisories WHERE source = ?", (name,))
+            conn.execute("DELETE FROM feed_sources WHERE name = ?", (name,))
+            if report.withdrawn:
+                cache.bump_epoch(conn)
+        report.epoch = cache.get_epoch(conn)
+    return report
