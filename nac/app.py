@@ -58,16 +58,33 @@ def build_accounts(cfg: Config, state_dir: Path, box: SecretBox) -> dict[str, Ac
     return accounts
 
 
-def build_eap(cfg: Config, state_dir: Path, accounts: dict[str, Account], box: SecretBox) -> Any:
-    """The EAP service, with the PKI the embedded default creates on first start."""
+def build_eap(cfg: Config, state_dir: Path, accounts: dict[str, Account], box: SecretBox,
+              judge: Any) -> Any:
+    """The EAP service, with the PKI the embedded default creates on first start, and the
+    posture method (EAP-TNC) run inside tunnels after authentication."""
     try:
+        from nac.eap.methods.tnc import tnc_posture
         from nac.eap.service import EapService, config_from_settings
         from nac.pki import ensure_pki
     except ImportError as exc:  # the EAP package is optional in a partial install
         log.warning("EAP disabled: %s", exc)
         return None
     pki = ensure_pki(state_dir)
-    return EapService(config_from_settings(cfg.eap, pki), accounts.get, box)
+    return EapService(config_from_settings(cfg.eap, pki), accounts.get, box,
+                      posture=tnc_posture(judge))
+
+
+# What the IMV tells the host for each kind of segment (TCG IF-TNCCS recommendations).
+def recommendation(policy: Any, segment: str) -> str:
+    top = max(policy.segments.values(), key=lambda s: s.level).name
+    return "allow" if segment == top else "isolate"
+
+
+def assessment(policy: Any, segment: str) -> int:
+    """PA-TNC Assessment Result: 0 compliant, 1 minor, 2 major non-compliance."""
+    if segment == max(policy.segments.values(), key=lambda s: s.level).name:
+        return 0
+    return 2 if segment == policy.isolated_segment else 1
 
 
 class Server:
@@ -87,7 +104,7 @@ class Server:
         except PolicyError as exc:
             raise ValueError(str(exc)) from None
         self.authorizer = Authorizer(self.live.policy, self.live.evaluate)
-        self.eap = build_eap(cfg, state_dir, self.accounts, self.box)
+        self.eap = build_eap(cfg, state_dir, self.accounts, self.box, self.judge_posture)
         self.planner = load_planner(cfg.switches, db_path, cfg.source)
         self.engine = Engine(
             build_clients(cfg), self.authorizer, self.accounts, eap=self.eap,
@@ -95,6 +112,15 @@ class Server:
         )
         self._reg_seq = 0
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nac-slow")
+
+    def judge_posture(self, posture: dict[str, Any], outcome: Any) -> tuple[str, int, list[str],
+                                                                           bytes | None]:
+        """The IMV's verdict inside the tunnel; the Access-Accept's decision is made from
+        the same posture by the same policy when the conversation ends."""
+        d = self.live.evaluate(posture, outcome.role, None, "generic")
+        policy = self.live.policy
+        return (recommendation(policy, d.segment), assessment(policy, d.segment),
+                list(d.remediation), None)
 
     def on_decision(self, rec: DecisionRecord) -> None:
         self.store.record_decision(rec)

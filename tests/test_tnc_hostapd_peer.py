@@ -184,11 +184,11 @@ def test_tncc_and_tncs_batches_against_our_sessions(tmp_path: Path) -> None:
     _check_environment()
     # Bytes our sessions produce: the IMC's posture and the IMV's results (tnccs11).
     ref_imc = ImcSession(SCHEMA_EXAMPLE)
-    posture_pa = tnccs11.decode_batch(ref_imc.begin()).messages[0].body  # type: ignore[union-attr]
+    posture_pa = _pa(tnccs11.decode_batch(ref_imc.begin()))
     ref_imv = ImvSession(_evaluate)
     ref_reply, _ = ref_imv.receive(ImcSession(SCHEMA_EXAMPLE).begin())
     assert ref_reply is not None
-    results_pa = tnccs11.decode_batch(ref_reply).messages[0].body  # type: ignore[union-attr]
+    results_pa = _pa(tnccs11.decode_batch(ref_reply))
     (tmp_path / "posture.bin").write_bytes(posture_pa)
     (tmp_path / "results.bin").write_bytes(results_pa)
     _build(_IMC_C, tmp_path / "imc.so", tmp_path / "posture.bin", tmp_path / "imc_recv.bin")
@@ -286,6 +286,11 @@ def test_tncc_and_tncs_batches_against_our_sessions(tmp_path: Path) -> None:
     reply, _ = imv.receive(client[0])
     assert seen == [SCHEMA_EXAMPLE] and imv.done
     out = tnccs11.decode_batch(reply)  # type: ignore[arg-type]
-    assert out.batch_id == 2 and out.messages[-1] == tnccs11.TnccsRecommendation("allow")
-    results = decode_message(out.messages[0].body).attributes  # type: ignore[union-attr]
+    assert out.batch_id == 2 and out.messages[0] == tnccs11.TnccsRecommendation("allow")
+    results = decode_message(_pa(out)).attributes
     assert results[0] == AssessmentResult(1)
+
+
+def _pa(batch: tnccs11.Tnccs11Batch) -> bytes:
+    """The PA-TNC bytes of a batch's IMC-IMV message (TNCC-TNCS messages come first)."""
+    return next(m.body for m in batch.messages if isinstance(m, tnccs11.ImcImvMessage))

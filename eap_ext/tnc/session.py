@@ -259,7 +259,13 @@ class _Base:
     # TNCCS building
     def _batch_11(self, recipient: str, messages: Sequence[tnccs11.Tnccs11Message]) -> bytes:
         self.last_batch_id += 1
-        return tnccs11.Tnccs11Batch(self.last_batch_id, recipient, tuple(messages)).encode()
+        # TNCC-TNCS messages (the recommendation) go first: wpa_supplicant 2.10's tncc.c cuts
+        # its buffer at each </IMC-IMV-Message> it reads and never restores it, so a
+        # recommendation after an IMC-IMV message is never seen (found with eapol_test
+        # against nac serve: "EAP-TNC: No TNCCS-Recommendation received").
+        ordered = [m for m in messages if not isinstance(m, tnccs11.ImcImvMessage)] + [
+            m for m in messages if isinstance(m, tnccs11.ImcImvMessage)]
+        return tnccs11.Tnccs11Batch(self.last_batch_id, recipient, tuple(ordered)).encode()
 
     def _tnccs_error(self, exc: TncCodecError, server: bool) -> bytes:
         """The error batch answering an unacceptable inbound batch."""

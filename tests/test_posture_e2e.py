@@ -1,0 +1,157 @@
+"""Posture inside the tunnel, end to end: eapol_test (wpa_supplicant's EAP and TNC code)
+loads our IMC plug-in from /etc/tnc_config and authenticates by EAP-TTLS/MSCHAPv2 against
+`nac serve`; EAP-TNC then carries the host's posture, and the Access-Accept's VLAN is the
+segment the sample policy gives it.
+
+eapol_test reads the fixed path /etc/tnc_config, so it runs in a private mount namespace
+where /etc is an overlay with a temp upper layer: the real /etc is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from eap_ext.agent.imc.install import build_library, imc_line
+from tests.conftest import ROOT, SECRET, NacServer, nac_cmd, need
+from tests.test_agent_fixtures import build_debian_root
+
+pytestmark = [pytest.mark.peer, pytest.mark.netns]
+
+
+def _check() -> None:
+    for prog in ("eapol_test", "gcc", "unshare", "mount"):
+        need(prog)
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private mount namespace")
+
+
+def run_eapol(tmp: Path, srv: NacServer, host_root: Path | None, *, eap: str = "TTLS",
+              phase2: str = "autheap=MSCHAPV2") -> tuple[int, str, Path]:
+    """One eapol_test run; host_root None means no IMC plug-in is configured."""
+    run = tmp / f"run-{time.monotonic_ns()}"
+    for d in ("upper", "work", "agent-state"):
+        (run / d).mkdir(parents=True)
+    tnc_line = ""
+    if host_root is not None:
+        lib = build_library(tmp / "nac_imc.so",
+                            command=f"PYTHONPATH={ROOT} exec {sys.executable} -m eap_ext.agent imc")
+        tnc_line = imc_line(lib)
+    conf = run / "eapol.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        network={{
+          key_mgmt=IEEE8021X
+          eap={eap}
+          identity="demo"
+          anonymous_identity="anonymous"
+          password="demo-password"
+          ca_cert="{srv.state_dir}/pki/ca.pem"
+          phase2="{phase2}"
+        }}
+        """))
+    log = run / "eapol.log"
+    script = run / "run.sh"
+    script.write_text(textwrap.dedent(f"""\
+        set -e
+        mount -t overlay overlay -o lowerdir=/etc,upperdir={run}/upper,workdir={run}/work /etc
+        echo '{tnc_line}' > /etc/tnc_config
+        set +e
+        eapol_test -c {conf} -a 127.0.0.1 -p {srv.auth_port} -s {SECRET} -t 30 \\
+          -M 02:00:00:00:aa:01 > {log} 2>&1
+        """))
+    env = {**os.environ, "NAC_AGENT_STATE_DIR": str(run / "agent-state")}
+    if host_root is not None:
+        env["NAC_AGENT_ROOT"] = str(host_root)
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", str(script)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    assert proc.returncode == 0, proc.stderr
+    # eapol_test's last line is SUCCESS or FAILURE.
+    return (0 if text.rstrip().endswith("SUCCESS") else 1), text, run
+
+
+def vlan(log: str) -> str | None:
+    m = re.search(r"Attribute 81 \(Tunnel-Private-Group-Id\) length=\d+\s*\n\s*Value: ([0-9a-f]+)",
+                  log)
+    if m is None:
+        return None
+    raw = bytes.fromhex(m.group(1))
+    return raw[1:].decode()  # first octet is the tag
+
+
+def agent_status(run: Path) -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-m", "eap_ext.agent", "status", "--json"],
+                         env={**os.environ, "NAC_AGENT_STATE_DIR": str(run / "agent-state")},
+                         capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_compliant_host_gets_normal(nac_server: NacServer, tmp_path: Path) -> None:
+    _check()
+    root = build_debian_root(tmp_path / "host")
+    ok, log, run = run_eapol(tmp_path, nac_server, root)
+    assert ok == 0, log[-3000:]
+    assert "MPPE keys OK" in log
+    assert vlan(log) == "30", log[-2000:]
+    assert agent_status(run)["recommendation"] == "allow"
+    node = json.loads(nac_server.nac("nodes", "show", "02:00:00:00:aa:01", "--json").stdout)
+    assert node["node"]["segment"] == "normal"
+    assert node["node"]["posture"]["os"]["id"] == "debian"
+
+
+def test_forwarding_host_is_isolated_and_told_why(nac_server: NacServer,
+                                                   tmp_path: Path) -> None:
+    _check()
+    root = build_debian_root(tmp_path / "host", ip_forward=True)
+    ok, log, run = run_eapol(tmp_path, nac_server, root)
+    assert ok == 0, log[-3000:]
+    assert vlan(log) == "20"
+    status = agent_status(run)
+    assert status["recommendation"] == "isolate"
+    assert any("forwarding" in r for r in status["remediation"])  # type: ignore[union-attr]
+
+
+def test_vulnerable_package_is_isolated_fixed_one_is_not(nac_server: NacServer,
+                                                         tmp_path: Path) -> None:
+    _check()
+    imp = subprocess.run([*nac_cmd(), "feed", "import", str(ROOT / "tests/data/osv"),
+                          "--state-dir", str(nac_server.state_dir)],
+                         capture_output=True, text=True, timeout=120)
+    assert imp.returncode == 0, imp.stderr
+    time.sleep(2.5)  # the server notices the new feed epoch within a second or two
+    root = build_debian_root(tmp_path / "host")
+    status_file = root / "var/lib/dpkg/status"
+    status_file.write_text(status_file.read_text().replace("3.0.11-1~deb12u2", "3.0.9-1"))
+    ok, log, run = run_eapol(tmp_path, nac_server, root)
+    assert ok == 0, log[-3000:]
+    assert vlan(log) == "20"
+    status = agent_status(run)
+    assert status["recommendation"] == "isolate"
+    assert any("security updates" in r for r in status["remediation"])  # type: ignore[union-attr]
+    node = json.loads(nac_server.nac("nodes", "show", "02:00:00:00:aa:01", "--json").stdout)
+    assert "DSA-5532-1" in " ".join(node["decisions"][0]["reasons"])
+    fixed = build_debian_root(tmp_path / "fixed")
+    ok, log, _ = run_eapol(tmp_path, nac_server, fixed)
+    assert ok == 0 and vlan(log) == "30"
+
+
+def test_no_plugin_and_peap_stay_in_quarantine(nac_server: NacServer, tmp_path: Path) -> None:
+    _check()
+    ok, log, _ = run_eapol(tmp_path, nac_server, None)
+    assert ok == 0, log[-3000:]
+    assert vlan(log) == "10"
+    root = build_debian_root(tmp_path / "host")
+    ok, log, _ = run_eapol(tmp_path, nac_server, root, eap="PEAP", phase2="auth=MSCHAPV2")
+    assert ok == 0, log[-3000:]
+    assert vlan(log) == "10"
+    node = json.loads(nac_server.nac("nodes", "show", "02:00:00:00:aa:01", "--json").stdout)
+    assert any("no posture reported" in r for r in node["decisions"][0]["reasons"])
