@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -328,3 +329,28 @@ def test_eve_socket(make_env: Any, tmp_path: Path) -> None:
     wait_for(lambda: env.store.get_node(MAC) is not None)
     env.store.flush()
     assert [d["source"] for d in env.store.decisions_for(MAC)] == ["ids"]
+
+
+def test_bad_clients_do_not_disturb_the_endpoint(make_env: Any) -> None:
+    env = make_env()
+    port = env.handle.port
+    ctx = ssl.create_default_context(cafile=str(env.pki.ca_cert))
+    ctx.check_hostname = False
+    # Plain text to the TLS port (the handshake fails) and a body cut short.
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(b"POST /v1/alerts HTTP/1.1\r\n\r\n")
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port))) as s:
+        s.sendall(b"POST /v1/alerts HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc")
+    # A TLS client that never sends a request stays open while others are served.
+    idle = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+    try:
+        for junk, want in ((b"\x00\xff" * 50 + b"\r\n\r\n", b"400"),
+                           (b"GET /v1/alerts HTTP/1.1\r\n\r\n", b"405")):
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port))) as s:
+                s.settimeout(15)
+                s.sendall(junk)
+                assert s.recv(4096).split(b" ", 2)[1] == want
+        status, body = env.signed((DATA / "alert.json").read_bytes())
+        assert status == 202 and body["isolated"] == [MAC]
+    finally:
+        idle.close()
