@@ -200,3 +200,20 @@ def test_restart_resumes_claimed_job(fresh: Lab, tmp_path: Path) -> None:
     job = second.get(jid)
     assert job is not None and job.state == "done" and job.attempts == 2
     assert fresh.switch.port_vlan("swp2") == 30
+
+
+def test_reauth_nak_bounces_the_port(fresh: Lab, tmp_path: Path) -> None:
+    """reauth for a MAC the NAS has no session for: Disconnect-NAK, then an SNMP bounce."""
+    q = queue(tmp_path)
+    enf = Enforcer([entry(fresh, "snmp")], q)
+    jid = enf.reauth("labsw", mac="02:00:00:00:00:77", port="swp2")
+    no_port = enf.reauth("labsw", mac="02:00:00:00:00:78")
+    asyncio.run(_drain(enf))
+    job = q.get(jid)
+    assert job is not None and job.state == "done", job
+    assert job.result == ("coa disconnect: Disconnect-NAK Error-Cause 503 "
+                          "(Session-Context-Not-Found); snmp bounce swp2")
+    assert fresh.switch.port_is_up("swp2")
+    dead = q.get(no_port)
+    assert dead is not None and dead.state == "dead" and dead.attempts == 1
+    assert "Session-Context-Not-Found" in (dead.last_error or "")

@@ -14,7 +14,13 @@ import pytest
 
 from enforcers.base import DriverError
 from enforcers.inventory import Switch
-from enforcers.snmp import DOT1Q_PVID, IF_ADMIN_STATUS, SnmpDriver, set_portlist_bit
+from enforcers.snmp import (
+    DOT1Q_PVID,
+    DOT1Q_STATIC_UNTAGGED,
+    IF_ADMIN_STATUS,
+    SnmpDriver,
+    set_portlist_bit,
+)
 from tests.lab.fixtures import Lab, switch_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.peer]
@@ -154,3 +160,27 @@ def test_port_name_resolved_from_ifname(fresh: Lab) -> None:
 
     asyncio.run(scenario())
     assert fresh.switch.port_vlan("swp2") == 20
+
+
+def test_static_membership_mode(fresh: Lab) -> None:
+    """snmp_vlan_mib = "qbridge-static": egress/untagged PortLists move with the PVID."""
+    s, sw = fresh.snmpd, fresh.switch
+    assert s is not None
+    i3 = sw.ifindex("swp3")
+
+    async def scenario() -> None:
+        async with SnmpDriver(entry(fresh, True, snmp_vlan_mib="qbridge-static")) as drv:
+            await drv.set_port_vlan("swp3", 30)
+
+    asyncio.run(scenario())
+    assert sw.port_vlan("swp3") == 30
+
+    def member(vid: int) -> bool:
+        out = s.snmpget(f"{DOT1Q_STATIC_UNTAGGED}.{vid}", hex_strings=True).stdout
+        out = out.split(":", 1)[1]
+        octets = bytes(int(x, 16) for x in out.split())
+        byte, bit = (i3 - 1) // 8, 0x80 >> ((i3 - 1) % 8)
+        return byte < len(octets) and bool(octets[byte] & bit)
+
+    assert member(30) and not member(20)
+    assert sw.port_is_up("swp3")

@@ -203,13 +203,13 @@ class SnmpServer:
         self.proc = None
 
     def _cli(self, tool: str, args: list[str], v3: bool, check: bool,
-             timeout: float) -> subprocess.CompletedProcess[str]:
+             timeout: float, options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
         if v3:
             auth = ["-v3", "-l", "authPriv", "-u", self.v3_user, "-a", "SHA", "-A",
                     self.v3_auth_key, "-x", "AES", "-X", self.v3_priv_key]
         else:
             auth = ["-v2c", "-c", self.community]
-        cmd = [tool, *auth, "-On", "-t", str(timeout), "-r", "1",
+        cmd = [tool, *auth, "-On", *options, "-t", str(timeout), "-r", "1",
                f"udp:{self.address}:{self.port}", *args]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=30)
         if check and proc.returncode != 0:
@@ -217,8 +217,11 @@ class SnmpServer:
         return proc
 
     def snmpget(self, oid: str, *, v3: bool = False, check: bool = True,
-                timeout: float = 2.0) -> subprocess.CompletedProcess[str]:
-        return self._cli("snmpget", [oid], v3, check, timeout)
+                timeout: float = 2.0, hex_strings: bool = False
+                ) -> subprocess.CompletedProcess[str]:
+        """hex_strings: print OCTET STRINGs as hex always (-Ox), e.g. PortLists."""
+        return self._cli("snmpget", [oid], v3, check, timeout,
+                         ("-Ox",) if hex_strings else ())
 
     def snmpset(self, oid: str, typ: str, value: str, *, v3: bool = False,
                 check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -7,8 +7,8 @@ snmpd runs this inside the lab switch namespace (see tests/lab/daemons.py), regi
   .1.3.6.1.2.1.31.1.1.1.1    ifName (IF-MIB)
 and serves:
   dot1qPvid.<port>                    Unsigned32  GET/GETNEXT/SET
-  dot1qVlanStaticEgressPorts.<vid>    PortList    GET/GETNEXT (SET in filtering mode)
-  dot1qVlanStaticUntaggedPorts.<vid>  PortList    GET/GETNEXT (SET in filtering mode)
+  dot1qVlanStaticEgressPorts.<vid>    PortList    GET/GETNEXT/SET
+  dot1qVlanStaticUntaggedPorts.<vid>  PortList    GET/GETNEXT/SET
   ifAdminStatus.<ifIndex>             INTEGER     GET/GETNEXT/SET (up(1), down(2))
   ifName.<ifIndex>                    DisplayString GET/GETNEXT (bridge ports only)
 The bridge port number (dot1dBasePort) of a port is its ifIndex in the namespace.
@@ -134,8 +134,21 @@ class Bridge:
 
     def set_members(self, vid: int, bitmap: bytes, untagged: bool,
                     ports: dict[int, dict]) -> str:
+        if self.vlans is not None and vid not in self.vlans:
+            return "inconsistent-value"
         if self.mode != "filtering":
-            return "not-writable"
+            # One bridge per VLAN: a port is a member of exactly its bridge's VLAN, so
+            # joining a VLAN moves the port there and leaving it detaches the port.
+            for ifindex, p in ports.items():
+                byte, bit = (ifindex - 1) // 8, 0x80 >> ((ifindex - 1) % 8)
+                want = byte < len(bitmap) and bool(bitmap[byte] & bit)
+                has = vid in p["vlans"]
+                if want and not has:
+                    run("ip", "link", "set", "dev", p["name"], "master",
+                        self.pattern.format(vlan=vid))
+                elif has and not want:
+                    run("ip", "link", "set", "dev", p["name"], "nomaster")
+            return "DONE"
         for ifindex, p in ports.items():
             byte, bit = (ifindex - 1) // 8, 0x80 >> ((ifindex - 1) % 8)
             want = byte < len(bitmap) and bool(bitmap[byte] & bit)
