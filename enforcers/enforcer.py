@@ -268,6 +268,8 @@ class Enforcer:
         tasks: set[asyncio.Task[Any]] = set()
         try:
             while not stop.is_set():
+                # Clear before claiming: a job queued from now on sets it again.
+                self._wake.clear()
                 free = self.concurrency - len(tasks)
                 jobs = self.queue.claim(free) if free > 0 else []
                 for job in jobs:
@@ -283,7 +285,6 @@ class Enforcer:
                 due = self.queue.next_due()
                 if due is not None:
                     timeout = min(timeout, max(0.0, due - self.queue.clock()))
-                self._wake.clear()
                 waiters = [asyncio.create_task(self._wake.wait()),
                            asyncio.create_task(stop.wait())]
                 if tasks:

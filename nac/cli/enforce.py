@@ -93,8 +93,9 @@ def _config_option(func):  # noqa: ANN001, ANN202
 def _wait_option(func):  # noqa: ANN001, ANN202
     return click.option(
         "--wait/--no-wait", default=True, show_default=True,
-        help="Apply the job now from this process (until done, dead or --timeout); "
-             "--no-wait only queues it for the server's worker.")(func)
+        help="Work the queue from this process until the job is done, dead or --timeout "
+             "(other due jobs are applied meanwhile); --no-wait only queues it for the "
+             "server's worker.")(func)
 
 
 def _apply_now(inv, queue, job_id: int, timeout: float) -> None:  # noqa: ANN001
