@@ -1,4 +1,4 @@
-"""Postures come from untrusted hosts: no document may crash evaluation or raise a host."""
+"""Postures come from untrusted hosts: no document may crash evaluation."""
 
 from __future__ import annotations
 

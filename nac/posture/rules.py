@@ -293,6 +293,21 @@ def _compile_patterns(patterns: list[str]) -> tuple[re.Pattern[str] | None, re.P
 _PURL_TYPES = {"dpkg": "deb", "rpm": "rpm", "apk": "apk"}
 DENIED, NOT_ALLOWED, FINE = "deny", "unknown", ""
 _GET_PURL = operator.itemgetter("purl")
+_GET_NAME = operator.itemgetter("name")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
+
+
+def _literal_name(pattern: str) -> str | None:
+    """The exact package name a versionless distribution pattern names, else None.
+
+    Only deb/rpm/apk: their purl names are the package names as the posture reports them
+    (language ecosystems normalise case, so a name test could miss).
+    """
+    if "@" in pattern:
+        return None
+    kind, _, path = pattern.removeprefix("pkg:").partition("/")
+    name = path.rsplit("/", 1)[-1]
+    return name if kind in ("deb", "rpm", "apk") and _PLAIN_NAME.match(name) else None
 
 
 class PurlMatcher:
@@ -304,7 +319,7 @@ class PurlMatcher:
     """
 
     __slots__ = ("_deny_full", "_deny_name", "_allow_full", "_allow_name", "_has_allow",
-                 "_fine", "_flagged", "_key")  # fmt: skip
+                 "_fine", "_flagged", "_key", "_deny_names")  # fmt: skip
     MAX_REMEMBERED = 500_000  # bounds memory on sites with very diverse hosts
 
     def __init__(self, deny: list[str], allow: list[str]) -> None:
@@ -314,6 +329,11 @@ class PurlMatcher:
         self._has_allow = bool(allow)
         self._fine: set[str] = set()
         self._flagged: dict[str, str] = {}
+        # Deny-only lists of plain names ("pkg:deb/*/telnetd") let most hosts pass on one
+        # set test over their (short) package names, before any purl is hashed.
+        names = [_literal_name(p) for p in deny]
+        literal = not allow and all(names)
+        self._deny_names = frozenset(n for n in names if n) if literal else None
 
     def __eq__(self, other: object) -> bool:  # same patterns, same matcher (Policy equality)
         return isinstance(other, PurlMatcher) and other._key == self._key
@@ -336,10 +356,14 @@ class PurlMatcher:
 
     def scan(self, packages: list[Any], namespace: str = "") -> tuple[list[str], list[str]]:
         """(denied purls, purls not on the allow list) among `packages`, sorted."""
-        try:  # the common case, all in C: every purl already known to be fine
+        try:  # the common cases, all in C: no denied name / every purl known to be fine
+            if self._deny_names is not None and self._deny_names.isdisjoint(
+                map(_GET_NAME, packages)
+            ):
+                return [], []
             if self._fine.issuperset(map(_GET_PURL, packages)):
                 return [], []
-        except (KeyError, TypeError):  # a package without purl, or not an object
+        except (KeyError, TypeError):  # a package without name or purl, or not an object
             pass
         purls = {_purl_of(p, namespace) for p in packages if isinstance(p, dict)}
         fresh = purls - self._fine
