@@ -51,8 +51,9 @@ class Env:
 
     def post(self, body: bytes, headers: dict[str, str] | None = None, *,
              cert: tuple[Path, Path] | None = None, method: str = "POST",
-             path: str = "/v1/alerts") -> tuple[int, dict[str, Any]]:
-        """POST with the real curl: server verified against the CA, name pinned to loopback."""
+             path: str = "/v1/alerts", check: bool = True) -> tuple[int, dict[str, Any]]:
+        """POST with the real curl: server verified against the CA, name pinned to loopback.
+        With check=False a failed transfer returns (-curl's exit code, {})."""
         curl = shutil.which("curl")
         if curl is None:
             pytest.skip("curl is not installed")
@@ -72,6 +73,8 @@ class Env:
             cmd += ["--data-binary", f"@{body_file}"]
         cmd.append(f"https://nac-radius:{port}{path}")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if not check and proc.returncode != 0:
+            return -proc.returncode, {}
         assert proc.returncode == 0, proc.stderr
         text, _, code = proc.stdout.rpartition("\n")
         return int(code), json.loads(text) if text.strip() else {}
@@ -99,10 +102,16 @@ def switch() -> Switch:
         "ssh": {"username": "nac", "password": "unused", "timeout": 1}})
 
 
-@pytest.fixture
-def make_env(tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(params=["asyncio", "uvloop"])
+def make_env(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Builds the monitor in a loop thread: the stdlib loop and uvloop (what `nac serve`
+    installs) both, since TLS peer details come from the loop's transport."""
     made: list[Env] = []
-    loop = asyncio.new_event_loop()
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
 
@@ -354,3 +363,49 @@ def test_bad_clients_do_not_disturb_the_endpoint(make_env: Any) -> None:
         assert status == 202 and body["isolated"] == [MAC]
     finally:
         idle.close()
+
+
+def test_monitor_script_signs_with_openssl(make_env: Any, tmp_path: Path) -> None:
+    """What a monitor-side shell script does (nac/monitor/README.md): openssl signs, curl
+    posts. Nothing of ours runs on the sending side."""
+    for tool in ("openssl", "curl", "sh"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    env = make_env()
+    script = tmp_path / "post-alerts.sh"
+    script.write_text(SCRIPT)
+    proc = subprocess.run(
+        ["sh", str(script), str(DATA / "alert.json")], capture_output=True, text=True,
+        timeout=30, env={"PATH": "/usr/bin:/bin", "NAC_MONITOR": "ids1", "NAC_KEY": KEY,
+                         "NAC_CA": str(env.pki.ca_cert),
+                         "NAC_URL": f"https://nac-radius:{env.handle.port}/v1/alerts",
+                         "NAC_RESOLVE": f"nac-radius:{env.handle.port}:127.0.0.1"})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["isolated"] == [MAC]
+    assert env.decisions()[0]["source"] == "ids"
+
+
+SCRIPT = r"""#!/bin/sh
+# post-alerts.sh FILE: send EVE lines to the NAC server, signed with the monitor's key.
+set -eu
+body=$1
+ts=$(date +%s)
+sig=$( (printf '%s.' "$ts"; cat "$body") | openssl dgst -sha256 -hmac "$NAC_KEY" -r | cut -d' ' -f1)
+exec curl -sS --fail-with-body --noproxy '*' --cacert "$NAC_CA" --resolve "$NAC_RESOLVE" \
+    -H "X-NAC-Monitor: $NAC_MONITOR" -H "X-NAC-Timestamp: $ts" \
+    -H "X-NAC-Signature: sha256=$sig" -H 'Content-Type: application/x-ndjson' \
+    --data-binary @"$body" "$NAC_URL"
+"""
+
+
+def test_revoked_monitor_certificate_fails_the_handshake(make_env: Any, tmp_path: Path) -> None:
+    from nac.pki import revoke
+
+    state = tmp_path / "state"
+    ensure_pki(state)
+    cert, key, _ = issue_client(state, "ids-dmz", tmp_path / "client")
+    revoke(state, "ids-dmz")  # the CRL is read when the endpoint starts
+    env = make_env(monitors=[{"name": "ids-dmz", "cert_cn": "ids-dmz"}])
+    status, _ = env.post((DATA / "alert.json").read_bytes(), cert=(cert, key), check=False)
+    assert status < 0  # curl: the server ended the TLS session (certificate revoked)
+    assert env.decisions() == []

@@ -14,7 +14,7 @@ Example::
 
     [[monitor.monitors]]
     name = "ids-dmz"
-    cert_cn = "ids-dmz"                         # `nac pki issue ids-dmz`: a client cert
+    cert_cn = "ids-dmz"                         # `nac pki client ids-dmz --out DIR`
 """
 
 from __future__ import annotations
