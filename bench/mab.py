@@ -14,9 +14,11 @@ Prints each result, the ratio nac/freeradius, and one JSON summary line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -136,12 +138,15 @@ def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Name
         try:
             try:
                 waited = probe.wait_answers(auth, SECRET, timeout=60, alive=proc)
+                # the first worker answers before the others have bound the
+                # port: wait for all (or, not knowing how many, until their
+                # number holds still), or the load starts lopsided
+                expected = None
                 if args.workers is not None:
-                    # the first worker answers before the others have bound
-                    # the port: wait for all, or the load starts lopsided
                     expected = args.workers or len(os.sched_getaffinity(0))
-                    probe.wait_listeners(auth, expected, alive=proc)
-                    waited += probe.wait_answers(auth, SECRET, alive=proc)
+                t0 = time.monotonic()
+                probe.wait_listeners(auth, expected, alive=proc)
+                waited += time.monotonic() - t0 + probe.wait_answers(auth, SECRET, alive=proc)
             except (RuntimeError, TimeoutError) as exc:
                 tail = (tmp / f"nac-{w}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"nac serve did not answer: {exc}\n{tail}") from None
@@ -150,12 +155,18 @@ def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Name
             results[w] = measure(proc.pid, partial(run_radload, exe, pkt_file, auth, w,
                                                    args.timeout_ms, args.seconds, args.sockets))
         finally:
+            family = probe.tree_pids(proc.pid)
             proc.terminate()
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+            for pid in family[1:]:  # workers the supervisor failed to stop
+                with contextlib.suppress(OSError):
+                    # only if the pid is still ours (not reused by now)
+                    if str(state).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        os.kill(pid, signal.SIGKILL)
             log.close()
     return results
 

@@ -64,13 +64,21 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def tree_pids(pid: int) -> list[int]:
+    """The process and its descendants."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += _children(p)
+    return pids
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """utime + stime of a process and its descendants (all threads), from
     /proc/PID/stat, in seconds."""
     total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
+    for p in tree_pids(pid):
         try:
             stat = Path(f"/proc/{p}/stat").read_text()
         except OSError:
@@ -78,7 +86,6 @@ def tree_cpu_seconds(pid: int) -> float:
         # fields after the parenthesised command name; utime, stime are 14, 15
         fields = stat.rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
-        todo += _children(p)
     return total / CLK_TCK
 
 
@@ -102,13 +109,22 @@ def udp_listeners(port: int) -> int:
     return count
 
 
-def wait_listeners(port: int, count: int, timeout: float = 60.0,
-                   alive: subprocess.Popen | None = None) -> None:
-    """Wait until `count` sockets are bound to `port` (all workers up)."""
+def wait_listeners(port: int, count: int | None, timeout: float = 60.0,
+                   alive: subprocess.Popen | None = None, settle: float = 2.0) -> int:
+    """Wait until `count` sockets are bound to `port` (all workers up), or,
+    with count None, until their number held still for `settle` seconds.
+    Returns the number bound."""
     deadline = time.monotonic() + timeout
-    while udp_listeners(port) < count:
+    last, since = -1, time.monotonic()
+    while True:
+        n = udp_listeners(port)
+        if n != last:
+            last, since = n, time.monotonic()
+        if (count is not None and n >= count) or (
+                count is None and n > 0 and time.monotonic() - since >= settle):
+            return n
         if alive is not None and alive.poll() is not None:
             raise RuntimeError(f"the server exited with {alive.returncode}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{udp_listeners(port)} of {count} workers bound port {port}")
+            raise TimeoutError(f"{n} of {count} workers bound port {port}")
         time.sleep(0.1)

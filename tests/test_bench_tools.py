@@ -219,7 +219,8 @@ def test_udp_listeners_counts_reuseport_sockets() -> None:
             s.bind(("127.0.0.1", port))
             socks.append(s)
             assert probe.udp_listeners(port) == len(socks)
-        probe.wait_listeners(port, 3, timeout=1)
+        assert probe.wait_listeners(port, 3, timeout=1) == 3
+        assert probe.wait_listeners(port, None, timeout=3, settle=0.2) == 3
     finally:
         for s in socks:
             s.close()
