@@ -137,3 +137,26 @@ def test_cisco_flavour_builds_avpair(lab: Lab) -> None:
             assert res.error_cause in (401, 405)
 
     asyncio.run(scenario())
+
+
+def test_pyrad_decodes_and_verifies_our_requests() -> None:
+    """Cross-check with pyrad and the project's FreeRADIUS-format dictionaries."""
+    from pathlib import Path
+
+    from pyrad.dictionary import Dictionary
+    from pyrad.packet import CoAPacket
+
+    from enforcers.coa import attr_cisco_avpair, attr_str, vlan_attrs
+
+    dict_path = Path(__file__).resolve().parents[1] / "radius_dict" / "dictionary"
+    if not dict_path.exists():
+        pytest.skip("radius_dict/dictionary not present")
+    raw = build_request(COA_REQUEST, 9, b"s3cret", [
+        attr_str(31, "02-00-00-00-00-01"), *vlan_attrs(20),
+        attr_cisco_avpair("subscriber:command=bounce-host-port")])
+    pkt = CoAPacket(packet=raw, dict=Dictionary(str(dict_path)), secret=b"s3cret")
+    assert pkt.VerifyCoARequest()  # Request Authenticator (RFC 5176 section 3)
+    assert pkt.verify_message_authenticator()
+    assert pkt["Tunnel-Type"] == ["VLAN"] and pkt["Tunnel-Medium-Type"] == ["IEEE-802"]
+    assert pkt["Tunnel-Private-Group-Id"] == ["20"]
+    assert pkt["Cisco-AVPair"] == ["subscriber:command=bounce-host-port"]
