@@ -174,15 +174,16 @@ def test_explain_reads_the_last_decision(tmp_path: Path) -> None:
     store_mod = pytest.importorskip("nac.store")
     events = pytest.importorskip("nac.events")
     store = store_mod.open_store(None, tmp_path)
-    for segment, vlan, reasons in [
-        ("quarantine", 10, ("no posture reported",)),
-        ("isolated", 20, ("no-forwarding: forwarding on: IPv4 (major -> isolated)",)),
+    fixed = json.loads((POSTURES / "debian12_compliant.json").read_text())
+    for segment, vlan, reasons, posture in [
+        ("quarantine", 10, ("no posture reported",), None),
+        ("isolated", 20, ("no-forwarding: forwarding on: IPv4 (major -> isolated)",), fixed),
     ]:
         store.record_decision(
             events.DecisionRecord(
                 at=1_800_000_000.0, mac="52:54:00:12:34:56", segment=segment, vlan=vlan,
                 source="posture", reasons=reasons, remediation=("Turn off IP forwarding.",),
-                identity="alice", role="default",
+                identity="alice", role="default", posture=posture,
             )
         )  # fmt: skip
     store.flush()
@@ -192,5 +193,11 @@ def test_explain_reads_the_last_decision(tmp_path: Path) -> None:
     assert out.startswith("52:54:00:12:34:56: isolated (VLAN 20) by posture at")
     assert "  - no-forwarding: forwarding on: IPv4 (major -> isolated)" in out
     assert "  - Turn off IP forwarding." in out
+    # The stored posture (since fixed) under today's policy: the sample, no feeds.
+    assert "its last posture would now get:\nsegment: normal\nvlan: 30" in out
+    code, out, _ = run(
+        "policy", "explain", "52:54:00:12:34:56", "--json", "--state-dir", str(tmp_path)
+    )
+    assert json.loads(out)["current_policy"]["segment"] == "normal"
     code, out, _ = run("policy", "explain", "52:54:00:12:34:57", "--state-dir", str(tmp_path))
     assert code == 1

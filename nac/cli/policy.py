@@ -198,6 +198,7 @@ def explain_cmd(mac: str, state_dir: Path, store_url: str | None, as_json: bool)
     store = open_store(store_url, state_dir)
     try:
         rows = store.decisions_for(norm, limit=1)
+        node = store.get_node(norm) or {}
     except sqlite3.Error as exc:
         fail(f"no store yet: cannot read decisions ({exc})")
     finally:
@@ -208,7 +209,10 @@ def explain_cmd(mac: str, state_dir: Path, store_url: str | None, as_json: bool)
     for key in ("reasons", "remediation"):
         if isinstance(row.get(key), str):
             row[key] = json.loads(row[key])
+    now_decision = _reevaluate(node, row, state_dir)
     if as_json:
+        if now_decision is not None:
+            row["current_policy"] = decision_json(now_decision)
         click.echo(json.dumps(row, indent=2, sort_keys=True, default=str))
         return
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["at"]))
@@ -223,6 +227,28 @@ def explain_cmd(mac: str, state_dir: Path, store_url: str | None, as_json: bool)
             reasons=tuple(row.get("reasons") or ()),
             remediation=tuple(row.get("remediation") or ()),
         )
+    )
+    if now_decision is not None:
+        click.echo("with the active policy and feeds, its last posture would now get:")
+        _print_decision(now_decision)
+
+
+def _reevaluate(node: dict[str, Any], row: dict[str, Any], state_dir: Path) -> Decision | None:
+    """The stored posture evaluated again under today's policy and feeds, if one is stored."""
+    if row.get("source") != "posture" or not node.get("posture"):
+        return None
+    try:
+        posture = json.loads(node["posture"])
+        active = load_active_policy(state_dir)
+    except (ValueError, PolicyError):
+        return None
+    index, _ = load_feeds(state_dir)
+    return evaluate(
+        active,
+        posture,
+        role=row.get("role") or active.default_role,
+        index=index,
+        now=time.time(),
     )
 
 
