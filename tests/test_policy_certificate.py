@@ -16,7 +16,7 @@ from nac.posture.certificate import (
     QuarantineCertificate,
     certify,
 )
-from nac.posture.digest import posture_digest
+from nac.posture.digest import VOLATILE_KEYS, canonical_json, posture_digest
 from nac.posture.evaluate import evaluate
 from nac.posture.policy import Policy
 
@@ -111,3 +111,24 @@ def test_key_is_made_once_and_private(tmp_path: Path) -> None:
     b = CertificateSigner.from_state_dir(tmp_path)  # same key on restart
     cert = QuarantineCertificate("n", "m", "i", "d", "normal", 1, "p", NOW, NOW + 60)
     assert b.verify(a.issue(cert), posture_digest="d", now=NOW, feed_epoch=1, policy_digest="p")
+
+
+def test_posture_digest_test_vector() -> None:
+    """Pinned: the agent computes the same bytes; changing them breaks deployed agents."""
+    doc = {
+        "schema": 1, "collected_at": "x", "certificate": None, "note": "\u00fc",
+        "os": {"version_id": "12", "id": "debian"}, "pending_updates": {"security": 2},
+        "security_software": [{"name": "clamav", "signature_age_hours": 5.0}],
+    }  # fmt: skip
+    assert canonical_json({k: v for k, v in doc.items() if k not in VOLATILE_KEYS}) == (
+        b'{"note":"\xc3\xbc","os":{"id":"debian","version_id":"12"},'
+        b'"pending_updates":{"security":2},"schema":1,'
+        b'"security_software":[{"name":"clamav","signature_age_hours":5.0}]}'
+    )
+    assert posture_digest(doc) == "33a50cd0969e77ba9330799f83ea3e007fae79b2a69c34c1c4cb07e7cf8f442c"
+
+
+def test_digest_module_stands_alone() -> None:
+    """The agent ships without `nac`: digest.py must import nothing from it."""
+    source = (Path(__file__).parent.parent / "nac" / "posture" / "digest.py").read_text()
+    assert "import nac" not in source and "from nac" not in source

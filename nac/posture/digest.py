@@ -17,7 +17,11 @@ VOLATILE_KEYS = ("collected_at", "certificate")
 
 
 def canonical_json(obj: Any) -> bytes:
-    """One byte string per JSON value: sorted keys, no spaces, UTF-8, no NaN."""
+    """One byte string per JSON value: sorted keys, no spaces, UTF-8, no NaN.
+
+    Numbers are written as Python's json writes them (5.0 stays "5.0"); an agent in another
+    language must do the same. tests/test_policy_certificate.py pins a test vector.
+    """
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
