@@ -70,8 +70,10 @@ def build_eap(cfg: Config, state_dir: Path, accounts: dict[str, Account], box: S
         log.warning("EAP disabled: %s", exc)
         return None
     pki = ensure_pki(state_dir)
-    return EapService(config_from_settings(cfg.eap, pki), accounts.get, box,
-                      posture=tnc_posture(judge))
+    posture = tnc_posture(judge) if cfg.eap.posture == "tnc" else None
+    log.info("EAP posture method: %s", "EAP-TNC inside the tunnel after authentication"
+             if posture else "off (tunnel clients are decided without posture)")
+    return EapService(config_from_settings(cfg.eap, pki), accounts.get, box, posture=posture)
 
 
 # What the IMV tells the host for each kind of segment (TCG IF-TNCCS recommendations).

@@ -71,6 +71,10 @@ class EapSettings(_Strict):
     default_method: str = "peap"
     methods: list[str] = Field(default_factory=list)  # empty: every method this server has
     tls_min_version: Literal["1.2", "1.3"] = "1.2"
+    # "tnc": run EAP-TNC inside TTLS/PEAP after authentication (draft 5.3). wpa_supplicant
+    # fails the whole authentication when it has no /etc/tnc_config at all (it NAKs when
+    # the file exists without IMCs), so turn it off where hosts carry no agent config.
+    posture: Literal["tnc", "off"] = "tnc"
     certificate: str | None = None  # PEM paths; default: STATE/pki/
     private_key: str | None = None
     ca_certificates: str | None = None

@@ -36,13 +36,16 @@ def setup_logging(level: str, worker_id: int | None = None, fmt: str = "text") -
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="json: one object per line, with decision fields.")
+@click.option("--posture", type=click.Choice(["tnc", "off"]), default=None,
+              help="Posture method inside EAP tunnels (overrides [eap] posture).")
 @click.option("--workers", type=click.IntRange(0, 256), default=0,
               help="Worker processes on the same ports (SO_REUSEPORT). 0: one per core.")
 @click.option("--reuse-port", is_flag=True, hidden=True)
 @click.option("--worker-id", type=int, default=None, hidden=True)
 def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
           auth_port: int | None, acct_port: int | None, listen: tuple[str, ...],
-          log_level: str | None, log_format: str, workers: int, reuse_port: bool,
+          log_level: str | None, log_format: str, posture: str | None, workers: int,
+          reuse_port: bool,
           worker_id: int | None) -> None:
     """Run the RADIUS server (authentication and accounting)."""
     try:
@@ -72,6 +75,8 @@ def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
         cfg.listen = list(listen)
     if store_url:
         cfg.store = store_url
+    if posture:
+        cfg.eap.posture = posture  # type: ignore[assignment]
     from nac.app import prepare_state, run_server
 
     try:
