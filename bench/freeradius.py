@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import probe
@@ -28,7 +29,80 @@ def binary() -> str | None:
     return shutil.which("freeradius") or (FREERADIUS if Path(FREERADIUS).exists() else None)
 
 
-def radiusd_conf(d: Path, port: int, threads: int) -> str:
+@dataclass(frozen=True)
+class EapCerts:
+    """PEM files of the TLS server for PEAP: certificate, key, issuing CA."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def eap_conf(certs: EapCerts) -> str:
+    """The eap and mschap modules: PEAP (TLS 1.2, no session cache, so
+    each conversation pays for a full handshake) with MSCHAPv2 inside."""
+    return f"""
+	eap {{
+		default_eap_type = peap
+		timer_expire = 60
+		ignore_unknown_eap_types = no
+		max_sessions = ${{max_requests}}
+		tls-config tls-common {{
+			private_key_file = {certs.key}
+			certificate_file = {certs.cert}
+			ca_file = {certs.ca}
+			cipher_list = "DEFAULT"
+			tls_min_version = "1.2"
+			tls_max_version = "1.2"
+			cache {{
+				enable = no
+			}}
+		}}
+		peap {{
+			tls = tls-common
+			default_eap_type = mschapv2
+			virtual_server = "inner-tunnel"
+		}}
+		mschapv2 {{
+		}}
+	}}
+	mschap {{
+	}}
+"""
+
+
+# EAP first, the other cases as elsif: a "return" inside an if block
+# leaves only the block, so an EAP conversation would fall through to the
+# final reject
+EAP_AUTHORIZE = """\
+		if (&EAP-Message) {
+			eap
+		}"""
+
+INNER_TUNNEL = """
+server inner-tunnel {
+	authorize {
+		if (&User-Name == "demo") {
+			update control {
+				&Cleartext-Password := "demo-password"
+			}
+		}
+		eap {
+			ok = return
+		}
+		mschap
+	}
+	authenticate {
+		Auth-Type MS-CHAP {
+			mschap
+		}
+		eap
+	}
+}
+"""
+
+
+def radiusd_conf(d: Path, port: int, threads: int, eap: EapCerts | None = None) -> str:
     # max_requests counts requests kept for cleanup_delay too (duplicate
     # detection): at ~50k/s for 5 s that is far above the default 16384.
     return f"""\
@@ -95,6 +169,7 @@ modules {{
 	pap {{
 		normalise = yes
 	}}
+{eap_conf(eap) if eap else ""}
 }}
 
 instantiate {{
@@ -114,7 +189,8 @@ server bench {{
 	}}
 
 	authorize {{
-		if (&Service-Type == Call-Check) {{
+{EAP_AUTHORIZE if eap else ""}
+		{"elsif" if eap else "if"} (&Service-Type == Call-Check) {{
 			update control {{
 				&Auth-Type := Accept
 			}}
@@ -136,6 +212,7 @@ server bench {{
 		Auth-Type PAP {{
 			pap
 		}}
+{"		eap" if eap else ""}
 	}}
 
 	post-auth {{
@@ -158,14 +235,14 @@ server bench {{
 		ok
 	}}
 }}
-"""
+{INNER_TUNNEL if eap else ""}"""
 
 
-def write_config(d: Path, port: int, threads: int = 2) -> Path:
+def write_config(d: Path, port: int, threads: int = 2, eap: EapCerts | None = None) -> Path:
     """Write the configuration into d (created) and return d."""
     for sub in ("log", "run", "radacct", "mods-config", "certs"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    (d / "radiusd.conf").write_text(radiusd_conf(d, port, threads))
+    (d / "radiusd.conf").write_text(radiusd_conf(d, port, threads, eap))
     return d
 
 
@@ -186,8 +263,9 @@ class FreeRadius:
     """Run FreeRADIUS in the foreground on a loopback port; a context manager
     that always stops it."""
 
-    def __init__(self, d: Path, port: int, threads: int = 2) -> None:
-        self.dir = write_config(d, port, threads)
+    def __init__(self, d: Path, port: int, threads: int = 2,
+                 eap: EapCerts | None = None) -> None:
+        self.dir = write_config(d, port, threads, eap)
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -125,15 +125,14 @@ def bench_freeradius(exe: Path, pkt_file: Path, windows: list[int], args: argpar
     return results
 
 
-def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Namespace,
-              tmp: Path) -> dict[int, dict]:
-    results = {}
-    for w in windows:
-        auth, acct = probe.free_udp_ports(2)
-        state = tmp / f"nac-{w}"
-        state.mkdir()
-        log = (tmp / f"nac-{w}.log").open("wb")
-        proc = subprocess.Popen(nac_command(state, auth, acct, args.workers), cwd=ROOT,
+@contextlib.contextmanager
+def nac_server(state: Path, log_path: Path, workers: int | None) -> Iterator[tuple[int, int]]:
+    """Run `nac serve` on free loopback ports with `state` as its state
+    directory; yields (pid, auth port) once every worker answers."""
+    auth, acct = probe.free_udp_ports(2)
+    state.mkdir(exist_ok=True)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(nac_command(state, auth, acct, workers), cwd=ROOT,
                                 env=_env(), stdout=log, stderr=subprocess.STDOUT)
         try:
             try:
@@ -142,18 +141,17 @@ def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Name
                 # port: wait for all (or, not knowing how many, until their
                 # number holds still), or the load starts lopsided
                 expected = None
-                if args.workers is not None:
-                    expected = args.workers or len(os.sched_getaffinity(0))
+                if workers is not None:
+                    expected = workers or len(os.sched_getaffinity(0))
                 t0 = time.monotonic()
                 probe.wait_listeners(auth, expected, alive=proc)
                 waited += time.monotonic() - t0 + probe.wait_answers(auth, SECRET, alive=proc)
             except (RuntimeError, TimeoutError) as exc:
-                tail = (tmp / f"nac-{w}.log").read_text(errors="replace")[-2000:]
+                tail = log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"nac serve did not answer: {exc}\n{tail}") from None
             print(f"nac answered after {waited:.1f} s ({probe.udp_listeners(auth)} sockets "
                   f"on port {auth})", file=sys.stderr)
-            results[w] = measure(proc.pid, partial(run_radload, exe, pkt_file, auth, w,
-                                                   args.timeout_ms, args.seconds, args.sockets))
+            yield proc.pid, auth
         finally:
             family = probe.tree_pids(proc.pid)
             proc.terminate()
@@ -167,7 +165,15 @@ def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Name
                     # only if the pid is still ours (not reused by now)
                     if str(state).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                         os.kill(pid, signal.SIGKILL)
-            log.close()
+
+
+def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Namespace,
+              tmp: Path) -> dict[int, dict]:
+    results = {}
+    for w in windows:
+        with nac_server(tmp / f"nac-{w}", tmp / f"nac-{w}.log", args.workers) as (pid, auth):
+            results[w] = measure(pid, partial(run_radload, exe, pkt_file, auth, w,
+                                              args.timeout_ms, args.seconds, args.sockets))
     return results
 
 
