@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import re
+import shlex
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -198,10 +199,12 @@ class LinuxBridgeDriver(_SshDriver):
 
     def _sh(self, conn: Any, command: str) -> str:
         """Run one shell line; raise DriverError if it exits non-zero."""
-        prefix = "sudo -n " if self.switch.linux_bridge.use_sudo else ""
+        if self.switch.linux_bridge.use_sudo:
+            # The whole line under sudo, not just its first command of a && chain.
+            command = f"sudo -n sh -c {shlex.quote(command)}"
         # An explicit prompt pattern: netmiko's default prompt search costs ~50 ms/command.
         prompt = re.escape(conn.base_prompt) + r"[^\n]*[#$]\s*$"
-        out: str = conn.send_command(f"{prefix}{command}; echo __rc=$?",
+        out: str = conn.send_command(f"{command}; echo __rc=$?",
                                      expect_string=prompt, read_timeout=30.0)
         m = re.search(r"__rc=(\d+)\s*$", out.strip())
         if m is None:

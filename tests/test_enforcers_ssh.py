@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield lab
 
 
-def inventory_entry(lab: Lab, *, password: bool = False) -> Switch:
+def inventory_entry(lab: Lab, *, password: bool = False, sudo: bool = False) -> Switch:
     assert lab.sshd is not None
     ssh = {"username": lab.sshd.user}
     if password:
@@ -34,7 +35,7 @@ def inventory_entry(lab: Lab, *, password: bool = False) -> Switch:
     return Switch.model_validate({
         "name": "labsw", "address": lab.switch.mgmt_ip, "driver": "ssh-linux-bridge",
         "vendor": "linux", "ssh": ssh, "bounce_down_seconds": 0.2,
-        "linux_bridge": {"vlan_mode": lab.switch.mode,
+        "linux_bridge": {"vlan_mode": lab.switch.mode, "use_sudo": sudo,
                          "vlan_bridge_pattern": lab.switch.vlan_bridge_pattern},
     })
 
@@ -120,3 +121,15 @@ def test_errors_are_classified(lab: Lab) -> None:
 
     asyncio.run(scenario())
     pool.close_all()
+
+
+@pytest.mark.skipif(not shutil.which("sudo"), reason="sudo not installed")
+def test_use_sudo_wraps_the_whole_line(lab: Lab) -> None:
+    async def scenario() -> None:
+        drv = LinuxBridgeDriver(inventory_entry(lab, sudo=True), pool=SshPool())
+        await drv.set_port_vlan("swp2", 30)
+        assert await drv.get_port_vlan("swp2") == 30
+        await drv.close()
+
+    asyncio.run(scenario())
+    assert lab.switch.port_vlan("swp2") == 30
