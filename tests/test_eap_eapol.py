@@ -101,9 +101,10 @@ def eapol_cmd(port: int, conf_path: Path, *, no_keys: bool, timeout: int) -> lis
 
 
 def eapol(lab: Lab, text: str, *, no_keys: bool = False, port: int | None = None,
-          timeout: int = 15, reauths: int = 0) -> Run:
+          timeout: int = 15, reauths: int = 0, mac: str | None = None) -> Run:
     cmd = eapol_cmd(port or lab.srv.auth_port, write_conf(lab, text), no_keys=no_keys,
                     timeout=timeout) + ([f"-r{reauths}"] if reauths else [])
+    cmd += [f"-M{mac}"] if mac else []
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 15)
     return Run(p.returncode, p.stdout + p.stderr)
 
@@ -123,14 +124,40 @@ def prepare_pki(tmp: Path) -> Path:
     return certs
 
 
+# Without /etc/tnc_config, wpa_supplicant's TTLS cannot start EAP-TNC and fails on the spot
+# instead of NAKing it; the server then authenticates that station without posture.
+TNC_REFUSED = "failed to initialize Phase 2 EAP method 0:38"
+
+
+def ttls_without_agent(lab: Lab, mac: str | None = None) -> tuple[Run, Run | None]:
+    """A TTLS conversation from a host with no posture agent; if the server offered EAP-TNC,
+    the host's retry (the fallback) too."""
+    text = conf(lab, "TTLS", phase2="auth=PAP")
+    first = eapol(lab, text, mac=mac)
+    if first.rc == 0:
+        return first, None
+    assert TNC_REFUSED in first.out, first.out[-3000:]
+    return first, eapol(lab, text, mac=mac)
+
+
+def started(tmp: Path, *args: str) -> Lab:
+    # One worker: per-station state (the posture fallback, TLS tickets) lives per process,
+    # and each eapol_test run comes from a new source port that SO_REUSEPORT may send to
+    # another worker; a switch keeps its port, so it sticks to one.
+    srv = start_server(tmp, "--workers", "1", *args)
+    lab = Lab(srv, tmp, tmp / "certs")
+    ttls_without_agent(lab)  # the default station (eapol_test's MAC) has no agent
+    return lab
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     need("eapol_test")
     tmp = tmp_path_factory.mktemp("eapol")
-    certs = prepare_pki(tmp)
-    srv = start_server(tmp)  # the embedded default: demo account, MD5 allowed for it
-    yield Lab(srv, tmp, certs)
-    srv.stop()
+    prepare_pki(tmp)
+    lab = started(tmp)  # the embedded default: demo account, MD5 allowed for it
+    yield lab
+    lab.srv.stop()
 
 
 METHODS = {
@@ -191,6 +218,13 @@ def test_rejects(lab: Lab, name: str, text: dict[str, str]) -> None:
     assert "Access-Reject" in r.out
 
 
+def test_agentless_ttls_host_is_accepted_into_quarantine(lab: Lab) -> None:
+    first, retry = ttls_without_agent(lab, mac="02:00:00:00:00:42")
+    final = retry or first
+    assert final.rc == 0, final.out[-3000:]
+    assert final.vlan() == QUARANTINE_VLAN
+
+
 def test_200_conversations_in_flight(lab: Lab) -> None:
     text = conf(lab, "PEAP", phase2="auth=MSCHAPV2")
     path = write_conf(lab, text)
@@ -211,7 +245,7 @@ def test_200_conversations_in_flight(lab: Lab) -> None:
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     need("eapol_test")
     tmp = tmp_path_factory.mktemp("eapol-small")
-    certs = prepare_pki(tmp)
+    prepare_pki(tmp)
     box = SecretBox(tmp / "state" / "keys" / "accounts.key")
     (tmp / "nac.toml").write_text(f"""
 [[clients]]
@@ -227,9 +261,9 @@ md5_secret = "{box.seal(PASSWORD)}"
 fragment_size = 300
 idle_timeout = 1.5
 """)
-    srv = start_server(tmp, "--config", str(tmp / "nac.toml"))
-    yield Lab(srv, tmp, certs)
-    srv.stop()
+    lab = started(tmp, "--config", str(tmp / "nac.toml"))
+    yield lab
+    lab.srv.stop()
 
 
 @pytest.mark.parametrize("tls", ["1.2", "1.3"])

@@ -80,15 +80,16 @@ def response(ident: int, type_: int, data: bytes) -> bytes:
 class Conversation:
     """Feeds one peer's responses to the service, tracking State and identifiers."""
 
-    def __init__(self, service: EapService, now: float = 1000.0) -> None:
+    def __init__(self, service: EapService, now: float = 1000.0, nas: NasInfo = NAS) -> None:
         self.service = service
+        self.nas = nas
         self.state: bytes | None = None
         self.now = now
         self.rounds = 0
 
     def send(self, raw: bytes) -> EapResult:
         self.rounds += 1
-        res = self.service.handle(state=self.state, eap=raw, nas=NAS, now=self.now)
+        res = self.service.handle(state=self.state, eap=raw, nas=self.nas, now=self.now)
         if res.action == "challenge":
             self.state = res.state
         return res
@@ -142,6 +143,7 @@ class TlsPeer:
         self.inner_done = False
         self.app_seen: list[bytes] = []
         self.posture_nak = False
+        self.posture_abandon = False
 
     def _out(self) -> bytes:
         chunks = []
@@ -214,6 +216,8 @@ class TlsPeer:
         return b""
 
     def _posture(self, req: packet.EapPacket) -> bytes:
+        if self.posture_abandon:
+            raise Abandon
         if self.posture_nak:
             return response(req.identifier, packet.NAK, bytes([packet.MSCHAPV2]))
         return response(req.identifier, POSTURE_TYPE, b"firewall=on")
@@ -248,9 +252,13 @@ class TlsPeer:
         return self.framer.next_fragment()
 
 
-def run_tls(lab: Lab, service: EapService, peer: TlsPeer, name: str = "anonymous"
-            ) -> tuple[EapResult, Conversation]:
-    conv = Conversation(service)
+class Abandon(Exception):
+    """The peer gives up silently (as wpa_supplicant's TTLS does without TNC configured)."""
+
+
+def run_tls(lab: Lab, service: EapService, peer: TlsPeer, name: str = "anonymous",
+            nas: NasInfo = NAS, now: float = 1000.0) -> tuple[EapResult, Conversation]:
+    conv = Conversation(service, now, nas)
     res = conv.send(identity(7, name))
     for _ in range(500):
         if res.action != "challenge":

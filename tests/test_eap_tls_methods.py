@@ -261,3 +261,49 @@ def _fuzz_service(lab: Lab):  # type: ignore[no-untyped-def]
     if id(lab) not in _SERVICES:
         _SERVICES[id(lab)] = lab.service()
     return _SERVICES[id(lab)]
+
+
+@pytest.mark.parametrize("inner", ["pap", "mschapv2"])
+def test_station_that_abandons_posture_is_then_authenticated_without_it(lab: Lab,
+                                                                        inner: str) -> None:
+    from nac.eap.service import EapService, NasInfo
+    from tests.test_eap_peer import Abandon, fake_posture
+
+    service = EapService(lab.config(idle_timeout=30, posture_fallback_seconds=600),
+                         lab.accounts.get, lab.box, posture=fake_posture)
+    host = NasInfo("10.0.0.2", None, "generic", "02-00-00-00-00-07", None)
+    other = NasInfo("10.0.0.2", None, "generic", "02-00-00-00-00-08", None)
+
+    def agentless(nas: NasInfo, now: float) -> object:
+        peer = TlsPeer(lab, "ttls", inner=inner)
+        peer.posture_abandon = True
+        try:
+            return run_tls(lab, service, peer, nas=nas, now=now)[0]
+        except Abandon:
+            return None
+
+    assert agentless(host, 1000.0) is None  # gave up at the posture method's first request
+    res = agentless(host, 1010.0)  # retry (before the idle timeout): no posture offered
+    assert res is not None and res.action == "accept" and res.posture is None
+    # Detected by expiry too: another station abandons, its conversation times out.
+    assert agentless(other, 1000.0) is None
+    service.expire(1100.0)
+    res = agentless(other, 1101.0)
+    assert res is not None and res.action == "accept"
+    # After the fallback period the posture method is offered again.
+    assert agentless(host, 1000.0 + 700) is None
+    # A station with an agent is unaffected.
+    peer = TlsPeer(lab, "ttls", inner=inner)
+    res2, _ = run_tls(lab, service, peer,
+                      nas=NasInfo("10.0.0.2", None, "generic", "02-00-00-00-00-09", None))
+    assert res2.posture == {"report": "firewall=on"}
+
+
+def test_posture_only_after_configured_methods(lab: Lab) -> None:
+    from nac.eap.service import EapService
+    from tests.test_eap_peer import fake_posture
+
+    service = EapService(lab.config(posture_methods=["ttls/eap-mschapv2"]), lab.accounts.get,
+                         lab.box, posture=fake_posture)
+    res, _ = run_tls(lab, service, TlsPeer(lab, "ttls", inner="pap"))
+    assert res.action == "accept" and res.posture is None

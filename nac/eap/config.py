@@ -37,6 +37,11 @@ class EapConfig(BaseModel):
     realm_methods: dict[str, list[str]] = Field(default_factory=dict)
     nas_group_methods: dict[str, list[str]] = Field(default_factory=dict)
     default_method: str = "peap"
+    # Tunnels after which the posture method (EAP-TNC) is offered, by full method name.
+    posture_methods: list[str] = Field(default_factory=lambda: list(INNER_METHODS))
+    # A station that abandoned the posture method's first request (no agent, and a peer that
+    # fails instead of NAKing) is authenticated without posture for this long.
+    posture_fallback_seconds: float = Field(3600.0, ge=0)
     server_name: str = "nac"  # MSCHAPv2 authenticator name
 
     @model_validator(mode="after")
@@ -46,7 +51,8 @@ class EapConfig(BaseModel):
         unknown = [m for m in [*self.methods, self.default_method] if m not in OUTER_METHODS]
         if unknown:
             raise ValueError(f"unknown EAP method(s) {unknown}; known: {list(OUTER_METHODS)}")
-        bad_inner = [m for m in self.inner_methods if m not in INNER_METHODS]
+        bad_inner = [m for m in [*self.inner_methods, *self.posture_methods]
+                     if m not in INNER_METHODS]
         if bad_inner:
             raise ValueError(f"unknown inner method(s) {bad_inner}; known: {list(INNER_METHODS)}")
         return self

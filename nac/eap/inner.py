@@ -20,6 +20,9 @@ class InnerEap:
         self.identity: str | None = None
         self.method: Method | None = None
         self.auth: Outcome | None = None  # set once authentication succeeded
+        # The posture method's first request is out and unanswered: a peer that silently
+        # gives up here (wpa_supplicant TTLS without TNC configuration) has no agent.
+        self.awaiting_posture = False
 
     def start(self, ident: int) -> bytes:
         """The full inner EAP-Request/Identity packet."""
@@ -33,6 +36,7 @@ class InnerEap:
         if method is None:
             return Step("success", outcome=outcome)
         self.method = method
+        self.awaiting_posture = True
         return request(packet.request(ident, method.type, method.start(ident)))
 
     def process(self, ident: int, pkt: packet.EapPacket) -> Step:
@@ -40,6 +44,7 @@ class InnerEap:
         sent with identifier `ident`."""
         if pkt.code != packet.RESPONSE:
             return fail(f"{self.outer}: inner packet is not a Response")
+        self.awaiting_posture = False
         if self.method is None:
             if pkt.type != packet.IDENTITY:
                 return fail(f"{self.outer}: expected inner Identity")

@@ -17,7 +17,14 @@ from typing import Literal
 from nac.accounts import Account, SecretBox
 from nac.eap import packet
 from nac.eap.config import OUTER_METHODS, EapConfig
-from nac.eap.methods.base import Method, MethodEnv, PostureFactory, Step, account_permits
+from nac.eap.methods.base import (
+    Method,
+    MethodEnv,
+    Outcome,
+    PostureFactory,
+    Step,
+    account_permits,
+)
 from nac.eap.methods.md5 import Md5Method
 from nac.eap.methods.mschapv2 import MschapV2Method
 from nac.eap.methods.peap import PeapMethod
@@ -77,6 +84,7 @@ class _Conversation:
     rounds: int = 0
     last_response: bytes = b""
     last_reply: bytes = b""
+    station: str | None = None  # Calling-Station-Id
 
 
 class EapService:
@@ -101,6 +109,10 @@ class EapService:
         # ~0.2 s, and handle() runs on the event loop.
         self._memo_key = os.urandom(32)
         self._memo: dict[tuple[str, str], tuple[bytes, float]] = {}
+        # Stations whose last conversation stopped at the posture method's first request,
+        # and stations to authenticate without posture until the given time.
+        self._awaiting: dict[str, bytes] = {}
+        self._no_posture: dict[str, float] = {}
 
     @property
     def live(self) -> int:
@@ -110,8 +122,23 @@ class EapService:
         idle = self.config.idle_timeout
         dead = [k for k, c in self._convs.items() if now - c.last_seen > idle]
         for k in dead:
-            del self._convs[k]
+            self._abandoned(self._convs.pop(k), now)
+        for station in [s for s, until in self._no_posture.items() if until <= now]:
+            del self._no_posture[station]
         return len(dead)
+
+    def _abandoned(self, conv: _Conversation, now: float) -> None:
+        """A conversation ended without an answer: if it stopped at the posture method's
+        first request, its station gets no posture method for a while (it has no agent)."""
+        if conv.station is None or self._awaiting.get(conv.station) != conv.state:
+            return
+        del self._awaiting[conv.station]
+        if getattr(conv.method, "awaiting_posture", False):
+            log.info("station %s abandoned the posture method: authenticating it without "
+                     "posture for %.0f s", conv.station, self.config.posture_fallback_seconds)
+            self._no_posture[conv.station] = now + self.config.posture_fallback_seconds
+            while len(self._no_posture) > self.config.max_conversations:
+                del self._no_posture[next(iter(self._no_posture))]
 
     def reload_crl(self, pem: bytes) -> None:
         """Take a new CRL (e.g. after `nac pki revoke`) without rebuilding TLS contexts."""
@@ -189,8 +216,14 @@ class EapService:
         while token in self._convs:
             token = os.urandom(16)
         first_id = pkt.identifier + 1 if pkt else os.urandom(1)[0]
-        conv = _Conversation(token, first_id & 0xFF, now)
+        conv = _Conversation(token, first_id & 0xFF, now, station=nas.calling_station_id)
         self._convs[token] = conv
+        if conv.station is not None and conv.station in self._awaiting:
+            # The station starts over while its previous conversation waits on posture.
+            old = self._convs.pop(self._awaiting[conv.station], None)
+            if old is not None:
+                self._abandoned(old, now)
+            self._awaiting.pop(conv.station, None)
         if pkt is None:
             return self._challenge(conv, packet.IDENTITY, b"")
         conv.bytes_in = len(pkt.encode())
@@ -226,7 +259,7 @@ class EapService:
             conv.identity,
             self.tls,
             inner_allowed=lambda n: n in self.config.inner_methods,
-            posture=self.posture,
+            posture=self._posture_for(conv),
             now=lambda: self._now,
             check_password=self._check_password,
         )
@@ -241,6 +274,20 @@ class EapService:
         conv.identifier = ident
         return self._challenge(conv, method.type, method.start(ident))
 
+    def _posture_for(self, conv: _Conversation) -> PostureFactory | None:
+        factory = self.posture
+        if factory is None:
+            return None
+        until = self._no_posture.get(conv.station or "")
+        if until is not None and until > self._now:
+            return None
+        wanted = self.config.posture_methods
+
+        def offer(env: MethodEnv, outcome: Outcome) -> Method | None:
+            return factory(env, outcome) if outcome.method in wanted else None
+
+        return offer
+
     def _challenge(self, conv: _Conversation, type_: int, data: bytes) -> EapResult:
         reply = packet.request(conv.identifier, type_, data)
         conv.last_reply = reply
@@ -250,11 +297,18 @@ class EapService:
         if step.kind == "request":
             assert conv.method is not None
             conv.identifier = (resp_id + 1) & 0xFF
+            if conv.station is not None:
+                if getattr(conv.method, "awaiting_posture", False):
+                    self._awaiting[conv.station] = conv.state
+                elif self._awaiting.get(conv.station) == conv.state:
+                    del self._awaiting[conv.station]
             return self._challenge(conv, conv.method.type, step.data)
         return self._end(conv, resp_id, step)
 
     def _end(self, conv: _Conversation, resp_id: int, step: Step) -> EapResult:
         self._convs.pop(conv.state, None)
+        if conv.station is not None and self._awaiting.get(conv.station) == conv.state:
+            del self._awaiting[conv.station]
         outer = conv.identity or None
         if step.kind == "success" and step.outcome is not None:
             o = step.outcome

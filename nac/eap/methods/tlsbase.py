@@ -105,6 +105,11 @@ class TlsMethodBase(Method):
             return fail(str(exc))
         return self.send(self.tls.outgoing())
 
+    @property
+    def awaiting_posture(self) -> bool:
+        inner = getattr(self, "inner", None)
+        return bool(inner is not None and inner.awaiting_posture)
+
     # Hooks -------------------------------------------------------------------------------
     def on_established(self, flight_pending: bool) -> Step | bytes | None:
         """Handshake done (keys exported into self.msk). Return app data to send, a final
