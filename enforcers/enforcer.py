@@ -63,7 +63,11 @@ class Enforcer:
         concurrency: int = 16,
         poll_interval: float = 0.5,
         driver_factory: DriverFactory = make_driver,
+        session_live: Callable[[Job], bool] | None = None,
     ) -> None:
+        """session_live(job): does the NAS hold a live session for the job's host? The
+        server passes a lookup in its sessions table; by default a job that names a MAC or
+        a session id is taken as live (a wrong guess costs one NAK'd CoA round trip)."""
         self.switches = {s.name: s for s in switches}
         self.queue = queue
         self.concurrency = concurrency
@@ -71,6 +75,7 @@ class Enforcer:
         self.driver_factory = driver_factory
         self._drivers: dict[tuple[str, str], NetworkDriver] = {}
         self._wake: asyncio.Event | None = None
+        self.session_live = session_live or (lambda job: bool(job.mac or job.session_id))
 
     # -- producer side ------------------------------------------------------------------
     def set_vlan(
@@ -168,7 +173,7 @@ class Enforcer:
             raise DriverError("set_vlan job without a VLAN", retryable=False, switch=sw.name)
         notes: list[str] = []
         coa_error: DriverError | None = None
-        live = bool(job.mac or job.session_id)
+        live = self.session_live(job)
         if sw.coa is not None and live and sw.coa.vlan_method != "none":
             coa = self.driver(sw, "coa")
             assert isinstance(coa, CoaDriver)

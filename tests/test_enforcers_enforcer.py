@@ -217,3 +217,13 @@ def test_reauth_nak_bounces_the_port(fresh: Lab, tmp_path: Path) -> None:
     dead = q.get(no_port)
     assert dead is not None and dead.state == "dead" and dead.attempts == 1
     assert "Session-Context-Not-Found" in (dead.last_error or "")
+
+
+def test_session_lookup_decides_coa_or_not(fresh: Lab, tmp_path: Path) -> None:
+    """The server's session table says the host is gone: no CoA attempt at all."""
+    q = queue(tmp_path)
+    enf = Enforcer([entry(fresh, "snmp")], q, session_live=lambda job: False)
+    jid = enf.set_vlan("labsw", "swp3", 30, mac=fresh.switch.hosts[2].mac)
+    asyncio.run(_drain(enf))
+    job = q.get(jid)
+    assert job is not None and job.result == "snmp set VLAN 30 + bounce"
