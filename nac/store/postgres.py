@@ -25,10 +25,32 @@ from nac.store.migrations import check_postgres, migrate_postgres
 
 log = logging.getLogger("nac.store")
 
-_NODE_UPSERT = """
-INSERT INTO nodes (mac, first_seen, last_seen, segment, vlan, reason, identity, role,
-                   last_nas, last_port, posture, posture_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+# A batch goes in by COPY, the fastest way in (several times faster than one INSERT per
+# record, even pipelined): decisions straight into their table, nodes and sessions into
+# per-connection staging tables, then one upsert each.
+_NODE_COLS = ("mac, first_seen, last_seen, segment, vlan, reason, identity, role, last_nas, "
+              "last_port, posture, posture_at")
+_ACCT_COLS = ("nas, acct_session_id, mac, user_name, nas_port, nas_port_id, framed_ip, "
+              "framed_ipv6_prefix, started_at, updated_at, stopped_at, input_octets, "
+              "output_octets, session_time, terminate_cause")
+
+_DECISION_COPY = (
+    "COPY decisions (at, mac, identity, role, nas, nas_port, method, source, segment, vlan, "
+    "reasons, remediation) FROM STDIN"
+)
+
+_STAGING = (
+    f"CREATE TEMP TABLE IF NOT EXISTS nodes_in ON COMMIT DELETE ROWS AS "
+    f"SELECT {_NODE_COLS} FROM nodes WITH NO DATA",
+    f"CREATE TEMP TABLE IF NOT EXISTS sessions_in ON COMMIT DELETE ROWS AS "
+    f"SELECT {_ACCT_COLS} FROM sessions WITH NO DATA",
+)
+
+# MACs are unique within a batch (last decision wins) and go in sorted, so two servers'
+# batches lock node rows in the same order and do not deadlock on each other.
+_NODE_UPSERT = f"""
+INSERT INTO nodes ({_NODE_COLS})
+SELECT {_NODE_COLS} FROM nodes_in ORDER BY mac
 ON CONFLICT (mac) DO UPDATE SET
     last_seen = excluded.last_seen, segment = excluded.segment, vlan = excluded.vlan,
     reason = excluded.reason, identity = COALESCE(excluded.identity, nodes.identity),
@@ -37,17 +59,11 @@ ON CONFLICT (mac) DO UPDATE SET
     posture_at = COALESCE(excluded.posture_at, nodes.posture_at)
 """
 
-_DECISION_INSERT = """
-INSERT INTO decisions (at, mac, identity, role, nas, nas_port, method, source, segment, vlan,
-                       reasons, remediation)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)
-"""
-
-_ACCT_UPSERT = """
-INSERT INTO sessions (nas, acct_session_id, mac, user_name, nas_port, nas_port_id, framed_ip,
-                      framed_ipv6_prefix, started_at, updated_at, stopped_at, input_octets,
-                      output_octets, session_time, terminate_cause)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+# One row per (nas, session) per batch (an upsert cannot touch a row twice): the batch's
+# updates of a session are merged first by _merge_acct, with this statement's rules.
+_ACCT_UPSERT = f"""
+INSERT INTO sessions ({_ACCT_COLS})
+SELECT {_ACCT_COLS} FROM sessions_in ORDER BY nas, acct_session_id
 ON CONFLICT (nas, acct_session_id) DO UPDATE SET
     mac = COALESCE(excluded.mac, sessions.mac),
     user_name = COALESCE(excluded.user_name, sessions.user_name),
@@ -63,8 +79,30 @@ ON CONFLICT (nas, acct_session_id) DO UPDATE SET
     session_time = COALESCE(excluded.session_time, sessions.session_time),
     terminate_cause = COALESCE(excluded.terminate_cause, sessions.terminate_cause)
 """
+_ACCT_STARTED = 8  # started_at keeps the first value; every other column takes the newest
+_ACCT_UPDATED = 9  # updated_at always takes the newest
 
-_TOUCH = "UPDATE nodes SET last_seen = GREATEST(last_seen, %s) WHERE mac = %s"
+_TOUCH = """
+UPDATE nodes SET last_seen = GREATEST(nodes.last_seen, t.at)
+FROM (SELECT * FROM unnest(%s::text[], %s::float8[]) ORDER BY 1) AS t(mac, at)
+WHERE nodes.mac = t.mac
+"""
+
+
+def _copy(cur: psycopg.Cursor[Any], sql: str, rows: Any) -> None:
+    with cur.copy(sql) as cp:
+        for row in rows:
+            cp.write_row(row)
+
+
+def _merge_acct(old: list[object], new: tuple[object, ...]) -> list[object]:
+    """Apply one accounting update on top of another, as the upsert would."""
+    out = [n if n is not None else o for o, n in zip(old, new, strict=True)]
+    out[_ACCT_STARTED] = old[_ACCT_STARTED] if old[_ACCT_STARTED] is not None \
+        else new[_ACCT_STARTED]
+    out[_ACCT_UPDATED] = new[_ACCT_UPDATED]
+    return out
+
 
 # Registrations take this transaction lock so their seq values commit in order: a poller
 # that has seen seq N can never later meet a smaller seq committed after it.
@@ -186,6 +224,8 @@ class PostgresStore:
                             conn = None
                             self.reconnects += 1
                         conn = self._connect()
+                        for stmt in _STAGING:
+                            conn.execute(stmt)
                     self._commit(conn, batch)
                 except psycopg.Error as exc:
                     # Keep the batch for a later try (the transaction rolled back, so nothing
@@ -214,7 +254,7 @@ class PostgresStore:
     def _commit(conn: psycopg.Connection[Any], batch: list[tuple[str, object]]) -> None:
         decisions = []
         nodes: dict[str, tuple[object, ...]] = {}  # one upsert per MAC per batch, last wins
-        accts: dict[tuple[str, str], list[tuple[object, ...]]] = {}
+        accts: dict[tuple[str, str], list[object]] = {}
         touches: dict[str, float] = {}
         for kind, rec in batch:
             if kind == "decision":
@@ -234,25 +274,27 @@ class PostgresStore:
                 a: AccountingRecord = rec  # type: ignore[assignment]
                 started = a.at - (a.session_time or 0) if a.status == 1 else None
                 stopped = a.at if a.status == 2 else None
-                accts.setdefault((a.nas, a.session_id), []).append((
+                row = (
                     a.nas, a.session_id, a.mac, a.user_name, a.nas_port, a.nas_port_id,
                     a.framed_ip, a.framed_ipv6_prefix, started, a.at, stopped,
                     a.input_octets, a.output_octets, a.session_time, a.terminate_cause,
-                ))
+                )
+                key = (a.nas, a.session_id)
+                prev = accts.get(key)
+                accts[key] = list(row) if prev is None else _merge_acct(prev, row)
                 if a.mac:
                     touches[a.mac] = max(a.at, touches.get(a.mac, a.at))
-        # Rows are locked in key order so two servers' batches cannot deadlock on each other
-        # (and if they still do, the batch is simply retried).
+        # If two servers' batches still deadlock, PostgreSQL aborts one: it is retried.
         with conn.transaction(), conn.cursor() as cur:
             if decisions:
-                cur.executemany(_DECISION_INSERT, decisions)
+                _copy(cur, _DECISION_COPY, decisions)
             if nodes:
-                cur.executemany(_NODE_UPSERT, [nodes[m] for m in sorted(nodes)])
+                _copy(cur, f"COPY nodes_in ({_NODE_COLS}) FROM STDIN", nodes.values())
+                cur.execute(_NODE_UPSERT)
             if accts:
-                # Updates of one session apply in arrival order (Start, Interim, Stop).
-                cur.executemany(_ACCT_UPSERT,
-                                [r for key in sorted(accts) for r in accts[key]])
-                cur.executemany(_TOUCH, [(touches[m], m) for m in sorted(touches)])
+                _copy(cur, f"COPY sessions_in ({_ACCT_COLS}) FROM STDIN", accts.values())
+                cur.execute(_ACCT_UPSERT)
+                cur.execute(_TOUCH, [list(touches), [float(t) for t in touches.values()]])
 
     # ---- administrative -----------------------------------------------------------------
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[dict[str, Any]]:
