@@ -229,9 +229,11 @@ def test_200_conversations_in_flight(lab: Lab) -> None:
     text = conf(lab, "PEAP", phase2="auth=MSCHAPV2")
     path = write_conf(lab, text)
     started = time.monotonic()
-    procs = [subprocess.Popen(eapol_cmd(lab.srv.auth_port, path, no_keys=False, timeout=60),
+    # 200 hosts: each its own MAC (Calling-Station-Id), all in flight at once.
+    procs = [subprocess.Popen([*eapol_cmd(lab.srv.auth_port, path, no_keys=False, timeout=60),
+                               f"-M02:00:00:01:{i // 256:02x}:{i % 256:02x}"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for _ in range(200)]
+             for i in range(200)]
     outs = [p.communicate(timeout=120)[0].decode(errors="replace") for p in procs]
     elapsed = time.monotonic() - started
     failed = [o[-1500:] for p, o in zip(procs, outs, strict=True) if p.returncode != 0]
