@@ -230,3 +230,22 @@ def _fuzz_service(factory: pytest.TempPathFactory) -> EapService:
     if "svc" not in _FUZZ:
         _FUZZ["svc"] = Lab(Path(factory.mktemp("fuzz"))).service()
     return _FUZZ["svc"]
+
+
+def test_config_from_server_settings(tmp_path: Path) -> None:
+    from nac.config import EapSettings
+    from nac.eap.service import config_from_settings
+    from nac.pki import ensure_pki
+
+    pki = ensure_pki(tmp_path)
+    settings = EapSettings(fragment_size=300, methods=["peap", "tls"], idle_timeout=5,
+                           tls_min_version="1.3")
+    cfg = config_from_settings(settings, pki)
+    assert (cfg.fragment_size, cfg.methods, cfg.idle_timeout) == (300, ["peap", "tls"], 5)
+    assert cfg.tls_min_version == "1.3" and cfg.cert_file == pki.server_cert
+    assert cfg.ca_file == pki.ca_cert and cfg.crl_file == pki.crl
+    # Empty methods in the server config means every method this server has.
+    assert config_from_settings(EapSettings(), pki).methods == ["peap", "ttls", "tls",
+                                                                 "mschapv2", "md5"]
+    svc = EapService(cfg, {}.get, None)
+    assert svc.allowed_methods("x", NAS) == ["peap", "tls"]

@@ -151,8 +151,10 @@ class EapService:
             return self._handle(state, eap, nas, now)
         except Exception as exc:  # a bug must cost one conversation, never the server
             log.exception("EAP conversation failed")
-            if state is not None:
-                self._convs.pop(state, None)
+            conv = self._convs.pop(state, None) if state is not None else None
+            if conv is not None and conv.station is not None:
+                if self._awaiting.get(conv.station) == conv.state:
+                    del self._awaiting[conv.station]
             failure = packet.failure(eap[1]) if len(eap) > 1 else None
             return EapResult("reject", failure, None, reason=f"internal error: {exc}")
 
