@@ -225,3 +225,20 @@ def test_udp_listeners_counts_reuseport_sockets() -> None:
         for s in socks:
             s.close()
     assert probe.udp_listeners(port) == 0
+
+
+@needs_freeradius
+@pytest.mark.peer
+@pytest.mark.skipif(shutil.which("eapol_test") is None, reason="eapol_test is not installed")
+def test_peap_script_against_freeradius() -> None:
+    # the PEAP yardstick works: FreeRADIUS with nac's PKI, eapol_test succeeds
+    # with matching MPPE keys (exit 0) every time
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench/peap.py"), "--conversations", "6", "--parallel", "2",
+         "--only", "freeradius"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    fr = json.loads(proc.stdout.strip().splitlines()[-1])["freeradius"]
+    assert fr["ok"] == 6 and fr["exit_codes"] == {}, fr
+    assert fr["server_cpu_ms_per_conv"] is not None
