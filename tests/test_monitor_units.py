@@ -275,3 +275,20 @@ def test_tls_defaults_come_from_state_pki(tmp_path: Path) -> None:
     assert hmac_only.tls_paths(tmp_path)[2] is None
     assert tls_context(hmac_only, tmp_path).verify_mode == ssl.CERT_NONE
     assert json.dumps(hmac_only.model_dump(mode="json")).count("x" * 16) == 0  # secret hidden
+
+
+def test_isolation_limit_per_monitor(store: SqliteStore) -> None:
+    macs = [f"02:00:00:99:01:{i:02x}" for i in range(3)]
+    for i, mac in enumerate(macs):
+        session(store, ip=f"10.99.1.{i}", mac=mac, sid=f"s{i}")
+    clock = [NOW]
+    intake = Intake(store, Policy.sample, max_per_hour=2, clock=lambda: clock[0])
+    alert = (DATA / "alert.json").read_bytes()
+    body = b"".join(alert.replace(b"10.99.0.5", f"10.99.1.{i}".encode()) for i in range(3))
+    out = intake.handle(parse_body(body), "ids1", 1)
+    assert out.isolated == macs[:2]
+    assert out.why_ignored == {"monitor over its isolation limit": 1}
+    assert intake.handle(parse_body(body), "other-ids", 1).isolated == macs[2:]
+    clock[0] += 3601
+    store.register_node(macs[0], None, "released")
+    assert intake.handle(parse_body(body), "ids1", 1).isolated == macs[:1]

@@ -70,6 +70,9 @@ class MonitorConfig(_Strict):
     # How far an accounting session may have stopped before (or started after) the alert
     # and still be taken as the owner of the address.
     session_slack: float = Field(default=300.0, ge=0, le=86400)
+    # Per monitor: more isolations than this within an hour are refused and logged as an
+    # error (a broken or captured IDS must not isolate everyone). 0: no limit.
+    max_isolations_per_hour: int = Field(default=100, ge=0)
     monitors: list[MonitorEntry] = Field(default_factory=list)
     eve_file: str | None = None  # a local eve.json to follow (rotation and truncation ok)
     eve_socket: str | None = None  # a Unix stream socket we listen on (Suricata unix_stream)

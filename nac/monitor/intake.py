@@ -13,7 +13,8 @@ not get that host isolated). The node then gets:
   inventory (a Planner is configured).
 
 A burst of alerts isolates a node once: a node already held in the isolated segment is left
-alone until the hold is cleared.
+alone until the hold is cleared. A monitor may isolate at most `max_per_hour` nodes an hour:
+a monitor that goes wrong (or is taken over) cannot empty the network (draft 9.4).
 
 IPv6: accounting keeps Framed-IPv6-Prefix per session but the store only looks sessions up
 by exact Framed-IP-Address, so IPv6 sources are not mapped yet (counted as "no session").
@@ -24,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -69,7 +71,7 @@ class Intake:
     def __init__(self, store: Store, policy_getter: Callable[[], PolicyLike],
                  planner: Planner | None = None, *, match_destination: bool = False,
                  session_slack: float = 300.0, nas_profile: NasProfile | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 max_per_hour: int = 0, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.policy_getter = policy_getter
         self.planner = planner
@@ -80,6 +82,8 @@ class Intake:
         # MACs this process isolated: the decision row is written in the background, so
         # until it lands the node row still shows the old segment.
         self._recent: dict[str, float] = {}
+        self.max_per_hour = max_per_hour  # 0: no limit
+        self._spent: dict[str, deque[float]] = {}  # monitor -> its isolations this hour
 
     def handle(self, records: Sequence[Alert | None], monitor: str,
                min_severity: int) -> Outcome:
@@ -112,9 +116,27 @@ class Intake:
             if mac in out.isolated or self._held(mac):
                 why = "node already isolated"
                 continue
+            if not self._allowance(monitor):
+                why = "monitor over its isolation limit"
+                continue
             self._isolate(mac, address, sess, alert, monitor, out)
             acted = True
         return None if acted else why
+
+    def _allowance(self, monitor: str) -> bool:
+        if not self.max_per_hour:
+            return True
+        now = self.clock()
+        spent = self._spent.setdefault(monitor, deque())
+        while spent and spent[0] < now - 3600:
+            spent.popleft()
+        if len(spent) >= self.max_per_hour:
+            log.error("monitor %s isolated %d nodes within the hour: further alerts are not "
+                      "acted on until the count drops (max_isolations_per_hour)", monitor,
+                      len(spent))
+            return False
+        spent.append(now)
+        return True
 
     def _session(self, address: str, at: float) -> dict[str, Any] | None:
         if ipaddress.ip_address(address).version != 4:

@@ -309,7 +309,8 @@ async def start_monitor(cfg: MonitorConfig, store: Store,
     """Start every configured intake point in the running loop."""
     auth = Authenticator([m.credential() for m in cfg.monitors], window=cfg.replay_window)
     intake = Intake(store, policy_getter, planner, match_destination=cfg.match_destination,
-                    session_slack=cfg.session_slack, nas_profile=nas_profile)
+                    session_slack=cfg.session_slack, nas_profile=nas_profile,
+                    max_per_hour=cfg.max_isolations_per_hour)
     handle = MonitorHandle(intake, auth)
     try:
         if cfg.https:
