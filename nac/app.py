@@ -18,7 +18,7 @@ from nac.events import DecisionRecord
 from nac.posture.policy import PolicyError
 from nac.radius.clients import ClientTable, NasClient, profile
 from nac.radius.engine import Engine
-from nac.radius.server import serve_udp
+from nac.radius.server import CommitGate, serve_udp
 from nac.runtime import LivePolicy, publish_loaded, unpublish
 from nac.store import open_store
 
@@ -182,9 +182,12 @@ class Server:
                 pass
         self.poll_registrations()
         publish_loaded(self.state_dir, self.live.file_digest)
+        commits = CommitGate(self.engine)
+        if hasattr(self.store, "on_commit"):
+            self.store.on_commit(commits.progress)
         transports = await serve_udp(
             self.engine, self.cfg.listen, self.cfg.auth_port, self.cfg.acct_port,
-            executor=self.executor, reuse_port=self.reuse_port,
+            executor=self.executor, reuse_port=self.reuse_port, commits=commits,
         )
         log.info("ready: %d NAS client(s), %d account(s), EAP %s, store %s",
                  len(self.engine.clients.clients), len(self.accounts),

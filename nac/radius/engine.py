@@ -42,6 +42,15 @@ class Deferred:
     key: tuple[object, ...]
 
 
+@dataclass(slots=True)
+class AfterCommit:
+    """A reply to send once the store has committed record `ticket` (accounting)."""
+
+    reply: bytes
+    ticket: int
+    key: tuple[object, ...]
+
+
 Outcome = bytes | Deferred | None
 
 
@@ -54,7 +63,7 @@ class Engine:
         *,
         eap: Any = None,
         on_decision: Callable[[DecisionRecord], None] = lambda r: None,
-        on_accounting: Callable[[AccountingRecord], None] = lambda r: None,
+        on_accounting: Callable[[AccountingRecord], int | None] = lambda r: None,
     ) -> None:
         self.clients = clients
         self.authorizer = authorizer
@@ -107,7 +116,8 @@ class Engine:
             self.dedup.put(key, b"", now)
         return out
 
-    def handle_acct(self, data: bytes, host: str, port: int, now: float) -> bytes | None:
+    def handle_acct(self, data: bytes, host: str, port: int,
+                    now: float) -> bytes | AfterCommit | None:
         client = self._client(host, now)
         if client is None:
             return None
@@ -123,7 +133,7 @@ class Engine:
         cached = self.dedup.get(key, now)
         if cached is not None:
             self.counters["duplicates"] += 1
-            return cached
+            return cached or None  # b"": not yet recorded; the NAS will retransmit
         if not c.accounting_authenticator_ok(pkt, client.secret):
             self._drop("bad_authenticator", host)
             return None
@@ -134,11 +144,19 @@ class Engine:
         if rec is None:
             self._drop("accounting_incomplete", host)
             return None
-        self.on_accounting(rec)
+        ticket = self.on_accounting(rec)
         self.counters["accounting"] += 1
         out = c.encode_reply(c.ACCOUNTING_RESPONSE, pkt, client.secret, b"")
-        self.dedup.put(key, out, now)
-        return out
+        if ticket is None:
+            self.dedup.put(key, out, now)
+            return out
+        self.dedup.put(key, b"", now)
+        return AfterCommit(out, ticket, key)
+
+    def committed(self, job: AfterCommit, now: float) -> bytes:
+        """The record of `job` is on disk: its reply may go, and retransmissions get it."""
+        self.dedup.put(job.key, job.reply, now)
+        return job.reply
 
     def expire(self, now: float) -> None:
         self.dedup.expire(now)

@@ -6,20 +6,51 @@ import asyncio
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 
-from nac.radius.engine import Deferred, Engine
+from nac.radius.engine import AfterCommit, Deferred, Engine
 
 log = logging.getLogger("nac.radius")
 
 
+class CommitGate:
+    """Holds replies until the store has committed their records (group commit): the
+    writer thread reports progress, the loop releases every reply it covers."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: deque[tuple[AfterCommit, _Endpoint, tuple]] = deque()  # type: ignore[type-arg]
+        self._committed = 0
+
+    def wait(self, job: AfterCommit, ep: _Endpoint, addr: tuple) -> None:  # type: ignore[type-arg]
+        if job.ticket <= self._committed:
+            ep.send(self.engine.committed(job, time.time()), addr)
+            return
+        self._waiting.append((job, ep, addr))
+
+    def progress(self, committed: int) -> None:
+        """From the writer thread."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._release, committed)
+
+    def _release(self, committed: int) -> None:
+        self._committed = max(self._committed, committed)
+        now = time.time()
+        while self._waiting and self._waiting[0][0].ticket <= self._committed:
+            job, ep, addr = self._waiting.popleft()
+            ep.send(self.engine.committed(job, now), addr)
+
+
 class _Endpoint(asyncio.DatagramProtocol):
     def __init__(self, handler: Callable[[bytes, str, int, float], object], engine: Engine,
-                 executor: Executor | None) -> None:
+                 executor: Executor | None, commits: CommitGate) -> None:
         self.handler = handler
         self.engine = engine
         self.executor = executor
+        self.commits = commits
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -38,6 +69,9 @@ class _Endpoint(asyncio.DatagramProtocol):
         if isinstance(out, Deferred):
             asyncio.ensure_future(self._deferred(out, addr))
             return
+        if isinstance(out, AfterCommit):
+            self.commits.wait(out, self, addr)
+            return
         self.transport.sendto(out, addr)  # type: ignore[union-attr,arg-type]
 
     async def _deferred(self, job: Deferred, addr: tuple) -> None:  # type: ignore[type-arg]
@@ -51,6 +85,10 @@ class _Endpoint(asyncio.DatagramProtocol):
             return
         if out is not None and self.transport is not None:
             self.transport.sendto(out, addr)
+
+    def send(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("socket error: %s", exc)
@@ -82,14 +120,18 @@ async def serve_udp(
     *,
     executor: Executor | None = None,
     reuse_port: bool = False,
+    commits: CommitGate | None = None,
 ) -> list[asyncio.DatagramTransport]:
     loop = asyncio.get_running_loop()
+    commits = commits or CommitGate(engine)
+    commits.loop = loop
     transports = []
     for address in addresses:
         for port, handler in ((auth_port, engine.handle_auth), (acct_port, engine.handle_acct)):
             sock = bind_udp(address, port, reuse_port=reuse_port)
             transport, _ = await loop.create_datagram_endpoint(
-                lambda h=handler: _Endpoint(h, engine, executor), sock=sock  # type: ignore[misc]
+                lambda h=handler: _Endpoint(h, engine, executor, commits),  # type: ignore[misc]
+                sock=sock,
             )
             transports.append(transport)
             log.info("listening on %s udp/%d (%s)", address, port,

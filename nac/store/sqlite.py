@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,7 @@ class SqliteStore:
         # tell flush() when everything queued so far is on disk, without a lock per record.
         self._queued = 0
         self._committed = 0
+        self._commit_callbacks: list[Callable[[int], None]] = []
         self.write_errors = 0
         self.last_write_error: str | None = None
 
@@ -174,11 +176,23 @@ class SqliteStore:
         if self._writer is None:
             self._start_writer()
 
-    def record_accounting(self, rec: AccountingRecord) -> None:
+    def record_accounting(self, rec: AccountingRecord) -> int:
+        """Queue an accounting record; returns its ticket: the record is on disk once
+        `committed` reaches it (RFC 2866: answer only what was recorded)."""
         self._pending.append(("acct", rec))
         self._queued += 1
         if self._writer is None:
             self._start_writer()
+        self._wake.set()  # accounting replies wait for this commit: do not sleep on it
+        return self._queued
+
+    @property
+    def committed(self) -> int:
+        return self._committed
+
+    def on_commit(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(committed)` from the writer thread after every commit."""
+        self._commit_callbacks.append(callback)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every write queued so far is committed (tests, shutdown)."""
@@ -217,6 +231,8 @@ class SqliteStore:
                     break
                 self.last_write_error = None
                 self._committed += len(batch)
+                for cb in self._commit_callbacks:
+                    cb(self._committed)
         conn.close()
 
     @staticmethod
