@@ -16,6 +16,7 @@ import re
 import shlex
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -89,6 +90,9 @@ class SshPool:
 
 
 DEFAULT_POOL = SshPool()
+# Blocking netmiko calls run here, not in asyncio's small default executor (cpu + 4
+# threads), so many switches can be worked in parallel.
+SSH_EXECUTOR = ThreadPoolExecutor(max_workers=32, thread_name_prefix="nac-ssh")
 
 
 class _SshDriver(NetworkDriver):
@@ -102,6 +106,7 @@ class _SshDriver(NetworkDriver):
             raise DriverError(f"{switch.name}: no [ssh] credentials", retryable=False,
                               switch=switch.name)
         self.pool = pool or DEFAULT_POOL
+        self._alock: asyncio.Lock | None = None
 
     def _connect_params(self) -> dict[str, Any]:
         ssh = self.switch.ssh
@@ -170,7 +175,13 @@ class _SshDriver(NetworkDriver):
                 raise self._classify(exc) from exc
 
     async def _run(self, fn: Callable[[Any], T]) -> T:
-        return await asyncio.to_thread(self._with_session, fn)
+        # Queue per switch in asyncio first, so waiting for a busy switch holds no thread;
+        # the threads of SSH_EXECUTOR then only ever run commands.
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        async with self._alock:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(SSH_EXECUTOR, self._with_session, fn)
 
     async def open(self) -> None:
         await self._run(lambda conn: None)
