@@ -181,3 +181,30 @@ def test_registration_seen_by_other_server(pg_server: PgServer) -> None:  # noqa
     finally:
         a.close()
         b.close()
+
+
+def test_accounting_tickets_and_commit_callbacks(pg_url: str) -> None:  # noqa: F811
+    """Accounting replies wait for their record's commit: tickets, `committed`, on_commit."""
+    import threading
+
+    from nac.store.postgres import PostgresStore
+
+    s = PostgresStore(pg_url, migrate=True, flush_interval=5.0)  # long sleep: wake must work
+    seen: list[int] = []
+    done = threading.Event()
+
+    def progress(committed: int) -> None:
+        seen.append(committed)
+        if committed >= 2:
+            done.set()
+
+    s.on_commit(progress)
+    try:
+        t1 = s.record_accounting(AccountingRecord(at=1.0, nas="sw1", status=1, session_id="a"))
+        t2 = s.record_accounting(AccountingRecord(at=2.0, nas="sw1", status=1, session_id="b"))
+        assert (t1, t2) == (1, 2)
+        assert done.wait(3.0), "the writer slept on an accounting record"
+        assert s.committed >= t2 and seen == sorted(seen)
+        assert s.session_by_ip("x") is None and len(s.sessions_for("none")) == 0
+    finally:
+        s.close()

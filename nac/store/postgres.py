@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -159,6 +160,7 @@ class PostgresStore:
         # As in SqliteStore: the loop enqueues, the writer commits; two counters tell flush().
         self._queued = 0
         self._committed = 0
+        self._commit_callbacks: list[Callable[[int], None]] = []
         self.write_errors = 0
         self.reconnects = 0
         self.last_write_error: str | None = None
@@ -182,11 +184,23 @@ class PostgresStore:
         if self._writer is None:
             self._start_writer()
 
-    def record_accounting(self, rec: AccountingRecord) -> None:
+    def record_accounting(self, rec: AccountingRecord) -> int:
+        """Queue an accounting record; returns its ticket: the record is committed once
+        `committed` reaches it (RFC 2866: answer only what was recorded)."""
         self._pending.append(("acct", rec))
         self._queued += 1
         if self._writer is None:
             self._start_writer()
+        self._wake.set()  # an accounting reply waits for this commit: do not sleep on it
+        return self._queued
+
+    @property
+    def committed(self) -> int:
+        return self._committed
+
+    def on_commit(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(committed)` from the writer thread after every commit."""
+        self._commit_callbacks.append(callback)
 
     @property
     def backlog(self) -> int:
@@ -247,6 +261,8 @@ class PostgresStore:
                     log.warning("store writes resumed")
                 self.last_write_error = None
                 self._committed += len(batch)
+                for cb in self._commit_callbacks:
+                    cb(self._committed)
         if conn is not None:
             conn.close()
 
