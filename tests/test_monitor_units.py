@@ -151,9 +151,31 @@ def test_destination_only_when_configured(store: SqliteStore) -> None:
     assert out.isolated == [MAC]
 
 
-def test_ipv6_sources_are_not_mapped(store: SqliteStore) -> None:
+def test_ipv6_sources_are_not_mapped_without_a_prefix_lookup(store: SqliteStore) -> None:
     out = run(store, "icmp_ipv6.json")
     assert out.ignored == 1 and out.why_ignored == {"no session for the address": 1}
+
+
+class V6Store(SqliteStore):
+    """The lookup intake uses when a store offers it (see nac/monitor/intake.py)."""
+
+    def live_ipv6_sessions(self) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM sessions WHERE framed_ipv6_prefix IS NOT NULL "
+                           "AND stopped_at IS NULL")
+
+
+def test_ipv6_source_within_a_session_prefix(tmp_path: Path) -> None:
+    store = V6Store(tmp_path / "nac.db")
+    try:
+        for sid, mac, prefix in (("a", "02:00:00:00:00:0a", "2001:db8:98::/64"),
+                                 ("b", MAC, "2001:db8:99::/64")):
+            store.record_accounting(AccountingRecord(
+                at=ALERT_AT - 600, nas="192.0.2.10", status=1, session_id=sid, mac=mac,
+                framed_ipv6_prefix=prefix))
+        store.flush()
+        assert run(store, "icmp_ipv6.json").isolated == [MAC]  # 2001:db8:99::5
+    finally:
+        store.close()
 
 
 def test_vlan_override_by_nas_profile(store: SqliteStore) -> None:

@@ -16,8 +16,10 @@ A burst of alerts isolates a node once: a node already held in the isolated segm
 alone until the hold is cleared. A monitor may isolate at most `max_per_hour` nodes an hour:
 a monitor that goes wrong (or is taken over) cannot empty the network (draft 9.4).
 
-IPv6: accounting keeps Framed-IPv6-Prefix per session but the store only looks sessions up
-by exact Framed-IP-Address, so IPv6 sources are not mapped yet (counted as "no session").
+IPv6: accounting keeps Framed-IPv6-Prefix per session. A store with
+``live_ipv6_sessions() -> list[session row]`` (sessions not stopped that have a prefix) lets
+an IPv6 source match the session whose prefix contains it, newest first; the SQLite store
+has no such method yet, so there IPv6 sources count as "no session for the address".
 """
 
 from __future__ import annotations
@@ -139,9 +141,8 @@ class Intake:
         return True
 
     def _session(self, address: str, at: float) -> dict[str, Any] | None:
-        if ipaddress.ip_address(address).version != 4:
-            return None  # see the module docstring: no IPv6 prefix lookup in the store yet
-        sess = self.store.session_by_ip(address)
+        ip = ipaddress.ip_address(address)
+        sess = self.store.session_by_ip(address) if ip.version == 4 else self._by_prefix(ip)
         if sess is None or not sess.get("mac"):
             return None
         stopped, started = sess.get("stopped_at"), sess.get("started_at")
@@ -154,6 +155,21 @@ class Intake:
                      "ignored", address, sess["mac"])
             return None
         return sess
+
+    def _by_prefix(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+                   ) -> dict[str, Any] | None:
+        live = getattr(self.store, "live_ipv6_sessions", None)
+        if live is None:
+            return None  # see the module docstring
+        best = None
+        for row in live():
+            try:
+                net = ipaddress.ip_network(row.get("framed_ipv6_prefix") or "", strict=False)
+            except ValueError:
+                continue
+            if ip in net and (best is None or row["updated_at"] > best["updated_at"]):
+                best = row
+        return best
 
     def _held(self, mac: str) -> bool:
         node = self.store.get_node(mac)
