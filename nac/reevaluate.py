@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nac.enforcement import Planner, Target
@@ -91,3 +92,35 @@ def reevaluate(store: Store, evaluator: Evaluator, *, source: str,
                  d.vlan, "; ".join(d.reasons))
     store.flush(timeout=60)
     return report
+
+
+def after_change(state_dir: Path, source: str, *, config_path: Path | None = None,
+                 store_url: str | None = None) -> Report:
+    """Re-evaluate every inspected node under the policy and feeds now in the state dir,
+    queueing enforcement through the config's switch inventory (if one is given)."""
+    from nac.config import load_config
+    from nac.enforcement import load_planner
+    from nac.runtime import LivePolicy
+    from nac.store import open_store
+
+    cfg = load_config(config_path) if config_path else None
+    store = open_store(store_url or (cfg.store if cfg else None), state_dir)
+    db_path = getattr(store, "path", state_dir / "nac.db")
+    live = LivePolicy(state_dir, db_path, cfg.policy_file if cfg else None,
+                      cfg.segments if cfg else None)
+    groups: dict[str, tuple[str | None, str]] = {}
+    if cfg is not None:
+        for cl in cfg.clients:
+            groups[(cl.name or cl.address.split("/")[0])] = (cl.group, cl.vendor)
+    planner = load_planner(cfg.switches, db_path, str(config_path)) if cfg else None
+
+    def evaluator(posture: dict[str, Any], role: str, nas: str | None) -> Decision:
+        group, vendor = groups.get(nas or "", (None, "generic"))
+        return live.evaluate(posture, role, group, vendor)
+
+    try:
+        return reevaluate(store, evaluator, source=source, planner=planner)
+    finally:
+        store.close()
+        if planner is not None:
+            planner.close()

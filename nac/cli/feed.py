@@ -122,17 +122,44 @@ def list_cmd(state_dir: Path) -> None:
         )
 
 
+def _reevaluate(report: SyncReport, state_dir: Path, config_path: Path | None) -> None:
+    """A feed change re-checks every inspected node (draft 6.4.2) and says who moved."""
+    if not report.changed:
+        return
+    from nac.config import ConfigError
+    from nac.reevaluate import after_change
+
+    try:
+        result = after_change(state_dir, "feed", config_path=config_path)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+        return
+    click.echo(result.summary())
+    for ch in result.changes:
+        why = next((r for r in ch.reasons[1:] if "->" in r), ch.reasons[-1])
+        job = f", job {ch.job}" if ch.job else ""
+        click.echo(f"  {ch.mac}: {ch.old_segment or '-'} -> {ch.new_segment} "
+                   f"(VLAN {ch.vlan}{job}): {why}")
+
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    help="Server config: its switch inventory gets the enforcement jobs.")
+
+
 @feed.command("sync")
 @click.argument("name", required=False)
 @state_dir_option
-def sync_cmd(name: str | None, state_dir: Path) -> None:
-    """Fetch, verify and import NAME (default: every source)."""
+@config_option
+def sync_cmd(name: str | None, state_dir: Path, config_path: Path | None) -> None:
+    """Fetch, verify and import NAME (default: every source), then re-evaluate nodes."""
     try:
         report = sync(cache.db_path_for(state_dir), name, progress=True)
     except FeedError as exc:
         fail(str(exc))
         return
     _print_report(report)
+    _reevaluate(report, state_dir, config_path)
     if report.errors:
         raise SystemExit(1)
 
@@ -140,8 +167,9 @@ def sync_cmd(name: str | None, state_dir: Path) -> None:
 @feed.command("remove")
 @click.argument("name")
 @state_dir_option
-def remove_cmd(name: str, state_dir: Path) -> None:
-    """Remove source NAME and retract its advisories."""
+@config_option
+def remove_cmd(name: str, state_dir: Path, config_path: Path | None) -> None:
+    """Remove source NAME and retract its advisories, then re-evaluate nodes."""
     try:
         report = remove_source(cache.db_path_for(state_dir), name)
     except FeedError as exc:
@@ -150,6 +178,7 @@ def remove_cmd(name: str, state_dir: Path) -> None:
     click.echo(
         f"removed {name}: {len(report.withdrawn)} advisories retracted; epoch {report.epoch}"
     )
+    _reevaluate(report, state_dir, config_path)
 
 
 @feed.command("import")
@@ -157,14 +186,17 @@ def remove_cmd(name: str, state_dir: Path) -> None:
 @click.option("--source", "source_name", default="local", show_default=True)
 @click.option("--trust", type=click.Choice(cache.TRUST_LEVELS), default="local", show_default=True)
 @state_dir_option
-def import_cmd(path: Path, source_name: str, trust: str, state_dir: Path) -> None:
-    """One-off import of a local OSV file, directory or zip."""
+@config_option
+def import_cmd(path: Path, source_name: str, trust: str, state_dir: Path,
+               config_path: Path | None) -> None:
+    """One-off import of a local OSV file, directory or zip, then re-evaluate nodes."""
     try:
         report = import_path(cache.db_path_for(state_dir), path, source_name, trust, progress=True)
     except (FeedError, ValueError) as exc:
         fail(str(exc))
         return
     _print_report(report)
+    _reevaluate(report, state_dir, config_path)
 
 
 @feed.command("keygen")
