@@ -237,9 +237,14 @@ class PostgresStore:
                             conn.close()
                             conn = None
                             self.reconnects += 1
-                        conn = self._connect()
-                        for stmt in _STAGING:
-                            conn.execute(stmt)
+                        fresh = self._connect()
+                        try:
+                            for stmt in _STAGING:
+                                fresh.execute(stmt)
+                        except BaseException:
+                            fresh.close()
+                            raise
+                        conn = fresh  # only a connection with its staging tables is used
                     self._commit(conn, batch)
                 except psycopg.Error as exc:
                     # Keep the batch for a later try (the transaction rolled back, so nothing
@@ -397,7 +402,9 @@ class PostgresStore:
 
     def healthy(self) -> bool:
         try:
-            self._query("SELECT 1 AS ok")
+            # A short wait: /healthz must answer while the database is away.
+            with self._pool.connection(timeout=2.0) as conn:
+                conn.execute("SELECT 1")
         except Exception:  # any failure to answer means unhealthy, whatever its class
             return False
         return self.last_write_error is None
