@@ -36,7 +36,8 @@ log = logging.getLogger("nac.monitor")
 
 HEAD_TIMEOUT = 10.0
 BODY_TIMEOUT = 30.0
-READ_CHUNK = 256 * 1024  # per file poll, so one huge append cannot stall the loop
+READ_CHUNK = 256 * 1024
+MAX_CHUNKS = 16  # per file poll, so one huge append cannot stall the loop
 
 
 def tls_context(cfg: MonitorConfig, state_dir: Path | None) -> ssl.SSLContext:
@@ -207,14 +208,14 @@ class FileTail:
             f.seek(0, os.SEEK_END)
         self.split.reset()
 
-    def _drain(self) -> None:
+    def _drain(self, chunks: int = MAX_CHUNKS) -> None:
         assert self._f is not None
-        data = self._f.read(READ_CHUNK)
-        while data:
-            self.feed.lines(self.split.feed(data))
+        for _ in range(chunks):  # the rest waits for the next poll: the loop stays live
+            data = self._f.read(READ_CHUNK)
+            if data:
+                self.feed.lines(self.split.feed(data))
             if len(data) < READ_CHUNK:
                 break
-            data = self._f.read(READ_CHUNK)
 
     def poll(self) -> None:
         """One step; run() calls it every interval (tests may call it directly)."""
@@ -228,7 +229,9 @@ class FileTail:
         except OSError:
             return  # rotated away, the new file not there yet: keep the old one
         if (st.st_dev, st.st_ino) != self._ino:
-            self._drain()  # whatever the writer added to the old file before it moved
+            # Whatever the writer added to the old file before it moved: all of it, since
+            # the old file is not looked at again.
+            self._drain(chunks=1 << 30)
             self._f.close()
             self._f = None
             self._open(at_end=False)
