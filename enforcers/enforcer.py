@@ -213,23 +213,26 @@ class Enforcer:
 
     async def _apply_reauth(self, sw: Switch, job: Job) -> str:
         port = job.payload.get("port")
+        can_bounce = bool(port) and sw.driver != "coa"
         notes: list[str] = []
         if sw.coa is not None:
             coa = self.driver(sw, "coa")
             try:
-                res = await coa.reauthenticate(mac=job.mac, session=job.session_id,
-                                               port=None if (job.mac or job.session_id)
-                                               else port)
-                if res.ok:
-                    return f"coa {res.method}: {res.detail}"
-                notes.append(f"coa {res.method}: {res.detail}")
-                if not port or sw.driver == "coa":
-                    raise DriverError(res.detail, retryable=res.error_cause in RETRYABLE_CAUSES,
-                                      switch=sw.name, error_cause=res.error_cause)
+                # NAS-Port-Id only when nothing better identifies the session.
+                res = await coa.reauthenticate(
+                    mac=job.mac, session=job.session_id,
+                    port=None if (job.mac or job.session_id) else port)
             except DriverError as exc:
-                if not port or sw.driver == "coa":
+                if not can_bounce:
                     raise
                 notes.append(f"coa failed: {exc}")
+            else:
+                if res.ok:
+                    return f"coa {res.method}: {res.detail}"
+                if not can_bounce:
+                    raise DriverError(res.detail, retryable=res.error_cause in RETRYABLE_CAUSES,
+                                      switch=sw.name, error_cause=res.error_cause)
+                notes.append(f"coa {res.method}: {res.detail}")
         drv = self.port_driver(sw)
         if drv is None or not port:
             raise DriverError(f"{sw.name}: cannot re-authenticate without CoA or a port",
