@@ -208,3 +208,26 @@ def test_accounting_tickets_and_commit_callbacks(pg_url: str) -> None:  # noqa: 
         assert s.session_by_ip("x") is None and len(s.sessions_for("none")) == 0
     finally:
         s.close()
+
+
+def test_unstorable_text_does_not_stop_the_writer(store: Any) -> None:
+    """A NUL byte (valid in a RADIUS User-Name, refused by PostgreSQL text) in one record of a
+    batch: the other records are written, the odd one is kept with the character replaced."""
+    for i in range(50):
+        ident = "evil\x00user" if i == 17 else f"user{i}"
+        store.record_decision(DecisionRecord(
+            at=float(i), mac=f"02:00:00:00:00:{i:02x}", segment="normal", vlan=30,
+            source="mab", reasons=("r\x00" if i == 17 else "ok",), identity=ident))
+    store.record_accounting(AccountingRecord(at=60.0, nas="sw1", status=1, session_id="x\x00",
+                                             mac="02:00:00:00:00:01", user_name="a\x00b"))
+    store.flush(timeout=30)
+    assert store.count_decisions() == 50
+    odd = store.decisions_for("02:00:00:00:00:11")[0]
+    assert odd["identity"] in ("evil\x00user", "evil\ufffduser")
+    assert odd["reasons"] in (["r\x00"], ["r\ufffd"])
+    assert len(store.sessions_for("02:00:00:00:00:01")) == 1
+    assert store.last_write_error is None and store.healthy()
+    # Later writes flow as usual.
+    store.record_decision(decision(99.0, mac=OTHER))
+    store.flush()
+    assert store.get_node(OTHER) is not None

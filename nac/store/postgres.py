@@ -7,6 +7,7 @@ stays queued and the writer reconnects. Reads use a small connection pool.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -123,6 +124,38 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
+class _Partial(Exception):
+    """The connection failed part-way through an isolating commit."""
+
+    def __init__(self, done: int, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.done = done
+        self.cause = cause
+
+
+def _retryable(exc: BaseException, conn: psycopg.Connection[Any]) -> bool:
+    """Connection trouble, deadlocks, shutdowns: retry the same records later. Anything else
+    is the data's fault."""
+    return isinstance(exc, psycopg.OperationalError) or conn.closed or conn.broken
+
+
+def _clean_text(v: str) -> str:
+    return v.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def _cleaned(rec: Any) -> Any:
+    """A copy of a record with every string made storable (no NUL, valid UTF-8). The
+    posture needs nothing: json.dumps escapes control characters."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(rec):
+        v = getattr(rec, f.name)
+        if isinstance(v, str):
+            changes[f.name] = _clean_text(v)
+        elif isinstance(v, tuple):
+            changes[f.name] = tuple(_clean_text(x) if isinstance(x, str) else x for x in v)
+    return dataclasses.replace(rec, **changes)
+
+
 class PostgresStore:
     """Store on a PostgreSQL database. Thread-safe like SqliteStore.
 
@@ -162,6 +195,7 @@ class PostgresStore:
         self._committed = 0
         self._commit_callbacks: list[Callable[[int], None]] = []
         self.write_errors = 0
+        self.dropped = 0  # records the database refused even cleaned (logged)
         self.reconnects = 0
         self.last_write_error: str | None = None
         self._give_up_at = float("inf")  # set by close(): stop retrying a dead database
@@ -245,16 +279,19 @@ class PostgresStore:
                             fresh.close()
                             raise
                         conn = fresh  # only a connection with its staging tables is used
-                    self._commit(conn, batch)
-                except psycopg.Error as exc:
-                    # Keep the batch for a later try (the transaction rolled back, so nothing
-                    # of it is half-written); say why once per kind of failure.
+                    self._commit_isolating(conn, batch)
+                except Exception as exc:  # whatever it is, the writer thread must live on
+                    # Keep what is not committed for a later try (a failed transaction rolled
+                    # back, so nothing of it is half-written); say why once per kind.
+                    done = exc.done if isinstance(exc, _Partial) else 0
+                    cause = exc.cause if isinstance(exc, _Partial) else exc
+                    self._committed += done
                     self.write_errors += 1
-                    msg = str(exc).strip() or type(exc).__name__
+                    msg = str(cause).strip() or type(cause).__name__
                     if self.last_write_error != msg:
                         log.error("store write failed, will retry: %s", msg)
                     self.last_write_error = msg
-                    self._pending.extendleft(reversed(batch))
+                    self._pending.extendleft(reversed(batch[done:]))
                     if self._stop and time.monotonic() > self._give_up_at:
                         log.error("store closing with %d write(s) not committed",
                                   len(self._pending))
@@ -270,6 +307,43 @@ class PostgresStore:
                     cb(self._committed)
         if conn is not None:
             conn.close()
+
+    def _commit_isolating(self, conn: psycopg.Connection[Any],
+                          batch: list[tuple[str, object]]) -> None:
+        """Commit the batch; if a record in it is refused (not the connection: the data, e.g.
+        a NUL byte from a User-Name, which PostgreSQL text cannot hold), find it by halving,
+        store it cleaned or drop it, and commit the rest. One bad packet must not stop the
+        audit trail. Raises _Partial (records committed so far, in order) when the
+        connection fails meanwhile."""
+        segments = [batch]
+        done = 0
+        while segments:
+            seg = segments.pop(0)
+            try:
+                self._commit(conn, seg)
+            except Exception as exc:
+                if _retryable(exc, conn):
+                    raise _Partial(done, exc) from exc
+                if len(seg) > 1:
+                    mid = len(seg) // 2
+                    segments[0:0] = [seg[:mid], seg[mid:]]
+                    continue
+                self._store_cleaned(conn, seg[0], exc, done)
+            done += len(seg)
+
+    def _store_cleaned(self, conn: psycopg.Connection[Any], item: tuple[str, object],
+                       exc: Exception, done: int) -> None:
+        kind, rec = item
+        try:
+            self._commit(conn, [(kind, _cleaned(rec))])
+            log.warning("store: %s record kept with unstorable characters replaced (%s)",
+                        kind, str(exc).strip())
+        except Exception as exc2:
+            if _retryable(exc2, conn):
+                raise _Partial(done, exc2) from exc2
+            self.dropped += 1
+            log.error("store: %s record dropped, the database refuses it: %s (%r)",
+                      kind, str(exc2).strip(), rec)
 
     @staticmethod
     def _commit(conn: psycopg.Connection[Any], batch: list[tuple[str, object]]) -> None:
