@@ -1,0 +1,1 @@
+"""Fuzz harnesses for the packet parsers and the request path; run them with run.py."""
