@@ -221,8 +221,9 @@ class EapService:
         conv = _Conversation(token, first_id & 0xFF, now, station=nas.calling_station_id)
         self._convs[token] = conv
         if conv.station is not None and conv.station in self._awaiting:
-            # The station starts over while its previous conversation waits on posture.
-            old = self._convs.pop(self._awaiting[conv.station], None)
+            # The station starts over while its previous conversation waits on posture: it
+            # gave up there. The old conversation may still finish if an answer comes.
+            old = self._convs.get(self._awaiting[conv.station])
             if old is not None:
                 self._abandoned(old, now)
             self._awaiting.pop(conv.station, None)
@@ -314,6 +315,9 @@ class EapService:
         outer = conv.identity or None
         if step.kind == "success" and step.outcome is not None:
             o = step.outcome
+            if conv.station is not None and conv.station in self._no_posture:
+                # Still without an agent: renew, or every re-authentication would fail once.
+                self._no_posture[conv.station] = self._now + self.config.posture_fallback_seconds
             return EapResult(
                 "accept",
                 packet.success(resp_id),
