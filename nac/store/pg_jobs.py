@@ -17,6 +17,7 @@ The table comes from migration 3 (nac/store/migrations.py, `nac store migrate`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -24,8 +25,9 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
@@ -41,6 +43,28 @@ _COLUMNS = (
 )
 _KINDS = sorted(PORT_KINDS)
 JOBS_SCHEMA_VERSION = 3  # the migration that creates the table
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _retry_conflicts(fn: F) -> F:
+    """Two servers updating the same rows can deadlock; PostgreSQL then aborts one of the
+    transactions, which is safe to run again from the start."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(4):
+            try:
+                return fn(*args, **kwargs)
+            except psycopg.errors.TransactionRollbackError as exc:
+                if attempt == 3:
+                    raise
+                log.info("job queue: %s; running the transaction again", exc)
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _c(conn: Any) -> Any:
@@ -104,6 +128,7 @@ class PgJobQueue:
             return _c(conn).execute(sql, args).rowcount
 
     # -- producer side ------------------------------------------------------------------
+    @_retry_conflicts
     def enqueue(
         self,
         kind: str,
@@ -159,6 +184,7 @@ class PgJobQueue:
         return job_id
 
     # -- worker side --------------------------------------------------------------------
+    @_retry_conflicts
     def requeue_expired(self) -> int:
         """Return claimed jobs whose lease expired to pending (or dead when out of attempts).
 
@@ -190,6 +216,7 @@ class PgJobQueue:
             log.warning("lease expired: %d job(s) back to pending, %d dead", back, dead)
         return back
 
+    @_retry_conflicts
     def claim(self, limit: int = 1) -> list[Job]:
         """Claim up to ``limit`` due jobs, oldest first, at most one per switch+port (across
         all servers). Jobs being claimed by another server right now are skipped."""
