@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from nac.cli import enforce as enforce_cli
 from tests.lab.fixtures import Lab, switch_lab
+from tests.pg import pg_server, pg_url  # noqa: F401  (pytest fixtures)
 
 pytestmark = [pytest.mark.netns, pytest.mark.peer]
 
@@ -105,3 +106,27 @@ def test_bad_config_is_reported(cli: click.Group, tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["enforce", "set-vlan", "x", "1", "10", "--config", str(cfg),
                                  "--state-dir", str(tmp_path / "s")])
     assert r.exit_code == 1 and "needs a [snmp] section" in r.output
+
+
+def test_queue_in_postgresql(lab: Lab, cli: click.Group, tmp_path: Path,
+                             pg_url: str) -> None:  # noqa: F811
+    """--store postgresql://...: the same commands over the store's PostgreSQL queue."""
+    import psycopg
+
+    from nac.store.migrations import migrate_postgres
+
+    runner = CliRunner()
+    cfg = write_config(lab, tmp_path / "nac.toml")
+    base = ["--config", str(cfg), "--store", pg_url]
+    r = runner.invoke(cli, ["enforce", "list", "--store", pg_url])
+    assert r.exit_code == 1 and "nac store migrate" in r.output
+    with psycopg.connect(pg_url) as conn:
+        migrate_postgres(conn)
+    target = 30 if lab.switch.port_vlan("swp2") != 30 else 20
+    r = runner.invoke(cli, ["enforce", "set-vlan", "labsw", "swp2", str(target), *base])
+    assert r.exit_code == 0, r.output
+    assert "done: snmp set VLAN" in r.output
+    assert lab.switch.port_vlan("swp2") == target
+    r = runner.invoke(cli, ["enforce", "list", "--json", "--store", pg_url])
+    (job,) = json.loads(r.output)
+    assert job["state"] == "done" and job["latency"] > 0

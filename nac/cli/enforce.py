@@ -1,6 +1,8 @@
 """`nac enforce ...`: queue and inspect switch enforcement jobs.
 
-The queue lives in STATE/nac.db (table ``enforcement_jobs``); the switch inventory comes
+The queue lives in STATE/nac.db (table ``enforcement_jobs``), or in the store named by
+``--store`` (sqlite:///PATH, or postgresql://... once `nac store migrate` ran); the switch
+inventory comes
 from ``--config FILE`` (env NAC_CONFIG), a TOML file whose ``[[switches]]`` tables are
 ``enforcers.inventory.Switch`` entries. Other top-level keys are ignored, so the server's
 own config file works too. Keys of one ``[[switches]]`` table:
@@ -58,7 +60,7 @@ from pathlib import Path
 import click
 from pydantic import ValidationError
 
-from nac.cli.common import fail, state_dir_option
+from nac.cli.common import fail, state_dir_option, store_option
 
 
 def _load_inventory(config: Path | None):  # noqa: ANN202 - lazy imports keep CLI start fast
@@ -77,10 +79,24 @@ def _load_inventory(config: Path | None):  # noqa: ANN202 - lazy imports keep CL
     raise AssertionError  # unreachable: fail() exits
 
 
-def _queue(state_dir: Path):  # noqa: ANN202
+def _queue(state_dir: Path, store_url: str | None = None):  # noqa: ANN202
+    """The queue in the store: STATE/nac.db by default, sqlite:///PATH, or PostgreSQL."""
     from enforcers.queue import JobQueue
 
-    return JobQueue(state_dir / "nac.db")
+    if store_url is None:
+        return JobQueue(state_dir / "nac.db")
+    if store_url.startswith("sqlite:///"):
+        return JobQueue(Path(store_url[len("sqlite:///"):]))
+    if store_url.startswith(("postgresql://", "postgres://")):
+        from nac.store.migrations import SchemaError
+        from nac.store.pg_jobs import PgJobQueue
+
+        try:
+            return PgJobQueue(store_url)
+        except SchemaError as exc:
+            fail(str(exc))
+    fail(f"unknown store URL {store_url!r}: expected sqlite:///PATH or postgresql://...")
+    raise AssertionError  # unreachable: fail() exits
 
 
 def _config_option(func):  # noqa: ANN001, ANN202
@@ -146,15 +162,16 @@ def enforce() -> None:
 @_wait_option
 @_config_option
 @state_dir_option
+@store_option
 def set_vlan(switch: str, port: str, vlan: int, mac: str | None, session_id: str | None,
              reason: str, timeout: float, wait: bool, config: Path | None,
-             state_dir: Path) -> None:
+             state_dir: Path, store_url: str | None) -> None:
     """Put PORT of SWITCH in VLAN (PORT: interface name, or NAS-Port number)."""
     from enforcers.base import DriverError
     from enforcers.enforcer import Enforcer
 
     inv = _load_inventory(config)
-    queue = _queue(state_dir)
+    queue = _queue(state_dir, store_url)
     enf = Enforcer(inv.switches, queue)
     nas_port = int(port) if port.isdigit() else None
     try:
@@ -182,8 +199,10 @@ def set_vlan(switch: str, port: str, vlan: int, mac: str | None, session_id: str
 @_wait_option
 @_config_option
 @state_dir_option
+@store_option
 def reauth(mac: str, switch: str | None, session_id: str | None, port: str | None,
-           timeout: float, wait: bool, config: Path | None, state_dir: Path) -> None:
+           timeout: float, wait: bool, config: Path | None, state_dir: Path,
+           store_url: str | None) -> None:
     """Make the switch re-authenticate the host MAC (CoA, or a port bounce)."""
     from enforcers.base import DriverError
     from enforcers.enforcer import Enforcer
@@ -195,7 +214,7 @@ def reauth(mac: str, switch: str | None, session_id: str | None, port: str | Non
             fail("give --switch (the inventory has "
                  f"{len(coa)} CoA-capable switches)")
         switch = coa[0]
-    queue = _queue(state_dir)
+    queue = _queue(state_dir, store_url)
     try:
         job_id = Enforcer(inv.switches, queue).reauth(switch, mac=mac, session_id=session_id,
                                                       port=port)
@@ -213,11 +232,13 @@ def reauth(mac: str, switch: str | None, session_id: str | None, port: str | Non
               type=click.Choice(["pending", "claimed", "done", "dead", "superseded"]))
 @click.option("--limit", type=int, default=100, show_default=True)
 @state_dir_option
-def list_jobs(as_json: bool, states: tuple[str, ...], limit: int, state_dir: Path) -> None:
+@store_option
+def list_jobs(as_json: bool, states: tuple[str, ...], limit: int, state_dir: Path,
+              store_url: str | None) -> None:
     """List enforcement jobs, newest first."""
     from nac.cli.output import dump_json, fmt_time, table
 
-    jobs = _queue(state_dir).list_jobs(states or None, limit)
+    jobs = _queue(state_dir, store_url).list_jobs(states or None, limit)
     if as_json:
         dump_json([j.as_dict() for j in jobs])
         return
@@ -232,9 +253,10 @@ def list_jobs(as_json: bool, states: tuple[str, ...], limit: int, state_dir: Pat
 @enforce.command("retry")
 @click.argument("job_id", metavar="JOB", type=int)
 @state_dir_option
-def retry(job_id: int, state_dir: Path) -> None:
+@store_option
+def retry(job_id: int, state_dir: Path, store_url: str | None) -> None:
     """Put a dead (or finished) job back in the queue with fresh attempts."""
-    queue = _queue(state_dir)
+    queue = _queue(state_dir, store_url)
     job = queue.get(job_id)
     if job is None:
         fail(f"no job {job_id}")
@@ -249,13 +271,15 @@ def retry(job_id: int, state_dir: Path) -> None:
 @click.option("--concurrency", type=int, default=16, show_default=True)
 @_config_option
 @state_dir_option
-def run(once: bool, concurrency: int, config: Path | None, state_dir: Path) -> None:
+@store_option
+def run(once: bool, concurrency: int, config: Path | None, state_dir: Path,
+        store_url: str | None) -> None:
     """Run the enforcement worker on the queue (the server runs one itself)."""
     from enforcers.enforcer import Enforcer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     inv = _load_inventory(config)
-    enf = Enforcer(inv.switches, _queue(state_dir), concurrency=concurrency)
+    enf = Enforcer(inv.switches, _queue(state_dir, store_url), concurrency=concurrency)
 
     async def go() -> None:
         try:
