@@ -124,6 +124,11 @@ class Server:
         return (recommendation(policy, d.segment), assessment(policy, d.segment),
                 list(d.remediation), None)
 
+    def nas_profile(self, nas: str) -> tuple[str | None, str | None]:
+        """(client group, vendor profile) of a NAS address: per-switch VLAN overrides."""
+        client = self.engine.clients.lookup(nas)
+        return (client.group, client.profile.name) if client else (None, None)
+
     def on_decision(self, rec: DecisionRecord) -> None:
         self.store.record_decision(rec)
         planner = self.planner
@@ -201,9 +206,19 @@ class Server:
                      "decision; pending jobs resume", len(self.planner.switches),
                      len(self.planner.push_on_auth))
             worker = asyncio.ensure_future(self.planner.enforcer.run(stop))
+        monitor = None
+        # One intake per server, like the enforcer: a port binds once, a file is read once.
+        if self.cfg.monitor is not None and self.worker_id in (None, 0):
+            from nac.monitor.server import start_monitor
+
+            monitor = await start_monitor(
+                self.cfg.monitor, self.store, lambda: self.live.policy, self.planner,
+                state_dir=self.state_dir, nas_profile=self.nas_profile)
         await stop.wait()
         log.info("stopping")
         house.cancel()
+        if monitor is not None:
+            await monitor.close()
         if worker is not None:
             await asyncio.wait_for(worker, timeout=30)
             await self.planner.enforcer.close()  # type: ignore[union-attr]

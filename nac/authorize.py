@@ -104,6 +104,10 @@ class Authorizer:
     ) -> Decision:
         who = f"authenticated {identity!r} by {method} (role {role!r})"
         reg = self.registered.get(mac) if mac else None
+        if reg is not None and reg == getattr(self.policy, "isolated_segment", None):
+            # An isolation hold (IDS alert or administrator) outranks what the host reports.
+            reasons = [who, f"MAC held in segment {reg!r} (IDS alert or administrator)"]
+            return self.finish(reg, reasons, "account", group, vendor)
         if posture is None and reg is not None:
             reasons = [who, f"MAC registered in segment {reg!r}"]
             return self.finish(self._cap(reg, role, reasons), reasons, "account", group, vendor)

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from nac.monitor.config import MonitorConfig
 from nac.radius.replies import PROFILES
 
 DEMO_SECRET = "testing123"
@@ -115,6 +116,8 @@ class Config(_Strict):
     # Switch inventory for enforcement (enforcers/inventory.py); kept raw here and validated
     # by the enforcers package so the packet path does not import it.
     switches: list[dict[str, object]] = Field(default_factory=list)
+    # Quarantine monitor (IDS alert intake, nac/monitor/README.md); absent: off.
+    monitor: MonitorConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     embedded: bool = Field(default=False, exclude=True)
     source: str = Field(default="", exclude=True)

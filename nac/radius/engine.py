@@ -79,20 +79,36 @@ class Engine:
         self._pap_key = os.urandom(32)
 
     # ---- entry points -------------------------------------------------------------------
-    def handle_auth(self, data: bytes, host: str, port: int, now: float) -> Outcome:
+    def _receive(self, data: bytes, host: str, port: int, now: float,
+                 codes: tuple[int, ...]) -> tuple[NasClient, c.Packet, tuple[object, ...]] | bytes:
+        """Who sent it, what it is, and whether it was answered already.
+
+        Returns (client, packet, duplicate key) for a new request, or the bytes to answer
+        with right away: a cached reply, or b"" for nothing (dropped, or a retransmission
+        of a request still in progress)."""
         client = self._client(host, now)
         if client is None:
-            return None
+            return b""
         try:
             pkt = c.decode(data)
         except c.MalformedPacket as exc:
             self._drop("malformed_" + exc.reason)
-            return None
+            return b""
+        if pkt.code not in codes:
+            self._drop("unexpected_code")
+            return b""
         key = (host, port, pkt.ident, pkt.authenticator)
         cached = self.dedup.get(key, now)
         if cached is not None:
             self.counters["duplicates"] += 1
-            return cached or None  # b"": still being processed; the retransmission waits
+            return cached
+        return client, pkt, key
+
+    def handle_auth(self, data: bytes, host: str, port: int, now: float) -> Outcome:
+        got = self._receive(data, host, port, now, (c.ACCESS_REQUEST, c.STATUS_SERVER))
+        if isinstance(got, bytes):
+            return got or None
+        client, pkt, key = got
         if pkt.code == c.ACCESS_REQUEST:
             if pkt.ma_offset >= 0:
                 if not c.message_authenticator_ok(pkt, client.secret):
@@ -107,9 +123,6 @@ class Engine:
                 self._drop("bad_message_authenticator", host)
                 return None
             out = c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret, b"")
-        else:
-            self._drop("unexpected_code")
-            return None
         if isinstance(out, bytes):
             self.dedup.put(key, out, now)
         elif isinstance(out, Deferred):
@@ -118,22 +131,10 @@ class Engine:
 
     def handle_acct(self, data: bytes, host: str, port: int,
                     now: float) -> bytes | AfterCommit | None:
-        client = self._client(host, now)
-        if client is None:
-            return None
-        try:
-            pkt = c.decode(data)
-        except c.MalformedPacket as exc:
-            self._drop("malformed_" + exc.reason)
-            return None
-        if pkt.code != c.ACCOUNTING_REQUEST:
-            self._drop("unexpected_code")
-            return None
-        key = (host, port, pkt.ident, pkt.authenticator)
-        cached = self.dedup.get(key, now)
-        if cached is not None:
-            self.counters["duplicates"] += 1
-            return cached or None  # b"": not yet recorded; the NAS will retransmit
+        got = self._receive(data, host, port, now, (c.ACCOUNTING_REQUEST,))
+        if isinstance(got, bytes):
+            return got or None  # b"" also while the record is not committed yet
+        client, pkt, key = got
         if not c.accounting_authenticator_ok(pkt, client.secret):
             self._drop("bad_authenticator", host)
             return None
