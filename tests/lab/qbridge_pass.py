@@ -30,6 +30,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 QBRIDGE = (1, 3, 6, 1, 2, 1, 17, 7, 1, 4)
 PVID = QBRIDGE + (5, 1, 1)
@@ -70,21 +71,38 @@ class Bridge:
                 return int(mid)
         return None
 
+    @staticmethod
+    def _links() -> list[dict]:
+        """Every interface of the namespace from sysfs (``ip netns exec`` mounts the
+        namespace's own /sys): no process spawned per SNMP request."""
+        links = []
+        for dev in sorted(Path("/sys/class/net").iterdir()):
+            try:
+                master = (dev / "master").resolve().name if (dev / "master").exists() else ""
+                links.append({
+                    "ifname": dev.name,
+                    "ifindex": int((dev / "ifindex").read_text()),
+                    "up": bool(int((dev / "flags").read_text(), 16) & 0x1),  # IFF_UP
+                    "master": master,
+                    "is_bridge": (dev / "bridge").is_dir(),
+                })
+            except OSError:
+                continue  # the interface went away while we looked
+        return links
+
     def ports(self) -> dict[int, dict]:
         """ifindex -> {name, up, pvid, vlans: {vid: untagged?}} for every bridge port."""
-        links = self._json("ip", "-j", "link", "show")
         ports: dict[int, dict] = {}
-        for link in links:
-            master = link.get("master")
+        for link in self._links():
+            master = link["master"]
             if not master:
                 continue
             if self.mode == "filtering" and master != self.bridge:
                 continue
             if self.mode != "filtering" and self._vlan_of_master(master) is None:
                 continue
-            up = "UP" in link.get("flags", [])
-            ports[int(link["ifindex"])] = {"name": link["ifname"], "up": up, "pvid": None,
-                                           "vlans": {}}
+            ports[int(link["ifindex"])] = {"name": link["ifname"], "up": link["up"],
+                                           "pvid": None, "vlans": {}}
             if self.mode != "filtering":
                 vid = self._vlan_of_master(master)
                 ports[int(link["ifindex"])].update(pvid=vid, vlans={vid: True})
@@ -106,7 +124,9 @@ class Bridge:
     def known_vlans(self, ports: dict[int, dict]) -> set[int]:
         vids = {v for p in ports.values() for v in p["vlans"]} | (self.vlans or set())
         if self.mode != "filtering":
-            for link in self._json("ip", "-j", "link", "show", "type", "bridge"):
+            for link in self._links():
+                if not link["is_bridge"]:
+                    continue
                 vid = self._vlan_of_master(link["ifname"])
                 if vid is not None:
                     vids.add(vid)
@@ -123,7 +143,7 @@ class Bridge:
             run("bridge", "vlan", "add", "dev", name, "vid", str(vid), "pvid", "untagged")
             return "DONE"
         target = self.pattern.format(vlan=vid)
-        if subprocess.run(["ip", "link", "show", target], capture_output=True).returncode:
+        if not Path("/sys/class/net", target, "bridge").is_dir():
             return "inconsistent-value"  # the VLAN does not exist on this switch
         run("ip", "link", "set", "dev", name, "master", target)
         return "DONE"
