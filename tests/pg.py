@@ -2,18 +2,20 @@
 
 Use the fixtures from a test module::
 
-    from tests.pg import pg_server, pg_url  # noqa: F401  (pytest fixtures)
+    from tests.pg import pg_server, pg_store_url, pg_url  # noqa: F401  (pytest fixtures)
 
     def test_x(pg_url: str) -> None:  # noqa: F811  (a fresh, empty database per test)
 
 ``pg_server`` is one cluster per test session (initdb costs ~1 s); ``pg_url`` creates a new
-database in it for each test. ``PgServer.restart()`` / ``stop()`` / ``start()`` let a test
-take the database away under a running client. Skips when the PostgreSQL binaries are
-missing (CI installs them: see .ci/install).
+empty database in it for each test, ``pg_store_url`` one at the newest nac schema (also
+``pg_server.create_database(migrate=True)``). ``PgServer.restart()`` / ``stop()`` /
+``start()`` let a test take the database away under a running client. Skips when the
+PostgreSQL binaries are missing (CI installs them: see .ci/install).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -89,14 +91,20 @@ class PgServer:
         self.stop(mode)
         self.start()
 
-    def create_database(self, name: str | None = None) -> str:
-        """A new empty database; returns its URL."""
+    def create_database(self, name: str | None = None, *, migrate: bool = False) -> str:
+        """A new empty database (migrate=True: at the newest nac schema); returns its URL."""
         import psycopg
 
         name = name or f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+        url = self.url(name)
+        if migrate:
+            from nac.store.migrations import migrate_postgres
+
+            with psycopg.connect(url) as conn:
+                migrate_postgres(conn)
+        return url
 
     def log(self) -> str:
         p = self.root / "pg.log"
@@ -128,6 +136,8 @@ def start_pg() -> PgServer:
         log = srv.log()
         stop_pg(srv)
         raise RuntimeError(f"could not start PostgreSQL: {exc.stderr}\n{log}") from exc
+    # Also at interpreter exit: a test run stopped half-way leaves no postgres behind.
+    atexit.register(stop_pg, srv)
     return srv
 
 
@@ -145,4 +155,11 @@ def pg_server() -> Iterator[PgServer]:
 
 @pytest.fixture
 def pg_url(pg_server: PgServer) -> str:
+    """A fresh empty database (no schema: tests of migrations start here)."""
     return pg_server.create_database()
+
+
+@pytest.fixture
+def pg_store_url(pg_server: PgServer) -> str:
+    """A fresh database at the newest nac schema: ready for PostgresStore / PgJobQueue."""
+    return pg_server.create_database(migrate=True)
