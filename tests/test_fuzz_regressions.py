@@ -28,6 +28,10 @@ OPEN = {
     "eap_tnc_reassembler-reserved-flags-mid-message": (
         "eap_ext/tnc/eap_tnc.py Reassembler.feed: TncFrame.decode raises before _fail(), "
         "so a bad frame in mid-message leaves the old reassembly in progress"),
+    "radius_engine-eap-challenge-with-proxy-state-over-4096": (
+        "nac/radius/engine.py: an Access-Challenge carrying a full EAP fragment plus the "
+        "echoed Proxy-State exceeds 4096 octets; codec.encode_reply raises ValueError out "
+        "of Engine.handle_auth"),
 }
 
 
@@ -98,3 +102,21 @@ def test_eap_start_gets_an_identity_request() -> None:
     assert reply.code == c.ACCESS_CHALLENGE
     eap = packet.parse(c.join_eap(reply) or b"")
     assert (eap.code, eap.type) == (packet.REQUEST, packet.IDENTITY)
+
+
+@pytest.mark.xfail(strict=True,
+                   reason=OPEN["radius_engine-eap-challenge-with-proxy-state-over-4096"])
+def test_engine_never_raises_when_proxy_state_fills_the_reply() -> None:
+    """A request near 4096 octets, most of it Proxy-State (proxies add one per hop; RFC
+    2865 5.33 says the server MUST echo them), continuing a PEAP conversation: the reply is
+    a 1020-octet EAP fragment + State + MA + all that Proxy-State, over the 4096-octet limit.
+    codec.encode_reply raises ValueError("reply exceeds 4096 octets"), which escapes
+    Engine.handle_auth (engine.py `_eap` -> `c.encode_reply(c.ACCESS_CHALLENGE, ...)`).
+    server.py catches and logs it, but the NAS gets no answer, the retransmission hits the
+    same error, and the conversation stalls; every such request logs a traceback.
+    Fix (engine): size the EAP fragment to the room left after the echoed Proxy-State (or
+    catch the ValueError and drop with a counter such as drop_reply_too_large); the same
+    guard is worth having for Accept/Reject, whose reply attributes can also outgrow the
+    request's."""
+    target = REGISTRY["radius_engine"].target()
+    target((CRASH_DIR / "radius_engine-eap-challenge-with-proxy-state-over-4096").read_bytes())

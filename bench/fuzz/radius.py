@@ -235,6 +235,39 @@ def _engine_seeds() -> Iterator[bytes]:
     yield join_records([(MODE_AUTH, p), (MODE_AUTH, p)])
 
 
+# Attribute types worth inserting: echoed (Proxy-State), steering (State, EAP-Message,
+# Service-Type, User-Name, Calling-Station-Id), parsed (Framed-IPv6-Prefix, VSA), and MA.
+ATTR_TYPES = (c.PROXY_STATE, c.STATE, c.EAP_MESSAGE, c.SERVICE_TYPE, c.USER_NAME,
+              c.USER_PASSWORD, c.CALLING_STATION_ID, c.NAS_PORT_ID, c.FRAMED_IPV6_PREFIX,
+              c.VENDOR_SPECIFIC, c.MESSAGE_AUTHENTICATOR, c.ACCT_STATUS_TYPE, c.CLASS)
+
+
+def _attr_mutate(packet: bytes, rng: random.Random) -> bytes:
+    """Whole attributes in and out: long and repeated ones make the size limits (4096-octet
+    packets, echoed Proxy-State) reachable, which byte flips almost never do."""
+    if len(packet) < 20:
+        return packet
+    op = rng.randrange(4)
+    if op == 0:  # many copies of one large attribute
+        t = rng.choice(ATTR_TYPES)
+        n = rng.choice((1, 2, 4, 8, 12, 15, 16))
+        size = rng.choice((0, 1, 4, 16, 100, 200, 253))
+        return packet + c.encode_attr(t, rng.randbytes(size)) * n
+    if op == 1:  # pad to near the 4096 limit with Proxy-State
+        room = c.MAX_PACKET - len(packet) - rng.choice((0, 1, 2, 18, 40, 300))
+        out = packet
+        while room >= 3:
+            n = min(255, room)
+            out += c.encode_attr(c.PROXY_STATE, bytes(n - 2))
+            room -= n
+        return out
+    if op == 2:  # a small attribute of an interesting type
+        t = rng.choice(ATTR_TYPES)
+        return packet + c.encode_attr(t, rng.randbytes(rng.choice((0, 1, 2, 4, 6, 16, 18))))
+    cut = rng.randrange(20, len(packet) + 1)  # drop the tail
+    return packet[:cut]
+
+
 def _engine_mutate(data: bytes, rng: random.Random) -> bytes:
     """Mutate inside one record so the framing (and re-signing) survives."""
     from fuzz.core import mutate_bytes
@@ -242,9 +275,14 @@ def _engine_mutate(data: bytes, rng: random.Random) -> bytes:
     recs = records(data) or [(MODE_AUTH, b"")]
     i = rng.randrange(len(recs))
     flags, payload = recs[i]
-    if rng.random() < 0.2:
+    r = rng.random()
+    if r < 0.15:
         flags ^= 1 << rng.randrange(5)
-    recs[i] = (flags, mutate_bytes(payload, rng, [p for _, p in recs], c.MAX_PACKET))
+    elif r < 0.5:
+        payload = _attr_mutate(payload, rng)
+    else:
+        payload = mutate_bytes(payload, rng, [p for _, p in recs], c.MAX_PACKET)
+    recs[i] = (flags, payload[: c.MAX_PACKET])
     return join_records(recs)
 
 

@@ -86,6 +86,8 @@ def run_builtin(names: list[str], args: argparse.Namespace) -> int:
 
 
 STATS = re.compile(r"fuzz-stats: runs=(\d+) seconds=([\d.]+)")
+START = re.compile(r"fuzz-start: ([\d.]+)")
+FINAL = re.compile(r"stat::number_of_executed_units:\s*(\d+)")
 
 
 def run_atheris(names: list[str], args: argparse.Namespace) -> int:
@@ -107,9 +109,16 @@ def run_atheris(names: list[str], args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             wall = time.perf_counter() - t0
+            end = time.time()
         log = proc.stderr
-        m = STATS.search(log)
-        runs, took = (int(m.group(1)), float(m.group(2))) if m else (0, 0.0)
+        # Runs: libFuzzer's final count. Rate: over the time since the first input, since
+        # libFuzzer's own exec/s is whole-second granular and start-up (instrumenting the
+        # imports) is not fuzzing.
+        final = FINAL.search(log)
+        last = STATS.findall(log)
+        runs = int(final.group(1)) if final else int(last[-1][0]) if last else 0
+        start = START.search(log)
+        took = end - float(start.group(1)) if start else 0.0
         rate = runs / took if took > 0 else 0.0
         crashed = proc.returncode != 0
         print(f"{name:22} {runs:9d} {wall:8.1f} {rate:9.0f}  {int(crashed)}", flush=True)
@@ -148,6 +157,7 @@ def atheris_worker(name: str, libfuzzer_args: list[str]) -> None:
         now = time.perf_counter()
         if not count[0]:
             count[1] = count[2] = now  # after libFuzzer's start-up and seed loading
+            print(f"fuzz-start: {time.time():.3f}", file=sys.stderr, flush=True)
         count[0] += 1
         try:
             target(data)
