@@ -141,3 +141,48 @@ def test_database_restart_loses_nothing_queued(own_pg: PgServer) -> None:
         assert s.get_node(rec(0).mac)["segment"] == "normal"  # type: ignore[index]
     finally:
         s.close()
+
+
+def test_healthz_follows_the_database(own_pg: PgServer) -> None:
+    """/healthz wired to PostgresStore.healthy(): 503 naming the store while the database is
+    down (answered promptly), 200 again once it is back."""
+    import asyncio
+    import json
+
+    from nac.metrics import start_metrics
+    from nac.store.postgres import PostgresStore
+
+    url = own_pg.create_database(migrate=True)
+    s = PostgresStore(url)
+
+    async def healthz(port: int) -> tuple[int, dict, float]:
+        t = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\n\r\n")
+        raw = await reader.read()
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body), time.monotonic() - t
+
+    async def main() -> None:
+        server = await start_metrics("127.0.0.1", 0, health=lambda: {"store": s.healthy()},
+                                     gauges=lambda: {"store_backlog": s.backlog})
+        port = server.sockets[0].getsockname()[1]
+        try:
+            status, doc, _ = await healthz(port)
+            assert status == 200 and doc["checks"] == {"store": True}
+            own_pg.stop()
+            status, doc, took = await healthz(port)
+            assert status == 503 and doc["failed"] == ["store"]
+            assert took < 4.0
+            own_pg.start()
+            status, doc, _ = await healthz(port)
+            assert status == 200
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    try:
+        asyncio.run(main())
+    finally:
+        s.close()
