@@ -55,6 +55,29 @@ def _packet_seeds() -> Iterator[bytes]:
                    + bytes(40)) + b"pad"
 
 
+# --- eap_avp (TTLS phase 2 attributes) -----------------------------------------------------
+def _avp_target() -> object:
+    def one(data: bytes) -> str | None:
+        try:
+            avps = avp.parse(data)
+        except avp.AvpError:
+            return "error"
+        again = avp.parse(b"".join(a.encode() for a in avps))
+        if again != avps:
+            raise Finding("AVPs do not survive encode/parse")
+        kinds = sorted({"vendor" if a.vendor else "ietf" for a in avps})
+        return "ok:" + "+".join(kinds or ["empty"])
+    return one
+
+
+def _avp_seeds() -> Iterator[bytes]:
+    yield (avp.Avp(avp.USER_NAME, b"demo").encode()
+           + avp.Avp(avp.USER_PASSWORD, b"demo-password" + bytes(3)).encode())
+    yield (avp.Avp(avp.MS_CHAP_CHALLENGE, bytes(16), avp.MICROSOFT).encode()
+           + avp.Avp(avp.MS_CHAP2_RESPONSE, bytes(50), avp.MICROSOFT).encode())
+    yield avp.Avp(avp.EAP_MESSAGE, response(3, 38, b"\x01")).encode()
+
+
 # --- eap_tls_framer --------------------------------------------------------------------------
 # Record flags: bit 0 queue an outbound flight of `payload` length first (we are "sending"),
 # bit 1 take one outbound fragment first. The payload is the Response type-data.
@@ -460,6 +483,8 @@ def _tunnel_seeds() -> Iterator[bytes]:
 
 register(Harness("eap_packet", "nac.eap.packet.parse: only EapError; encode round-trips",
                  _packet_target, _packet_seeds, max_len=512))  # type: ignore[arg-type]
+register(Harness("eap_avp", "nac.eap.avp.parse (TTLS phase 2): only AvpError; round trip",
+                 _avp_target, _avp_seeds, max_len=4096))  # type: ignore[arg-type]
 register(Harness("eap_tls_framer", "EAP-TLS L/M/S reassembly (tls_engine.Framer) against a "
                  "model: never raises, messages equal their fragments, bounded",
                  _framer_target, _framer_seeds, mutate=_records_mutate,

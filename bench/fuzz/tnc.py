@@ -173,6 +173,43 @@ def _server_seeds() -> Iterator[bytes]:
     yield bytes((160,)) + join_records([(0, posture_first_frames()), (0, b"\x01")])
 
 
+# --- tnc_peer --------------------------------------------------------------------------------
+def _peer_target() -> object:
+    """The agent's side (eap_ext ships to hosts): a rogue or broken server must not crash
+    it. Same records as tnc_server; the Start frame comes first unless the input says no."""
+    from eap_ext.tnc.eap_method import EapTncPeer
+    from eap_ext.tnc.session import ImcSession
+
+    doc = _postures()[0]
+
+    def one(data: bytes) -> str | None:
+        size = 20 + (data[0] if data else 0) * 8
+        peer = EapTncPeer(ImcSession(doc), max_fragment=size)
+        label = "none"
+        if not (data and data[0] & 1):
+            peer.process(eap_tnc.start_frame())
+        for flags, payload in records(data[1:], limit=16):
+            frames = (eap_tnc.fragment(payload, max_fragment=size)
+                      if flags & BATCH else [payload])
+            for frame in frames:
+                st = peer.process(frame)
+                if st.kind not in ("response", "failure"):
+                    raise Finding(f"peer step kind {st.kind!r}")
+                if st.kind == "response" and len(st.data) > max(size, 6):
+                    raise Finding(f"frame of {len(st.data)} over max_fragment {size}")
+                label = st.kind + ":" + st.reason[:24]
+        return label
+    return one
+
+
+def _peer_seeds() -> Iterator[bytes]:
+    for protocol in ("tnccs11", "pb-tnc"):
+        answers = [b for _a, b in _conversations(protocol)]
+        if answers:
+            yield bytes((160,)) + join_records([(BATCH, a) for a in answers])
+            yield bytes((4,)) + join_records([(BATCH, answers[0])] + [(0, b"\x01")] * 4)
+
+
 def _tnccs11_encode(b: tnccs11.Tnccs11Batch) -> bytes:
     return b.encode()
 
@@ -197,6 +234,9 @@ register(Harness("pa_tnc", "PA-TNC decode_message: only TncCodecError; round tri
 register(Harness("eap_tnc_reassembler", "EAP-TNC Reassembler: only EapTncFramingError, "
                  "messages equal their fragments, bounded", _reassembler_target,
                  _reassembler_seeds, mutate=_records_mutate, max_len=16384))  # type: ignore
+register(Harness("tnc_peer", "EapTncPeer.process (the agent's EAP-TNC side) against a rogue "
+                 "server: never raises", _peer_target, _peer_seeds, mutate=_records_mutate,
+                 max_len=16384))  # type: ignore[arg-type]
 register(Harness("tnc_server", "EapTncServer.process (posture inside the tunnel) over "
                  "whole exchanges: never raises, frames within bounds", _server_target,
                  _server_seeds, mutate=_records_mutate, max_len=16384))  # type: ignore
