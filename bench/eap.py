@@ -196,7 +196,9 @@ class Server:
         if kind == "nac":
             cmd = [*nac_cmd(), "serve", "--state-dir", str(pki_state), "--auth-port",
                    str(self.port), "--acct-port", str(acct), "--listen", "127.0.0.1",
-                   "--log-level", "warning"]
+                   "--log-level", "warning", "--workers", str(threads),
+                   # FreeRADIUS runs no posture method: compare authentication alone.
+                   "--posture", "off"]
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         else:
             d = work / "freeradius"
@@ -263,7 +265,8 @@ def main() -> None:
     ap.add_argument("--tls", default="1.2,1.3")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--only", choices=["nac", "freeradius"])
-    ap.add_argument("--threads", type=int, default=2, help="FreeRADIUS worker threads")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="FreeRADIUS worker threads and nac serve worker processes")
     args = ap.parse_args()
     if not shutil.which("eapol_test"):
         sys.exit("eapol_test is not installed")
