@@ -94,3 +94,17 @@ def test_postgres_migrate_and_info(pg_server: PgServer, tmp_path: Path) -> None:
 def test_postgres_unreachable(tmp_path: Path) -> None:
     r = nac("store", "info", "--store", "postgresql://nac:pw@127.0.0.1:1/x", check=False)
     assert r.returncode == 1 and "cannot reach the store" in r.stderr and "pw" not in r.stderr
+
+
+def test_open_store_or_fail(pg_server: PgServer, tmp_path: Path,  # noqa: F811
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    from nac.cli.store import open_store_or_fail
+
+    url = pg_server.create_database()
+    with pytest.raises(SystemExit) as exc:
+        open_store_or_fail(url, tmp_path)
+    assert exc.value.code == 1
+    assert "run `nac store migrate" in capsys.readouterr().err
+    s = open_store_or_fail(None, tmp_path)
+    assert s.url.startswith("sqlite:///")
+    s.close()

@@ -36,6 +36,17 @@ def _pg_connect(url: str) -> Any:
         fail(f"cannot reach the store {redact(url)}: {str(exc).strip()}")
 
 
+def open_store_or_fail(store_url: str | None, state_dir: Path) -> Any:
+    """open_store for CLI commands: an unreachable or unmigrated store is a one-line error
+    (exit 1), not a traceback."""
+    from nac.store import open_store
+
+    try:
+        return open_store(store_url, state_dir)
+    except (ValueError, OSError) as exc:  # SchemaError is a ValueError, ConnectionError OSError
+        fail(str(exc))
+
+
 @click.group("store")
 def store() -> None:
     """The store's schema: version, migrations, row counts."""
