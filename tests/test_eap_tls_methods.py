@@ -307,3 +307,19 @@ def test_posture_only_after_configured_methods(lab: Lab) -> None:
                          lab.box, posture=fake_posture)
     res, _ = run_tls(lab, service, TlsPeer(lab, "ttls", inner="pap"))
     assert res.action == "accept" and res.posture is None
+
+
+def test_revocation_while_running_takes_effect_on_reload(tmp_path: Path) -> None:
+    import os
+
+    lab = Lab(tmp_path)
+    service = lab.service()
+    assert service.reload_crl_if_changed() is False  # nothing changed since start
+    res, _ = run_tls(lab, service, TlsPeer(lab, "tls", version="1.3", cert=True))
+    assert res.action == "accept"
+    revoke(tmp_path, "demo")
+    later = lab.pki.crl.stat().st_mtime + 1  # the same second would look unchanged
+    os.utime(lab.pki.crl, (later, later))
+    assert service.reload_crl_if_changed() is True
+    res, _ = run_tls(lab, service, TlsPeer(lab, "tls", version="1.3", cert=True))
+    assert res.action == "reject" and "revoked" in res.reason

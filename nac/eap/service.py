@@ -140,6 +140,11 @@ class EapService:
             while len(self._no_posture) > self.config.max_conversations:
                 del self._no_posture[next(iter(self._no_posture))]
 
+    def reload_crl_if_changed(self) -> bool:
+        """Call from a housekeeping timer (it stats crl_file): True when a new CRL was
+        loaded. A CRL that fails its signature check raises ValueError, keeping the old."""
+        return self.tls.reload_crl_if_changed() if self.tls is not None else False
+
     def reload_crl(self, pem: bytes) -> None:
         """Take a new CRL (e.g. after `nac pki revoke`) without rebuilding TLS contexts."""
         if self.tls is not None:

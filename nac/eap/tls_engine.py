@@ -55,8 +55,8 @@ class TlsContexts:
         self._contexts = {name: self._build(name) for name in names}
         self.resumption = ResumptionCache(config.tls_session_lifetime, config.max_conversations)
         self.revoked: frozenset[int] = frozenset()
-        if config.crl_file and Path(config.crl_file).exists():
-            self.load_crl(Path(config.crl_file).read_bytes())
+        self.crl_mtime: float | None = None
+        self.reload_crl_if_changed()
 
     def context(self, method: str) -> SSL.Context:
         if method not in self._contexts:
@@ -93,6 +93,22 @@ class TlsContexts:
                 SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda _c, _x, _e, _d, ok: ok
             )
         return ctx
+
+    def reload_crl_if_changed(self) -> bool:
+        """Re-read crl_file when its mtime changed (`nac pki revoke` rewrites it). File I/O:
+        for the server's housekeeping timer, never for the packet path."""
+        path = self.config.crl_file
+        if not path:
+            return False
+        try:
+            mtime = Path(path).stat().st_mtime
+        except OSError:
+            return False
+        if mtime == self.crl_mtime:
+            return False
+        self.load_crl(Path(path).read_bytes())
+        self.crl_mtime = mtime
+        return True
 
     def load_crl(self, pem: bytes) -> None:
         """Serials revoked by the CA; the CRL's signature is checked against ca_file."""
