@@ -112,6 +112,10 @@ def test_firewall_forwarding_updates_password() -> None:
         outcome({"check": "forwarding", "ipv6": False}, forwarding={"ipv4": False, "ipv6": True})[0]
         == "compliant"
     )
+    vpn = {"check": "forwarding", "tunnels": True, "on_fail": "minor"}
+    off = {"ipv4": False, "ipv6": False, "bridges": [], "tunnels": ["wg0"]}
+    assert outcome(vpn, forwarding=off) == ("minor", "forwarding on: tunnels wg0")
+    assert outcome({"check": "forwarding"}, forwarding=off)[0] == "compliant"
     upd = {"check": "pending_updates", "max_security": 1, "max_total": 5}
     assert outcome(upd, pending_updates={"security": 1, "total": 5})[0] == "compliant"
     assert outcome(upd, pending_updates={"security": 2, "total": 5})[0] == "major"

@@ -242,6 +242,7 @@ class ForwardingRule(RuleBase):
     ipv4: bool = True
     ipv6: bool = True
     bridges: bool = False
+    tunnels: bool = False  # VPN, tun/tap, GRE... (the agent's `forwarding.tunnels`)
 
     def default_remediation(self) -> str:
         return (
@@ -262,6 +263,10 @@ class ForwardingRule(RuleBase):
             bridges = fwd["bridges"]
             shown = ", ".join(map(str, bridges)) if isinstance(bridges, list) else str(bridges)
             on.append("bridges " + shown)
+        if self.tunnels and fwd.get("tunnels"):
+            found = fwd["tunnels"]
+            shown = ", ".join(map(str, found)) if isinstance(found, list) else str(found)
+            on.append("tunnels " + shown)
         if not on:
             return Outcome(COMPLIANT, "")
         if all("unknown" in item for item in on):
