@@ -1,0 +1,95 @@
+"""`nac lab` end to end: the namespace switch, hostapd, wpa_supplicant with the IMC, and a
+`nac serve` that pushes VLANs over SSH, through every scenario an operator can run.
+
+One lab for the module (building it takes seconds); every scenario resets the hosts it
+uses, so each test stands alone in any order. The last test takes the lab down and checks
+that nothing is left.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nac.lab import scenarios
+from nac.lab import topology as topo
+from nac.lab.story import Story
+
+pytestmark = [pytest.mark.netns, pytest.mark.peer]
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network and mount namespaces)"
+    missing = topo.missing_programs()
+    if missing:
+        return f"missing programs: {', '.join(missing)} (CI installs them: .ci/install)"
+    if not scenarios.DSA_FEED.exists():
+        return "tests/data/osv is missing"
+    return None
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[topo.Lab]:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lab_dir = tmp_path_factory.mktemp("nac-lab")
+    try:
+        yield topo.up(lab_dir, say=lambda _line: None)
+    finally:
+        topo.down(lab_dir)
+
+
+def _run(lab: topo.Lab, name: str) -> Story:
+    lines: list[str] = []
+    try:
+        return scenarios.run(lab, name, out=lines.append)
+    finally:
+        print("\n".join(lines))  # the story, shown by pytest on failure (or with -s)
+
+
+def test_compliant_host_reaches_corp(lab: topo.Lab) -> None:
+    story = _run(lab, "compliant")
+    assert lab.port_vlan("host1") == topo.NORMAL
+    assert story.timings["host1_enforce_s"] < scenarios.ENFORCE_BUDGET
+
+
+def test_vulnerable_host_isolated_then_fixed(lab: topo.Lab) -> None:
+    story = _run(lab, "vulnerable")
+    assert lab.port_vlan("host2") == topo.NORMAL
+    assert story.timings["isolate_enforce_s"] < scenarios.ENFORCE_BUDGET
+
+
+def test_mab_host_quarantined(lab: topo.Lab) -> None:
+    _run(lab, "mab")
+
+
+def test_new_advisory_isolates_a_running_host(lab: topo.Lab) -> None:
+    story = _run(lab, "advisory")
+    assert story.timings["queued_to_isolated_s"] < scenarios.ENFORCE_BUDGET
+
+
+def test_ids_alert_isolates_forged_alert_does_not(lab: topo.Lab) -> None:
+    story = _run(lab, "ids")
+    assert story.timings["alert_to_isolated_s"] < scenarios.ENFORCE_BUDGET
+
+
+def test_server_killed_and_restarted(lab: topo.Lab) -> None:
+    _run(lab, "restart")
+    assert lab.running("nac-serve")
+
+
+def test_down_leaves_nothing(lab: topo.Lab) -> None:
+    pids = dict(lab.pids)
+    topo.down(lab.dir)
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not [ns for ns in lab.namespaces if ns in left]
+    assert not [n for n, pid in pids.items() if Path(f"/proc/{pid}").exists()]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert lab.mgmt_root_if not in links
+    assert not (lab.dir / "lab.json").exists()
