@@ -117,3 +117,14 @@ def test_policy_md_example_is_valid() -> None:
     example = doc.split("## Example", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
     policy = loads_policy(example, "POLICY.md example")
     assert policy.rule_names == ("supported-os", "antivirus", "security-updates")
+
+
+def test_copy_recomputes_derived_values() -> None:
+    policy = Policy.sample()
+    assert (policy.top_segment.vlan, policy.uses_feeds) == (30, True)
+    before = policy.digest
+    segments = {k: v.model_copy(update={"vlan": v.vlan + 100}) for k, v in policy.segments.items()}
+    copy = policy.model_copy(update={"segments": segments, "rules": []})
+    assert (copy.top_segment.vlan, copy.uses_feeds, copy.rule_names) == (130, False, ())
+    assert copy.digest != before
+    assert policy.digest == before and policy.top_segment.vlan == 30

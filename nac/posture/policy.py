@@ -72,6 +72,13 @@ class Policy(BaseModel):
         """The shipped sample policy (nac/posture/sample_policy.toml)."""
         return cls.from_dict(tomllib.loads(sample_policy_text()), SAMPLE_POLICY_FILE)
 
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Policy:
+        """A copy whose derived values (digest, top segment, ...) follow the updated fields."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name in _DERIVED:
+            copy.__dict__.pop(name, None)
+        return copy
+
     # --- derived, computed once per loaded policy ---------------------------------------
 
     @cached_property
@@ -148,6 +155,10 @@ class Policy(BaseModel):
                 )
             levels[seg.level] = name
         return errors
+
+
+# cached_property values of Policy; a copy with other fields must compute them anew.
+_DERIVED = ("digest", "rule_names", "top_segment", "uses_feeds")
 
 
 def load_policy(path: Path | str) -> Policy:
