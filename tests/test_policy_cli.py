@@ -201,3 +201,20 @@ def test_explain_reads_the_last_decision(tmp_path: Path) -> None:
     assert json.loads(out)["current_policy"]["segment"] == "normal"
     code, out, _ = run("policy", "explain", "52:54:00:12:34:57", "--state-dir", str(tmp_path))
     assert code == 1
+
+
+def test_apply_waits_for_running_servers(tmp_path: Path) -> None:
+    runtime = pytest.importorskip("nac.runtime")
+    state = tmp_path / "state"
+    # This test process stands in for a server: it publishes what it enforces.
+    runtime.publish_loaded(state, "an-older-policy")
+    try:
+        code, out, err = run(
+            "policy", "apply", str(SITE), "--state-dir", str(state), "--wait", "0.3"
+        )
+        assert code == 1 and "only 0 of 1 server process(es) enforce it" in err
+        runtime.publish_loaded(state, load_policy(SITE).digest)
+        code, out, _ = run("policy", "apply", str(SITE), "--state-dir", str(state))
+        assert code == 0 and "enforced by 1 server process(es)" in out
+    finally:
+        runtime.unpublish(state)

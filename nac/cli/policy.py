@@ -255,7 +255,14 @@ def _reevaluate(node: dict[str, Any], row: dict[str, Any], state_dir: Path) -> D
 @policy.command("apply")
 @click.argument("file", type=click.Path(path_type=Path))
 @state_dir_option
-def apply_cmd(file: Path, state_dir: Path) -> None:
+@click.option(
+    "--wait",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for running server processes to enforce it.",
+)
+def apply_cmd(file: Path, state_dir: Path, wait: float) -> None:
     """Validate FILE and install it as STATE/policy.toml (atomically)."""
     loaded = _load_or_exit(file)
     text = file.read_bytes()
@@ -271,6 +278,18 @@ def apply_cmd(file: Path, state_dir: Path) -> None:
         f"{file}: ok (digest {loaded.digest[:16]}); installed as {target}; "
         "the running server reloads it within a second"
     )
+    try:
+        from nac.runtime import wait_until_enforced
+    except ImportError:
+        return
+    done, total = wait_until_enforced(state_dir, loaded.digest, timeout=wait)
+    if total and done < total:
+        fail(
+            f"only {done} of {total} server process(es) enforce it after {wait:g} s; "
+            "the others keep the previous policy (see the server log)"
+        )
+    if total:
+        click.echo(f"enforced by {done} server process(es)")
 
 
 def register(cli: click.Group) -> None:
