@@ -218,3 +218,14 @@ def test_apply_waits_for_running_servers(tmp_path: Path) -> None:
         assert code == 0 and "enforced by 1 server process(es)" in out
     finally:
         runtime.unpublish(state)
+
+
+def test_posture_from_stdin_and_bad_posture(tmp_path: Path) -> None:
+    doc = (POSTURES / "forwarding_ipv4.json").read_text()
+    args = ["policy", "test", str(SAMPLE), "--posture", "-", "--json", "--state-dir", str(tmp_path)]
+    result = CliRunner().invoke(cli, args, input=doc)
+    assert result.exit_code == 0 and json.loads(result.stdout)["segment"] == "isolated"
+    result = CliRunner().invoke(cli, args, input="{not json")
+    assert result.exit_code == 1 and "-: not a JSON posture document" in result.stderr
+    result = CliRunner().invoke(cli, args, input="[1, 2]")
+    assert result.exit_code == 1 and "a posture document is a JSON object" in result.stderr

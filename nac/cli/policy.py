@@ -116,9 +116,9 @@ def show_cmd(state_dir: Path, normalized: bool) -> None:
 @click.option(
     "--posture",
     "posture_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
     required=True,
-    help="Posture document (nac-agent collect --json); a file holding null means none.",
+    help="Posture document (nac-agent collect --json; - reads stdin); null means none.",
 )
 @click.option("--role", default=None, help="Account role (default: the policy's default_role).")
 @click.option("--nas-group", default=None, help="Switch group, for per-group VLANs.")
@@ -146,7 +146,12 @@ def test_cmd(
     """Evaluate a posture document against FILE with the feeds in --state-dir."""
     loaded = _load_or_exit(file)
     try:
-        posture = json.loads(posture_file.read_text("utf-8"))
+        text = (
+            click.get_text_stream("stdin").read()
+            if str(posture_file) == "-"
+            else (posture_file.read_text("utf-8"))
+        )
+        posture = json.loads(text)
     except (ValueError, OSError) as exc:
         fail(f"{posture_file}: not a JSON posture document: {exc}")
     if posture is not None and not isinstance(posture, dict):
