@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "nac.cli.pki",
     "nac.cli.feed",
     "nac.cli.store",
+    "nac.cli.lab",
 ]
 
 

@@ -8,6 +8,7 @@ link-down), so scenarios run in any order and again. Each returns its measuremen
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nac.lab import hostroot, procs
+from nac.lab import SCENARIO_NAMES, hostroot, procs
 from nac.lab import topology as topo
 from nac.lab.story import ScenarioFailed, Story, wait_until
 
@@ -331,7 +332,7 @@ def mab(lab: Lab, story: Story) -> None:
 
 
 def advisory(lab: Lab, story: Story) -> None:
-    """A new advisory while a host is in normal isolates it within ENFORCE_BUDGET seconds."""
+    """A new advisory while a host is in normal isolates it within 2 s; withdrawn, it returns."""
     remove_lab_feed(lab)
     ensure_normal(lab, story, "host1")
     show_reach(lab, story, "host1", corp=True, remediation=False)
@@ -401,6 +402,14 @@ def ids(lab: Lab, story: Story) -> None:
         out = intake.handle(parse_body(body), cred.name, cred.min_severity)
         return f"202 {json.dumps(out.as_json())}"
 
+    class ToStory(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            story.note(f"monitor log: {record.getMessage()}")
+
+    handler = ToStory(logging.INFO)
+    mon_log = logging.getLogger("nac.monitor")
+    mon_log.addHandler(handler)
+    mon_log.propagate = False
     try:
         body = _eve_alert(ip)
         forged = signed_headers(IDS_NAME, b"not-the-monitor-key-at-all-000000", body)
@@ -423,6 +432,8 @@ def ids(lab: Lab, story: Story) -> None:
         replay = post(body, forged)
         story.say(f"the forged alert again: {replay}")
     finally:
+        mon_log.removeHandler(handler)
+        mon_log.propagate = True
         store.close()
         if planner is not None:
             planner.close()
@@ -475,6 +486,9 @@ SCENARIOS: dict[str, Callable[[Lab, Story], None]] = {
     "ids": ids,
     "restart": restart,
 }
+
+
+assert tuple(SCENARIOS) == SCENARIO_NAMES
 
 
 def run(lab: Lab, name: str, out: Callable[[str], None] = print) -> Story:
