@@ -104,6 +104,8 @@ def after_change(state_dir: Path, source: str, *, config_path: Path | None = Non
     from nac.store import open_store
 
     cfg = load_config(config_path) if config_path else None
+    if not (store_url or (cfg and cfg.store)) and not (state_dir / "nac.db").exists():
+        return Report()  # no store yet: no node was ever inspected
     store = open_store(store_url or (cfg.store if cfg else None), state_dir)
     db_path = getattr(store, "path", state_dir / "nac.db")
     live = LivePolicy(state_dir, db_path, cfg.policy_file if cfg else None,

@@ -267,8 +267,11 @@ def _reevaluate(node: dict[str, Any], row: dict[str, Any], state_dir: Path) -> D
     show_default=True,
     help="Seconds to wait for running server processes to enforce it.",
 )
-def apply_cmd(file: Path, state_dir: Path, wait: float) -> None:
-    """Validate FILE and install it as STATE/policy.toml (atomically)."""
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Server config: its switch inventory gets the enforcement jobs.")
+def apply_cmd(file: Path, state_dir: Path, wait: float, config_path: Path | None) -> None:
+    """Validate FILE, install it as STATE/policy.toml (atomically), and re-evaluate every
+    inspected node: those whose segment changes are listed and queued for enforcement."""
     loaded = _load_or_exit(file)
     text = file.read_bytes()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -283,10 +286,10 @@ def apply_cmd(file: Path, state_dir: Path, wait: float) -> None:
         f"{file}: ok (digest {loaded.digest[:16]}); installed as {target}; "
         "the running server reloads it within a second"
     )
-    try:
-        from nac.runtime import wait_until_enforced
-    except ImportError:
-        return
+    from nac.config import ConfigError
+    from nac.reevaluate import after_change
+    from nac.runtime import wait_until_enforced
+
     done, total = wait_until_enforced(state_dir, loaded.digest, timeout=wait)
     if total and done < total:
         fail(
@@ -295,6 +298,16 @@ def apply_cmd(file: Path, state_dir: Path, wait: float) -> None:
         )
     if total:
         click.echo(f"enforced by {done} server process(es)")
+    try:
+        result = after_change(state_dir, "policy", config_path=config_path)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+        return
+    click.echo(result.summary())
+    for ch in result.changes:
+        job = f", job {ch.job}" if ch.job else ""
+        click.echo(f"  {ch.mac}: {ch.old_segment or '-'} -> {ch.new_segment} (VLAN {ch.vlan}"
+                   f"{job}): {'; '.join(ch.reasons[1:]) or ch.reasons[0]}")
 
 
 def register(cli: click.Group) -> None:
