@@ -110,11 +110,13 @@ def pap_request(i: int, secret: bytes, authenticator: bytes) -> bytes:
 BUILDERS = {"mab": mab_request, "pap": pap_request}
 
 
-def build(mode: str, count: int, secret: bytes = DEFAULT_SECRET) -> list[bytes]:
+def build(mode: str, count: int, secret: bytes = DEFAULT_SECRET, first: int = 0) -> list[bytes]:
+    """Requests number first .. first+count-1 (the number picks the MAC,
+    the NAS-Port and, mod 256, the identifier)."""
     make = BUILDERS[mode]
     # one urandom call: fresh, unpredictable authenticators, built fast
     randomness = os.urandom(16 * count)
-    return [make(i, secret, randomness[16 * i : 16 * i + 16]) for i in range(count)]
+    return [make(first + i, secret, randomness[16 * i : 16 * i + 16]) for i in range(count)]
 
 
 def write(path: Path, packets: list[bytes]) -> None:

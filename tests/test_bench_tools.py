@@ -47,6 +47,9 @@ def test_mab_packets_decode_and_verify(rdict: Dictionary) -> None:
         assert p["NAS-Port-Type"] == ["Ethernet"]
         assert p["NAS-IP-Address"] == ["127.0.0.1"]
     assert packets.mac_address(0x0A0B0C0D) == "02-00-0a-0b-0c-0d"
+    later = packet.AuthPacket(packet=packets.build("mab", 1, SECRET, first=300)[0],
+                              secret=SECRET, dict=rdict)
+    assert later["User-Name"] == [packets.mac_address(300)] and later.id == 300 % 256
 
 
 def test_pap_packets_decode_and_verify(rdict: Dictionary) -> None:
@@ -163,7 +166,7 @@ def test_freeradius_drops_badly_signed(radload: Path, server, tmp_path: Path) ->
 def test_mab_script_end_to_end() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench/mab.py"), "--requests", "300", "--window", "16",
-         "--only", "freeradius"],
+         "--warmup", "50", "--only", "freeradius"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
