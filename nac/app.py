@@ -15,6 +15,7 @@ from nac.authorize import Authorizer
 from nac.config import DEMO_ACCOUNT, Config
 from nac.enforcement import Target, load_planner
 from nac.events import DecisionRecord
+from nac.posture.decision import Decision
 from nac.posture.policy import PolicyError
 from nac.radius.clients import ClientTable, NasClient, profile
 from nac.radius.engine import Engine
@@ -105,7 +106,7 @@ class Server:
             self.live = LivePolicy(state_dir, db_path, cfg.policy_file, cfg.segments)
         except PolicyError as exc:
             raise ValueError(str(exc)) from None
-        self.authorizer = Authorizer(self.live.policy, self.live.evaluate)
+        self.authorizer = Authorizer(self.live.policy, self.decide_posture)
         self.eap = build_eap(cfg, state_dir, self.accounts, self.box, self.judge_posture)
         self.planner = load_planner(cfg.switches, db_path, cfg.source)
         self.engine = Engine(
@@ -115,14 +116,20 @@ class Server:
         self._reg_seq = 0
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nac-slow")
 
+    def decide_posture(self, posture: dict[str, Any] | None, role: str, identity: str,
+                       group: str | None, vendor: str) -> Decision:
+        return self.live.decide(posture, identity=identity, role=role, group=group,
+                                vendor=vendor)
+
     def judge_posture(self, posture: dict[str, Any], outcome: Any) -> tuple[str, int, list[str],
                                                                            bytes | None]:
-        """The IMV's verdict inside the tunnel; the Access-Accept's decision is made from
-        the same posture by the same policy when the conversation ends."""
-        d = self.live.evaluate(posture, outcome.role, None, "generic")
+        """The IMV's verdict inside the tunnel, with a new quarantine certificate for the
+        agent; the Access-Accept's decision comes from the same posture by decide_posture."""
+        d = self.live.decide(posture, identity=outcome.identity, role=outcome.role, group=None,
+                             vendor="generic", certify_it=True)
         policy = self.live.policy
         return (recommendation(policy, d.segment), assessment(policy, d.segment),
-                list(d.remediation), None)
+                list(d.remediation), d.certificate)
 
     def nas_profile(self, nas: str) -> tuple[str | None, str | None]:
         """(client group, vendor profile) of a NAS address: per-switch VLAN overrides."""

@@ -38,8 +38,9 @@ def apply_segment_settings(
     return out
 
 
-# evaluate(posture or None, role, nas group, vendor) -> Decision, per the active policy.
-PostureEvaluator = Callable[[dict[str, Any] | None, str, str | None, str], Decision]
+# evaluate(posture or None, role, identity, nas group, vendor) -> Decision, per the active
+# policy (and a still-valid quarantine certificate).
+PostureEvaluator = Callable[[dict[str, Any] | None, str, str, str | None, str], Decision]
 
 
 class Authorizer:
@@ -114,7 +115,7 @@ class Authorizer:
         if self.evaluator is None:
             reasons = [who, "no posture policy loaded: quarantine"]
             return self.finish(QUARANTINE, reasons, "account", group, vendor)
-        d = self.evaluator(posture, role, group, vendor)
+        d = self.evaluator(posture, role, identity, group, vendor)
         return Decision(
             segment=d.segment, vlan=d.vlan, reasons=(who, *d.reasons),
             remediation=d.remediation, certificate=d.certificate, expires=d.expires,

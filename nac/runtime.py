@@ -7,6 +7,7 @@ touching conversations in flight (a swap is one attribute assignment on the loop
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import time
@@ -14,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from nac.authorize import apply_segment_settings
+from nac.posture.certificate import PREFIX as CERT_PREFIX
+from nac.posture.certificate import CertificateSigner, QuarantineCertificate, certify
 from nac.posture.decision import Decision
+from nac.posture.digest import posture_digest
 from nac.posture.evaluate import evaluate
 from nac.posture.policy import Policy, PolicyError, active_policy_path, load_policy
 from nac.prevention import cache as feed_cache
@@ -85,6 +89,7 @@ class LivePolicy:
         self._mtime: float | None = None
         self.policy = self._load_policy()
         self.index: VulnIndex = load_index(db_path)
+        self.signer = CertificateSigner.from_state_dir(state_dir)
         log.info("policy %r (%s), %d rule(s); prevention feeds at epoch %d, %d advisories",
                  self.policy.name, self.source, len(self.policy.rules), self.index.epoch,
                  self.index.advisory_count)
@@ -112,6 +117,49 @@ class LivePolicy:
                  vendor: str) -> Decision:
         return evaluate(self.policy, posture, role=role, index=self.index, now=time.time(),
                         nas_group=group, vendor=vendor)
+
+    def decide(self, posture: dict[str, Any] | None, *, identity: str, role: str,
+               group: str | None, vendor: str, certify_it: bool = False) -> Decision:
+        """The posture's decision, reusing a quarantine certificate when it still holds
+        (draft 5.2/5.3): same identity, same posture digest, same feeds and policy, not
+        expired. Otherwise a full evaluation; with certify_it, a new certificate with it."""
+        now = time.time()
+        reused = self._reuse(posture, identity, now)
+        if reused is not None:
+            seg = self.policy.segments[reused.segment]
+            issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reused.issued_at))
+            return Decision(
+                segment=seg.name, vlan=seg.vlan_for(group, vendor),
+                reasons=(f"quarantine certificate of {issued} still valid: "
+                         "inspection reused (draft 5.3)",),
+                expires=reused.expires_at, source="certificate")
+        d = self.evaluate(posture, role, group, vendor)
+        if certify_it and posture is not None and d.segment in self.policy.segments:
+            d = certify(self.signer, d, node_id=identity, mac="", identity=identity,
+                        posture=posture, feed_epoch=self.index.epoch,
+                        policy_digest=self.policy.digest, now=now)
+        return d
+
+    def _reuse(self, posture: dict[str, Any] | None, identity: str,
+               now: float) -> QuarantineCertificate | None:
+        cert = posture.get("certificate") if isinstance(posture, dict) else None
+        if not isinstance(cert, dict) or not isinstance(cert.get("token"), str):
+            return None
+        token = cert["token"]
+        if not token.startswith(CERT_PREFIX + "."):  # the agent keeps it base64-wrapped
+            try:
+                token = base64.b64decode(token, validate=True).decode("ascii")
+            except (ValueError, UnicodeDecodeError):
+                return None
+        v = self.signer.verify(token, posture_digest=posture_digest(posture), now=now,
+                               feed_epoch=self.index.epoch, policy_digest=self.policy.digest)
+        if not v.ok or v.certificate is None or v.certificate.identity != identity:
+            log.info("quarantine certificate of %s not reused: %s", identity,
+                     v.reason if not v.ok else "issued to another identity")
+            return None
+        if v.certificate.segment not in self.policy.segments:
+            return None
+        return v.certificate
 
     def poll(self) -> list[str]:
         """Reload what changed; returns what did ("policy", "feeds"), [] if nothing."""

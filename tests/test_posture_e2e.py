@@ -35,11 +35,15 @@ def _check() -> None:
 
 
 def run_eapol(tmp: Path, srv: NacServer, host_root: Path | None, *, eap: str = "TTLS",
-              phase2: str = "autheap=MSCHAPV2") -> tuple[int, str, Path]:
+              phase2: str = "autheap=MSCHAPV2",
+              agent_state: Path | None = None) -> tuple[int, str, Path]:
     """One eapol_test run; host_root None means no IMC plug-in is configured."""
     run = tmp / f"run-{time.monotonic_ns()}"
     for d in ("upper", "work", "agent-state"):
         (run / d).mkdir(parents=True)
+    if agent_state is not None:  # the same host again: its agent keeps its certificate
+        (run / "agent-state").rmdir()
+        (run / "agent-state").symlink_to(agent_state)
     tnc_line = ""
     if host_root is not None:
         lib = build_library(tmp / "nac_imc.so",
@@ -155,3 +159,38 @@ def test_no_plugin_and_peap_stay_in_quarantine(nac_server: NacServer, tmp_path: 
     assert vlan(log) == "10"
     node = json.loads(nac_server.nac("nodes", "show", "02:00:00:00:aa:01", "--json").stdout)
     assert any("no posture reported" in r for r in node["decisions"][0]["reasons"])
+
+
+def test_certificate_fast_path_and_refusal_after_feed_change(nac_server: NacServer,
+                                                             tmp_path: Path) -> None:
+    _check()
+    root = build_debian_root(tmp_path / "host")
+    agent = tmp_path / "agent"
+    agent.mkdir()
+    ok, log, _ = run_eapol(tmp_path, nac_server, root, agent_state=agent)
+    assert ok == 0 and vlan(log) == "30", log[-2000:]
+    assert agent_status_dir(agent).get("certificate"), "the agent kept no certificate"
+
+    ok, log, _ = run_eapol(tmp_path, nac_server, root, agent_state=agent)
+    assert ok == 0 and vlan(log) == "30"
+    last = json.loads(nac_server.nac("nodes", "show", "02:00:00:00:aa:01", "--json").stdout)
+    assert "inspection reused" in " ".join(last["decisions"][0]["reasons"])
+
+    subprocess.run([*nac_cmd(), "feed", "import", str(ROOT / "tests/data/osv"),
+                    "--state-dir", str(nac_server.state_dir)], check=True, capture_output=True,
+                   timeout=120)
+    time.sleep(2.5)
+    ok, log, _ = run_eapol(tmp_path, nac_server, root, agent_state=agent)
+    assert ok == 0 and vlan(log) == "30"
+    last = json.loads(nac_server.nac("nodes", "show", "02:00:00:00:aa:01", "--json").stdout)
+    reasons = " ".join(last["decisions"][0]["reasons"])
+    assert "inspection reused" not in reasons and "compliant" in reasons
+    assert "prevention feeds changed" in nac_server.log()
+
+
+def agent_status_dir(state_dir: Path) -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-m", "eap_ext.agent", "status", "--json"],
+                         env={**os.environ, "NAC_AGENT_STATE_DIR": str(state_dir)},
+                         capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
