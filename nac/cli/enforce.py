@@ -80,7 +80,15 @@ def _load_inventory(config: Path | None):  # noqa: ANN202 - lazy imports keep CL
 
 
 def _queue(state_dir: Path, store_url: str | None = None):  # noqa: ANN202
-    """The queue in the store: STATE/nac.db by default, sqlite:///PATH, or PostgreSQL."""
+    """The queue in the store: STATE/nac.db by default, sqlite:///PATH, or PostgreSQL.
+
+    Closed when the command ends (a PostgreSQL pool must not be left to the GC)."""
+    queue = _open_queue(state_dir, store_url)
+    click.get_current_context().call_on_close(queue.close)
+    return queue
+
+
+def _open_queue(state_dir: Path, store_url: str | None):  # noqa: ANN202
     from enforcers.queue import JobQueue
 
     if store_url is None:
