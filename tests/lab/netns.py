@@ -19,6 +19,7 @@ down (``mgmt_down``) makes the switch unreachable without touching its daemons.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -26,7 +27,7 @@ import secrets
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
@@ -68,14 +69,29 @@ def vlan_filtering_supported() -> bool:
 
 
 def _free_subnet() -> int:
-    """A K such that 10.99.K.0/24 is not routed in the root namespace."""
-    used = run([IP, "-4", "-j", "route", "show"]).stdout
-    taken = {r.get("dst", "") for r in json.loads(used or "[]")}
+    """A K such that no root-namespace interface has an address in 10.99.K.0/24.
+
+    Addresses, not routes: a lab whose management link is down for an outage test has no
+    route but still owns its subnet. Call with ``_subnet_lock`` held.
+    """
+    used = json.loads(run([IP, "-4", "-j", "addr", "show"]).stdout or "[]")
+    taken = {a.get("local", "") for link in used for a in link.get("addr_info", [])}
     for _ in range(200):
         k = 1 + secrets.randbelow(250)
         if not any(t.startswith(f"10.99.{k}.") for t in taken):
             return k
     raise RuntimeError("no free 10.99.K.0/24 subnet")
+
+
+@contextlib.contextmanager
+def _subnet_lock() -> Iterator[None]:
+    """Serialise subnet choice + address assignment between concurrent test processes."""
+    with open("/tmp/nac-lab-subnets.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -217,18 +233,24 @@ def create_switch(
     if mode not in ("filtering", "bridge-per-vlan"):
         raise ValueError(f"unknown lab VLAN mode {mode!r}")
     tag = secrets.token_hex(3)
-    k = _free_subnet()
-    sw = LabSwitch(tag=tag, ns=f"nac{tag}sw", k=k, mode=mode, vlans=vlans)
+    with _subnet_lock():
+        k = _free_subnet()
+        sw = LabSwitch(tag=tag, ns=f"nac{tag}sw", k=k, mode=mode, vlans=vlans)
+        try:
+            run([IP, "netns", "add", sw.ns])
+            sw.namespaces.append(sw.ns)
+            # Management link.
+            sw.mgmt_root_if = f"nm{tag}"
+            run([IP, "link", "add", sw.mgmt_root_if, "type", "veth", "peer", "name",
+                 f"nmp{tag}"])
+            run([IP, "addr", "add", f"{sw.peer_ip}/30", "dev", sw.mgmt_root_if])
+        except BaseException:
+            sw.destroy()
+            raise
     try:
-        run([IP, "netns", "add", sw.ns])
-        sw.namespaces.append(sw.ns)
         run([IP, "link", "set", "lo", "up"], ns=sw.ns)
-        # Management link.
-        sw.mgmt_root_if = f"nm{tag}"
-        run([IP, "link", "add", sw.mgmt_root_if, "type", "veth", "peer", "name", f"nmp{tag}"])
         run([IP, "link", "set", f"nmp{tag}", "netns", sw.ns])
         run([IP, "link", "set", f"nmp{tag}", "name", "mgmt0"], ns=sw.ns)
-        run([IP, "addr", "add", f"{sw.peer_ip}/30", "dev", sw.mgmt_root_if])
         run([IP, "link", "set", sw.mgmt_root_if, "up"])
         run([IP, "addr", "add", f"{sw.mgmt_ip}/30", "dev", "mgmt0"], ns=sw.ns)
         run([IP, "link", "set", "mgmt0", "up"], ns=sw.ns)
