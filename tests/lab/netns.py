@@ -224,7 +224,7 @@ def create_switch(
 ) -> LabSwitch:
     """Build the lab switch. ``initial`` maps host index (1-based) -> VLAN (default first).
 
-    The caller must call ``destroy`` (use the ``lab_switch`` fixture, which does).
+    The caller must call ``destroy`` (``tests.lab.fixtures.switch_lab`` does).
     """
     vlans = tuple(vlans)
     # NAC_LAB_VLAN_MODE forces a mode (e.g. bridge-per-vlan on any kernel).
