@@ -25,6 +25,13 @@ def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) 
         proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=dict(env) if env else None,
                                 start_new_session=True)
+    # /proc/PID/cmdline reads empty until the new program is mapped; callers identify
+    # their processes by it, so return once it shows.
+    deadline = time.monotonic() + 5
+    while not _cmdline(proc.pid).strip() and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.005)
     return proc.pid
 
 

@@ -8,7 +8,6 @@ link-down), so scenarios run in any order and again. Each returns its measuremen
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import sqlite3
@@ -359,67 +358,24 @@ def advisory(lab: Lab, story: Story) -> None:
     show_reach(lab, story, "host1", corp=True, remediation=False)
 
 
-def _eve_alert(src_ip: str) -> bytes:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000+0000", time.gmtime())
-    rec = {"timestamp": stamp, "event_type": "alert", "src_ip": src_ip, "src_port": 49822,
-           "dest_ip": "10.99.255.23", "dest_port": 443, "proto": "TCP", "in_iface": "mirror0",
-           "alert": {"action": "allowed", "gid": 1, "signature_id": 2999101, "rev": 1,
-                     "signature": "LAB MALWARE beacon to a command-and-control host",
-                     "category": "A Network Trojan was detected", "severity": 1}}
-    return (json.dumps(rec) + "\n").encode()
-
-
-IDS_NAME, IDS_KEY = "lab-ids", b"lab-ids-shared-hmac-key-0123456789"
-
-
 def ids(lab: Lab, story: Story) -> None:
     """A signed IDS alert naming a host's address isolates it; a forged one changes nothing."""
-    from nac.config import load_config
-    from nac.enforcement import load_planner
-    from nac.monitor.auth import Authenticator, AuthError, Credential, signed_headers
-    from nac.monitor.eve import parse_body
-    from nac.monitor.intake import Intake
-    from nac.runtime import LivePolicy
-    from nac.store import open_store
+    from nac.lab import ids as lab_ids
 
     ensure_normal(lab, story, "host1")
     ip = lab.nodes["host1"].ip
-    story.note("the monitor is not wired into `nac serve` yet: the lab drives the monitor's "
-               "intake (nac.monitor: HMAC check, EVE parsing, accounting lookup) directly")
-    cfg = load_config(lab.config)
-    store = open_store(cfg.store, lab.state_dir)
-    db_path = getattr(store, "path", lab.state_dir / "nac.db")
-    live = LivePolicy(lab.state_dir, db_path, cfg.policy_file, cfg.segments)
-    planner = load_planner(cfg.switches, db_path, str(lab.config))
-    auth = Authenticator([Credential(IDS_NAME, hmac_key=IDS_KEY)])
-    intake = Intake(store, lambda: live.policy, planner)
-
-    def post(body: bytes, headers: dict[str, str]) -> str:
-        try:
-            cred = auth.authenticate({k.lower(): v for k, v in headers.items()}, body)
-        except AuthError as exc:
-            return f"401 {exc.reason}"
-        out = intake.handle(parse_body(body), cred.name, cred.min_severity)
-        return f"202 {json.dumps(out.as_json())}"
-
-    class ToStory(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            story.note(f"monitor log: {record.getMessage()}")
-
-    handler = ToStory(logging.INFO)
-    mon_log = logging.getLogger("nac.monitor")
-    mon_log.addHandler(handler)
-    mon_log.propagate = False
+    monitor = lab_ids.monitor_for(lab, story.note)
+    story.note(monitor.how)
     try:
-        body = _eve_alert(ip)
-        forged = signed_headers(IDS_NAME, b"not-the-monitor-key-at-all-000000", body)
-        story.say(f"forged alert (wrong HMAC key) naming {ip}: {post(body, forged)}")
+        body = lab_ids.eve_alert(ip)
+        forged = lab_ids.headers(body, forged=True)
+        story.say(f"forged alert (wrong HMAC key) naming {ip}: {monitor.post(body, forged)}")
         time.sleep(1.0)
         story.check(lab.port_vlan("host1") == topo.NORMAL and segment_of(lab, "host1")
                     == "normal", "the forged alert changed nothing (host1 still in VLAN 30)")
         t0 = time.monotonic()
-        reply = post(body, signed_headers(IDS_NAME, IDS_KEY, body))
-        story.say(f"Suricata alert sid 2999101 from {IDS_NAME} (HMAC-signed) naming {ip}: "
+        reply = monitor.post(body, lab_ids.headers(body))
+        story.say(f"Suricata alert sid 2999101 from {topo.IDS_NAME} (HMAC-signed) naming {ip}: "
                   f"{reply}")
         story.say(f"accounting: {ip} is host1's Framed-IP-Address on swp1")
         t = wait_until(port_in(lab, "host1", topo.ISOLATED), 10, "host1's port in VLAN 20")
@@ -429,14 +385,9 @@ def ids(lab: Lab, story: Story) -> None:
         story.check(t < ENFORCE_BUDGET, f"isolated within {ENFORCE_BUDGET:.0f} s")
         story.check(segment_of(lab, "host1") == "isolated", "server: host1 -> isolated (ids)")
         show_reach(lab, story, "host1", corp=False, remediation=True)
-        replay = post(body, forged)
-        story.say(f"the forged alert again: {replay}")
+        story.say(f"the forged alert again: {monitor.post(body, forged)}")
     finally:
-        mon_log.removeHandler(handler)
-        mon_log.propagate = True
-        store.close()
-        if planner is not None:
-            planner.close()
+        monitor.close()
     story.say(f"operator: nac nodes set {lab.nodes['host1'].mac} none; host1 re-authenticates")
     nac(lab, "nodes", "set", lab.nodes["host1"].mac, "none")
     authenticate(lab, story, "host1", topo.NORMAL, key="released")

@@ -48,6 +48,8 @@ LAYOUT: dict[str, tuple[str, int]] = {
     "remediation": ("server", ISOLATED),
     "corp": ("server", NORMAL),
 }
+# The lab's IDS (Suricata stand-in) and its HMAC key for the alert endpoint.
+IDS_NAME, IDS_KEY = "lab-ids", b"lab-ids-shared-hmac-key-0123456789"
 PASSWORDS = {"host1": "host1-lab-password", "host2": "host2-lab-password"}
 # An extra package on host1 that only the lab's own advisory (scenario "advisory") names.
 LAB_PACKAGE, LAB_PACKAGE_VERSION = "nac-lab-demo", "1.0-1"
@@ -85,6 +87,7 @@ class Lab:
     acct_port: int
     nodes: dict[str, Node]
     pids: dict[str, int] = field(default_factory=dict)
+    monitor_port: int = 0  # the server's HTTPS alert endpoint, once [monitor] is wired in
 
     # -- addresses and paths
     @property
@@ -170,6 +173,19 @@ def missing_programs() -> list[str]:
             if not (shutil.which(p) or Path(f"/usr/sbin/{p}").exists())]
 
 
+def monitor_wired() -> bool:
+    """Does `nac serve` take a [monitor] section (the HTTPS alert endpoint)?"""
+    from nac.config import Config
+
+    return "monitor" in Config.model_fields
+
+
+def _free_tcp_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
 def _free_port_pair(address: str) -> int:
     """An auth port P with P+1 free too, on ``address``."""
     for _ in range(100):
@@ -239,6 +255,10 @@ def server_config(lab: Lab, *, ssh_user: str, ssh_key: Path, snmp_community: str
     ]
     if lab.enforcer == "snmp":
         lines += ["[switches.snmp]", 'version = "2c"', f'community = "{snmp_community}"', ""]
+    if lab.monitor_port:
+        lines += ["[monitor]", f'listen = "{lab.server_ip}"', f"port = {lab.monitor_port}", "",
+                  "[[monitor.monitors]]", f'name = "{IDS_NAME}"',
+                  f'hmac_key = "{IDS_KEY.decode()}"', ""]
     return "\n".join(lines)
 
 
@@ -343,6 +363,8 @@ def _start_all(lab: Lab, say: object) -> None:
         echo(f"  snmpd on {lab.mgmt_ip}:161 (Q-BRIDGE-MIB)")
     lab.auth_port = _free_port_pair(lab.server_ip)
     lab.acct_port = lab.auth_port + 1
+    if monitor_wired():
+        lab.monitor_port = _free_tcp_port(lab.server_ip)
     lab.save()
     srv_dir = lab.dir / "server"
     srv_dir.mkdir(parents=True, exist_ok=True)
@@ -351,6 +373,9 @@ def _start_all(lab: Lab, say: object) -> None:
     start_server(lab)
     echo(f"nac serve: RADIUS {lab.server_ip}:{lab.auth_port}/{lab.acct_port}, "
          f"config {lab.config}, enforcement over {lab.enforcer.upper()}")
+    if lab.monitor_port:
+        echo(f"  monitor: HTTPS alert endpoint {lab.server_ip}:{lab.monitor_port} "
+             f"(monitor {IDS_NAME}, HMAC)")
     _start_http_servers(lab)
     for node in lab.nodes.values():
         if node.role == "server":
