@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +94,25 @@ def test_down_leaves_nothing(lab: topo.Lab) -> None:
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert lab.mgmt_root_if not in links
     assert not (lab.dir / "lab.json").exists()
+
+
+def test_cli_run_builds_tells_and_takes_down(tmp_path: Path) -> None:
+    """`nac lab run compliant` without a lab: builds one, narrates, takes it down."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lab_dir = tmp_path / "lab"
+    proc = subprocess.run([sys.executable, "-m", "nac.cli.main", "lab", "run", "compliant",
+                           "--dir", str(lab_dir)], capture_output=True, text=True, timeout=180,
+                          cwd=Path(__file__).resolve().parents[1])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "host1 plugs in (swp1)" in out
+    assert "switch port swp1 set to VLAN 30 over SSH" in out
+    assert "ok: host1 reaches the corporate server" in out
+    assert "1 scenario(s) passed" in out and "taken down" in out
+    assert not (lab_dir / "lab.json").exists()
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    tag_line = next(line for line in out.splitlines() if line.startswith("switch labsw"))
+    ns = tag_line.split("namespace ")[1].split(",")[0]
+    assert ns not in left
