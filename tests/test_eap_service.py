@@ -107,7 +107,8 @@ def test_wrong_identifier_dropped_and_retransmission_repeated(lab: Lab) -> None:
     conv = Conversation(svc)
     first = conv.send(identity(1, "demo"))
     req = packet.parse(first.eap or b"")
-    assert conv.send(nak((req.identifier + 5) & 0xFF, packet.MD5)).action == "drop"
+    dropped = conv.send(nak((req.identifier + 5) & 0xFF, packet.MD5))
+    assert (dropped.action, dropped.reason) == ("drop", "wrong identifier")
     md5_req = conv.send(nak(req.identifier, packet.MD5))
     # The same NAK again (the NAS lost our answer): the same MD5 request comes back.
     again = conv.send(nak(req.identifier, packet.MD5))

@@ -171,7 +171,9 @@ class EapService:
         try:
             pkt = packet.parse(raw)
         except packet.EapError as exc:
-            return EapResult("drop", None, None, reason=f"malformed EAP: {exc}")
+            # Drop reasons stay fixed strings: the server counts drops by reason.
+            log.debug("malformed EAP from %s: %s", nas.address, exc)
+            return EapResult("drop", None, None, reason="malformed EAP")
         if pkt.code != packet.RESPONSE:
             return EapResult("drop", None, None, reason="EAP packet is not a Response")
         if conv is None:
@@ -190,7 +192,7 @@ class EapService:
                     "challenge", conv.last_reply, conv.state, reason="retransmitted response"
                 )
             return EapResult(
-                "drop", None, None, reason=f"identifier {pkt.identifier} != {conv.identifier}"
+                "drop", None, None, reason="wrong identifier"
             )
         conv.last_seen = now
         conv.bytes_in += len(raw)
