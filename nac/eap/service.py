@@ -225,7 +225,7 @@ class EapService:
         while token in self._convs:
             token = os.urandom(16)
         first_id = pkt.identifier + 1 if pkt else os.urandom(1)[0]
-        conv = _Conversation(token, first_id & 0xFF, now, station=nas.calling_station_id)
+        conv = _Conversation(token, first_id & 0xFF, now, station=_station(nas))
         self._convs[token] = conv
         if conv.station is not None and conv.station in self._awaiting:
             # The station starts over while its previous conversation waits on posture: it
@@ -379,6 +379,15 @@ class EapService:
         tls = self.tls
         allowed = [m for m in allowed if m not in TLS_METHODS or (tls and tls.has(m))]
         return allowed
+
+
+def _station(nas: NasInfo) -> str | None:
+    """The peer's MAC from Calling-Station-Id in one spelling whatever the NAS's format."""
+    raw = nas.calling_station_id
+    if not raw:
+        return None
+    digits = "".join(c for c in raw.lower() if c in "0123456789abcdef")
+    return digits if len(digits) == 12 else raw
 
 
 def _has_keys(account: Account, method: str) -> bool:
