@@ -71,8 +71,10 @@ def test_rsa_and_force(tmp_path: Path) -> None:
     again = CliRunner().invoke(cli, ["pki", "init", "--state-dir", state])
     assert again.exit_code == 1 and "already exists" in again.output
     old = paths.ca_cert.read_bytes()
-    run("pki", "init", "--force", "--state-dir", state)
+    run("pki", "init", "--force", "--server-name", "radius.example.net", "--state-dir", state)
     assert paths.ca_cert.read_bytes() != old
+    san = cert(paths.server_cert).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert san.value.get_values_for_type(x509.DNSName) == ["radius.example.net"]
 
 
 def test_errors_are_clear(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from nac.cli.common import fail, state_dir_option
-from nac.pki import PkiError, describe, init_pki, issue_client, revoke
+from nac.pki import SERVER_NAME, PkiError, describe, init_pki, issue_client, revoke
 
 
 @click.group("pki")
@@ -19,10 +19,12 @@ def pki() -> None:
 @state_dir_option
 @click.option("--rsa", "use_rsa", is_flag=True, help="RSA-2048 keys instead of ECDSA P-256.")
 @click.option("--force", is_flag=True, help="Replace an existing CA (voids issued certificates).")
-def init_cmd(state_dir: Path, use_rsa: bool, force: bool) -> None:
+@click.option("--server-name", default=SERVER_NAME, show_default=True,
+              help="CN and DNS name of the server certificate (what supplicants may check).")
+def init_cmd(state_dir: Path, use_rsa: bool, force: bool, server_name: str) -> None:
     """Create STATE/pki/: ca.pem ca.key server.pem server.key crl.pem."""
     try:
-        paths = init_pki(state_dir, use_rsa=use_rsa, force=force)
+        paths = init_pki(state_dir, use_rsa=use_rsa, force=force, server_name=server_name)
     except PkiError as exc:
         fail(str(exc))
         return
