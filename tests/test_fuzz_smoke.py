@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from fuzz import run  # noqa: E402
-from fuzz.core import CORPUS_DIR, KNOWN_BUGS, REGISTRY, records, run_builtin  # noqa: E402
+from fuzz.core import CORPUS_DIR, KNOWN_BUGS, REGISTRY, run_builtin  # noqa: E402
 
 run.load()
 
@@ -85,15 +85,14 @@ def test_resigned_packets_pass_the_authenticator_checks() -> None:
     assert not [k for k in eng.counters if "authenticator" in k], eng.counters
 
 
-def test_tunnel_seeds_reach_posture_inside_ttls() -> None:
-    """The TTLS seed authenticates by PAP and runs EAP-TNC: the deep path is covered."""
-    from fuzz import eap
-
+def test_tunnel_seeds_reach_posture_inside_both_tunnels() -> None:
+    """Seeds authenticate (TTLS/PAP, PEAP and TTLS with inner MSCHAPv2) and run EAP-TNC to
+    an accept carrying the posture: the input can reach every phase of both tunnels."""
     h = REGISTRY["eap_tunnel"]
     target = h.target()
-    labels = [target(s) for s in h.seeds() if s[0] & 1 and records(s[1:])[0][0] == 0]
-    assert any(lbl and "accept:ttls/pap" in lbl for lbl in labels), labels
-    assert eap.posture_first_frames()
+    labels = [target(s) or "" for s in h.corpus()]
+    for method in ("ttls/pap", "peap/mschapv2", "ttls/eap-mschapv2"):
+        assert any(f"accept:{method}:authenticated:posture" in lbl for lbl in labels), labels
 
 
 def test_cli_runs_and_reports(tmp_path: Path) -> None:

@@ -248,7 +248,8 @@ def check_result(res: Any, *, bypass_is_bug: bool) -> str:
             raise Finding("reject without EAP-Failure")
     elif res.eap is not None:
         raise Finding("drop with a packet to send")
-    return f"{res.action}:{res.method}:{res.reason[:40]}"
+    posture = ":posture" if res.action == "accept" and res.posture else ""
+    return f"{res.action}:{res.method}:{res.reason[:40]}{posture}"
 
 
 # --- eap_service -----------------------------------------------------------------------------
@@ -338,8 +339,15 @@ def _records_mutate(data: bytes, rng: random.Random) -> bytes:
 # --- eap_tunnel ------------------------------------------------------------------------------
 # Selector octet: bit 0 TTLS (else PEAP), bit 1 TLS 1.3 (else 1.2), bit 2 small fragments.
 # Record flags: bit 0 the payload goes into the TLS stream unencrypted (garbage records),
-# bit 1 the payload is inner type-data, wrapped as the Response to the last inner Request.
-RAW_TLS, INNER_WRAP = 1, 2
+# bit 1 the payload is inner type-data, wrapped as the Response to the last inner Request,
+# bit 2 answer an inner MSCHAPv2 Challenge/Success correctly (the harness knows the demo
+# password), so the input also reaches what follows authentication: PEAP's Result TLV and
+# the EAP-TNC posture exchange inside PEAP and TTLS/EAP-MSCHAPv2; bit 3 let the agent's
+# own EAP-TNC peer (a compliant Debian 12 posture) answer an inner EAP-TNC request.
+RAW_TLS, INNER_WRAP, MSCHAP_OK, TNC_PEER = 1, 2, 4, 8
+EAP_TNC = 38
+# The peer's Response/TLV with Result = Success (PEAPv0 sends this one with its header).
+PEAP_RESULT_OK = bytes((2, 0, 0, 11, packet.TLV, 0x80, 3, 0, 2, 0, 1))
 
 
 @functools.cache
@@ -347,22 +355,38 @@ def _tunnel_service(method: str, fragment: int) -> Any:
     return lab.eap_service(default_method=method, fragment_size=fragment)
 
 
-def _inner_request(method: str, plain: bytes) -> tuple[int, int] | None:
-    """(identifier, type) of the inner Request in tunnel data the server sent."""
+def _inner_request(method: str, plain: bytes) -> tuple[int, int, bytes] | None:
+    """(identifier, type, type-data) of the inner Request in tunnel data the server sent."""
     try:
         if method == "ttls":
             eap = b"".join(a.value for a in avp.parse(plain) if a.code == avp.EAP_MESSAGE)
             pkt = packet.parse(eap)
-            return pkt.identifier, pkt.type or 0
+            return pkt.identifier, pkt.type or 0, pkt.data
         if plain:
-            return 0, plain[0]  # PEAPv0: inner packets travel without their header
+            return 0, plain[0], plain[1:]  # PEAPv0: inner packets travel without a header
     except (avp.AvpError, packet.EapError):
         pass
     return None
 
 
-def wrap_inner(method: str, last: tuple[int, int] | None, type_data: bytes) -> bytes:
-    ident, type_ = last or (0, packet.IDENTITY)
+def mschapv2_answer(type_data: bytes) -> bytes | None:
+    """The demo account's correct answer to an MSCHAPv2 Challenge (or Success) request."""
+    from nac.accounts import nt_hash
+    from nac.eap import mschap
+
+    if len(type_data) >= 21 and type_data[0] == 1 and type_data[4] == 16:
+        ms_id, challenge = type_data[1], type_data[5:21]
+        peer_challenge = bytes(range(16))
+        nt = mschap.nt_response(challenge, peer_challenge, lab.USER, nt_hash(lab.PASSWORD))
+        body = bytes((49,)) + peer_challenge + bytes(8) + nt + b"\x00" + lab.USER.encode()
+        return struct.pack("!BBH", 2, ms_id, 4 + len(body)) + body
+    if type_data[:1] == b"\x03":
+        return b"\x03"  # acknowledge MSCHAPv2 Success
+    return None
+
+
+def wrap_inner(method: str, last: tuple[int, int, bytes] | None, type_data: bytes) -> bytes:
+    ident, type_, _ = last or (0, packet.IDENTITY, b"")
     if method == "ttls":
         return avp.Avp(avp.EAP_MESSAGE, response(ident, type_, type_data)).encode()
     return bytes((type_,)) + type_data
@@ -431,8 +455,18 @@ def _tunnel_target() -> object:
                     return "handshake:" + conv.label
             if not peer.established:
                 return "no-tunnel:" + conv.label
+            agent = None
             for flags, payload in records(data[1:], limit=16):
                 inner = _inner_request(method, peer.app[-1]) if peer.app else None
+                if flags & TNC_PEER:
+                    if inner is None or inner[1] != EAP_TNC:
+                        continue  # nothing for the agent to answer: a no-op record
+                    agent = agent or tnc_agent()
+                    payload, flags = agent.process(inner[2]).data, flags | INNER_WRAP
+                if flags & MSCHAP_OK and inner is not None:
+                    answer = mschapv2_answer(inner[2])
+                    if answer is not None:
+                        payload, flags = answer, flags | INNER_WRAP
                 if flags & INNER_WRAP:
                     payload = wrap_inner(method, inner, payload)
                 out = payload if flags & RAW_TLS else peer.seal(payload)
@@ -446,18 +480,23 @@ def _tunnel_target() -> object:
     return one
 
 
-def posture_first_frames(protocol: str = "tnccs11") -> bytes:
-    """The host's first EAP-TNC Response type-data (its posture), from the agent's codec."""
+def tnc_agent(protocol: str = "tnccs11") -> Any:
+    """The agent's EAP-TNC peer with a compliant posture, as a host would run it."""
     import json
 
     from eap_ext.tnc.eap_method import EapTncPeer
-    from eap_ext.tnc.eap_tnc import start_frame
     from eap_ext.tnc.session import ImcSession
 
     doc = json.loads((lab_root() / "tests" / "data" / "postures"
                       / "debian12_compliant.json").read_text())
-    peer = EapTncPeer(ImcSession(doc, protocol=protocol))  # type: ignore[arg-type]
-    return peer.process(start_frame()).data
+    return EapTncPeer(ImcSession(doc, protocol=protocol))  # type: ignore[arg-type]
+
+
+def posture_first_frames(protocol: str = "tnccs11") -> bytes:
+    """The host's first EAP-TNC Response type-data (its posture), from the agent's codec."""
+    from eap_ext.tnc.eap_tnc import start_frame
+
+    return tnc_agent(protocol).process(start_frame()).data
 
 
 def lab_root() -> Any:
@@ -474,6 +513,14 @@ def _tunnel_seeds() -> Iterator[bytes]:
     ms = bytes((2, 0, 0, 54, 49)) + bytes(49) + b"demo"  # MSCHAPv2 Response, wrong answer
     for sel in (0, 2, 4, 6):  # PEAP: inner Identity, then a wrong MSCHAPv2 answer
         yield bytes((sel,)) + join_records([(INNER_WRAP, b"demo"), (INNER_WRAP, ms)])
+    for sel in (0, 3):  # PEAP and TTLS/EAP-MSCHAPv2 authenticated, then EAP-TNC posture
+        yield bytes((sel,)) + join_records([(INNER_WRAP, b"demo"), (MSCHAP_OK, b""),
+                                            (MSCHAP_OK, b""), (INNER_WRAP, tnc),
+                                            (INNER_WRAP, b"\x01"), (0, b"")])
+        yield bytes((sel,)) + join_records([(INNER_WRAP, b"demo"), (MSCHAP_OK, b""),
+                                            (MSCHAP_OK, b"")] + [(TNC_PEER, b"")] * 8
+                                           + [(0, PEAP_RESULT_OK)])
+    yield bytes((1,)) + join_records([(0, pap)] + [(TNC_PEER, b"")] * 8)
     for sel in (1, 3, 5, 7):  # TTLS: PAP, then EAP-TNC posture, then an ACK
         yield bytes((sel,)) + join_records([(0, pap), (INNER_WRAP, tnc),
                                             (INNER_WRAP, b"\x01")])

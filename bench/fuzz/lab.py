@@ -45,7 +45,7 @@ def judge(posture: dict[str, Any], outcome: Any) -> tuple[str, int, list[str], b
     """The IMV verdict of app.Server.judge_posture, from the sample policy."""
     from nac.app import assessment, recommendation
 
-    d = evaluator()(posture, outcome.role, None, "generic")
+    d = evaluator()(posture, outcome.role, outcome.identity, None, "generic")
     policy = sample_policy()
     return recommendation(policy, d.segment), assessment(policy, d.segment), list(
         d.remediation), None
@@ -63,8 +63,11 @@ def evaluator() -> Any:
 
     policy = sample_policy()
 
-    def run(posture: dict[str, Any] | None, role: str, group: str | None, vendor: str) -> Any:
-        # A fixed clock: the same input must give the same decision on replay.
+    def run(posture: dict[str, Any] | None, role: str, *rest: Any) -> Any:
+        # Authorizer passes (posture, role, identity, group, vendor); older code passed no
+        # identity. Group and vendor are the last two either way. A fixed clock: the same
+        # input must give the same decision on replay.
+        group, vendor = rest[-2], rest[-1]
         return evaluate(policy, posture, role=role, index=None, now=NOW, nas_group=group,
                         vendor=vendor)
 

@@ -43,7 +43,7 @@ def _postures() -> list[dict[str, Any]]:
 
 
 def _judge(doc: dict[str, Any], identity: str | None) -> tuple[str, int, list[str], None]:
-    rec, assess, remediation, _ = lab.judge(doc, SimpleNamespace(role="default"))
+    rec, assess, remediation, _ = lab.judge(doc, SimpleNamespace(role="default", identity=identity))
     return rec, assess, remediation, None
 
 
