@@ -12,7 +12,7 @@ from typing import Any
 from OpenSSL import SSL
 
 from fuzz import lab
-from fuzz.core import Finding, Harness, join_records, mutate_bytes, records, register
+from fuzz.core import Finding, Harness, Target, join_records, mutate_bytes, records, register
 from nac.eap import avp, packet
 from nac.eap.tls_engine import FLAG_L, FLAG_M, FLAG_S, MAX_MESSAGE, Framer
 
@@ -31,7 +31,7 @@ def response(ident: int, type_: int, data: bytes) -> bytes:
 
 
 # --- eap_packet ------------------------------------------------------------------------------
-def _packet_target() -> object:
+def _packet_target() -> Target:
     def one(data: bytes) -> str | None:
         try:
             pkt = packet.parse(data)
@@ -56,7 +56,7 @@ def _packet_seeds() -> Iterator[bytes]:
 
 
 # --- eap_avp (TTLS phase 2 attributes) -----------------------------------------------------
-def _avp_target() -> object:
+def _avp_target() -> Target:
     def one(data: bytes) -> str | None:
         try:
             avps = avp.parse(data)
@@ -81,7 +81,7 @@ def _avp_seeds() -> Iterator[bytes]:
 # --- eap_tls_framer --------------------------------------------------------------------------
 # Record flags: bit 0 queue an outbound flight of `payload` length first (we are "sending"),
 # bit 1 take one outbound fragment first. The payload is the Response type-data.
-def _framer_target() -> object:
+def _framer_target() -> Target:
     def one(data: bytes) -> str | None:
         fragment = 64 + (data[0] if data else 0) * 4
         fr = Framer(fragment)
@@ -266,7 +266,7 @@ def _service(method: str, fragment: int) -> Any:
     return lab.eap_service(default_method=method, fragment_size=fragment)
 
 
-def _service_target() -> object:
+def _service_target() -> Target:
     _service("peap", 1020)
 
     def one(data: bytes) -> str | None:
@@ -429,7 +429,7 @@ def _exchange(conv: _Conv, peer: TlsPeer, first: bytes, rounds: int = 200) -> bo
     return False
 
 
-def _tunnel_target() -> object:
+def _tunnel_target() -> Target:
     _tunnel_service("peap", 1020)
 
     def one(data: bytes) -> str | None:
@@ -489,7 +489,7 @@ def tnc_agent(protocol: str = "tnccs11") -> Any:
 
     doc = json.loads((lab_root() / "tests" / "data" / "postures"
                       / "debian12_compliant.json").read_text())
-    return EapTncPeer(ImcSession(doc, protocol=protocol))  # type: ignore[arg-type]
+    return EapTncPeer(ImcSession(doc, protocol=protocol))
 
 
 def posture_first_frames(protocol: str = "tnccs11") -> bytes:
@@ -529,17 +529,17 @@ def _tunnel_seeds() -> Iterator[bytes]:
 
 
 register(Harness("eap_packet", "nac.eap.packet.parse: only EapError; encode round-trips",
-                 _packet_target, _packet_seeds, max_len=512))  # type: ignore[arg-type]
+                 _packet_target, _packet_seeds, max_len=512))
 register(Harness("eap_avp", "nac.eap.avp.parse (TTLS phase 2): only AvpError; round trip",
-                 _avp_target, _avp_seeds, max_len=4096))  # type: ignore[arg-type]
+                 _avp_target, _avp_seeds, max_len=4096))
 register(Harness("eap_tls_framer", "EAP-TLS L/M/S reassembly (tls_engine.Framer) against a "
                  "model: never raises, messages equal their fragments, bounded",
                  _framer_target, _framer_seeds, mutate=_records_mutate,
-                 max_len=16384))  # type: ignore[arg-type]
+                 max_len=16384))
 register(Harness("eap_service", "EapService.handle over whole conversations (every method): "
                  "never fails inside, well-formed results, no accept without credentials",
                  _service_target, _service_seeds, mutate=_records_mutate,
-                 max_len=8192))  # type: ignore[arg-type]
+                 max_len=8192))
 register(Harness("eap_tunnel", "PEAP/TTLS behind a real TLS handshake: the input speaks inside "
                  "the tunnel (inner EAP, AVPs, EAP-TNC posture)", _tunnel_target, _tunnel_seeds,
-                 mutate=_records_mutate, max_len=8192))  # type: ignore[arg-type]
+                 mutate=_records_mutate, max_len=8192))

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fuzz.core import ROOT, Finding, Harness, register
+from fuzz.core import ROOT, Finding, Harness, Target, register
 from nac.monitor import eve
 
 EVE_DATA = ROOT / "tests" / "data" / "eve"
 CAP = 512  # a small line cap so inputs reach the over-long-line paths
 
 
-def _target() -> object:
+def _target() -> Target:
     def one(data: bytes) -> str | None:
         label = "none"
         try:
@@ -48,4 +48,4 @@ def _seeds() -> Iterator[bytes]:
 
 
 register(Harness("eve", "Suricata EVE alert parser: only EveError; LineSplitter matches a "
-                 "model", _target, _seeds, max_len=8192))  # type: ignore[arg-type]
+                 "model", _target, _seeds, max_len=8192))

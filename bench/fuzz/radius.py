@@ -7,7 +7,7 @@ import random
 from collections.abc import Iterator
 
 from fuzz import lab
-from fuzz.core import Finding, Harness, join_records, records, register
+from fuzz.core import Finding, Harness, Target, join_records, records, register
 from nac.radius import codec as c
 
 ZERO16 = bytes(16)
@@ -15,7 +15,7 @@ AUTH = bytes(range(16))  # a fixed Request Authenticator keeps seeds reproducibl
 
 
 # --- radius_decode -------------------------------------------------------------------------
-def _decode_target() -> object:
+def _decode_target() -> Target:
     def one(data: bytes) -> str | None:
         try:
             pkt = c.decode(data)
@@ -174,7 +174,7 @@ def check_reply(reply: bytes, request: bytes) -> str:
     return f"reply:{rep.code}"
 
 
-def _engine_target() -> object:
+def _engine_target() -> Target:
     lab.engine()  # build the PKI, accounts and TLS contexts before the first timed input
 
     def one(data: bytes) -> str | None:
@@ -287,7 +287,7 @@ def _engine_mutate(data: bytes, rng: random.Random) -> bytes:
 
 
 register(Harness("radius_decode", "nac.radius.codec.decode: only MalformedPacket; attributes "
-                 "re-encode to the packet", _decode_target, _decode_seeds))  # type: ignore[arg-type]
+                 "re-encode to the packet", _decode_target, _decode_seeds))
 register(Harness("radius_engine", "Engine.handle_auth/handle_acct with re-signed packets: "
                  "never raises, every reply is well-formed and signed", _engine_target,
-                 _engine_seeds, mutate=_engine_mutate, max_len=8192))  # type: ignore[arg-type]
+                 _engine_seeds, mutate=_engine_mutate, max_len=8192))

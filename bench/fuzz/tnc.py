@@ -12,13 +12,13 @@ from typing import Any
 from eap_ext.tnc import eap_tnc, pa_tnc, pb_tnc, tnccs11
 from eap_ext.tnc.errors import TncCodecError
 from fuzz import lab
-from fuzz.core import ROOT, Finding, Harness, join_records, records, register
+from fuzz.core import ROOT, Finding, Harness, Target, join_records, records, register
 from fuzz.eap import _records_mutate
 
 POSTURES = ROOT / "tests" / "data" / "postures"
 
 
-def _codec_target(decode: Callable[[bytes], Any], encode: Callable[[Any], bytes]) -> object:
+def _codec_target(decode: Callable[[bytes], Any], encode: Callable[[Any], bytes]) -> Target:
     """Only TncCodecError may escape the decoder; what it accepts must survive a round trip
     through our own encoder (the agent and the server share these codecs)."""
 
@@ -54,7 +54,7 @@ def _conversations(protocol: str) -> list[tuple[bytes, bytes]]:
 
     out = []
     for doc in _postures()[:3]:
-        imc = ImcSession(doc, protocol=protocol)  # type: ignore[arg-type]
+        imc = ImcSession(doc, protocol=protocol)
         imv = ImvSession(_judge, identity=lab.USER)
         batch: bytes | None = imc.begin()
         for _ in range(4):
@@ -86,7 +86,7 @@ def _pa_messages() -> Iterator[bytes]:
 
 
 # --- eap_tnc_reassembler ---------------------------------------------------------------------
-def _reassembler_target() -> object:
+def _reassembler_target() -> Target:
     def one(data: bytes) -> str | None:
         bound = 64 + (data[0] if data else 0) * 64
         rx = eap_tnc.Reassembler(max_message=bound)
@@ -131,7 +131,7 @@ BATCH = 1
 STEP_KINDS = ("request", "success", "failure")
 
 
-def _server_target() -> object:
+def _server_target() -> Target:
     from eap_ext.tnc.eap_method import EapTncServer
     from eap_ext.tnc.session import ImvSession
 
@@ -174,7 +174,7 @@ def _server_seeds() -> Iterator[bytes]:
 
 
 # --- tnc_peer --------------------------------------------------------------------------------
-def _peer_target() -> object:
+def _peer_target() -> Target:
     """The agent's side (eap_ext ships to hosts): a rogue or broken server must not crash
     it. Same records as tnc_server; the Start frame comes first unless the input says no."""
     from eap_ext.tnc.eap_method import EapTncPeer
@@ -223,20 +223,20 @@ def _pa_encode(m: pa_tnc.PaTncMessage) -> bytes:
 
 
 register(Harness("tnccs11", "IF-TNCCS 1.1 XML decode_batch: only TncCodecError; round trip",
-                 lambda: _codec_target(tnccs11.decode_batch, _tnccs11_encode),  # type: ignore
+                 lambda: _codec_target(tnccs11.decode_batch, _tnccs11_encode),
                  lambda: _batches("tnccs11"), max_len=16384))
 register(Harness("pb_tnc", "PB-TNC decode_batch: only TncCodecError; round trip",
-                 lambda: _codec_target(pb_tnc.decode_batch, _pb_encode),  # type: ignore
+                 lambda: _codec_target(pb_tnc.decode_batch, _pb_encode),
                  lambda: _batches("pb-tnc"), max_len=16384))
 register(Harness("pa_tnc", "PA-TNC decode_message: only TncCodecError; round trip",
-                 lambda: _codec_target(pa_tnc.decode_message, _pa_encode),  # type: ignore
+                 lambda: _codec_target(pa_tnc.decode_message, _pa_encode),
                  _pa_messages, max_len=16384))
 register(Harness("eap_tnc_reassembler", "EAP-TNC Reassembler: only EapTncFramingError, "
                  "messages equal their fragments, bounded", _reassembler_target,
-                 _reassembler_seeds, mutate=_records_mutate, max_len=16384))  # type: ignore
+                 _reassembler_seeds, mutate=_records_mutate, max_len=16384))
 register(Harness("tnc_peer", "EapTncPeer.process (the agent's EAP-TNC side) against a rogue "
                  "server: never raises", _peer_target, _peer_seeds, mutate=_records_mutate,
-                 max_len=16384))  # type: ignore[arg-type]
+                 max_len=16384))
 register(Harness("tnc_server", "EapTncServer.process (posture inside the tunnel) over "
                  "whole exchanges: never raises, frames within bounds", _server_target,
-                 _server_seeds, mutate=_records_mutate, max_len=16384))  # type: ignore
+                 _server_seeds, mutate=_records_mutate, max_len=16384))
