@@ -1,7 +1,8 @@
 """`nac lab up`: the switch, its hosts, the servers and a `nac serve`, all in namespaces.
 
     root ns: nac serve (RADIUS on the management link's root end, 10.99.K.1) --mgmt veth--
-    switch ns "nac<tag>sw": bridge br0 (vlan_filtering), sshd (+ snmpd) on 10.99.K.2,
+    switch ns "nac<tag>sw": bridge br0 with vlan_filtering (on kernels without it, one
+        bridge per VLAN: see netns.py), sshd (+ snmpd) on 10.99.K.2,
         one hostapd (driver=wired, 802.1X authenticator) per host port
       swp1 host1  wpa_supplicant + nac-agent IMC (compliant)         starts in VLAN 10
       swp2 host2  wpa_supplicant + nac-agent IMC (gets vulnerable)   starts in VLAN 10
