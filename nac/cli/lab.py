@@ -14,7 +14,7 @@ DIR_HELP = "Lab directory: configs, logs, the lab server's state and lab.json."
 
 def _dir_option(func):  # type: ignore[no-untyped-def]
     return click.option("--dir", "lab_dir", type=click.Path(file_okay=False, path_type=Path),
-                        default="/run/nac-lab", show_default=True, envvar="NAC_LAB_DIR",
+                        default="/tmp/nac-lab", show_default=True, envvar="NAC_LAB_DIR",
                         help=DIR_HELP)(func)
 
 

@@ -36,7 +36,9 @@ from nac.lab import hostroot, procs
 from nac.lab.daemons import start_snmpd, start_sshd
 from nac.lab.netns import IP, LabHost, LabSwitch, create_switch, run
 
-DEFAULT_DIR = Path("/run/nac-lab")
+# Not under /run: the lab's sshd mounts a private tmpfs over /run (its privilege-separation
+# dir) and must still read its configuration from the lab directory.
+DEFAULT_DIR = Path("/tmp/nac-lab")
 SECRET = "lab-radius-secret"
 SWITCH_NAME = "labsw"
 QUARANTINE, ISOLATED, NORMAL = 10, 20, 30
@@ -325,7 +327,11 @@ def up(lab_dir: Path = DEFAULT_DIR, *, enforcer: str = "ssh", say: object = prin
     if missing:
         raise LabError(f"missing programs: {', '.join(missing)}")
     if (lab_dir / "lab.json").exists():
-        raise LabError(f"a lab is already up in {lab_dir} (`nac lab down` first)")
+        old = Lab.load(lab_dir)
+        if old.switch_ns in run([IP, "netns", "list"]).stdout:
+            raise LabError(f"a lab is already up in {lab_dir} (`nac lab down` first)")
+        say(f"removing the remains of a lab that is gone (namespace {old.switch_ns})")  # type: ignore[operator]
+        down(lab_dir)
     lab_dir.mkdir(parents=True, exist_ok=True)
     names = list(LAYOUT)
     sw = create_switch(n_hosts=len(names), vlans=(QUARANTINE, ISOLATED, NORMAL),
