@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,16 +48,33 @@ accounting = st.builds(
     session_time=st.none() | st.integers(0, 10**6),
     terminate_cause=st.none() | st.integers(1, 20),
 )
-# A decision is flushed on its own: SQLite and PostgreSQL both keep one node row per MAC
-# per batch, so results would otherwise depend on where the writer threads cut batches.
-# Accounting updates may share a batch: the PostgreSQL merge equals SQLite's replay.
+# A decision gets a batch of its own: both stores keep one node row per MAC per batch, and
+# an accounting touch of a node created later in the same batch counts (earlier, it does
+# not), so results would otherwise depend on where the writer threads cut batches.
+# Accounting updates share batches freely: the PostgreSQL merge equals SQLite's replay.
+
+
+def _distinct_times(items: list[Any], order: list[int]) -> list[Any]:
+    # Equal timestamps leave "newest session" undefined in both backends: make them
+    # distinct, in an arbitrary order (records arrive out of time order too).
+    out = []
+    for it, rank in zip(items, order, strict=True):
+        if isinstance(it, DecisionRecord | AccountingRecord):
+            it = dataclasses.replace(it, at=float(rank + 1))
+        out.append(it)
+    return out
+
+
 steps = st.lists(st.one_of(decisions, accounting,
-                           st.tuples(st.sampled_from(MACS), maybe_text)), max_size=40)
+                           st.tuples(st.sampled_from(MACS), maybe_text)), max_size=40
+                 ).flatmap(lambda items: st.permutations(list(range(len(items)))).map(
+                     lambda order: _distinct_times(items, order)))
 
 
 def apply(store: Any, items: list[Any]) -> None:
     for it in items:
         if isinstance(it, DecisionRecord):
+            store.flush()  # alone in its batch: see the note on `steps`
             store.record_decision(it)
             store.flush()
         elif isinstance(it, AccountingRecord):
@@ -69,9 +87,9 @@ def apply(store: Any, items: list[Any]) -> None:
 
 def snapshot(store: Any) -> dict[str, Any]:
     nodes = store.list_nodes()
-    for n in nodes:  # register_node stamps wall-clock times (the records' are < 1e6)
+    for n in nodes:  # register_node stamps wall-clock times (the records' are small)
         for key in ("first_seen", "last_seen"):
-            if n[key] > 1e9:
+            if n[key] > 1e6:
                 n[key] = "wall clock"
     top, regs = store.registrations_since(0)
     out: dict[str, Any] = {"nodes": nodes, "registrations": (top, sorted(regs))}
