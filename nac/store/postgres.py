@@ -449,13 +449,13 @@ class PostgresStore:
 
     def sessions_for(self, mac: str, limit: int = 20) -> list[dict[str, Any]]:
         return self._query(
-            "SELECT * FROM sessions WHERE mac = %s ORDER BY updated_at DESC LIMIT %s",
+            "SELECT * FROM sessions WHERE mac = %s ORDER BY updated_at DESC, id DESC LIMIT %s",
             (mac, limit),
         )
 
     def session_by_ip(self, address: str) -> dict[str, Any] | None:
         rows = self._query(
-            "SELECT * FROM sessions WHERE framed_ip = %s ORDER BY updated_at DESC LIMIT 1",
+            "SELECT * FROM sessions WHERE framed_ip = %s ORDER BY updated_at DESC, id DESC LIMIT 1",
             (address,),
         )
         return rows[0] if rows else None
@@ -471,7 +471,7 @@ class PostgresStore:
         """The node's newest accounting session that has not stopped."""
         rows = self._query(
             "SELECT * FROM sessions WHERE mac = %s AND stopped_at IS NULL "
-            "ORDER BY updated_at DESC LIMIT 1", (mac,))
+            "ORDER BY updated_at DESC, id DESC LIMIT 1", (mac,))
         return rows[0] if rows else None
 
     def healthy(self) -> bool:
