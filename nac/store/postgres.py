@@ -163,7 +163,7 @@ class PostgresStore:
     older schema raises SchemaError (two servers must not race a migration).
     """
 
-    def __init__(self, url: str, *, flush_interval: float = 0.05, pool_size: int = 4,
+    def __init__(self, url: str, *, flush_interval: float = 0.05, pool_size: int = 2,
                  migrate: bool = False, connect_timeout: float = 5.0) -> None:
         self.url = redact(url)
         self._dsn = url
