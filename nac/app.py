@@ -114,7 +114,10 @@ class Server:
             on_decision=self.on_decision, on_accounting=self.store.record_accounting,
         )
         self._reg_seq = 0
-        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nac-slow")
+        self.lanes = {
+            "slow": ThreadPoolExecutor(max_workers=2, thread_name_prefix="nac-slow"),
+            "eap": ThreadPoolExecutor(max_workers=1, thread_name_prefix="nac-eap"),
+        }
 
     def decide_posture(self, posture: dict[str, Any] | None, role: str, identity: str,
                        group: str | None, vendor: str) -> Decision:
@@ -181,7 +184,15 @@ class Server:
             except Exception as exc:  # the store may be briefly locked or down
                 log.warning("could not read registrations: %s", exc)
             if tick % 2 == 0:
-                self.engine.expire(time.time())
+                now = time.time()
+                self.engine.expire(now)
+                if self.eap is not None:
+                    loop = asyncio.get_running_loop()
+                    try:
+                        await loop.run_in_executor(self.lanes["eap"], self.engine.expire_eap,
+                                                   now)
+                    except Exception:  # a purge that fails must not end housekeeping
+                        log.exception("EAP housekeeping failed")
                 self.reload_if_changed()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -199,7 +210,7 @@ class Server:
             self.store.on_commit(commits.progress)
         transports = await serve_udp(
             self.engine, self.cfg.listen, self.cfg.auth_port, self.cfg.acct_port,
-            executor=self.executor, reuse_port=self.reuse_port, commits=commits,
+            lanes=self.lanes, reuse_port=self.reuse_port, commits=commits,
         )
         log.info("ready: %d NAS client(s), %d account(s), EAP %s, store %s",
                  len(self.engine.clients.clients), len(self.accounts),
@@ -233,7 +244,8 @@ class Server:
             t.close()
         unpublish(self.state_dir)
         self.store.close()
-        self.executor.shutdown(wait=False)
+        for lane in self.lanes.values():
+            lane.shutdown(wait=False)
 
 
 def prepare_state(cfg: Config, state_dir: Path) -> None:

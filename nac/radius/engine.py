@@ -35,11 +35,16 @@ REJECT_MESSAGE = b"Authentication failed"
 
 @dataclass(slots=True)
 class Deferred:
-    """Slow work for a thread: `finish(work())` gives the reply (or None to drop)."""
+    """Slow work for a thread: `finish(work())` gives the reply (or None to drop).
+
+    lane "slow": any pool thread (password hashing). lane "eap": the one thread that owns
+    the EAP service, so TLS and password checks in tunnels never block the packet loop
+    and the service is never entered from two threads at once."""
 
     work: Callable[[], Any]
     finish: Callable[[Any, float], bytes | None]
     key: tuple[object, ...]
+    lane: str = "slow"
 
 
 @dataclass(slots=True)
@@ -163,11 +168,18 @@ class Engine:
         self.dedup.expire(now)
         if len(self._pap_ok) > 100_000:
             self._pap_ok.clear()
-        if self.eap is not None:
-            n = self.eap.expire(now)
-            if n:
-                self.counters["eap_expired"] += n
-                log.info("purged %d idle EAP conversation(s)", n)
+
+    def expire_eap(self, now: float) -> int:
+        """Purge idle EAP conversations and pick up a changed CRL; run it in the EAP lane."""
+        if self.eap is None:
+            return 0
+        reload_crl = getattr(self.eap, "reload_crl_if_changed", None)
+        if reload_crl is not None:
+            reload_crl()
+        n = int(self.eap.expire(now))
+        if n:
+            log.info("purged %d idle EAP conversation(s)", n)
+        return n
 
     # ---- helpers ------------------------------------------------------------------------
     def _client(self, host: str, now: float) -> NasClient | None:
@@ -242,7 +254,7 @@ class Engine:
                         key: tuple[object, ...], now: float) -> Outcome:
         eap = c.join_eap(pkt)
         if eap is not None:
-            return self._eap(pkt, eap, client, host, now)
+            return self._eap(pkt, eap, client, host, key)
         user = pkt.get(c.USER_NAME)
         calling = pkt.get(c.CALLING_STATION_ID)
         mac = normalize_mac(calling)
@@ -298,21 +310,32 @@ class Engine:
         return c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret, self._reply_attrs(d, client))
 
     def _eap(self, pkt: c.Packet, eap: bytes, client: NasClient, host: str,
-             now: float) -> bytes | None:
+             key: tuple[object, ...]) -> bytes | Deferred | None:
         if self.eap is None:
             return self._reject(pkt, client, b"EAP is not enabled on this server",
                                 c.split_eap(_eap_failure(eap)))
         from nac.eap.service import NasInfo
 
         calling = pkt.get_str(c.CALLING_STATION_ID)
-        mac = normalize_mac(calling)
-        res = self.eap.handle(
-            state=pkt.get(c.STATE),
-            eap=eap,
-            nas=NasInfo(address=host, group=client.group, vendor=client.profile.name,
-                        calling_station_id=calling, nas_port_id=pkt.get_str(c.NAS_PORT_ID)),
-            now=now,
-        )
+        nas = NasInfo(address=host, group=client.group, vendor=client.profile.name,
+                      calling_station_id=calling, nas_port_id=pkt.get_str(c.NAS_PORT_ID))
+        state = pkt.get(c.STATE)
+        service = self.eap
+
+        def work() -> Any:
+            import time
+
+            return service.handle(state=state, eap=eap, nas=nas, now=time.time())
+
+        def finish(res: Any, when: float) -> bytes | None:
+            reply = self._eap_reply(res, pkt, client, host, normalize_mac(calling), when)
+            self.dedup.put(key, reply or b"", when)
+            return reply
+
+        return Deferred(work=work, finish=finish, key=key, lane="eap")
+
+    def _eap_reply(self, res: Any, pkt: c.Packet, client: NasClient, host: str,
+                   mac: str | None, now: float) -> bytes | None:
         if res.action == "drop":
             self._drop("eap_" + (res.reason or "invalid").replace(" ", "_")[:40], host)
             return None
@@ -322,7 +345,8 @@ class Engine:
             return c.encode_reply(c.ACCESS_CHALLENGE, pkt, client.secret, attrs)
         eap_attr = c.split_eap(res.eap or b"")
         if res.action == "reject":
-            log.info("EAP reject from %s (%s): %s", host, res.identity or "?", res.reason)
+            who = res.identity or getattr(res, "outer_identity", None) or "?"
+            log.info("EAP reject from %s (%s): %s", host, who, res.reason)
             return self._reject(pkt, client, (res.reason or "Authentication failed").encode(),
                                 eap_attr)
         d = self.authorizer.account(res.identity or "", res.role or "default", mac, res.posture,

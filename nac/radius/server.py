@@ -46,10 +46,10 @@ class CommitGate:
 
 class _Endpoint(asyncio.DatagramProtocol):
     def __init__(self, handler: Callable[[bytes, str, int, float], object], engine: Engine,
-                 executor: Executor | None, commits: CommitGate) -> None:
+                 lanes: dict[str, Executor], commits: CommitGate) -> None:
         self.handler = handler
         self.engine = engine
-        self.executor = executor
+        self.lanes = lanes
         self.commits = commits
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -77,7 +77,7 @@ class _Endpoint(asyncio.DatagramProtocol):
     async def _deferred(self, job: Deferred, addr: tuple) -> None:  # type: ignore[type-arg]
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self.executor, job.work)
+            result = await loop.run_in_executor(self.lanes.get(job.lane), job.work)
             out = job.finish(result, time.time())
         except Exception:
             self.engine.counters["drop_internal_error"] += 1
@@ -118,7 +118,7 @@ async def serve_udp(
     auth_port: int,
     acct_port: int,
     *,
-    executor: Executor | None = None,
+    lanes: dict[str, Executor] | None = None,
     reuse_port: bool = False,
     commits: CommitGate | None = None,
 ) -> list[asyncio.DatagramTransport]:
@@ -130,7 +130,7 @@ async def serve_udp(
         for port, handler in ((auth_port, engine.handle_auth), (acct_port, engine.handle_acct)):
             sock = bind_udp(address, port, reuse_port=reuse_port)
             transport, _ = await loop.create_datagram_endpoint(
-                lambda h=handler: _Endpoint(h, engine, executor, commits),  # type: ignore[misc]
+                lambda h=handler: _Endpoint(h, engine, lanes or {}, commits),  # type: ignore[misc]
                 sock=sock,
             )
             transports.append(transport)
