@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from OpenSSL import SSL
+from OpenSSL._util import lib as _lib  # SSL_session_reused has no wrapper
 
 from fuzz import lab
 from fuzz.core import Finding, Harness, Target, join_records, mutate_bytes, records, register
@@ -169,9 +170,11 @@ class PeerGaveUp(Exception):
 class TlsPeer:
     """Just enough of a PEAP/TTLS client to reach the tunnel; what goes inside is the input."""
 
-    def __init__(self, version: str, fragment: int) -> None:
+    def __init__(self, version: str, fragment: int, session: Any = None) -> None:
         self.conn = SSL.Connection(_client_ctx(version), None)
         self.conn.set_connect_state()
+        if session is not None:
+            self.conn.set_session(session)
         self.framer = Framer(fragment)
         self.established = False
         self.app: list[bytes] = []
@@ -214,6 +217,9 @@ class TlsPeer:
             self.framer.queue(out)
             return self.framer.next_fragment(), False
         return self.framer.ack(), True
+
+    def resumed(self) -> bool:
+        return bool(_lib.SSL_session_reused(self.conn._ssl))  # noqa: SLF001
 
     def seal(self, plain: bytes) -> bytes:
         try:
@@ -429,6 +435,69 @@ def _exchange(conv: _Conv, peer: TlsPeer, first: bytes, rounds: int = 200) -> bo
     return False
 
 
+def _converse(svc: Any, method: str, version: str, fragment: int,
+              recs: list[tuple[int, bytes]], session: Any = None) -> tuple[str, TlsPeer]:
+    """One PEAP/TTLS conversation: handshake (resuming `session` if given), then the
+    records inside the tunnel. Returns the outcome label and the peer."""
+    svc.expire(float("inf"))
+    conv = _Conv(svc)
+    conv.send(response(1, packet.IDENTITY, b"anonymous"))
+    peer = TlsPeer(version, fragment, session)
+    try:
+        if conv.last is None:
+            return "no-start:" + conv.label, peer
+        td, _ = peer.answer(conv.last.data)  # the Start: our ClientHello
+        if not _exchange(conv, peer, td):
+            return "handshake:" + conv.label, peer
+        for _ in range(4):  # finish the handshake (TLS 1.2 Finished wants an ACK)
+            if peer.established and (peer.app or method == "ttls"):
+                break
+            if not _exchange(conv, peer, peer.framer.ack()):
+                return "handshake:" + conv.label, peer
+        if not peer.established:
+            return "no-tunnel:" + conv.label, peer
+        agent = None
+        for flags, payload in recs:
+            inner = _inner_request(method, peer.app[-1]) if peer.app else None
+            if flags & TNC_PEER:
+                if inner is None or inner[1] != EAP_TNC:
+                    continue  # nothing for the agent to answer: a no-op record
+                agent = agent or tnc_agent()
+                payload, flags = agent.process(inner[2]).data, flags | INNER_WRAP
+            if flags & MSCHAP_OK and inner is not None:
+                answer = mschapv2_answer(inner[2])
+                if answer is not None:
+                    payload, flags = answer, flags | INNER_WRAP
+            if flags & INNER_WRAP:
+                payload = wrap_inner(method, inner, payload)
+            out = payload if flags & RAW_TLS else peer.seal(payload)
+            peer.framer.queue(out)
+            if not _exchange(conv, peer, peer.framer.next_fragment()):
+                return "tunnel:" + conv.label, peer
+        return "open:" + conv.label, peer
+    except PeerGaveUp as exc:
+        return "peer-gave-up:" + str(exc)[:30], peer
+
+
+def _pap_avps() -> bytes:
+    pad = lab.PASSWORD.encode() + bytes(-len(lab.PASSWORD) % 16)
+    return (avp.Avp(avp.USER_NAME, lab.USER.encode()).encode()
+            + avp.Avp(avp.USER_PASSWORD, pad).encode())
+
+
+def _canned(method: str) -> list[tuple[int, bytes]]:
+    """A conversation that authenticates and passes posture, to leave a session behind."""
+    if method == "ttls":
+        return [(0, _pap_avps())] + [(TNC_PEER, b"")] * 8
+    return ([(INNER_WRAP, lab.USER.encode()), (MSCHAP_OK, b""), (MSCHAP_OK, b"")]
+            + [(TNC_PEER, b"")] * 8 + [(0, PEAP_RESULT_OK)])
+
+
+# Selector bit 3: first authenticate fully, then resume that TLS session; the input speaks
+# in the resumed conversation (RFC 5281 8: a resuming TTLS peer may skip phase 2).
+RESUME = 8
+
+
 def _tunnel_target() -> Target:
     _tunnel_service("peap", 1020)
 
@@ -438,44 +507,15 @@ def _tunnel_target() -> Target:
         version = "1.3" if sel & 2 else "1.2"
         fragment = 200 if sel & 4 else 1020
         svc = _tunnel_service(method, fragment)
-        svc.expire(float("inf"))
-        conv = _Conv(svc)
-        conv.send(response(1, packet.IDENTITY, b"anonymous"))
-        peer = TlsPeer(version, fragment)
-        try:
-            if conv.last is None:
-                return "no-start:" + conv.label
-            td, _ = peer.answer(conv.last.data)  # the Start: our ClientHello
-            if not _exchange(conv, peer, td):
-                return "handshake:" + conv.label
-            for _ in range(4):  # finish the handshake (TLS 1.2 Finished wants an ACK)
-                if peer.established and (peer.app or method == "ttls"):
-                    break
-                if not _exchange(conv, peer, peer.framer.ack()):
-                    return "handshake:" + conv.label
-            if not peer.established:
-                return "no-tunnel:" + conv.label
-            agent = None
-            for flags, payload in records(data[1:], limit=16):
-                inner = _inner_request(method, peer.app[-1]) if peer.app else None
-                if flags & TNC_PEER:
-                    if inner is None or inner[1] != EAP_TNC:
-                        continue  # nothing for the agent to answer: a no-op record
-                    agent = agent or tnc_agent()
-                    payload, flags = agent.process(inner[2]).data, flags | INNER_WRAP
-                if flags & MSCHAP_OK and inner is not None:
-                    answer = mschapv2_answer(inner[2])
-                    if answer is not None:
-                        payload, flags = answer, flags | INNER_WRAP
-                if flags & INNER_WRAP:
-                    payload = wrap_inner(method, inner, payload)
-                out = payload if flags & RAW_TLS else peer.seal(payload)
-                peer.framer.queue(out)
-                if not _exchange(conv, peer, peer.framer.next_fragment()):
-                    return "tunnel:" + conv.label
-            return "open:" + conv.label
-        except PeerGaveUp as exc:
-            return "peer-gave-up:" + str(exc)[:30]
+        session = None
+        if sel & RESUME:
+            label, first = _converse(svc, method, version, fragment, _canned(method))
+            if ":posture" not in label:
+                raise Finding(f"the canned {method} conversation failed: {label}")
+            session = first.conn.get_session()
+        label, peer = _converse(svc, method, version, fragment,
+                                records(data[1:], limit=16), session)
+        return ("resumed:" if peer.resumed() else "") + label
 
     return one
 
@@ -506,9 +546,7 @@ def lab_root() -> Any:
 
 
 def _tunnel_seeds() -> Iterator[bytes]:
-    pad = lab.PASSWORD.encode() + bytes(-len(lab.PASSWORD) % 16)
-    pap = (avp.Avp(avp.USER_NAME, lab.USER.encode()).encode()
-           + avp.Avp(avp.USER_PASSWORD, pad).encode())
+    pap = _pap_avps()
     tnc = posture_first_frames()
     ms = bytes((2, 0, 0, 54, 49)) + bytes(49) + b"demo"  # MSCHAPv2 Response, wrong answer
     for sel in (0, 2, 4, 6):  # PEAP: inner Identity, then a wrong MSCHAPv2 answer
@@ -521,6 +559,8 @@ def _tunnel_seeds() -> Iterator[bytes]:
                                             (MSCHAP_OK, b"")] + [(TNC_PEER, b"")] * 8
                                            + [(0, PEAP_RESULT_OK)])
     yield bytes((1,)) + join_records([(0, pap)] + [(TNC_PEER, b"")] * 8)
+    for sel in range(8):  # resumption, every method/version/fragment: the canned first
+        yield bytes((sel | RESUME,)) + join_records(_canned("ttls" if sel & 1 else "peap"))
     for sel in (1, 3, 5, 7):  # TTLS: PAP, then EAP-TNC posture, then an ACK
         yield bytes((sel,)) + join_records([(0, pap), (INNER_WRAP, tnc),
                                             (INNER_WRAP, b"\x01")])
