@@ -120,3 +120,27 @@ def test_engine_never_raises_when_proxy_state_fills_the_reply() -> None:
     request's."""
     target = REGISTRY["radius_engine"].target()
     target((CRASH_DIR / "radius_engine-eap-challenge-with-proxy-state-over-4096").read_bytes())
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "nac/eap/methods/ttls.py on_established: a resumed TTLS session succeeds at once with "
+    "the earlier identity and no posture, so EAP-TNC never runs and the host lands in "
+    "quarantine on every resumed re-authentication"))
+def test_resumed_ttls_session_still_runs_posture() -> None:
+    """Found with the eap_tunnel harness (selector bit 3 resumes a session that had
+    authenticated by TTLS/PAP and passed EAP-TNC with a compliant posture). On TLS 1.2
+    resumption TtlsMethod.on_established returns Step("success", outcome=self.resumed)
+    (or succeeds on the ACK when a flight is pending): Outcome.posture is None, InnerEap's
+    posture method is never started, and Authorizer decides "no posture reported ->
+    quarantine". wpa_supplicant resumes TTLS sessions by default, so a compliant host
+    drops to quarantine at its next re-authentication. PEAP does not skip phase 2 and is
+    not affected. Fix: after a resumed handshake, start the posture method as
+    _authenticated() does (InnerEap.authenticated(iid, self.resumed)), and succeed after it."""
+    from fuzz import eap
+    from fuzz.core import join_records
+
+    target = REGISTRY["eap_tunnel"].target()
+    sel = eap.RESUME | 1  # TTLS, TLS 1.2, 1020-octet fragments
+    label = target(bytes((sel,)) + join_records([(eap.TNC_PEER, b"")] * 8))
+    assert label is not None and label.startswith("resumed:"), label
+    assert ":posture" in label, label
