@@ -15,6 +15,7 @@ from nac.authorize import Authorizer
 from nac.config import DEMO_ACCOUNT, Config
 from nac.enforcement import Target, load_planner
 from nac.events import DecisionRecord
+from nac.observe import request_histogram, store_gauges
 from nac.posture.decision import Decision
 from nac.posture.policy import PolicyError
 from nac.radius.clients import ClientTable, NasClient, profile
@@ -134,6 +135,29 @@ class Server:
         return (recommendation(policy, d.segment), assessment(policy, d.segment),
                 list(d.remediation), d.certificate)
 
+    async def _start_metrics(self, transports: list[Any], latency: Any) -> Any:
+        if not self.cfg.metrics:
+            return None
+        from nac.metrics import parse_address, start_metrics
+
+        host, port = parse_address(self.cfg.metrics)
+        db_path = getattr(self.store, "path", self.state_dir / "nac.db")
+
+        def gauges() -> dict[str, float]:
+            out = store_gauges(db_path)
+            out["eap_conversations"] = float(self.eap.live) if self.eap is not None else 0.0
+            out["registered_nodes"] = float(len(self.authorizer.registered))
+            return out
+
+        def health() -> dict[str, bool]:
+            return {"store": self.store.healthy(),
+                    "listeners": all(not t.is_closing() for t in transports)}
+
+        return await start_metrics(
+            host, port + (self.worker_id or 0), counters=lambda: self.engine.counters,
+            gauges=gauges, histograms=lambda: {"radius_request_seconds": latency},
+            health=health)
+
     def nas_profile(self, nas: str) -> tuple[str | None, str | None]:
         """(client group, vendor profile) of a NAS address: per-switch VLAN overrides."""
         client = self.engine.clients.lookup(nas)
@@ -205,13 +229,15 @@ class Server:
                 pass
         self.poll_registrations()
         publish_loaded(self.state_dir, self.live.file_digest)
+        latency = request_histogram()
         commits = CommitGate(self.engine)
         if hasattr(self.store, "on_commit"):
             self.store.on_commit(commits.progress)
         transports = await serve_udp(
             self.engine, self.cfg.listen, self.cfg.auth_port, self.cfg.acct_port,
-            lanes=self.lanes, reuse_port=self.reuse_port, commits=commits,
+            lanes=self.lanes, reuse_port=self.reuse_port, commits=commits, latency=latency,
         )
+        metrics = await self._start_metrics(transports, latency)
         log.info("ready: %d NAS client(s), %d account(s), EAP %s, store %s",
                  len(self.engine.clients.clients), len(self.accounts),
                  "on" if self.eap is not None else "off", self.store.url)
@@ -237,6 +263,8 @@ class Server:
         house.cancel()
         if monitor is not None:
             await monitor.close()
+        if metrics is not None:
+            metrics.close()
         if worker is not None:
             await asyncio.wait_for(worker, timeout=30)
             await self.planner.enforcer.close()  # type: ignore[union-attr]

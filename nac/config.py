@@ -119,6 +119,8 @@ class Config(_Strict):
     # Quarantine monitor (IDS alert intake, nac/monitor/README.md); absent: off.
     monitor: MonitorConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Prometheus /metrics and /healthz on ADDR:PORT (worker N of a pool: PORT + N).
+    metrics: str | None = None
     embedded: bool = Field(default=False, exclude=True)
     source: str = Field(default="", exclude=True)
 

@@ -38,13 +38,16 @@ def setup_logging(level: str, worker_id: int | None = None, fmt: str = "text") -
               show_default=True, help="json: one object per line, with decision fields.")
 @click.option("--posture", type=click.Choice(["tnc", "off"]), default=None,
               help="Posture method inside EAP tunnels (overrides [eap] posture).")
+@click.option("--metrics", "metrics_addr", default=None, metavar="ADDR:PORT",
+              help="Serve Prometheus /metrics and /healthz (worker N of a pool: PORT + N).")
 @click.option("--workers", type=click.IntRange(0, 256), default=0,
               help="Worker processes on the same ports (SO_REUSEPORT). 0: one per core.")
 @click.option("--reuse-port", is_flag=True, hidden=True)
 @click.option("--worker-id", type=int, default=None, hidden=True)
 def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
           auth_port: int | None, acct_port: int | None, listen: tuple[str, ...],
-          log_level: str | None, log_format: str, posture: str | None, workers: int,
+          log_level: str | None, log_format: str, posture: str | None,
+          metrics_addr: str | None, workers: int,
           reuse_port: bool,
           worker_id: int | None) -> None:
     """Run the RADIUS server (authentication and accounting)."""
@@ -77,6 +80,8 @@ def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
         cfg.store = store_url
     if posture:
         cfg.eap.posture = posture  # type: ignore[assignment]
+    if metrics_addr:
+        cfg.metrics = metrics_addr
     from nac.app import prepare_state, run_server
 
     try:

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 
+from nac.metrics import Histogram
 from nac.radius.engine import AfterCommit, Deferred, Engine
 
 log = logging.getLogger("nac.radius")
@@ -51,6 +52,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.engine = engine
         self.lanes = lanes
         self.commits = commits
+        self.latency: Histogram | None = None
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -58,6 +60,7 @@ class _Endpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int] | tuple) -> None:  # type: ignore[override]
         host, port = addr[0], addr[1]
+        t0 = time.perf_counter()
         try:
             out = self.handler(data, host, port, time.time())
         except Exception:  # a bug must cost one request, never the server
@@ -73,11 +76,17 @@ class _Endpoint(asyncio.DatagramProtocol):
             self.commits.wait(out, self, addr)
             return
         self.transport.sendto(out, addr)  # type: ignore[union-attr,arg-type]
+        if self.latency is not None:
+            self.latency.observe(time.perf_counter() - t0)
 
     async def _deferred(self, job: Deferred, addr: tuple) -> None:  # type: ignore[type-arg]
         loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
         try:
-            result = await loop.run_in_executor(self.lanes.get(job.lane), job.work)
+            if job.wait is not None:
+                result = await asyncio.wrap_future(job.wait)
+            else:
+                result = await loop.run_in_executor(self.lanes.get(job.lane), job.work)
             out = job.finish(result, time.time())
         except Exception:
             self.engine.counters["drop_internal_error"] += 1
@@ -85,6 +94,8 @@ class _Endpoint(asyncio.DatagramProtocol):
             return
         if out is not None and self.transport is not None:
             self.transport.sendto(out, addr)
+            if self.latency is not None:
+                self.latency.observe(time.perf_counter() - t0)
 
     def send(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
         if self.transport is not None:
@@ -121,6 +132,7 @@ async def serve_udp(
     lanes: dict[str, Executor] | None = None,
     reuse_port: bool = False,
     commits: CommitGate | None = None,
+    latency: Histogram | None = None,
 ) -> list[asyncio.DatagramTransport]:
     loop = asyncio.get_running_loop()
     commits = commits or CommitGate(engine)
@@ -129,10 +141,11 @@ async def serve_udp(
     for address in addresses:
         for port, handler in ((auth_port, engine.handle_auth), (acct_port, engine.handle_acct)):
             sock = bind_udp(address, port, reuse_port=reuse_port)
-            transport, _ = await loop.create_datagram_endpoint(
+            transport, endpoint = await loop.create_datagram_endpoint(
                 lambda h=handler: _Endpoint(h, engine, lanes or {}, commits),  # type: ignore[misc]
                 sock=sock,
             )
+            endpoint.latency = latency
             transports.append(transport)
             log.info("listening on %s udp/%d (%s)", address, port,
                      "authentication" if port == auth_port else "accounting")
