@@ -162,6 +162,7 @@ class SqliteStore:
         self._committed = 0
         self._commit_callbacks: list[Callable[[int], None]] = []
         self.write_errors = 0
+        self.dropped = 0  # records the database refused (logged); the rest went in
         self.last_write_error: str | None = None
 
     # ---- packet-path writes -------------------------------------------------------------
@@ -220,8 +221,9 @@ class SqliteStore:
                     pass
                 try:
                     self._commit(conn, batch)
-                except sqlite3.Error as exc:
-                    # Keep the batch for a later try; say why once per kind of failure.
+                except sqlite3.OperationalError as exc:
+                    # Locked, full or read-only: keep the batch for a later try; say why
+                    # once per kind of failure.
                     self.write_errors += 1
                     if self.last_write_error != str(exc):
                         log.error("store write failed, will retry: %s", exc)
@@ -229,11 +231,22 @@ class SqliteStore:
                     self._pending.extendleft(reversed(batch))
                     time.sleep(0.5)
                     break
+                except Exception:  # a record the database refuses must not stall the rest
+                    self._commit_each(conn, batch)
                 self.last_write_error = None
                 self._committed += len(batch)
                 for cb in self._commit_callbacks:
                     cb(self._committed)
         conn.close()
+
+    def _commit_each(self, conn: sqlite3.Connection, batch: list[tuple[str, object]]) -> None:
+        """Commit record by record; set aside (count and log) only those that fail."""
+        for item in batch:
+            try:
+                self._commit(conn, [item])
+            except Exception:
+                self.dropped += 1
+                log.exception("store: a %s record was refused and set aside", item[0])
 
     @staticmethod
     def _commit(conn: sqlite3.Connection, batch: list[tuple[str, object]]) -> None:
