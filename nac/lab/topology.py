@@ -561,10 +561,28 @@ def status(lab_dir: Path = DEFAULT_DIR) -> list[str]:
     for name, pid in sorted(lab.pids.items()):
         out.append(f"  {name:<18} pid {pid:<8} "
                    f"{'running' if procs.alive(pid, lab.marker) else 'NOT RUNNING'}")
+    existing = run([IP, "netns", "list"]).stdout
     sw = lab.switch()
+    segments = _segments(lab)
     for node in lab.nodes.values():
-        existing = run([IP, "netns", "list"]).stdout
         vlan = sw.port_vlan(node.port) if lab.switch_ns in existing else None
+        seg = segments.get(node.mac, "-") if node.role != "server" else "(server)"
         out.append(f"  {node.name:<12} {node.port} {node.ip:<14} {node.mac} {node.role:<10} "
-                   f"VLAN {vlan}")
+                   f"port VLAN {vlan}  segment {seg}")
     return out
+
+
+def _segments(lab: Lab) -> dict[str, str]:
+    """MAC -> segment in the lab server's store (read-only; empty before any decision)."""
+    import sqlite3
+
+    db = lab.state_dir / "nac.db"
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return {mac: seg for mac, seg in conn.execute("SELECT mac, segment FROM nodes")}
+    except sqlite3.Error:
+        return {}
+    finally:
+        conn.close()
