@@ -44,20 +44,28 @@ def nac(lab: Lab, *args: str, config: bool = False) -> subprocess.CompletedProce
     return proc
 
 
-def node_info(lab: Lab, name: str) -> dict[str, object]:
-    out = nac(lab, "nodes", "show", lab.nodes[name].mac, "--json").stdout
-    return json.loads(out)  # type: ignore[no-any-return]
+def _query(lab: Lab, sql: str, args: tuple[object, ...]) -> tuple[object, ...] | None:
+    """One row from the server's store, read directly (the CLI costs a second a call)."""
+    db = sqlite3.connect(f"file:{lab.state_dir / 'nac.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        row = db.execute(sql, args).fetchone()
+    finally:
+        db.close()
+    return tuple(row) if row else None
 
 
 def segment_of(lab: Lab, name: str) -> str | None:
-    """The node's segment in the server's store (read directly: the CLI costs a second)."""
-    db = sqlite3.connect(f"file:{lab.state_dir / 'nac.db'}?mode=ro", uri=True, timeout=10)
-    try:
-        row = db.execute("SELECT segment FROM nodes WHERE mac = ?",
-                         (lab.nodes[name].mac,)).fetchone()
-    finally:
-        db.close()
-    return row[0] if row else None
+    row = _query(lab, "SELECT segment FROM nodes WHERE mac = ?", (lab.nodes[name].mac,))
+    return str(row[0]) if row else None
+
+
+def tell_decision(lab: Lab, story: Story, name: str) -> None:
+    """The server's latest decision for the host, as `nac nodes show` would explain it."""
+    row = _query(lab, "SELECT source, segment, vlan, reasons FROM decisions WHERE mac = ? "
+                      "ORDER BY id DESC LIMIT 1", (lab.nodes[name].mac,))
+    if row:
+        reasons = "; ".join(json.loads(str(row[3])))
+        story.say(f"server decision ({row[0]}): {row[1]} (VLAN {row[2]}): {reasons}")
 
 
 def agent_status(lab: Lab, name: str) -> dict[str, object]:
@@ -203,9 +211,7 @@ def compliant(lab: Lab, story: Story) -> None:
                 f"host1's port starts in the quarantine VLAN {topo.QUARANTINE}")
     show_reach(lab, story, "host1", corp=False, remediation=False)
     authenticate(lab, story, "host1", topo.NORMAL)
-    info = node_info(lab, "host1")["node"]
-    story.say(f"server: segment {info['segment']} (VLAN {info['vlan']}): "  # type: ignore[index]
-              f"{info.get('why') or ''}".rstrip(": "))  # type: ignore[union-attr]
+    tell_decision(lab, story, "host1")
     story.check(segment_of(lab, "host1") == "normal", "posture: compliant -> segment normal")
     show_reach(lab, story, "host1", corp=True, remediation=False)
 
@@ -224,6 +230,7 @@ def vulnerable(lab: Lab, story: Story) -> None:
                                        hostroot.VULNERABLE_OPENSSL)
     story.say(f"host2 runs openssl {hostroot.VULNERABLE_OPENSSL} (was {old})")
     authenticate(lab, story, "host2", topo.ISOLATED, key="isolate")
+    tell_decision(lab, story, "host2")
     story.check(segment_of(lab, "host2") == "isolated", "posture: vulnerable -> isolated")
     status = agent_status(lab, "host2")
     story.say(f"nac-agent status on host2: recommendation {status.get('recommendation')}; "
@@ -387,6 +394,7 @@ def ids(lab: Lab, story: Story) -> None:
         story.say(f"switch port swp1 set to VLAN {topo.ISOLATED} over {lab.enforcer.upper()} "
                   f"{t:.2f} s after the alert")
         story.check(t < ENFORCE_BUDGET, f"isolated within {ENFORCE_BUDGET:.0f} s")
+        tell_decision(lab, story, "host1")
         story.check(segment_of(lab, "host1") == "isolated", "server: host1 -> isolated (ids)")
         show_reach(lab, story, "host1", corp=False, remediation=True)
         story.say(f"the forged alert again: {monitor.post(body, forged)}")
