@@ -49,9 +49,11 @@ class Authorizer:
         self.evaluator = evaluator
         self.registered: dict[str, str] = {}  # MAC -> segment set by an administrator
         self._unknown_mab: dict[tuple[str | None, str], Decision] = {}
+        self._no_posture: dict[tuple[str, str, str | None, str, str], Decision] = {}
 
     def policy_changed(self) -> None:
         self._unknown_mab.clear()
+        self._no_posture.clear()
 
     def _segment(self, name: str) -> Segment:
         seg = self.policy.segments.get(name)
@@ -115,6 +117,17 @@ class Authorizer:
         if self.evaluator is None:
             reasons = [who, "no posture policy loaded: quarantine"]
             return self.finish(QUARANTINE, reasons, "account", group, vendor)
+        if posture is None:  # the same answer each time until the policy changes: make it once
+            key = (identity, role, group, vendor, method)
+            cached = self._no_posture.get(key)
+            if cached is None:
+                if len(self._no_posture) > 100_000:
+                    self._no_posture.clear()
+                d = self.evaluator(None, role, identity, group, vendor)
+                cached = Decision(segment=d.segment, vlan=d.vlan, reasons=(who, *d.reasons),
+                                  remediation=d.remediation, source="account", extra=d.extra)
+                self._no_posture[key] = cached
+            return cached
         d = self.evaluator(posture, role, identity, group, vendor)
         return Decision(
             segment=d.segment, vlan=d.vlan, reasons=(who, *d.reasons),

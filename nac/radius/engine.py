@@ -13,6 +13,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,8 @@ class Deferred:
     finish: Callable[[Any, float], bytes | None]
     key: tuple[object, ...]
     lane: str = "slow"
+    # Instead of work: the result of the same work already running for another request.
+    wait: Future[Any] | None = None
 
 
 @dataclass(slots=True)
@@ -81,6 +84,9 @@ class Engine:
         self._unknown_nas_logged: dict[str, float] = {}
         self._reply_cache: dict[tuple[object, ...], bytes] = {}
         self._pap_ok: dict[tuple[str, bytes], tuple[str, float]] = {}
+        # One scrypt per distinct credentials in flight: a burst of the same login after a
+        # start (or a cache expiry) waits for the first check instead of repeating it.
+        self._pap_inflight: dict[tuple[str, bytes, str | None], Future[bool]] = {}
         self._pap_key = os.urandom(32)
 
     # ---- entry points -------------------------------------------------------------------
@@ -288,13 +294,31 @@ class Engine:
         if hit is not None and hit[0] == account.password_hash and now - hit[1] < PAP_CACHE_TTL:
             return self._pap_done(True, pkt, client, host, account, mac, (user, tag), now)
         pw = password.decode("utf-8", "replace")
+        flight_key = (user, tag, account.password_hash)
 
         def finish(ok: bool, when: float) -> bytes | None:
+            if self._pap_inflight.get(flight_key) is shared:
+                del self._pap_inflight[flight_key]
             reply = self._pap_done(ok, pkt, client, host, account, mac, (user, tag), when)
             self.dedup.put(key, reply, when)
             return reply
 
-        return Deferred(work=lambda: account.check_password(pw), finish=finish, key=key)
+        shared = self._pap_inflight.get(flight_key)
+        if shared is not None:  # the same credentials are being hashed already: wait for it
+            return Deferred(work=lambda: None, finish=finish, key=key, wait=shared)
+        shared = Future()
+        self._pap_inflight[flight_key] = shared
+
+        def work() -> bool:
+            try:
+                ok = account.check_password(pw)
+            except BaseException as exc:
+                shared.set_exception(exc)
+                raise
+            shared.set_result(ok)
+            return ok
+
+        return Deferred(work=work, finish=finish, key=key)
 
     def _pap_done(self, ok: bool, pkt: c.Packet, client: NasClient, host: str,
                   account: Account, mac: str | None, cache_key: tuple[str, bytes],
