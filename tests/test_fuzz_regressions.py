@@ -31,7 +31,7 @@ OPEN = {
     "radius_engine-eap-challenge-with-proxy-state-over-4096": (
         "nac/radius/engine.py: an Access-Challenge carrying a full EAP fragment plus the "
         "echoed Proxy-State exceeds 4096 octets; codec.encode_reply raises ValueError out "
-        "of Engine.handle_auth"),
+        "of the engine (Engine._eap_reply, in the EAP Deferred's finish)"),
 }
 
 
@@ -110,10 +110,12 @@ def test_engine_never_raises_when_proxy_state_fills_the_reply() -> None:
     """A request near 4096 octets, most of it Proxy-State (proxies add one per hop; RFC
     2865 5.33 says the server MUST echo them), continuing a PEAP conversation: the reply is
     a 1020-octet EAP fragment + State + MA + all that Proxy-State, over the 4096-octet limit.
-    codec.encode_reply raises ValueError("reply exceeds 4096 octets"), which escapes
-    Engine.handle_auth (engine.py `_eap` -> `c.encode_reply(c.ACCESS_CHALLENGE, ...)`).
-    server.py catches and logs it, but the NAS gets no answer, the retransmission hits the
-    same error, and the conversation stalls; every such request logs a traceback.
+    codec.encode_reply raises ValueError("reply exceeds 4096 octets"), which escapes the
+    engine (engine.py `_eap_reply` -> `c.encode_reply(c.ACCESS_CHALLENGE, ...)`, run from
+    the EAP Deferred's finish()). server.py catches and logs it, but the NAS gets no
+    answer, nothing is put in the dedup cache, and every retransmission fails the same
+    way (the EAP service answers it from its retransmission copy, which is just as big):
+    the conversation stalls, and each request logs a traceback.
     Fix (engine): size the EAP fragment to the room left after the echoed Proxy-State (or
     catch the ValueError and drop with a counter such as drop_reply_too_large); the same
     guard is worth having for Accept/Reject, whose reply attributes can also outgrow the

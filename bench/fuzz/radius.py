@@ -196,9 +196,11 @@ def _engine_target() -> Target:
             else:
                 out = eng.handle_auth(payload, lab.NAS_ADDR, 40000, now)
                 if out is not None and not isinstance(out, bytes):
-                    # A Deferred (PAP): run the password check inline, as the thread would
-                    # (the lab's account hash is cheap scrypt).
-                    out = out.finish(out.work(), now)
+                    # A Deferred (PAP, EAP): run the work inline, as the server's thread
+                    # would (the lab's account hash is cheap scrypt); one that waits on the
+                    # same work for another request takes that result, as the server does.
+                    wait = getattr(out, "wait", None)
+                    out = out.finish(wait.result() if wait is not None else out.work(), now)
             if out is None:
                 labels.append("drop")
                 continue
