@@ -113,9 +113,9 @@ def test_engine_never_raises_when_proxy_state_fills_the_reply() -> None:
     codec.encode_reply raises ValueError("reply exceeds 4096 octets"), which escapes the
     engine (engine.py `_eap_reply` -> `c.encode_reply(c.ACCESS_CHALLENGE, ...)`, run from
     the EAP Deferred's finish()). server.py catches and logs it, but the NAS gets no
-    answer, nothing is put in the dedup cache, and every retransmission fails the same
-    way (the EAP service answers it from its retransmission copy, which is just as big):
-    the conversation stalls, and each request logs a traceback.
+    answer, the dedup entry stays at its "in progress" placeholder (retransmissions are
+    dropped as duplicates until it expires), and the conversation stalls with a logged
+    traceback.
     Fix (engine): size the EAP fragment to the room left after the echoed Proxy-State (or
     catch the ValueError and drop with a counter such as drop_reply_too_large); the same
     guard is worth having for Accept/Reject, whose reply attributes can also outgrow the
