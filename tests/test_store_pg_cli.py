@@ -41,11 +41,13 @@ def test_sqlite_migrates_on_open(tmp_path: Path) -> None:
 
 def test_sqlite_from_before_migrations(tmp_path: Path) -> None:
     """A file written by the old code (schema + version row 1, no migration runner)."""
-    from nac.store.sqlite import SCHEMA
+    from nac.store.migrations import SQLITE_MIGRATIONS
 
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)
-    conn.executescript(SCHEMA)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for statement in SQLITE_MIGRATIONS[0].statements:  # what the old code created
+        conn.execute(statement)
     conn.execute("INSERT INTO schema_version VALUES (1)")
     conn.commit()
     conn.close()

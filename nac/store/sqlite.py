@@ -18,71 +18,7 @@ from nac.store.migrations import latest, migrate_sqlite
 
 log = logging.getLogger("nac.store")
 
-SCHEMA_VERSION = latest("sqlite")
-
-# The version-1 tables, kept for readers of this module; migrations.py is the source.
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS nodes (
-    mac TEXT PRIMARY KEY,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    segment TEXT,
-    vlan INTEGER,
-    reason TEXT,
-    registered_segment TEXT,
-    identity TEXT,
-    role TEXT,
-    last_nas TEXT,
-    last_port TEXT,
-    posture TEXT,
-    posture_at REAL
-);
-CREATE TABLE IF NOT EXISTS node_changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    mac TEXT NOT NULL,
-    registered_segment TEXT,
-    at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS decisions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    mac TEXT,
-    identity TEXT,
-    role TEXT,
-    nas TEXT,
-    nas_port TEXT,
-    method TEXT,
-    source TEXT NOT NULL,
-    segment TEXT NOT NULL,
-    vlan INTEGER NOT NULL,
-    reasons TEXT NOT NULL,
-    remediation TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decisions_mac ON decisions (mac, id);
-CREATE TABLE IF NOT EXISTS sessions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    nas TEXT NOT NULL,
-    acct_session_id TEXT NOT NULL,
-    mac TEXT,
-    user_name TEXT,
-    nas_port INTEGER,
-    nas_port_id TEXT,
-    framed_ip TEXT,
-    framed_ipv6_prefix TEXT,
-    started_at REAL,
-    updated_at REAL NOT NULL,
-    stopped_at REAL,
-    input_octets INTEGER,
-    output_octets INTEGER,
-    session_time INTEGER,
-    terminate_cause INTEGER,
-    UNIQUE (nas, acct_session_id)
-);
-CREATE INDEX IF NOT EXISTS sessions_mac ON sessions (mac, updated_at);
-CREATE INDEX IF NOT EXISTS sessions_ip ON sessions (framed_ip, updated_at);
-"""
+SCHEMA_VERSION = latest("sqlite")  # the tables themselves: nac/store/migrations.py
 
 _NODE_UPSERT = """
 INSERT INTO nodes (mac, first_seen, last_seen, segment, vlan, reason, identity, role,
