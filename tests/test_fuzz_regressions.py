@@ -97,6 +97,8 @@ def test_eap_start_gets_an_identity_request() -> None:
 
     raw = (CRASH_DIR / "eap-start-access-request.radius").read_bytes()
     out = lab.engine().handle_auth(raw, lab.NAS_ADDR, 1812, lab.NOW)
+    if out is not None and not isinstance(out, bytes):  # EAP runs as a Deferred (lane eap)
+        out = out.finish(out.work(), lab.NOW)
     assert isinstance(out, bytes), "EAP-Start was dropped"
     reply = c.decode(out)
     assert reply.code == c.ACCESS_CHALLENGE
