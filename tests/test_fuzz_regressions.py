@@ -24,15 +24,7 @@ from fuzz.core import CRASH_DIR, REGISTRY  # noqa: E402
 run.load()
 
 # Reproducers of bugs not fixed yet: file name -> why (the xfail reason).
-OPEN = {
-    "eap_tnc_reassembler-reserved-flags-mid-message": (
-        "eap_ext/tnc/eap_tnc.py Reassembler.feed: TncFrame.decode raises before _fail(), "
-        "so a bad frame in mid-message leaves the old reassembly in progress"),
-    "radius_engine-eap-challenge-with-proxy-state-over-4096": (
-        "nac/radius/engine.py: an Access-Challenge carrying a full EAP fragment plus the "
-        "echoed Proxy-State exceeds 4096 octets; codec.encode_reply raises ValueError out "
-        "of the engine (Engine._eap_reply, in the EAP Deferred's finish)"),
-}
+OPEN: dict[str, str] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +50,6 @@ def test_crash_input_replays_cleanly(harness: str, path: Path) -> None:
     REGISTRY[harness].target()(path.read_bytes())
 
 
-@pytest.mark.xfail(strict=True, reason=OPEN["eap_tnc_reassembler-reserved-flags-mid-message"])
 def test_tnc_reassembler_resets_after_a_malformed_frame() -> None:
     """The Reassembler's contract: "Any violation raises EapTncFramingError and resets the
     state". A frame with reserved flag bits (or L without its 4 octets) in the middle of a
@@ -78,10 +69,6 @@ def test_tnc_reassembler_resets_after_a_malformed_frame() -> None:
     assert got is not None and got.data == b"complete"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nac/radius/codec.py decode() refuses attributes of length 2, so the EAP-Start of RFC "
-    "3579 (an EAP-Message with no data) is dropped as malformed_attr_length and "
-    "EapService's EAP-Start path is unreachable from RADIUS"))
 def test_eap_start_gets_an_identity_request() -> None:
     """RFC 3579 2.1/3.1: a NAS may start the conversation with an Access-Request holding
     one EAP-Message of length 2 (EAP-Start); the server answers with an Access-Challenge
@@ -106,8 +93,6 @@ def test_eap_start_gets_an_identity_request() -> None:
     assert (eap.code, eap.type) == (packet.REQUEST, packet.IDENTITY)
 
 
-@pytest.mark.xfail(strict=True,
-                   reason=OPEN["radius_engine-eap-challenge-with-proxy-state-over-4096"])
 def test_engine_never_raises_when_proxy_state_fills_the_reply() -> None:
     """A request near 4096 octets, most of it Proxy-State (proxies add one per hop; RFC
     2865 5.33 says the server MUST echo them), continuing a PEAP conversation: the reply is

@@ -138,10 +138,7 @@ def mutate_bytes(data: bytes, rng: random.Random, corpus: list[bytes], max_len: 
 # Bugs found and reported but not yet fixed (the fix belongs to another module's owner):
 # harness -> substrings of the crash description. Each has an xfail(strict=True) test in
 # tests/test_fuzz_regressions.py; when that test starts passing, drop the entry here too.
-KNOWN_BUGS: dict[str, tuple[str, ...]] = {
-    "eap_tnc_reassembler": ("an error left a reassembly in progress",),
-    "radius_engine": ("reply exceeds 4096 octets",),
-}
+KNOWN_BUGS: dict[str, tuple[str, ...]] = {}
 
 
 @dataclass

@@ -171,7 +171,10 @@ class Reassembler:
         return EapTncFramingError(detail)
 
     def feed(self, type_data: bytes) -> Reassembled | None:
-        frame = TncFrame.decode(type_data)
+        try:
+            frame = TncFrame.decode(type_data)
+        except EapTncFramingError as exc:  # a bad frame mid-message ends that message too
+            raise self._fail(str(exc)) from None
         if type_data and self._version is not None and frame.version != self._version:
             raise self._fail(f"unsupported version {frame.version}")
         if frame.message_length is not None:

@@ -116,6 +116,11 @@ class MalformedPacket(ValueError):
         self.reason = reason
 
 
+class ReplyTooLarge(ValueError):
+    """The reply would exceed 4096 octets (e.g. a full EAP fragment plus a request's
+    Proxy-State, which must be echoed): the request cannot be answered."""
+
+
 class Packet:
     """A decoded packet: header fields plus attributes in wire order."""
 
@@ -177,7 +182,9 @@ def decode(data: bytes) -> Packet:
             raise MalformedPacket("attr_truncated")
         t = data[pos]
         alen = data[pos + 1]
-        if alen < 3:  # 0 or 1 would loop or overlap; 2 carries no value
+        # 0 or 1 would loop or overlap; 2 carries no value, which only an EAP-Message may
+        # do (RFC 3579 3.1: the EAP-Start a NAS sends to open a conversation).
+        if alen < 3 and not (alen == 2 and t == EAP_MESSAGE):
             raise MalformedPacket("attr_length")
         end = pos + alen
         if end > length:
@@ -271,7 +278,7 @@ def encode_reply(code: int, request: Packet, secret: bytes, attrs: bytes) -> byt
             body += bytes((PROXY_STATE, len(v) + 2)) + v
     length = HEADER + len(body)
     if length > MAX_PACKET:
-        raise ValueError("reply exceeds 4096 octets")
+        raise ReplyTooLarge(f"reply of {length} octets exceeds 4096")
     head = struct.pack("!BBH", code, request.ident, length)
     # Accounting-Response signs over a zeroed authenticator, like accounting requests;
     # Access and CoA/Disconnect replies over the request's (RFC 3579 3.2, RFC 5176 3.3).

@@ -120,6 +120,31 @@ class Engine:
         if isinstance(got, bytes):
             return got or None
         client, pkt, key = got
+        try:
+            out = self._authenticate(pkt, client, host, key, now)
+        except c.ReplyTooLarge:
+            self._drop("reply_too_large", host)
+            self.dedup.put(key, b"", now)  # the same request would fail the same way
+            return None
+        if isinstance(out, bytes):
+            self.dedup.put(key, out, now)
+        elif isinstance(out, Deferred):
+            self.dedup.put(key, b"", now)
+            out.finish = self._guarded(out.finish, host)
+        return out
+
+    def _guarded(self, finish: Callable[[Any, float], bytes | None],
+                 host: str) -> Callable[[Any, float], bytes | None]:
+        def run(result: Any, when: float) -> bytes | None:
+            try:
+                return finish(result, when)
+            except c.ReplyTooLarge:
+                self._drop("reply_too_large", host)
+                return None
+        return run
+
+    def _authenticate(self, pkt: c.Packet, client: NasClient, host: str,
+                      key: tuple[object, ...], now: float) -> Outcome:
         if pkt.code == c.ACCESS_REQUEST:
             if pkt.ma_offset >= 0:
                 if not c.message_authenticator_ok(pkt, client.secret):
@@ -128,17 +153,12 @@ class Engine:
             elif client.require_message_authenticator or c.EAP_MESSAGE in pkt.first:
                 self._drop("missing_message_authenticator", host)
                 return None
-            out = self._access_request(pkt, client, host, key, now)
-        elif pkt.code == c.STATUS_SERVER:
-            if not c.message_authenticator_ok(pkt, client.secret):
-                self._drop("bad_message_authenticator", host)
-                return None
-            out = c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret, b"")
-        if isinstance(out, bytes):
-            self.dedup.put(key, out, now)
-        elif isinstance(out, Deferred):
-            self.dedup.put(key, b"", now)
-        return out
+            return self._access_request(pkt, client, host, key, now)
+        # Status-Server (RFC 5997)
+        if not c.message_authenticator_ok(pkt, client.secret):
+            self._drop("bad_message_authenticator", host)
+            return None
+        return c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret, b"")
 
     def handle_acct(self, data: bytes, host: str, port: int,
                     now: float) -> bytes | AfterCommit | None:
@@ -156,9 +176,13 @@ class Engine:
         if rec is None:
             self._drop("accounting_incomplete", host)
             return None
+        try:  # a request of nearly 4096 octets of Proxy-State leaves no room to echo it
+            out = c.encode_reply(c.ACCOUNTING_RESPONSE, pkt, client.secret, b"")
+        except c.ReplyTooLarge:
+            self._drop("reply_too_large", host)
+            return None
         ticket = self.on_accounting(rec)
         self.counters["accounting"] += 1
-        out = c.encode_reply(c.ACCOUNTING_RESPONSE, pkt, client.secret, b"")
         if ticket is None:
             self.dedup.put(key, out, now)
             return out
