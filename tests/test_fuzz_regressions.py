@@ -111,10 +111,6 @@ def test_engine_never_raises_when_proxy_state_fills_the_reply() -> None:
     target((CRASH_DIR / "radius_engine-eap-challenge-with-proxy-state-over-4096").read_bytes())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nac/eap/methods/ttls.py on_established: a resumed TTLS session succeeds at once with "
-    "the earlier identity and no posture, so EAP-TNC never runs and the host lands in "
-    "quarantine on every resumed re-authentication"))
 def test_resumed_ttls_session_still_runs_posture() -> None:
     """Found with the eap_tunnel harness (selector bit 3 resumes a session that had
     authenticated by TTLS/PAP and passed EAP-TNC with a compliant posture). On TLS 1.2

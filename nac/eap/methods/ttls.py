@@ -40,7 +40,12 @@ class TtlsMethod(TlsMethodBase):
         if account is None:
             return fail(why)
         self.resumed = Outcome(account.name, account.role, method, self.msk)
-        return None if flight_pending else Step("success", outcome=self.resumed)
+        if flight_pending:
+            return None
+        # The account is known from the earlier session, the posture is not: the posture
+        # method (if any) runs again, as after a full phase 2.
+        outcome, self.resumed = self.resumed, None
+        return self._authenticated(outcome)
 
     def on_idle(self) -> Step:
         if not self.tls.established or self.prompts >= MAX_PROMPTS:
@@ -50,7 +55,9 @@ class TtlsMethod(TlsMethodBase):
 
     def on_flight_acked(self) -> Step:
         if self.resumed is not None:
-            return Step("success", outcome=self.resumed)
+            outcome, self.resumed = self.resumed, None
+            result = self._authenticated(outcome)
+            return self.send_app(result) if isinstance(result, bytes) else result
         if self.pending is not None:
             return self._after_mschapv2(send_now=True)
         return self.on_idle()
