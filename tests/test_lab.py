@@ -85,6 +85,12 @@ def test_server_killed_and_restarted(lab: topo.Lab) -> None:
     assert lab.running("nac-serve")
 
 
+def test_server_killed_with_a_push_in_flight(lab: topo.Lab) -> None:
+    story = _run(lab, "inflight")
+    # The dead server's claim holds for the queue's lease (30 s), then the job runs.
+    assert 25 <= story.timings["claim_to_applied_s"] < 45
+
+
 def test_down_leaves_nothing(lab: topo.Lab) -> None:
     pids = dict(lab.pids)
     topo.down(lab.dir)

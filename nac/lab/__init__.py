@@ -5,4 +5,4 @@ See README.md in this directory.
 
 # The scenarios of `nac lab run`, in the order `all` runs them (kept here, import-light, for
 # the CLI's argument check; nac/lab/scenarios.py defines them).
-SCENARIO_NAMES = ("compliant", "vulnerable", "mab", "advisory", "ids", "restart")
+SCENARIO_NAMES = ("compliant", "vulnerable", "mab", "advisory", "ids", "restart", "inflight")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -469,6 +470,55 @@ def restart(lab: Lab, story: Story) -> None:
     show_reach(lab, story, "host1", corp=True, remediation=False)
 
 
+def inflight(lab: Lab, story: Story) -> None:
+    """`nac serve` SIGKILLed with a push in flight: it completes once the dead claim expires.
+
+    The queue's lease (30 s) is what a restarted server waits for before it re-runs a job
+    the dead one had claimed.
+    """
+    remove_lab_feed(lab)
+    ensure_normal(lab, story, "host1")
+    wait_until(lambda: queue_idle(lab), 30, "the enforcement queue to be idle", interval=0.1)
+    sshd = lab.pids["sshd"]
+    # A stopped sshd still completes TCP handshakes (the kernel does) but never answers:
+    # the server's SSH login hangs with the job claimed, like a switch that stalls.
+    os.killpg(sshd, signal.SIGSTOP)
+    try:
+        story.say("the switch's sshd stalls (SIGSTOP): logins hang")
+        feed = lab_advisory(lab)
+        nac(lab, "feed", "import", str(feed), "--source", LAB_FEED, config=True)
+        story.say("advisory LAB-2026-0001 imported: host1's move to VLAN 20 queued")
+        wait_until(lambda: not queue_idle(lab), 10, "the server to claim the job")
+        t_claim = time.monotonic()
+        pid = lab.pids.pop("nac-serve")
+        procs.kill_hard(pid, lab.marker)
+        lab.save()
+        story.say(f"the server claimed the job and is pushing it: nac serve (pid {pid}) "
+                  "killed with SIGKILL")
+    finally:
+        os.killpg(sshd, signal.SIGCONT)
+    story.say("the switch's sshd resumes (SIGCONT)")
+    story.check(lab.port_vlan("host1") == topo.NORMAL, "swp1 still in VLAN 30: the push "
+                "never reached the switch")
+    t0 = time.monotonic()
+    topo.start_server(lab)
+    story.say(f"nac serve restarted (ready in {time.monotonic() - t0:.2f} s); the job is "
+              "still claimed by the dead server")
+    wait_until(port_in(lab, "host1", topo.ISOLATED), 60, "host1's port in VLAN 20")
+    since_claim = story.measure("claim_to_applied_s", time.monotonic() - t_claim)
+    story.measure("restart_to_applied_s", time.monotonic() - t0)
+    story.check(since_claim >= 25, "the job waited for the dead server's lease to expire")
+    story.say(f"lease expired -> job back to pending -> swp1 set to VLAN {topo.ISOLATED} "
+              f"{since_claim:.1f} s after the claim ({time.monotonic() - t0:.1f} s after the "
+              "restart)")
+    story.check(segment_of(lab, "host1") == "isolated", "server: host1 -> isolated")
+    show_reach(lab, story, "host1", corp=False, remediation=True)
+    story.say("the advisory is withdrawn: host1 goes back to normal")
+    remove_lab_feed(lab)
+    wait_until(port_in(lab, "host1", topo.NORMAL), 10, "host1's port back in VLAN 30")
+    show_reach(lab, story, "host1", corp=True, remediation=False)
+
+
 SCENARIOS: dict[str, Callable[[Lab, Story], None]] = {
     "compliant": compliant,
     "vulnerable": vulnerable,
@@ -476,6 +526,7 @@ SCENARIOS: dict[str, Callable[[Lab, Story], None]] = {
     "advisory": advisory,
     "ids": ids,
     "restart": restart,
+    "inflight": inflight,
 }
 
 
