@@ -171,11 +171,8 @@ class Server:
         sw = planner.switch_for(rec.nas)
         if sw is not None and sw.name in planner.push_on_auth:
             # A switch that ignores RADIUS VLANs: set the port now, by SNMP or SSH.
-            port = rec.nas_port
-            planner.set_vlan(
-                Target(mac=rec.mac, nas=rec.nas, port=port,
-                       nas_port=int(port) if port and port.isdigit() else None),
-                rec.vlan, decided_at=rec.at, reason=f"{rec.source}: {rec.segment}", live=False)
+            planner.set_vlan(Target.from_decision(rec), rec.vlan, decided_at=rec.at,
+                             reason=f"{rec.source}: {rec.segment}", live=False)
 
     def poll_registrations(self) -> None:
         seq, changes = self.store.registrations_since(self._reg_seq)

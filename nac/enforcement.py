@@ -16,6 +16,7 @@ from enforcers.base import DriverError
 from enforcers.enforcer import Enforcer
 from enforcers.inventory import Switch
 from enforcers.queue import JobQueue
+from nac.events import DecisionRecord
 
 log = logging.getLogger("nac.enforce")
 
@@ -32,6 +33,13 @@ class Target:
     port: str | None
     nas_port: int | None = None
     session_id: str | None = None
+
+    @classmethod
+    def from_decision(cls, rec: DecisionRecord) -> Target:
+        """Where the host of a decision is: NAS-Port-Id names the interface; a NAS-Port
+        number alone goes through the inventory's port mapping (never as a name)."""
+        return cls(mac=rec.mac or "", nas=rec.nas, port=rec.nas_port_id,
+                   nas_port=rec.nas_port_number)
 
 
 def parse_switches(raw: list[dict[str, Any]], source: str) -> tuple[list[Switch], set[str]]:

@@ -20,10 +20,13 @@ class DecisionRecord:
     remediation: tuple[str, ...] = ()
     identity: str | None = None
     nas: str | None = None
-    nas_port: str | None = None
+    nas_port: str | None = None  # NAS-Port-Id, else the NAS-Port number (for people)
     method: str | None = None
     role: str | None = None
     posture: dict[str, Any] | None = field(default=None, repr=False)
+    # The two RADIUS port attributes apart, for mapping to a switch interface.
+    nas_port_id: str | None = None
+    nas_port_number: int | None = None
 
 
 @dataclass(slots=True)

@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from eap_ext.agent.collectors import packages
@@ -90,11 +89,6 @@ def test_nac_lab_help_lists_the_commands() -> None:
         assert f"  {cmd} " in out
 
 
-@pytest.mark.xfail(reason="a decision's push names the port by its NAS-Port number ('3') "
-                          "instead of resolving it through the inventory's name_pattern; "
-                          "found by `nac lab` MAB without NAS-Port-Id (nac/app.py on_decision "
-                          "puts NAS-Port into Target.port, Planner passes it as the name)",
-                   strict=False)
 def test_push_after_a_nas_port_only_decision_resolves_the_interface(tmp_path: Path) -> None:
     from nac.enforcement import Planner, Target, parse_switches
 
@@ -104,10 +98,14 @@ def test_push_after_a_nas_port_only_decision_resolves_the_interface(tmp_path: Pa
         "ports": {"name_pattern": "swp{nas_port}"}}], "test")
     planner = Planner(switches, tmp_path / "q.db", push)
     try:
-        # What Server.on_decision builds for a request with NAS-Port = 3 and no NAS-Port-Id.
-        job = planner.set_vlan(Target(mac="02:00:00:00:00:03", nas="labsw", port="3",
-                                      nas_port=3), 10, decided_at=time.time(), reason="mab",
-                               live=False)
+        # What Server.on_decision pushes for a request with NAS-Port = 3 and no NAS-Port-Id.
+        from nac.events import DecisionRecord
+
+        rec = DecisionRecord(at=time.time(), mac="02:00:00:00:00:03", segment="quarantine",
+                             vlan=10, source="mab", nas="labsw", nas_port="3",
+                             nas_port_number=3)
+        job = planner.set_vlan(Target.from_decision(rec), 10, decided_at=time.time(),
+                               reason="mab", live=False)
         assert job is not None
         found = planner.queue.get(job)
         assert found is not None

@@ -251,14 +251,14 @@ class Engine:
     def _record(self, d: Decision, pkt: c.Packet, client: NasClient, host: str, now: float,
                 mac: str | None, identity: str | None = None, role: str | None = None,
                 method: str | None = None, posture: dict[str, Any] | None = None) -> None:
-        port = pkt.get_str(c.NAS_PORT_ID)
-        if port is None:
-            p = pkt.get_int(c.NAS_PORT)
-            port = None if p is None else str(p)
+        port_id = pkt.get_str(c.NAS_PORT_ID)
+        number = pkt.get_int(c.NAS_PORT)
+        port = port_id if port_id is not None else (None if number is None else str(number))
         self.on_decision(DecisionRecord(
             at=now, mac=mac, segment=d.segment, vlan=d.vlan, source=d.source,
             reasons=d.reasons, remediation=d.remediation, identity=identity,
             nas=client.name or host, nas_port=port, method=method, role=role, posture=posture,
+            nas_port_id=port_id, nas_port_number=number,
         ))
         self.counters["decision_" + d.segment] += 1
         if log.isEnabledFor(logging.INFO):
