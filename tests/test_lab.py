@@ -103,18 +103,20 @@ def test_down_leaves_nothing(lab: topo.Lab) -> None:
 
 
 def test_cli_run_builds_tells_and_takes_down(tmp_path: Path) -> None:
-    """`nac lab run compliant` without a lab: builds one, narrates, takes it down."""
+    """`nac lab run compliant --enforcer snmp` without a lab: builds one (the server sets VLANs
+    over SNMP, Q-BRIDGE-MIB on snmpd, this time), narrates, takes it down."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
     lab_dir = tmp_path / "lab"
     proc = subprocess.run([sys.executable, "-m", "nac.cli.main", "lab", "run", "compliant",
-                           "--dir", str(lab_dir)], capture_output=True, text=True, timeout=180,
+                           "--enforcer", "snmp", "--dir", str(lab_dir)],
+                          capture_output=True, text=True, timeout=180,
                           cwd=Path(__file__).resolve().parents[1])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "host1 plugs in (swp1)" in out
-    assert "switch port swp1 set to VLAN 30 over SSH" in out
+    assert "snmpd on" in out and "switch port swp1 set to VLAN 30 over SNMP" in out
     assert "ok: host1 reaches the corporate server" in out
     assert "1 scenario(s) passed" in out and "taken down" in out
     assert not (lab_dir / "lab.json").exists()

@@ -7,6 +7,7 @@ link-down), so scenarios run in any order and again. Each returns its measuremen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -470,6 +471,18 @@ def restart(lab: Lab, story: Story) -> None:
     show_reach(lab, story, "host1", corp=True, remediation=False)
 
 
+def _sshd_pids(lab: Lab) -> list[int]:
+    """Every sshd process in the switch namespace."""
+    out = subprocess.run([topo.IP, "netns", "pids", lab.switch_ns], capture_output=True,
+                         text=True, timeout=10, check=True).stdout
+    pids = []
+    for pid in (int(p) for p in out.split()):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                pids.append(pid)
+    return pids
+
+
 def inflight(lab: Lab, story: Story) -> None:
     """`nac serve` SIGKILLed with a push in flight: it completes once the dead claim expires.
 
@@ -479,10 +492,13 @@ def inflight(lab: Lab, story: Story) -> None:
     remove_lab_feed(lab)
     ensure_normal(lab, story, "host1")
     wait_until(lambda: queue_idle(lab), 30, "the enforcement queue to be idle", interval=0.1)
-    sshd = lab.pids["sshd"]
-    # A stopped sshd still completes TCP handshakes (the kernel does) but never answers:
-    # the server's SSH login hangs with the job claimed, like a switch that stalls.
-    os.killpg(sshd, signal.SIGSTOP)
+    # Stopped sshd processes (the listener and each session's, which lead their own
+    # sessions) still complete TCP handshakes, the kernel does, but never answer: a new login
+    # or a command on the server's pooled session hangs with the job claimed, like a switch
+    # whose management plane stalls.
+    stalled = _sshd_pids(lab)
+    for pid in stalled:
+        os.kill(pid, signal.SIGSTOP)
     try:
         story.say("the switch's sshd stalls (SIGSTOP): logins hang")
         feed = lab_advisory(lab)
@@ -496,7 +512,9 @@ def inflight(lab: Lab, story: Story) -> None:
         story.say(f"the server claimed the job and is pushing it: nac serve (pid {pid}) "
                   "killed with SIGKILL")
     finally:
-        os.killpg(sshd, signal.SIGCONT)
+        for pid in stalled:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     story.say("the switch's sshd resumes (SIGCONT)")
     story.check(lab.port_vlan("host1") == topo.NORMAL, "swp1 still in VLAN 30: the push "
                 "never reached the switch")

@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -206,10 +207,10 @@ def _free_port_pair(address: str) -> int:
     raise LabError("no free UDP port pair for the RADIUS server")
 
 
-def _wait(cond: object, timeout: float, what: str, log: Path | None = None) -> None:
+def _wait(cond: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
+        if cond():
             return
         time.sleep(0.05)
     tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
@@ -267,7 +268,7 @@ def server_config(lab: Lab, *, ssh_user: str, ssh_key: Path, snmp_community: str
 
 def hostapd_config(lab: Lab, node: Node) -> str:
     hex_ip = ipaddress.IPv4Address(node.ip).packed.hex()
-    port_attrs = [f"61:d:15", f"5:d:{node.nas_port}", f"87:s:{node.port}"]  # noqa: F541
+    port_attrs = ["61:d:15", f"5:d:{node.nas_port}", f"87:s:{node.port}"]
     return "\n".join([
         f"interface={node.port}",
         "driver=wired",
@@ -319,7 +320,8 @@ def supplicant_config(lab: Lab, name: str) -> str:
 
 
 # --------------------------------------------------------------------------- up
-def up(lab_dir: Path = DEFAULT_DIR, *, enforcer: str = "ssh", say: object = print) -> Lab:
+def up(lab_dir: Path = DEFAULT_DIR, *, enforcer: str = "ssh",
+       say: Callable[[str], None] = print) -> Lab:
     """Build the whole lab; on failure everything already built is removed again."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network and mount namespaces)")
@@ -330,7 +332,7 @@ def up(lab_dir: Path = DEFAULT_DIR, *, enforcer: str = "ssh", say: object = prin
         old = Lab.load(lab_dir)
         if old.switch_ns in run([IP, "netns", "list"]).stdout:
             raise LabError(f"a lab is already up in {lab_dir} (`nac lab down` first)")
-        say(f"removing the remains of a lab that is gone (namespace {old.switch_ns})")  # type: ignore[operator]
+        say(f"removing the remains of a lab that is gone (namespace {old.switch_ns})")
         down(lab_dir)
     lab_dir.mkdir(parents=True, exist_ok=True)
     names = list(LAYOUT)
@@ -352,8 +354,7 @@ def up(lab_dir: Path = DEFAULT_DIR, *, enforcer: str = "ssh", say: object = prin
     return lab
 
 
-def _start_all(lab: Lab, say: object) -> None:
-    echo = say  # type: ignore[assignment]
+def _start_all(lab: Lab, echo: Callable[[str], None]) -> None:
     echo(f"switch {SWITCH_NAME}: namespace {lab.switch_ns}, bridge br0 ({lab.mode}), "
          f"management {lab.mgmt_ip}")
     sshd = start_sshd(lab.switch_ns, lab.mgmt_ip, lab.dir / "switch" / "sshd")
