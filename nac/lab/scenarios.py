@@ -70,12 +70,13 @@ def tell_decision(lab: Lab, story: Story, name: str) -> None:
         story.say(f"server decision ({row[0]}): {row[1]} (VLAN {row[2]}): {reasons}")
 
 
-def agent_status(lab: Lab, name: str) -> dict[str, object]:
-    """What `nac-agent status` tells the user of that host."""
+def agent_status(lab: Lab, name: str, *, as_json: bool = True) -> dict[str, object] | str:
+    """What `nac-agent status` tells the user of that host (JSON, or the text it prints)."""
     env = {**_env(), "NAC_AGENT_STATE_DIR": str(lab.agent_state(name))}
-    out = subprocess.run([sys.executable, "-m", "eap_ext.agent", "status", "--json"],
+    out = subprocess.run([sys.executable, "-m", "eap_ext.agent", "status",
+                          *(["--json"] if as_json else [])],
                          capture_output=True, text=True, timeout=30, env=env, check=True)
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    return json.loads(out.stdout) if as_json else out.stdout  # type: ignore[no-any-return]
 
 
 def server_log_size(lab: Lab) -> int:
@@ -259,8 +260,10 @@ def vulnerable(lab: Lab, story: Story) -> None:
     tell_decision(lab, story, "host2")
     story.check(segment_of(lab, "host2") == "isolated", "posture: vulnerable -> isolated")
     status = agent_status(lab, "host2")
-    story.say(f"nac-agent status on host2: recommendation {status.get('recommendation')}; "
-              f"remediation: {'; '.join(status.get('remediation') or [])}")  # type: ignore
+    assert isinstance(status, dict)
+    story.say("what host2's user sees, `nac-agent status`:")
+    for line in str(agent_status(lab, "host2", as_json=False)).rstrip().splitlines():
+        story.quote(line)
     story.check(status.get("recommendation") == "isolate"
                 and any("update" in r for r in status.get("remediation") or []),  # type: ignore
                 "the agent tells host2's user why (install the security updates)")
@@ -327,8 +330,8 @@ def _mab(lab: Lab, name: str, *, with_port_id: bool) -> dict[str, str]:
 def mab(lab: Lab, story: Story) -> None:
     """A host without a supplicant: MAC authentication bypass -> quarantine; registered -> normal.
 
-    Both requests carry NAS-Port-Id: with NAS-Port alone the push after the decision names
-    the port "3" instead of resolving it through the inventory's name_pattern (reported).
+    The second request carries NAS-Port alone (no NAS-Port-Id), as some switches send it:
+    the push must find the interface through the inventory's name_pattern (swp{nas_port}).
     """
     reset_host(lab, "host3")
     story.note("hostapd driver=wired has no MAC authentication bypass: the lab sends what a "
@@ -353,16 +356,17 @@ def mab(lab: Lab, story: Story) -> None:
     t0 = time.monotonic()
 
     def accepted_normal() -> bool:
-        r = _mab(lab, "host3", with_port_id=True)
+        r = _mab(lab, "host3", with_port_id=False)
         return r.get("Tunnel-Private-Group-Id:1") == str(topo.NORMAL)
 
     # The registration reaches the server's packet path within a poll (0.5 s).
     wait_until(accepted_normal, 10, "MAB to answer VLAN 30", interval=0.3)
-    story.say("switch -> server: MAB again -> Access-Accept, VLAN 30")
+    story.say("switch -> server: MAB again, NAS-Port 3 only (no NAS-Port-Id) -> "
+              "Access-Accept, VLAN 30")
     t = wait_until(port_in(lab, "host3", topo.NORMAL), 10, "swp3 in VLAN 30")
     story.measure("mab_enforce_s", time.monotonic() - t0)
-    story.say(f"switch port swp3 set to VLAN {topo.NORMAL} over {lab.enforcer.upper()} "
-              f"{t:.2f} s after the Access-Accept")
+    story.say(f"NAS-Port 3 -> swp3 (name_pattern swp{{nas_port}}): set to VLAN {topo.NORMAL} "
+              f"over {lab.enforcer.upper()} {t:.2f} s after the Access-Accept")
     show_reach(lab, story, "host3", corp=True, remediation=False)
     nac(lab, "nodes", "set", lab.nodes["host3"].mac, "none")
 

@@ -30,6 +30,12 @@ class Story:
         self.lines.append(line)
         self.out(line)
 
+    def quote(self, text: str) -> None:
+        """A line of another program's output, verbatim."""
+        line = f"          | {text}"
+        self.lines.append(line)
+        self.out(line)
+
     def check(self, ok: bool, claim: str) -> None:
         """State a fact the scenario proves; stop the scenario if it does not hold."""
         self.say(("ok: " if ok else "FAILED: ") + claim)
