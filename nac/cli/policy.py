@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ def test_cmd(
     loaded = _load_or_exit(file)
     try:
         text = (
-            click.get_text_stream("stdin").read()
+            sys.stdin.read()
             if str(posture_file) == "-"
             else (posture_file.read_text("utf-8"))
         )
