@@ -7,11 +7,9 @@ link-down), so scenarios run in any order and again. Each returns its measuremen
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -475,16 +473,10 @@ def restart(lab: Lab, story: Story) -> None:
     show_reach(lab, story, "host1", corp=True, remediation=False)
 
 
-def _sshd_pids(lab: Lab) -> list[int]:
-    """Every sshd process in the switch namespace."""
-    out = subprocess.run([topo.IP, "netns", "pids", lab.switch_ns], capture_output=True,
-                         text=True, timeout=10, check=True).stdout
-    pids = []
-    for pid in (int(p) for p in out.split()):
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
-                pids.append(pid)
-    return pids
+def _mgmt_link(lab: Lab, state: str) -> None:
+    """Switch-side management port down/up (the root side keeps its address and routes)."""
+    subprocess.run([topo.IP, "-n", lab.switch_ns, "link", "set", "mgmt0", state],
+                   check=True, capture_output=True, timeout=10)
 
 
 def inflight(lab: Lab, story: Story) -> None:
@@ -496,15 +488,13 @@ def inflight(lab: Lab, story: Story) -> None:
     remove_lab_feed(lab)
     ensure_normal(lab, story, "host1")
     wait_until(lambda: queue_idle(lab), 30, "the enforcement queue to be idle", interval=0.1)
-    # Stopped sshd processes (the listener and each session's, which lead their own
-    # sessions) still complete TCP handshakes, the kernel does, but never answer: a new login
-    # or a command on the server's pooled session hangs with the job claimed, like a switch
-    # whose management plane stalls.
-    stalled = _sshd_pids(lab)
-    for pid in stalled:
-        os.kill(pid, signal.SIGSTOP)
+    # The switch's management port goes down on the switch side: the server's SSH packets
+    # are dropped (no carrier), so its login or its command on the pooled session hangs with
+    # the job claimed. (Stopping sshd instead is not enough: a command already in sshd's
+    # socket buffer would still run once it resumes.)
+    _mgmt_link(lab, "down")
     try:
-        story.say("the switch's sshd stalls (SIGSTOP): logins hang")
+        story.say("the switch's management port goes down: SSH to it hangs")
         feed = lab_advisory(lab)
         nac(lab, "feed", "import", str(feed), "--source", LAB_FEED, config=True)
         story.say("advisory LAB-2026-0001 imported: host1's move to VLAN 20 queued")
@@ -516,10 +506,8 @@ def inflight(lab: Lab, story: Story) -> None:
         story.say(f"the server claimed the job and is pushing it: nac serve (pid {pid}) "
                   "killed with SIGKILL")
     finally:
-        for pid in stalled:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-    story.say("the switch's sshd resumes (SIGCONT)")
+        _mgmt_link(lab, "up")
+    story.say("the management port is back up")
     story.check(lab.port_vlan("host1") == topo.NORMAL, "swp1 still in VLAN 30: the push "
                 "never reached the switch")
     t0 = time.monotonic()
