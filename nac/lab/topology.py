@@ -334,6 +334,10 @@ def up(lab_dir: Path = DEFAULT_DIR, *, enforcer: str = "ssh",
             raise LabError(f"a lab is already up in {lab_dir} (`nac lab down` first)")
         say(f"removing the remains of a lab that is gone (namespace {old.switch_ns})")
         down(lab_dir)
+    # A kept --dir from an earlier lab: start from scratch (keys, state, logs), touching
+    # only what a lab writes there.
+    for sub in ("switch", "server", "imc", "www", "feeds", *LAYOUT):
+        shutil.rmtree(lab_dir / sub, ignore_errors=True)
     lab_dir.mkdir(parents=True, exist_ok=True)
     names = list(LAYOUT)
     sw = create_switch(n_hosts=len(names), vlans=(QUARANTINE, ISOLATED, NORMAL),
