@@ -273,6 +273,9 @@ class Enforcer:
         """The worker loop: runs until ``stop`` is set, then finishes in-flight jobs."""
         stop = stop or asyncio.Event()
         self._wake = asyncio.Event()
+        release = getattr(self.queue, "release_dead_local_claims", None)
+        if release is not None:  # a restart resumes a dead run's pushes without its lease
+            release()
         tasks: set[asyncio.Task[Any]] = set()
         try:
             while not stop.is_set():

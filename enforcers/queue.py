@@ -279,6 +279,40 @@ class JobQueue:
         return job_id
 
     # -- worker side --------------------------------------------------------------------
+    def release_dead_local_claims(self) -> int:
+        """Expire at once the leases held by processes of this host that no longer run
+        (a server SIGKILLed mid-push): its restart need not wait out their lease."""
+        host = socket.gethostname()
+        rows = self.conn.execute(
+            f"SELECT id, lease_owner FROM {TABLE} WHERE state = 'claimed'").fetchall()
+        gone = []
+        for job_id, owner in rows:
+            parts = str(owner or "").split(":")
+            if len(parts) < 3 or parts[0] != host or not parts[1].isdigit():
+                continue
+            pid = int(parts[1])
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                gone.append(job_id)
+            except PermissionError:
+                pass  # alive, another user's
+        if gone:
+            marks = ",".join("?" * len(gone))
+            self._begin()
+            try:
+                self.conn.execute(
+                    f"UPDATE {TABLE} SET lease_expires_at = ? WHERE state = 'claimed' "
+                    f"AND id IN ({marks})", (self.clock() - 1, *gone))
+                self._commit()
+            except Exception:
+                self._rollback()
+                raise
+            log.info("released %d job(s) claimed by dead processes of this host", len(gone))
+        return len(gone)
+
     def requeue_expired(self) -> int:
         """Return claimed jobs whose lease expired to pending (or dead when out of attempts).
 

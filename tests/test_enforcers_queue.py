@@ -180,3 +180,25 @@ def test_expired_in_flight_job_is_superseded_by_newer(db: Path, clock: Clock) ->
     clock.t += 20
     (job,) = make(db, clock, owner="b").claim(5)
     assert job.id == new and q.get(old).state == "superseded"
+
+
+def test_restart_releases_claims_of_dead_local_processes(db: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    # A real process that claimed a job and died (its pid is gone), on this host.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    q_dead = JobQueue(db, owner=f"{socket.gethostname()}:{dead_pid}:x", lease=30.0)
+    job = q_dead.enqueue("set_vlan", "sw1", "swp1", vlan=20)
+    assert [j.id for j in q_dead.claim()] == [job]
+    other_host = JobQueue(db, owner="elsewhere:1:y", lease=30.0)
+    other = other_host.enqueue("set_vlan", "sw1", "swp2", vlan=20)
+    assert [j.id for j in other_host.claim()] == [other]
+
+    restarted = JobQueue(db, lease=30.0)
+    assert restarted.claim() == []  # both leases still run
+    assert restarted.release_dead_local_claims() == 1  # only the local, dead one
+    assert [j.id for j in restarted.claim()] == [job]
