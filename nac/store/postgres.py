@@ -24,6 +24,7 @@ from psycopg_pool import ConnectionPool
 
 from nac.events import AccountingRecord, DecisionRecord
 from nac.store.migrations import check_postgres, migrate_postgres
+from nac.store.queries import ReadQueries
 
 log = logging.getLogger("nac.store")
 
@@ -156,7 +157,7 @@ def _cleaned(rec: Any) -> Any:
     return dataclasses.replace(rec, **changes)
 
 
-class PostgresStore:
+class PostgresStore(ReadQueries):
     """Store on a PostgreSQL database. Thread-safe like SqliteStore.
 
     migrate=True applies pending migrations first (tests, `nac store migrate`); otherwise an
@@ -393,8 +394,9 @@ class PostgresStore:
 
     # ---- administrative -----------------------------------------------------------------
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[dict[str, Any]]:
+        # The shared queries (nac/store/queries.py) are written with `?` placeholders.
         with self._pool.connection() as conn:
-            return conn.execute(sql, args).fetchall()  # type: ignore[return-value]
+            return conn.execute(sql.replace("?", "%s"), args).fetchall()  # type: ignore[return-value]
 
     def register_node(self, mac: str, segment: str | None, reason: str) -> None:
         now = time.time()
@@ -428,51 +430,11 @@ class PostgresStore:
             return seq, []
         return int(rows[-1]["seq"]), [(r["mac"], r["registered_segment"]) for r in rows]
 
-    def list_nodes(self) -> list[dict[str, Any]]:
-        return self._query("SELECT * FROM nodes ORDER BY mac")
-
-    def get_node(self, mac: str) -> dict[str, Any] | None:
-        rows = self._query("SELECT * FROM nodes WHERE mac = %s", (mac,))
-        return rows[0] if rows else None
-
     def decisions_for(self, mac: str, limit: int = 20) -> list[dict[str, Any]]:
         # reasons/remediation are JSONB: psycopg hands them back as lists already.
         return self._query(
             "SELECT * FROM decisions WHERE mac = %s ORDER BY id DESC LIMIT %s", (mac, limit)
         )
-
-    def count_decisions(self, mac: str | None = None) -> int:
-        if mac is None:
-            return int(self._query("SELECT COUNT(*) AS n FROM decisions")[0]["n"])
-        return int(self._query("SELECT COUNT(*) AS n FROM decisions WHERE mac = %s",
-                               (mac,))[0]["n"])
-
-    def sessions_for(self, mac: str, limit: int = 20) -> list[dict[str, Any]]:
-        return self._query(
-            "SELECT * FROM sessions WHERE mac = %s ORDER BY updated_at DESC, id DESC LIMIT %s",
-            (mac, limit),
-        )
-
-    def session_by_ip(self, address: str) -> dict[str, Any] | None:
-        rows = self._query(
-            "SELECT * FROM sessions WHERE framed_ip = %s ORDER BY updated_at DESC, id DESC LIMIT 1",
-            (address,),
-        )
-        return rows[0] if rows else None
-
-    def nodes_with_posture(self) -> list[dict[str, Any]]:
-        """Nodes whose last inspection left a posture: what a policy or feed change re-checks."""
-        return self._query(
-            "SELECT mac, segment, vlan, role, identity, last_nas, last_port, posture "
-            "FROM nodes WHERE posture IS NOT NULL ORDER BY mac"
-        )
-
-    def live_session(self, mac: str) -> dict[str, Any] | None:
-        """The node's newest accounting session that has not stopped."""
-        rows = self._query(
-            "SELECT * FROM sessions WHERE mac = %s AND stopped_at IS NULL "
-            "ORDER BY updated_at DESC, id DESC LIMIT 1", (mac,))
-        return rows[0] if rows else None
 
     def healthy(self) -> bool:
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from nac.events import AccountingRecord, DecisionRecord
 from nac.store.migrations import latest, migrate_sqlite
+from nac.store.queries import ReadQueries
 
 log = logging.getLogger("nac.store")
 
@@ -75,7 +76,7 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class SqliteStore:
+class SqliteStore(ReadQueries):
     """Store on one SQLite file. Thread-safe: reads use a lock-guarded connection, packet
     path writes are queued to a writer thread that commits them in batches."""
 
@@ -260,13 +261,6 @@ class SqliteStore:
             return seq, []
         return rows[-1]["seq"], [(r["mac"], r["registered_segment"]) for r in rows]
 
-    def list_nodes(self) -> list[dict[str, Any]]:
-        return self._query("SELECT * FROM nodes ORDER BY mac")
-
-    def get_node(self, mac: str) -> dict[str, Any] | None:
-        rows = self._query("SELECT * FROM nodes WHERE mac = ?", (mac,))
-        return rows[0] if rows else None
-
     def decisions_for(self, mac: str, limit: int = 20) -> list[dict[str, Any]]:
         rows = self._query(
             "SELECT * FROM decisions WHERE mac = ? ORDER BY id DESC LIMIT ?", (mac, limit)
@@ -275,37 +269,6 @@ class SqliteStore:
             r["reasons"] = json.loads(r["reasons"])
             r["remediation"] = json.loads(r["remediation"])
         return rows
-
-    def count_decisions(self, mac: str | None = None) -> int:
-        if mac is None:
-            return int(self._query("SELECT COUNT(*) AS n FROM decisions")[0]["n"])
-        return int(self._query("SELECT COUNT(*) AS n FROM decisions WHERE mac = ?", (mac,))[0]["n"])
-
-    def sessions_for(self, mac: str, limit: int = 20) -> list[dict[str, Any]]:
-        return self._query(
-            "SELECT * FROM sessions WHERE mac = ? ORDER BY updated_at DESC LIMIT ?", (mac, limit)
-        )
-
-    def session_by_ip(self, address: str) -> dict[str, Any] | None:
-        rows = self._query(
-            "SELECT * FROM sessions WHERE framed_ip = ? ORDER BY updated_at DESC LIMIT 1",
-            (address,),
-        )
-        return rows[0] if rows else None
-
-    def nodes_with_posture(self) -> list[dict[str, Any]]:
-        """Nodes whose last inspection left a posture: what a policy or feed change re-checks."""
-        return self._query(
-            "SELECT mac, segment, vlan, role, identity, last_nas, last_port, posture "
-            "FROM nodes WHERE posture IS NOT NULL ORDER BY mac"
-        )
-
-    def live_session(self, mac: str) -> dict[str, Any] | None:
-        """The node's newest accounting session that has not stopped."""
-        rows = self._query(
-            "SELECT * FROM sessions WHERE mac = ? AND stopped_at IS NULL "
-            "ORDER BY updated_at DESC LIMIT 1", (mac,))
-        return rows[0] if rows else None
 
     def healthy(self) -> bool:
         try:
