@@ -8,8 +8,6 @@ stays queued and the writer reconnects. Reads use a small connection pool.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import logging
 import re
 import threading
@@ -25,6 +23,7 @@ from psycopg_pool import ConnectionPool
 from nac.events import AccountingRecord, DecisionRecord
 from nac.store.migrations import check_postgres, migrate_postgres
 from nac.store.queries import ReadQueries
+from nac.store.rows import decision_row, node_row, session_row
 
 log = logging.getLogger("nac.store")
 
@@ -112,12 +111,6 @@ def _merge_acct(old: list[object], new: tuple[object, ...]) -> list[object]:
 _REGISTRATION_LOCK_KEY = 0x6E61635F726567  # "nac_reg"
 
 BATCH = 5000
-
-
-@functools.lru_cache(maxsize=4096)
-def _json_list(items: tuple[str, ...]) -> str:
-    """Most decisions repeat the same reasons: encode each distinct tuple once."""
-    return json.dumps(list(items))
 
 
 def redact(url: str) -> str:
@@ -355,26 +348,12 @@ class PostgresStore(ReadQueries):
         for kind, rec in batch:
             if kind == "decision":
                 d: DecisionRecord = rec  # type: ignore[assignment]
-                decisions.append((
-                    d.at, d.mac, d.identity, d.role, d.nas, d.nas_port, d.method, d.source,
-                    d.segment, d.vlan, _json_list(d.reasons), _json_list(d.remediation),
-                ))
+                decisions.append(decision_row(d))
                 if d.mac:
-                    posture = json.dumps(d.posture) if d.posture is not None else None
-                    nodes[d.mac] = (
-                        d.mac, d.at, d.at, d.segment, d.vlan,
-                        "; ".join(d.reasons), d.identity, d.role, d.nas, d.nas_port,
-                        posture, d.at if posture else None,
-                    )
+                    nodes[d.mac] = node_row(d)
             else:
                 a: AccountingRecord = rec  # type: ignore[assignment]
-                started = a.at - (a.session_time or 0) if a.status == 1 else None
-                stopped = a.at if a.status == 2 else None
-                row = (
-                    a.nas, a.session_id, a.mac, a.user_name, a.nas_port, a.nas_port_id,
-                    a.framed_ip, a.framed_ipv6_prefix, started, a.at, stopped,
-                    a.input_octets, a.output_octets, a.session_time, a.terminate_cause,
-                )
+                row = session_row(a)
                 key = (a.nas, a.session_id)
                 prev = accts.get(key)
                 accts[key] = list(row) if prev is None else _merge_acct(prev, row)

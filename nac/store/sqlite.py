@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sqlite3
@@ -16,6 +15,7 @@ from typing import Any
 from nac.events import AccountingRecord, DecisionRecord
 from nac.store.migrations import latest, migrate_sqlite
 from nac.store.queries import ReadQueries
+from nac.store.rows import decision_row, node_row, session_row
 
 log = logging.getLogger("nac.store")
 
@@ -59,12 +59,6 @@ ON CONFLICT (nas, acct_session_id) DO UPDATE SET
     session_time = COALESCE(excluded.session_time, sessions.session_time),
     terminate_cause = COALESCE(excluded.terminate_cause, sessions.terminate_cause)
 """
-
-
-@functools.lru_cache(maxsize=4096)
-def _json_list(items: tuple[str, ...]) -> str:
-    """Most decisions repeat the same reasons: encode each distinct tuple once."""
-    return json.dumps(list(items))
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -194,26 +188,12 @@ class SqliteStore(ReadQueries):
         for kind, rec in batch:
             if kind == "decision":
                 d: DecisionRecord = rec  # type: ignore[assignment]
-                decisions.append((
-                    d.at, d.mac, d.identity, d.role, d.nas, d.nas_port, d.method, d.source,
-                    d.segment, d.vlan, _json_list(d.reasons), _json_list(d.remediation),
-                ))
+                decisions.append(decision_row(d))
                 if d.mac:
-                    posture = json.dumps(d.posture) if d.posture is not None else None
-                    nodes[d.mac] = (
-                        d.mac, d.at, d.at, d.segment, d.vlan,
-                        "; ".join(d.reasons), d.identity, d.role, d.nas, d.nas_port,
-                        posture, d.at if posture else None,
-                    )
+                    nodes[d.mac] = node_row(d)
             else:
                 a: AccountingRecord = rec  # type: ignore[assignment]
-                started = a.at - (a.session_time or 0) if a.status == 1 else None
-                stopped = a.at if a.status == 2 else None
-                accts.append((
-                    a.nas, a.session_id, a.mac, a.user_name, a.nas_port, a.nas_port_id,
-                    a.framed_ip, a.framed_ipv6_prefix, started, a.at, stopped,
-                    a.input_octets, a.output_octets, a.session_time, a.terminate_cause,
-                ))
+                accts.append(session_row(a))
                 if a.mac:
                     touches.append((a.at, a.mac))
         with conn:

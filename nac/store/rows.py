@@ -1,0 +1,40 @@
+"""Records as the rows both store backends write: one definition of each column order."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from nac.events import AccountingRecord, DecisionRecord
+
+
+@functools.lru_cache(maxsize=4096)
+def json_list(items: tuple[str, ...]) -> str:
+    """Most decisions repeat the same reasons: encode each distinct tuple once."""
+    return json.dumps(list(items))
+
+
+def decision_row(d: DecisionRecord) -> tuple[object, ...]:
+    """decisions (at, mac, identity, role, nas, nas_port, method, source, segment, vlan,
+    reasons, remediation)."""
+    return (d.at, d.mac, d.identity, d.role, d.nas, d.nas_port, d.method, d.source,
+            d.segment, d.vlan, json_list(d.reasons), json_list(d.remediation))
+
+
+def node_row(d: DecisionRecord) -> tuple[object, ...]:
+    """nodes (mac, first_seen, last_seen, segment, vlan, reason, identity, role, last_nas,
+    last_port, posture, posture_at) after this decision."""
+    posture = json.dumps(d.posture) if d.posture is not None else None
+    return (d.mac, d.at, d.at, d.segment, d.vlan, "; ".join(d.reasons), d.identity, d.role,
+            d.nas, d.nas_port, posture, d.at if posture else None)
+
+
+def session_row(a: AccountingRecord) -> tuple[object, ...]:
+    """sessions (nas, acct_session_id, mac, user_name, nas_port, nas_port_id, framed_ip,
+    framed_ipv6_prefix, started_at, updated_at, stopped_at, input_octets, output_octets,
+    session_time, terminate_cause); Start dates the session, Stop closes it."""
+    started = a.at - (a.session_time or 0) if a.status == 1 else None
+    stopped = a.at if a.status == 2 else None
+    return (a.nas, a.session_id, a.mac, a.user_name, a.nas_port, a.nas_port_id, a.framed_ip,
+            a.framed_ipv6_prefix, started, a.at, stopped, a.input_octets, a.output_octets,
+            a.session_time, a.terminate_cause)
