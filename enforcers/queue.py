@@ -1,4 +1,4 @@
-"""Durable enforcement job queue on SQLite (portable SQL, PostgreSQL later).
+"""Durable enforcement job queue: one set of semantics and SQL for SQLite and PostgreSQL.
 
 Semantics:
 - at-least-once: a job leaves the queue only when a worker completes it; a worker that dies
@@ -14,10 +14,12 @@ Semantics:
 
 States: pending -> claimed -> done | pending (retry) | dead; pending -> superseded.
 
-The SQL is plain: no UPSERT, no RETURNING, no SQLite-only functions; ``claim`` is a SELECT
-of candidates followed by a conditional ``UPDATE ... WHERE id = ? AND state = 'pending'``
-whose rowcount tells which worker won. Only the id column differs on PostgreSQL
-(``BIGSERIAL`` / identity); see ``SCHEMA``.
+``SqlJobQueue`` holds the semantics and every statement, written once with ``?``
+placeholders and no backend-only SQL. A backend supplies connections and transactions, its
+placeholder style and how claimers on several processes/servers are kept apart:
+``JobQueue`` (SQLite, below: ``BEGIN IMMEDIATE`` serialises writers on one file) and
+``nac.store.pg_jobs.PgJobQueue`` (PostgreSQL: ``FOR UPDATE SKIP LOCKED`` and per-port
+advisory locks). The table is defined in nac/store/migrations.py (``jobs_table``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,39 +42,11 @@ log = logging.getLogger(__name__)
 
 TABLE = "enforcement_jobs"
 
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    switch TEXT NOT NULL,
-    port TEXT NOT NULL DEFAULT '',
-    vlan INTEGER,
-    mac TEXT,
-    session_id TEXT,
-    payload TEXT NOT NULL DEFAULT '{{}}',
-    state TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    next_attempt_at DOUBLE PRECISION NOT NULL,
-    lease_owner TEXT,
-    lease_expires_at DOUBLE PRECISION,
-    decided_at DOUBLE PRECISION NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL,
-    claimed_at DOUBLE PRECISION,
-    applied_at DOUBLE PRECISION,
-    superseded_by INTEGER,
-    last_error TEXT,
-    result TEXT
-)
-"""
-INDEXES = [
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_due ON {TABLE} (state, next_attempt_at)",
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_port ON {TABLE} (switch, port, state)",
-]
-
 STATES = ("pending", "claimed", "done", "dead", "superseded")
 # Kinds that act on a port's configuration: for these the latest decision supersedes.
 PORT_KINDS = frozenset({"set_vlan", "bounce"})
+_KINDS = tuple(sorted(PORT_KINDS))
+_KIND_MARKS = ",".join("?" * len(_KINDS))
 
 _COLUMNS = (
     "id, kind, switch, port, vlan, mac, session_id, payload, state, attempts, max_attempts, "
@@ -149,75 +125,183 @@ class Queue(Protocol):
     def next_due(self) -> float | None: ...
 
 
-class JobQueue:
-    """The queue over one SQLite database file (or an open connection).
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+# Runs one statement (``?`` placeholders) on the connection of the current unit of work.
+Exec = Callable[[str, Sequence[Any]], Cursor]
+
+
+@lru_cache(maxsize=256)
+def format_style(sql: str) -> str:
+    """``?`` -> ``%s`` (psycopg). The queue's SQL has no other ``?`` nor ``%``."""
+    return sql.replace("?", "%s")
+
+
+# ---- the statements, shared by both backends -------------------------------------------
+_INSERT = (
+    f"INSERT INTO {TABLE} (kind, switch, port, vlan, mac, session_id, payload, state, "
+    "attempts, max_attempts, next_attempt_at, decided_at, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)"
+)
+_NEWER_QUEUED = (  # a queued decision for the port taken after this one
+    f"SELECT id FROM {TABLE} WHERE switch = ? AND port = ? AND state = 'pending' "
+    f"AND kind IN ({_KIND_MARKS}) AND id <> ? AND decided_at > ? "
+    "ORDER BY decided_at DESC, id DESC LIMIT 1"
+)
+_SUPERSEDE_ONE = f"UPDATE {TABLE} SET state = 'superseded', superseded_by = ? WHERE id = ?"
+_SUPERSEDE_OLDER = (
+    f"UPDATE {TABLE} SET state = 'superseded', superseded_by = ? WHERE switch = ? AND port = ?"
+    f" AND state = 'pending' AND kind IN ({_KIND_MARKS}) AND id <> ?"
+)
+_EXPIRED_SUPERSEDED = (  # an expired claim whose port has a newer decision queued: drop it
+    f"UPDATE {TABLE} SET state = 'superseded', lease_owner = NULL "
+    f"WHERE state = 'claimed' AND lease_expires_at < ? AND kind IN ({_KIND_MARKS}) "
+    f"AND port <> '' AND EXISTS (SELECT 1 FROM {TABLE} n WHERE n.state = 'pending'"
+    f" AND n.switch = {TABLE}.switch AND n.port = {TABLE}.port"
+    f" AND n.kind IN ({_KIND_MARKS}) AND n.id <> {TABLE}.id"
+    f" AND n.decided_at >= {TABLE}.decided_at)"
+)
+_EXPIRED_DEAD = (
+    f"UPDATE {TABLE} SET state = 'dead', lease_owner = NULL, "
+    "last_error = COALESCE(last_error, 'lease expired') "
+    "WHERE state = 'claimed' AND lease_expires_at < ? AND attempts >= max_attempts"
+)
+_EXPIRED_BACK = (
+    f"UPDATE {TABLE} SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, "
+    "next_attempt_at = ? WHERE state = 'claimed' AND lease_expires_at < ?"
+)
+_CANDIDATES = (  # due jobs whose port has no claimed job, oldest first
+    f"SELECT j.id, j.switch, j.port FROM {TABLE} j WHERE j.state = 'pending' "
+    f"AND j.next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM {TABLE} c "
+    "WHERE c.state = 'claimed' AND c.switch = j.switch AND c.port = j.port "
+    "AND j.port <> '') ORDER BY j.next_attempt_at, j.id LIMIT ?"
+)
+_PORT_BUSY = (
+    f"SELECT 1 FROM {TABLE} WHERE state = 'claimed' AND switch = ? AND port = ? LIMIT 1"
+)
+_CLAIM = (
+    f"UPDATE {TABLE} SET state = 'claimed', lease_owner = ?, lease_expires_at = ?, "
+    "claimed_at = ?, attempts = attempts + 1 WHERE id = ? AND state = 'pending'"
+)
+_EXTEND = (
+    f"UPDATE {TABLE} SET lease_expires_at = ? WHERE id = ? AND state = 'claimed' "
+    "AND lease_owner = ?"
+)
+_COMPLETE = (
+    f"UPDATE {TABLE} SET state = 'done', applied_at = ?, result = ?, lease_owner = NULL, "
+    "lease_expires_at = NULL WHERE id = ? AND state = 'claimed' AND lease_owner = ?"
+)
+_FAIL_SUPERSEDED = (
+    f"UPDATE {TABLE} SET state = 'superseded', superseded_by = ?, last_error = ?, "
+    "lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND state = 'claimed' "
+    "AND lease_owner = ?"
+)
+_FAIL = (
+    f"UPDATE {TABLE} SET state = ?, next_attempt_at = ?, last_error = ?, lease_owner = NULL, "
+    "lease_expires_at = NULL WHERE id = ? AND state = 'claimed' AND lease_owner = ?"
+)
+_NEWER_THAN_CLAIMED = (
+    f"SELECT id FROM {TABLE} WHERE switch = ? AND port = ? AND state = 'pending' "
+    f"AND kind IN ({_KIND_MARKS}) AND id <> ? AND decided_at >= ? ORDER BY id DESC LIMIT 1"
+)
+_RETRY = (
+    f"UPDATE {TABLE} SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+    "lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND state <> 'claimed'"
+)
+_GET = f"SELECT {_COLUMNS} FROM {TABLE} WHERE id = ?"
+_LIST_ALL = f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY id DESC LIMIT ?"
+_COUNTS = f"SELECT state, COUNT(*) FROM {TABLE} GROUP BY state"
+_NEXT_DUE = f"SELECT MIN(next_attempt_at) FROM {TABLE} WHERE state = 'pending'"
+_CLAIMED_OWNERS = f"SELECT id, lease_owner FROM {TABLE} WHERE state = 'claimed'"
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def default_owner() -> str:
+    """host:pid:nonce: ``release_dead_local_claims`` reads host and pid back."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class SqlJobQueue:
+    """The queue's semantics over any SQL backend (see the module docstring).
 
     base_delay/max_delay: backoff between attempts, seconds. max_attempts: attempts before
     dead letter. lease: seconds a claim stays valid; a worker must finish (or ``extend``)
-    within it. clock: injectable for tests. synchronous: SQLite's PRAGMA for a file path
-    ("FULL" to survive power loss, at the cost of an fsync per state change).
+    within it. clock: injectable for tests.
+
+    A backend implements ``_tx`` (a transaction that serialises with other claimers and
+    enqueuers), ``_auto`` (one statement at a time) and ``_insert``; it may take a port
+    lock in ``_lock_port`` and add a row-locking clause to the claim's SELECT.
     """
 
-    def __init__(
-        self,
-        db: str | Path | sqlite3.Connection,
-        *,
-        max_attempts: int = 8,
-        base_delay: float = 1.0,
-        max_delay: float = 60.0,
-        lease: float = 30.0,
-        owner: str | None = None,
-        clock: Callable[[], float] = time.time,
-        synchronous: str = "NORMAL",
-    ) -> None:
-        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"bad synchronous mode {synchronous!r}")
-        if isinstance(db, sqlite3.Connection):
-            self.conn = db
-        else:
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
-            # autocommit mode; we group statements in explicit transactions where needed.
-            self.conn = sqlite3.connect(str(db), timeout=10.0, isolation_level=None,
-                                        check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA busy_timeout=10000")
-            # WAL + NORMAL: a committed job survives a process crash (the at-least-once
-            # promise); only an OS crash or power cut may lose the last commits. FULL
-            # would fsync every claim/complete and cost milliseconds per job.
-            self.conn.execute(f"PRAGMA synchronous={synchronous}")
+    # Row-locking clause appended to the claim's candidate SELECT (PostgreSQL).
+    claim_lock_clause = ""
+    # Errors after which a whole transaction may simply run again (PostgreSQL deadlocks).
+    conflicts: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, *, max_attempts: int = 8, base_delay: float = 1.0,
+                 max_delay: float = 60.0, lease: float = 30.0, owner: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.lease = lease
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner or default_owner()
         self.clock = clock
-        self.ensure_schema(self.conn)
 
-    @staticmethod
-    def ensure_schema(conn: sqlite3.Connection) -> None:
-        """Create the jobs table and its indexes if missing (idempotent)."""
-        conn.execute(SCHEMA)
-        for stmt in INDEXES:
-            conn.execute(stmt)
+    # -- what a backend provides ----------------------------------------------------------
+    def _tx(self) -> Any:
+        """Context manager: an Exec inside one transaction (committed on exit)."""
+        raise NotImplementedError
+
+    def _auto(self) -> Any:
+        """Context manager: an Exec whose statements commit one by one."""
+        raise NotImplementedError
+
+    def _insert(self, x: Exec, sql: str, args: Sequence[Any]) -> int:
+        """Run an INSERT of one row; its id."""
+        raise NotImplementedError
+
+    def _lock_port(self, x: Exec, switch: str, port: str, *, wait: bool) -> bool:
+        """Serialise enqueuers/claimers of one port across processes; False: busy, skip it.
+        Nothing to do where the transaction already excludes every other writer."""
+        return True
 
     def close(self) -> None:
-        self.conn.close()
+        raise NotImplementedError
 
-    # -- transactions -------------------------------------------------------------------
-    def _begin(self) -> None:
-        # IMMEDIATE takes the write lock up front so two processes cannot interleave the
-        # read and the write of enqueue (PostgreSQL: plain BEGIN + the conditional UPDATEs).
-        if self.conn.in_transaction:
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
+    def _transact(self, work: Callable[[Exec], Any]) -> Any:
+        for attempt in range(4):
+            try:
+                with self._tx() as x:
+                    return work(x)
+            except self.conflicts as exc:
+                # Two servers updating the same rows can deadlock; the database aborts one
+                # transaction, which is safe to run again from the start.
+                if attempt == 3:
+                    raise
+                log.info("job queue: %s; running the transaction again", exc)
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
-    def _commit(self) -> None:
-        if self.conn.in_transaction:
-            self.conn.execute("COMMIT")
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        with self._auto() as x:
+            return x(sql, args).fetchone()
 
-    def _rollback(self) -> None:
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._auto() as x:
+            return list(x(sql, args).fetchall())
+
+    def _rowcount(self, sql: str, args: Sequence[Any] = ()) -> int:
+        with self._auto() as x:
+            return int(x(sql, args).rowcount)
 
     # -- producer side ------------------------------------------------------------------
     def enqueue(
@@ -236,57 +320,38 @@ class JobQueue:
         """Add a job; returns its id. Supersedes older pending jobs for the same port."""
         now = self.clock()
         decided = now if decided_at is None else decided_at
-        self._begin()
-        try:
-            cur = self.conn.execute(
-                f"INSERT INTO {TABLE} (kind, switch, port, vlan, mac, session_id, payload, "
-                "state, attempts, max_attempts, next_attempt_at, decided_at, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
-                (kind, switch, port or "", vlan, mac, session_id,
-                 json.dumps(payload or {}, sort_keys=True),
-                 max_attempts or self.max_attempts, now, decided, now),
-            )
-            job_id = int(cur.lastrowid or 0)
-            if kind in PORT_KINDS and port:
-                kinds = tuple(PORT_KINDS)
-                marks = ",".join("?" * len(kinds))
-                # Is there a queued decision newer than this one? Then this one lost already.
-                newer = self.conn.execute(
-                    f"SELECT id FROM {TABLE} WHERE switch = ? AND port = ? AND state = 'pending'"
-                    f" AND kind IN ({marks}) AND id <> ? AND decided_at > ?"
-                    " ORDER BY decided_at DESC, id DESC",
-                    (switch, port, *kinds, job_id, decided),
-                ).fetchone()
-                if newer is not None:
-                    self.conn.execute(
-                        f"UPDATE {TABLE} SET state = 'superseded', superseded_by = ? "
-                        "WHERE id = ?", (newer[0], job_id))
-                    log.info("job %d superseded at once by newer job %d", job_id, newer[0])
-                else:
-                    n = self.conn.execute(
-                        f"UPDATE {TABLE} SET state = 'superseded', superseded_by = ? "
-                        f"WHERE switch = ? AND port = ? AND state = 'pending'"
-                        f" AND kind IN ({marks}) AND id <> ?",
-                        (job_id, switch, port, *kinds, job_id),
-                    ).rowcount
-                    if n:
-                        log.info("job %d supersedes %d queued job(s) for %s %s",
-                                 job_id, n, switch, port)
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
-        return job_id
+        port = port or ""
+        per_port = kind in PORT_KINDS and bool(port)
+
+        def work(x: Exec) -> int:
+            if per_port:
+                self._lock_port(x, switch, port, wait=True)
+            job_id = self._insert(x, _INSERT, (
+                kind, switch, port, vlan, mac, session_id,
+                json.dumps(payload or {}, sort_keys=True),
+                max_attempts or self.max_attempts, now, decided, now))
+            if not per_port:
+                return job_id
+            newer = x(_NEWER_QUEUED, (switch, port, *_KINDS, job_id, decided)).fetchone()
+            if newer is not None:
+                x(_SUPERSEDE_ONE, (newer[0], job_id))
+                log.info("job %d superseded at once by newer job %d", job_id, newer[0])
+            else:
+                n = x(_SUPERSEDE_OLDER, (job_id, switch, port, *_KINDS, job_id)).rowcount
+                if n:
+                    log.info("job %d supersedes %d queued job(s) for %s %s", job_id, n,
+                             switch, port)
+            return job_id
+
+        return int(self._transact(work))
 
     # -- worker side --------------------------------------------------------------------
     def release_dead_local_claims(self) -> int:
         """Expire at once the leases held by processes of this host that no longer run
         (a server SIGKILLed mid-push): its restart need not wait out their lease."""
         host = socket.gethostname()
-        rows = self.conn.execute(
-            f"SELECT id, lease_owner FROM {TABLE} WHERE state = 'claimed'").fetchall()
         gone = []
-        for job_id, owner in rows:
+        for job_id, owner in self._all(_CLAIMED_OWNERS):
             parts = str(owner or "").split(":")
             if len(parts) < 3 or parts[0] != host or not parts[1].isdigit():
                 continue
@@ -296,114 +361,75 @@ class JobQueue:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                gone.append(job_id)
+                gone.append(int(job_id))
             except PermissionError:
                 pass  # alive, another user's
         if gone:
-            marks = ",".join("?" * len(gone))
-            self._begin()
-            try:
-                self.conn.execute(
-                    f"UPDATE {TABLE} SET lease_expires_at = ? WHERE state = 'claimed' "
-                    f"AND id IN ({marks})", (self.clock() - 1, *gone))
-                self._commit()
-            except Exception:
-                self._rollback()
-                raise
+            sql = (f"UPDATE {TABLE} SET lease_expires_at = ? WHERE state = 'claimed' "
+                   f"AND id IN ({_marks(len(gone))})")
+            self._transact(lambda x: x(sql, (self.clock() - 1, *gone)))
             log.info("released %d job(s) claimed by dead processes of this host", len(gone))
         return len(gone)
 
     def requeue_expired(self) -> int:
         """Return claimed jobs whose lease expired to pending (or dead when out of attempts).
 
-        Called before every claim, so a restarted process resumes what a dead one held.
+        Called before every claim, by any process or server: that is how a dead one's jobs
+        reach a live one.
         """
         now = self.clock()
-        kinds = tuple(PORT_KINDS)
-        marks = ",".join("?" * len(kinds))
-        self._begin()
-        try:
-            # A newer decision for the same port queued meanwhile: drop the stale one.
-            self.conn.execute(
-                f"UPDATE {TABLE} SET state = 'superseded', lease_owner = NULL "
-                f"WHERE state = 'claimed' AND lease_expires_at < ? AND kind IN ({marks}) "
-                f"AND port <> '' AND EXISTS (SELECT 1 FROM {TABLE} n WHERE n.state = 'pending'"
-                f" AND n.switch = {TABLE}.switch AND n.port = {TABLE}.port"
-                f" AND n.kind IN ({marks}) AND n.id <> {TABLE}.id"
-                f" AND n.decided_at >= {TABLE}.decided_at)",
-                (now, *kinds, *kinds),
-            )
-            dead = self.conn.execute(
-                f"UPDATE {TABLE} SET state = 'dead', lease_owner = NULL, "
-                "last_error = COALESCE(last_error, 'lease expired') "
-                "WHERE state = 'claimed' AND lease_expires_at < ? AND attempts >= max_attempts",
-                (now,),
-            ).rowcount
-            back = self.conn.execute(
-                f"UPDATE {TABLE} SET state = 'pending', lease_owner = NULL, "
-                "lease_expires_at = NULL, next_attempt_at = ? "
-                "WHERE state = 'claimed' AND lease_expires_at < ?",
-                (now, now),
-            ).rowcount
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
+
+        def work(x: Exec) -> tuple[int, int]:
+            x(_EXPIRED_SUPERSEDED, (now, *_KINDS, *_KINDS))
+            dead = x(_EXPIRED_DEAD, (now,)).rowcount
+            back = x(_EXPIRED_BACK, (now, now)).rowcount
+            return int(back), int(dead)
+
+        back, dead = self._transact(work)
         if back or dead:
             log.warning("lease expired: %d job(s) back to pending, %d dead", back, dead)
         return back
 
     def claim(self, limit: int = 1) -> list[Job]:
-        """Claim up to ``limit`` due jobs, oldest first, at most one per switch+port.
-
-        A job is skipped while another job for the same switch+port is claimed, so jobs of
-        one port apply in order.
-        """
+        """Claim up to ``limit`` due jobs, oldest first, at most one per switch+port across
+        every process on the queue, so jobs of one port apply in order."""
         self.requeue_expired()
         now = self.clock()
-        rows = self.conn.execute(
-            f"SELECT j.id, j.switch, j.port FROM {TABLE} j WHERE j.state = 'pending' "
-            "AND j.next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM "
-            f"{TABLE} c WHERE c.state = 'claimed' AND c.switch = j.switch AND c.port = j.port "
-            "AND j.port <> '') ORDER BY j.next_attempt_at, j.id LIMIT ?",
-            (now, limit * 4),
-        ).fetchall()
-        claimed: list[Job] = []
-        seen: set[tuple[str, str]] = set()
-        for job_id, sw, port in rows:
-            if len(claimed) >= limit:
-                break
-            if port and (sw, port) in seen:
-                continue
-            cur = self.conn.execute(
-                f"UPDATE {TABLE} SET state = 'claimed', lease_owner = ?, lease_expires_at = ?, "
-                "claimed_at = ?, attempts = attempts + 1 WHERE id = ? AND state = 'pending'",
-                (self.owner, now + self.lease, now, job_id),
-            )
-            if cur.rowcount == 1:
-                seen.add((sw, port))
-                job = self.get(job_id)
-                if job is not None:
-                    claimed.append(job)
-        return claimed
+
+        def work(x: Exec) -> list[int]:
+            rows = x(_CANDIDATES + self.claim_lock_clause, (now, limit * 4)).fetchall()
+            ids: list[int] = []
+            seen: set[tuple[str, str]] = set()
+            for job_id, sw, port in rows:
+                if len(ids) >= limit:
+                    break
+                if port:
+                    if (sw, port) in seen:
+                        continue
+                    # Another claimer may be taking a different job of this port right now:
+                    # the port lock orders us, and the re-check sees its committed claim.
+                    if not self._lock_port(x, sw, port, wait=False):
+                        continue
+                    if x(_PORT_BUSY, (sw, port)).fetchone():
+                        continue
+                n = x(_CLAIM, (self.owner, now + self.lease, now, job_id)).rowcount
+                if n == 1:
+                    seen.add((sw, port))
+                    ids.append(int(job_id))
+            return ids
+
+        jobs = [self.get(i) for i in self._transact(work)]
+        return [j for j in jobs if j is not None]
 
     def extend(self, job_id: int, seconds: float | None = None) -> bool:
         """Renew the lease of a job this owner holds."""
         until = self.clock() + (seconds or self.lease)
-        cur = self.conn.execute(
-            f"UPDATE {TABLE} SET lease_expires_at = ? WHERE id = ? AND state = 'claimed' "
-            "AND lease_owner = ?", (until, job_id, self.owner))
-        return cur.rowcount == 1
+        return self._rowcount(_EXTEND, (until, job_id, self.owner)) == 1
 
     def complete(self, job_id: int, result: str = "ok", applied_at: float | None = None) -> bool:
         """Mark a claimed job done. False if this owner no longer holds it."""
         applied = self.clock() if applied_at is None else applied_at
-        cur = self.conn.execute(
-            f"UPDATE {TABLE} SET state = 'done', applied_at = ?, result = ?, lease_owner = NULL,"
-            " lease_expires_at = NULL WHERE id = ? AND state = 'claimed' AND lease_owner = ?",
-            (applied, result, job_id, self.owner),
-        )
-        if cur.rowcount != 1:
+        if self._rowcount(_COMPLETE, (applied, result, job_id, self.owner)) != 1:
             log.warning("job %d: completed but lease was lost (another worker may redo it)",
                         job_id)
             return False
@@ -431,20 +457,14 @@ class JobQueue:
         if newer is not None:
             # A newer decision for this port was queued while this one was in flight:
             # retrying the old one could undo it, so it is superseded instead.
-            self.conn.execute(
-                f"UPDATE {TABLE} SET state = 'superseded', superseded_by = ?, last_error = ?, "
-                "lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND state = 'claimed'"
-                " AND lease_owner = ?", (newer, error[:2000], job_id, self.owner))
+            self._rowcount(_FAIL_SUPERSEDED, (newer, error[:2000], job_id, self.owner))
             log.info("job %d failed (%s) and is superseded by job %d", job_id, error, newer)
             return "superseded"
         if not retryable or job.attempts >= job.max_attempts:
             state, nxt = "dead", job.next_attempt_at
         else:
             state, nxt = "pending", now + self.backoff(job.attempts)
-        self.conn.execute(
-            f"UPDATE {TABLE} SET state = ?, next_attempt_at = ?, last_error = ?, "
-            "lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND state = 'claimed' "
-            "AND lease_owner = ?", (state, nxt, error[:2000], job_id, self.owner))
+        self._rowcount(_FAIL, (state, nxt, error[:2000], job_id, self.owner))
         if state == "dead":
             log.error("job %d %s %s %s dead after %d attempt(s): %s", job_id, job.kind,
                       job.switch, job.port, job.attempts, error)
@@ -456,46 +476,107 @@ class JobQueue:
     def _newer_pending(self, job: Job) -> int | None:
         if job.kind not in PORT_KINDS or not job.port:
             return None
-        kinds = tuple(PORT_KINDS)
-        marks = ",".join("?" * len(kinds))
-        row = self.conn.execute(
-            f"SELECT id FROM {TABLE} WHERE switch = ? AND port = ? AND state = 'pending' "
-            f"AND kind IN ({marks}) AND id <> ? AND decided_at >= ? ORDER BY id DESC",
-            (job.switch, job.port, *kinds, job.id, job.decided_at)).fetchone()
+        row = self._one(_NEWER_THAN_CLAIMED,
+                        (job.switch, job.port, *_KINDS, job.id, job.decided_at))
         return int(row[0]) if row else None
 
     # -- operator side ------------------------------------------------------------------
     def retry(self, job_id: int) -> bool:
         """Put a dead (or done/superseded) job back to pending with fresh attempts."""
-        cur = self.conn.execute(
-            f"UPDATE {TABLE} SET state = 'pending', attempts = 0, next_attempt_at = ?, "
-            "lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND state <> 'claimed'",
-            (self.clock(), job_id))
-        return cur.rowcount == 1
+        return self._rowcount(_RETRY, (self.clock(), job_id)) == 1
 
     def get(self, job_id: int) -> Job | None:
-        row = self.conn.execute(
-            f"SELECT {_COLUMNS} FROM {TABLE} WHERE id = ?", (job_id,)).fetchone()
+        row = self._one(_GET, (job_id,))
         return Job.from_row(row) if row else None
 
     def list_jobs(self, states: tuple[str, ...] | None = None, limit: int = 1000) -> list[Job]:
         if states:
-            marks = ",".join("?" * len(states))
-            rows = self.conn.execute(
-                f"SELECT {_COLUMNS} FROM {TABLE} WHERE state IN ({marks}) ORDER BY id DESC "
-                "LIMIT ?", (*states, limit)).fetchall()
+            rows = self._all(
+                f"SELECT {_COLUMNS} FROM {TABLE} WHERE state IN ({_marks(len(states))}) "
+                "ORDER BY id DESC LIMIT ?", (*states, limit))
         else:
-            rows = self.conn.execute(
-                f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            rows = self._all(_LIST_ALL, (limit,))
         return [Job.from_row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        rows = self.conn.execute(
-            f"SELECT state, COUNT(*) FROM {TABLE} GROUP BY state").fetchall()
-        return {s: n for s, n in rows}
+        return {s: int(n) for s, n in self._all(_COUNTS)}
 
     def next_due(self) -> float | None:
         """Earliest next_attempt_at among pending jobs (for the worker's sleep)."""
-        row = self.conn.execute(
-            f"SELECT MIN(next_attempt_at) FROM {TABLE} WHERE state = 'pending'").fetchone()
-        return row[0] if row and row[0] is not None else None
+        row = self._one(_NEXT_DUE)
+        return float(row[0]) if row and row[0] is not None else None
+
+
+class JobQueue(SqlJobQueue):
+    """The queue over one SQLite database file (or an open connection).
+
+    Parameters as SqlJobQueue; synchronous: SQLite's PRAGMA for a file path ("FULL" to
+    survive power loss, at the cost of an fsync per state change).
+    """
+
+    def __init__(
+        self,
+        db: str | Path | sqlite3.Connection,
+        *,
+        max_attempts: int = 8,
+        base_delay: float = 1.0,
+        max_delay: float = 60.0,
+        lease: float = 30.0,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"bad synchronous mode {synchronous!r}")
+        super().__init__(max_attempts=max_attempts, base_delay=base_delay,
+                         max_delay=max_delay, lease=lease, owner=owner, clock=clock)
+        if isinstance(db, sqlite3.Connection):
+            self.conn = db
+        else:
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+            # autocommit mode; we group statements in explicit transactions where needed.
+            self.conn = sqlite3.connect(str(db), timeout=10.0, isolation_level=None,
+                                        check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA busy_timeout=10000")
+            # WAL + NORMAL: a committed job survives a process crash (the at-least-once
+            # promise); only an OS crash or power cut may lose the last commits. FULL
+            # would fsync every claim/complete and cost milliseconds per job.
+            self.conn.execute(f"PRAGMA synchronous={synchronous}")
+        self.ensure_schema(self.conn)
+
+    @staticmethod
+    def ensure_schema(conn: sqlite3.Connection) -> None:
+        """Bring the file to the store's schema, which has the jobs table (idempotent)."""
+        from nac.store.migrations import migrate_sqlite
+
+        migrate_sqlite(conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _exec(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, tuple(args))
+
+    @contextmanager
+    def _tx(self) -> Iterator[Exec]:
+        # IMMEDIATE takes the write lock up front: every enqueuer and claimer on the file
+        # runs alone, so no port lock is needed.
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._exec
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+
+    @contextmanager
+    def _auto(self) -> Iterator[Exec]:
+        yield self._exec
+
+    def _insert(self, x: Exec, sql: str, args: Sequence[Any]) -> int:
+        cur = x(sql, args)
+        return int(getattr(cur, "lastrowid", 0) or 0)

@@ -17,8 +17,8 @@ from typing import Any
 
 __all__ = [
     "Migration", "POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS", "SchemaError",
-    "check_postgres", "latest", "migrate_postgres", "migrate_sqlite", "postgres_version",
-    "sqlite_version", "table_counts_postgres", "table_counts_sqlite",
+    "check_postgres", "jobs_table", "latest", "migrate_postgres", "migrate_sqlite",
+    "postgres_version", "sqlite_version", "table_counts_postgres", "table_counts_sqlite",
 ]
 
 
@@ -33,6 +33,40 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+
+
+def jobs_table(backend: str) -> list[str]:
+    """The enforcement job queue's table (enforcers/queue.py), the one definition for both
+    backends; only the id column's type and the idempotence of the statements differ."""
+    sqlite = backend == "sqlite"
+    ine = "IF NOT EXISTS " if sqlite else ""
+    return [
+        f"""CREATE TABLE {ine}enforcement_jobs (
+            id {"INTEGER PRIMARY KEY" if sqlite else "BIGSERIAL PRIMARY KEY"},
+            kind TEXT NOT NULL,
+            switch TEXT NOT NULL,
+            port TEXT NOT NULL DEFAULT '',
+            vlan INTEGER,
+            mac TEXT,
+            session_id TEXT,
+            payload TEXT NOT NULL DEFAULT '{{}}',
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL,
+            next_attempt_at DOUBLE PRECISION NOT NULL,
+            lease_owner TEXT,
+            lease_expires_at DOUBLE PRECISION,
+            decided_at DOUBLE PRECISION NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            claimed_at DOUBLE PRECISION,
+            applied_at DOUBLE PRECISION,
+            superseded_by {"INTEGER" if sqlite else "BIGINT"},
+            last_error TEXT,
+            result TEXT
+        )""",
+        f"CREATE INDEX {ine}enforcement_jobs_due ON enforcement_jobs (state, next_attempt_at)",
+        f"CREATE INDEX {ine}enforcement_jobs_port ON enforcement_jobs (switch, port, state)",
+    ]
 
 
 # ---- SQLite ---------------------------------------------------------------------------
@@ -101,6 +135,8 @@ SQLITE_MIGRATIONS: list[Migration] = [
     Migration(2, "decisions by time", (
         "CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at)",
     )),
+    # IF NOT EXISTS: files from before this migration got the table from enforcers/queue.py.
+    Migration(3, "enforcement jobs", tuple(jobs_table("sqlite"))),
 ]
 
 # ---- PostgreSQL -----------------------------------------------------------------------
@@ -171,35 +207,8 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     Migration(2, "decisions by time", (
         "CREATE INDEX decisions_at ON decisions (at)",
     )),
-    # The enforcement queue shared by every server (nac/store/pg_jobs.py); columns as in
-    # enforcers/queue.py so the same Job rows come back.
-    Migration(3, "enforcement jobs", (
-        """CREATE TABLE enforcement_jobs (
-            id BIGSERIAL PRIMARY KEY,
-            kind TEXT NOT NULL,
-            switch TEXT NOT NULL,
-            port TEXT NOT NULL DEFAULT '',
-            vlan INTEGER,
-            mac TEXT,
-            session_id TEXT,
-            payload TEXT NOT NULL DEFAULT '{}',
-            state TEXT NOT NULL DEFAULT 'pending',
-            attempts INTEGER NOT NULL DEFAULT 0,
-            max_attempts INTEGER NOT NULL,
-            next_attempt_at DOUBLE PRECISION NOT NULL,
-            lease_owner TEXT,
-            lease_expires_at DOUBLE PRECISION,
-            decided_at DOUBLE PRECISION NOT NULL,
-            created_at DOUBLE PRECISION NOT NULL,
-            claimed_at DOUBLE PRECISION,
-            applied_at DOUBLE PRECISION,
-            superseded_by BIGINT,
-            last_error TEXT,
-            result TEXT
-        )""",
-        "CREATE INDEX enforcement_jobs_due ON enforcement_jobs (state, next_attempt_at)",
-        "CREATE INDEX enforcement_jobs_port ON enforcement_jobs (switch, port, state)",
-    )),
+    # The enforcement queue shared by every server (nac/store/pg_jobs.py).
+    Migration(3, "enforcement jobs", tuple(jobs_table("postgresql"))),
 ]
 
 # One fixed key for pg_advisory_lock: "nac store migrate" runs one at a time per database.
