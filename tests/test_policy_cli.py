@@ -57,6 +57,30 @@ def test_show_round_trips_through_check(tmp_path: Path) -> None:
     assert code == 0 and loads_policy(normalized) == Policy.sample()
 
 
+def test_show_prints_the_configs_policy_file_first(tmp_path: Path) -> None:
+    """`nac policy show --config` prints what `nac serve --config` enforces: the config's
+    policy_file; without one, the policy applied to the state dir; without that, the sample."""
+    state = tmp_path / "state"
+    cfg = tmp_path / "nac.toml"
+    cfg.write_text("")
+    assert run("policy", "show", "--config", str(cfg), "--state-dir", str(state))[1] == (
+        SAMPLE.read_text())
+    assert run("policy", "apply", str(SITE), "--state-dir", str(state), "--wait", "0")[0] == 0
+    applied = run("policy", "show", "--config", str(cfg), "--state-dir", str(state))[1]
+    assert applied == SITE.read_text()
+    own = tmp_path / "own.toml"
+    own.write_text(SAMPLE.read_text().replace('name = "sample"', 'name = "from-config"'))
+    cfg.write_text(f'policy_file = "{own}"\n')
+    code, out, _ = run("policy", "show", "--config", str(cfg), "--state-dir", str(state))
+    assert code == 0 and out == own.read_text()
+    code, out, _ = run("policy", "show", "--normalized", "--config", str(cfg),
+                       "--state-dir", str(state))
+    assert code == 0 and loads_policy(out).name == "from-config"
+    own.unlink()
+    code, _, err = run("policy", "show", "--config", str(cfg), "--state-dir", str(state))
+    assert code == 1 and str(own) in err
+
+
 def test_apply_installs_atomically_and_show_prints_it(tmp_path: Path) -> None:
     state = tmp_path / "state"
     code, out, _ = run("policy", "apply", str(SITE), "--state-dir", str(state))

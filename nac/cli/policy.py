@@ -17,6 +17,7 @@ from nac.posture.decision import Decision
 from nac.posture.evaluate import VulnIndexLike, evaluate
 from nac.posture.policy import (
     ACTIVE_POLICY_FILE,
+    Policy,
     PolicyError,
     active_policy_path,
     load_active_policy,
@@ -97,19 +98,38 @@ def check_cmd(file: Path) -> None:
 
 @policy.command("show")
 @state_dir_option
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Server config: show its policy_file when it names one.")
 @click.option(
     "--normalized", is_flag=True, help="Print the parsed policy with defaults, not the file."
 )
-def show_cmd(state_dir: Path, normalized: bool) -> None:
-    """Print the active policy (STATE/policy.toml, else the built-in sample) as TOML."""
+def show_cmd(state_dir: Path, config_path: Path | None, normalized: bool) -> None:
+    """Print the active policy as TOML: the config's policy_file, else the one last applied
+    to the state dir (STATE/policy.toml), else the built-in sample."""
     path = active_policy_path(state_dir)
+    if config_path is not None:
+        from nac.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(config_path)
+        except ConfigError as exc:
+            fail(str(exc))
+            return
+        if cfg.policy_file:
+            path = Path(cfg.policy_file)  # what `nac serve --config` enforces, same lookup
     if normalized:
         try:
-            click.echo(load_active_policy(state_dir).to_toml(), nl=False)
+            click.echo((load_policy(path) if path else Policy.sample()).to_toml(), nl=False)
         except PolicyError as exc:
             fail(str(exc))
         return
-    click.echo(path.read_text("utf-8") if path else sample_policy_text(), nl=False)
+    if path is None:
+        click.echo(sample_policy_text(), nl=False)
+        return
+    try:
+        click.echo(path.read_text("utf-8"), nl=False)
+    except OSError as exc:
+        fail(f"{path}: cannot read the policy file: {exc.strerror or exc}")
 
 
 @policy.command("test")
