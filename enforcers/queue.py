@@ -218,6 +218,10 @@ _LIST_ALL = f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY id DESC LIMIT ?"
 _COUNTS = f"SELECT state, COUNT(*) FROM {TABLE} GROUP BY state"
 _NEXT_DUE = f"SELECT MIN(next_attempt_at) FROM {TABLE} WHERE state = 'pending'"
 _CLAIMED_OWNERS = f"SELECT id, lease_owner FROM {TABLE} WHERE state = 'claimed'"
+_LATENCIES = (
+    f"SELECT applied_at - decided_at FROM {TABLE} WHERE state = 'done' "
+    "AND applied_at IS NOT NULL ORDER BY applied_at DESC LIMIT ?"
+)
 
 
 def _marks(n: int) -> str:
@@ -506,6 +510,10 @@ class SqlJobQueue:
         row = self._one(_NEXT_DUE)
         return float(row[0]) if row and row[0] is not None else None
 
+    def latencies(self, limit: int = 1000) -> list[float]:
+        """decision -> applied seconds of the latest ``limit`` done jobs (for /metrics)."""
+        return [float(r[0]) for r in self._all(_LATENCIES, (limit,))]
+
 
 class JobQueue(SqlJobQueue):
     """The queue over one SQLite database file (or an open connection).
@@ -580,3 +588,70 @@ class JobQueue(SqlJobQueue):
     def _insert(self, x: Exec, sql: str, args: Sequence[Any]) -> int:
         cur = x(sql, args)
         return int(getattr(cur, "lastrowid", 0) or 0)
+
+
+class Guarded:
+    """A queue for a long-running worker loop (the server's enforcer) whose database may go
+    away for a while (PostgreSQL restarted, disk full): polling calls answer "nothing to
+    do" instead of raising, and after a failure the database is left alone for a growing
+    pause, so a loop that calls from the RADIUS event loop is not held up by connect
+    timeouts. What is lost meanwhile is only time: a claim never made waits, a completion
+    not recorded leaves the job claimed until its lease expires and it runs again
+    (at-least-once). ``enqueue`` still raises: its caller must know a job was not queued.
+    """
+
+    def __init__(self, queue: Any, *, max_pause: float = 30.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.queue = queue
+        self.max_pause = max_pause
+        self._monotonic = monotonic
+        self._pause = 0.0
+        self._until = 0.0
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.queue, name)
+
+    def _guard(self, what: str, default: Any, fn: Callable[..., Any], *args: Any,
+               **kwargs: Any) -> Any:
+        if self._monotonic() < self._until:
+            return default
+        try:
+            out = fn(*args, **kwargs)
+        except Exception as exc:  # any backend error: the worker loop must live on
+            self.failures += 1
+            self._pause = min(self.max_pause, max(0.5, self._pause * 2))
+            self._until = self._monotonic() + self._pause
+            log.warning("job queue unavailable (%s: %s); next try in %.1f s", what, exc,
+                        self._pause)
+            return default
+        if self._pause:
+            log.info("job queue available again")
+            self._pause = 0.0
+        return out
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> int:
+        return int(self.queue.enqueue(*args, **kwargs))
+
+    def claim(self, limit: int = 1) -> list[Job]:
+        return list(self._guard("claim", [], self.queue.claim, limit))
+
+    def extend(self, job_id: int, seconds: float | None = None) -> bool:
+        return bool(self._guard("extend", False, self.queue.extend, job_id, seconds))
+
+    def complete(self, job_id: int, result: str = "ok", applied_at: float | None = None) -> bool:
+        return bool(self._guard("complete", False, self.queue.complete, job_id, result,
+                                applied_at))
+
+    def fail(self, job_id: int, error: str, *, retryable: bool = True) -> str:
+        return str(self._guard("fail", "missing", self.queue.fail, job_id, error,
+                               retryable=retryable))
+
+    def next_due(self) -> float | None:
+        return self._guard("next_due", None, self.queue.next_due)  # type: ignore[no-any-return]
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._guard("counts", {}, self.queue.counts))
+
+    def release_dead_local_claims(self) -> int:
+        return int(self._guard("release", 0, self.queue.release_dead_local_claims))

@@ -10,23 +10,30 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from enforcers.queue import Guarded
 from nac.accounts import Account, SecretBox, accounts_from_tables, load_accounts_file, make_account
 from nac.authorize import Authorizer
 from nac.config import DEMO_ACCOUNT, Config
 from nac.enforcement import Target, load_planner
 from nac.events import DecisionRecord
-from nac.observe import request_histogram, store_gauges
+from nac.observe import feed_gauges, queue_gauges, request_histogram
 from nac.posture.decision import Decision
 from nac.posture.policy import PolicyError
 from nac.radius.clients import ClientTable, NasClient, profile
 from nac.radius.engine import Engine
 from nac.radius.server import CommitGate, serve_udp
 from nac.runtime import LivePolicy, publish_loaded, unpublish
-from nac.store import open_store
+from nac.store import open_job_queue, open_store
 
 log = logging.getLogger("nac")
 
 REGISTRATION_POLL = 0.5  # seconds: how soon a MAC registered by the CLI takes effect
+JOB_LEASE = 30.0  # seconds an enforcement job's claim holds without renewal
+
+
+def metrics_socket(state_dir: Path, worker_id: int) -> Path:
+    """Where worker N of a pool serves its metrics; the supervisor's endpoint sums them."""
+    return state_dir / "run" / f"metrics-w{worker_id}.sock"
 
 
 def build_clients(cfg: Config) -> ClientTable:
@@ -93,7 +100,7 @@ def assessment(policy: Any, segment: str) -> int:
 
 class Server:
     def __init__(self, cfg: Config, state_dir: Path, *, reuse_port: bool = False,
-                 worker_id: int | None = None) -> None:
+                 worker_id: int | None = None, job_lease: float = JOB_LEASE) -> None:
         self.cfg = cfg
         self.reuse_port = reuse_port
         self.worker_id = worker_id
@@ -110,6 +117,18 @@ class Server:
         self.authorizer = Authorizer(self.live.policy, self.decide_posture)
         self.eap = build_eap(cfg, state_dir, self.accounts, self.box, self.judge_posture)
         self.planner = load_planner(cfg.switches, db_path, cfg.source)
+        # The job queue lives in the store: with PostgreSQL, one queue for every server
+        # (a job is taken by one of them; a dead server's jobs go to another when their
+        # lease expires).
+        self.queue: Any = None
+        if self.planner is not None or cfg.metrics:
+            self.queue = open_job_queue(cfg.store, state_dir, lease=job_lease)
+        if self.planner is not None:
+            # The planner opened a SQLite queue on db_path; it enqueues and works the
+            # store's instead. Guarded: a database that goes away pauses the enforcer's
+            # polling rather than ending it, and never holds up the packet loop for long.
+            self.planner.queue.close()
+            self.planner.queue = self.planner.enforcer.queue = Guarded(self.queue)
         self.engine = Engine(
             build_clients(cfg), self.authorizer, self.accounts, eap=self.eap,
             on_decision=self.on_decision, on_accounting=self.store.record_accounting,
@@ -140,11 +159,18 @@ class Server:
             return None
         from nac.metrics import parse_address, start_metrics
 
-        host, port = parse_address(self.cfg.metrics)
         db_path = getattr(self.store, "path", self.state_dir / "nac.db")
 
         def gauges() -> dict[str, float]:
-            out = store_gauges(db_path)
+            out: dict[str, float] = {}
+            if self.queue is not None:
+                try:
+                    out.update(queue_gauges(self.queue))
+                except Exception as exc:  # the database is away: export the rest
+                    log.debug("metrics: job queue unavailable: %s", exc)
+            out.update(feed_gauges(db_path))
+            if hasattr(self.store, "backlog"):
+                out["store_backlog"] = float(self.store.backlog)
             out["eap_conversations"] = float(self.eap.live) if self.eap is not None else 0.0
             out["registered_nodes"] = float(len(self.authorizer.registered))
             return out
@@ -153,10 +179,15 @@ class Server:
             return {"store": self.store.healthy(),
                     "listeners": all(not t.is_closing() for t in transports)}
 
-        return await start_metrics(
-            host, port + (self.worker_id or 0), counters=lambda: self.engine.counters,
-            gauges=gauges, histograms=lambda: {"radius_request_seconds": latency},
-            health=health)
+        sources: dict[str, Any] = {
+            "counters": lambda: self.engine.counters, "gauges": gauges,
+            "histograms": lambda: {"radius_request_seconds": latency}, "health": health}
+        if self.worker_id is not None:
+            # A worker of a pool: the supervisor serves ADDR:PORT and sums every worker's.
+            return await start_metrics(
+                "", 0, path=str(metrics_socket(self.state_dir, self.worker_id)), **sources)
+        host, port = parse_address(self.cfg.metrics)
+        return await start_metrics(host, port, **sources)
 
     def nas_profile(self, nas: str) -> tuple[str | None, str | None]:
         """(client group, vendor profile) of a NAS address: per-switch VLAN overrides."""
@@ -171,8 +202,12 @@ class Server:
         sw = planner.switch_for(rec.nas)
         if sw is not None and sw.name in planner.push_on_auth:
             # A switch that ignores RADIUS VLANs: set the port now, by SNMP or SSH.
-            planner.set_vlan(Target.from_decision(rec), rec.vlan, decided_at=rec.at,
-                             reason=f"{rec.source}: {rec.segment}", live=False)
+            try:
+                planner.set_vlan(Target.from_decision(rec), rec.vlan, decided_at=rec.at,
+                                 reason=f"{rec.source}: {rec.segment}", live=False)
+            except Exception as exc:  # the queue's database is away: answer anyway
+                log.error("decision for %s: VLAN %d push not queued: %s", rec.mac, rec.vlan,
+                          exc)
 
     def poll_registrations(self) -> None:
         seq, changes = self.store.registrations_since(self._reg_seq)
@@ -268,6 +303,8 @@ class Server:
         for t in transports:
             t.close()
         unpublish(self.state_dir)
+        if self.queue is not None:
+            self.queue.close()
         self.store.close()
         for lane in self.lanes.values():
             lane.shutdown(wait=False)
@@ -286,12 +323,13 @@ def prepare_state(cfg: Config, state_dir: Path) -> None:
 
 
 def run_server(cfg: Config, state_dir: Path, *, reuse_port: bool = False,
-               worker_id: int | None = None) -> None:
+               worker_id: int | None = None, job_lease: float = JOB_LEASE) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    server = Server(cfg, state_dir, reuse_port=reuse_port, worker_id=worker_id)
+    server = Server(cfg, state_dir, reuse_port=reuse_port, worker_id=worker_id,
+                    job_lease=job_lease)
     asyncio.run(server.run())

@@ -28,8 +28,12 @@ import asyncio
 import json
 import logging
 import re
+import socket
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import (
@@ -39,6 +43,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 log = logging.getLogger("nac.metrics")
@@ -48,8 +53,8 @@ log = logging.getLogger("nac.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 __all__ = [
-    "DEFAULT_BUCKETS", "Histogram", "MetricsSources", "job_gauges", "parse_address",
-    "render", "start_metrics",
+    "DEFAULT_BUCKETS", "Histogram", "MetricsSources", "PoolMetrics", "job_gauges", "merge",
+    "parse_address", "render", "start_metrics",
 ]
 
 # Seconds: RADIUS answers take ~0.1-5 ms, enforcement (decision -> switch) up to minutes.
@@ -282,15 +287,182 @@ async def start_metrics(
     histograms: Callable[[], Mapping[str, Histogram]] | None = None,
     health: Callable[[], Mapping[str, bool]] | None = None,
     timeout: float = 5.0,
+    path: str | None = None,
 ) -> asyncio.Server:
     """Serve GET /metrics and GET /healthz on host:port (port 0: any free port; read it
-    from ``server.sockets[0].getsockname()``). Close with ``server.close()``."""
+    from ``server.sockets[0].getsockname()``), or on the Unix socket ``path`` (a worker of
+    a pool, for the supervisor to sum: see ``PoolMetrics``). Close with ``server.close()``."""
     src = MetricsSources(counters, gauges, histograms, health)
 
     async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await _handle(src, timeout, r, w)
 
+    if path is not None:
+        sock = Path(path)
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)  # left by a worker that was killed
+        server = await asyncio.start_unix_server(handler, path, limit=16384)
+        log.info("metrics for the pool's supervisor on %s", path)
+        return server
     server = await asyncio.start_server(handler, host, port, limit=16384)
     log.info("metrics on http://%s:%d/metrics and /healthz",
              host if ":" not in host else f"[{host}]", server.sockets[0].getsockname()[1])
     return server
+
+
+# ---- a pool of workers: one endpoint for all ------------------------------------------
+# Gauges that count something each worker holds on its own add up across the pool; every
+# other gauge reads shared state (the job queue, the feeds, registrations) that each worker
+# reports alike, so the pool reports it once (the largest, should one lag).
+PER_WORKER_GAUGES = frozenset({"nac_eap_conversations", "nac_store_backlog"})
+
+
+class _Merged(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def merge(texts: Iterable[str]) -> bytes:
+    """Several workers' /metrics as one: counters and histograms summed sample by sample,
+    gauges summed (PER_WORKER_GAUGES) or the largest."""
+    order: list[str] = []
+    fams: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            if fam.name not in fams:
+                fams[fam.name] = Metric(fam.name, fam.documentation, fam.type)
+                values[fam.name] = {}
+                order.append(fam.name)
+            acc = values[fam.name]
+            add = fam.type != "gauge" or fam.name in PER_WORKER_GAUGES
+            for sample in fam.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key not in acc:
+                    acc[key] = sample.value
+                elif add:
+                    acc[key] += sample.value
+                else:
+                    acc[key] = max(acc[key], sample.value)
+    out = []
+    for name in order:
+        fam = fams[name]
+        for (sname, labels), value in values[name].items():
+            fam.add_sample(sname, dict(labels), value)
+        out.append(fam)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Merged(out))
+    return generate_latest(reg)
+
+
+def unix_get(path: str, target: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET ``target`` from an HTTP server on a Unix socket: (status, body)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n"
+                  .encode())
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, body.decode("utf-8", "replace")
+
+
+class PoolMetrics:
+    """The supervisor's /metrics and /healthz for ``nac serve --workers N``: on each scrape
+    it reads every worker's endpoint (a Unix socket each) and answers their sum, so one
+    scrape covers the pool whichever worker took which request.
+
+    sockets(): worker id -> socket path; alive(): worker id -> is its process running.
+    /healthz is 200 only when every worker runs and answers healthy.
+    """
+
+    def __init__(self, host: str, port: int, sockets: Callable[[], Mapping[int, str]],
+                 alive: Callable[[], Mapping[int, bool]], timeout: float = 5.0) -> None:
+        self.sockets, self.alive, self.timeout = sockets, alive, timeout
+        pool = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                target = self.path.split("?", 1)[0]
+                if target == "/metrics":
+                    status, body, ctype = 200, pool.metrics(), CONTENT_TYPE
+                elif target == "/healthz":
+                    status, doc = pool.health()
+                    body = (json.dumps(doc, sort_keys=True) + "\n").encode()
+                    ctype = "application/json"
+                else:
+                    status, body = 404, b"not found: try /metrics or /healthz\n"
+                    ctype = "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass  # scrapes are not news
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_cls = type("Server", (ThreadingHTTPServer,), {"address_family": family,
+                                                             "daemon_threads": True})
+        self.httpd = server_cls((host, port), Handler)
+        self.port = int(self.httpd.server_address[1])
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="pool-metrics",
+                                       daemon=True)
+        self.thread.start()
+        log.info("metrics for all workers on http://%s:%d/metrics and /healthz",
+                 host if ":" not in host else f"[{host}]", self.port)
+
+    def _each(self, target: str) -> dict[int, tuple[int, str] | Exception]:
+        out: dict[int, tuple[int, str] | Exception] = {}
+        for wid, path in sorted(self.sockets().items()):
+            try:
+                out[wid] = unix_get(path, target, self.timeout)
+            except (OSError, ValueError, IndexError) as exc:
+                out[wid] = exc
+        return out
+
+    def metrics(self) -> bytes:
+        got = self._each("/metrics")
+        texts = [r[1] for r in got.values() if not isinstance(r, Exception) and r[0] == 200]
+        up = [(wid, not isinstance(r, Exception) and r[0] == 200) for wid, r in got.items()]
+        # Which workers this scrape covers: a missing one explains a dip in the sums.
+        fam = GaugeMetricFamily("nac_worker_up", "Worker answered this scrape",
+                                labels=["worker"])
+        for wid, ok in up:
+            fam.add_metric([str(wid)], 1.0 if ok else 0.0)
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(_Merged([fam]))
+        return merge([*texts, generate_latest(reg).decode()])
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        alive = self.alive()
+        checks: dict[str, bool] = {}
+        for wid, r in self._each("/healthz").items():
+            ok = alive.get(wid, False) and not isinstance(r, Exception) and r[0] == 200
+            checks[f"worker{wid}"] = bool(ok)
+            if not isinstance(r, Exception):
+                try:
+                    for name, value in json.loads(r[1]).get("checks", {}).items():
+                        checks[f"worker{wid}.{name}"] = bool(value)
+                except (ValueError, AttributeError):
+                    pass
+        for wid, running in alive.items():
+            checks.setdefault(f"worker{wid}", False)
+            checks[f"worker{wid}"] = checks[f"worker{wid}"] and running
+        failed = sorted(k for k, ok in checks.items() if not ok)
+        doc: dict[str, Any] = {"status": "fail" if failed else "ok", "checks": checks}
+        if failed:
+            doc["failed"] = failed
+        return (503 if failed else 200), doc
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -26,37 +26,35 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def store_gauges(db_path: Path) -> dict[str, float]:
+def queue_gauges(queue: Any) -> dict[str, float]:
     """Read in a thread (never on the packet loop): jobs by state and their decision ->
-    applied latency (draft 9.6), feed epoch and age."""
+    applied latency (draft 9.6), from whichever queue the server uses (SQLite or the
+    PostgreSQL one every server shares)."""
+    out = job_gauges(queue.counts())
+    lat = queue.latencies(1000)
+    out["enforcement_decision_to_applied_p50_seconds"] = _percentile(lat, 0.5)
+    out["enforcement_decision_to_applied_p99_seconds"] = _percentile(lat, 0.99)
+    return out
+
+
+def feed_gauges(db_path: Path) -> dict[str, float]:
+    """Feed epoch and age from the feed cache (a SQLite file in the state dir)."""
     out: dict[str, float] = {}
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2.0)
     except sqlite3.Error:
         return out
     try:
-        try:
-            counts = dict(conn.execute(
-                "SELECT state, COUNT(*) FROM enforcement_jobs GROUP BY state").fetchall())
-            out.update(job_gauges(counts))
-            lat = [r[0] for r in conn.execute(
-                "SELECT applied_at - decided_at FROM enforcement_jobs WHERE state = 'done' "
-                "AND applied_at IS NOT NULL ORDER BY applied_at DESC LIMIT 1000")]
-            out["enforcement_decision_to_applied_p50_seconds"] = _percentile(lat, 0.5)
-            out["enforcement_decision_to_applied_p99_seconds"] = _percentile(lat, 0.99)
-        except sqlite3.Error:
-            pass
-        try:
-            row = conn.execute("SELECT epoch FROM feed_state WHERE id = 1").fetchone()
-            out["feed_epoch"] = float(row[0]) if row else 0.0
-            syncs = [r[0] for r in conn.execute(
-                "SELECT last_sync FROM feed_sources WHERE last_sync IS NOT NULL")]
-            stamps = [_epoch(s) for s in syncs]
-            stamps = [s for s in stamps if s is not None]
-            if stamps:
-                out["feed_age_seconds"] = max(0.0, time.time() - max(stamps))
-        except sqlite3.Error:
-            pass
+        row = conn.execute("SELECT epoch FROM feed_state WHERE id = 1").fetchone()
+        out["feed_epoch"] = float(row[0]) if row else 0.0
+        syncs = [r[0] for r in conn.execute(
+            "SELECT last_sync FROM feed_sources WHERE last_sync IS NOT NULL")]
+        stamps = [_epoch(s) for s in syncs]
+        stamps = [s for s in stamps if s is not None]
+        if stamps:
+            out["feed_age_seconds"] = max(0.0, time.time() - max(stamps))
+    except sqlite3.Error:
+        pass
     finally:
         conn.close()
     return out

@@ -4,7 +4,9 @@ The kernel hashes each datagram's 4-tuple to one socket, so every packet of a NA
 (one source address and port, as switches and eapol_test use) reaches the same worker and
 an EAP conversation's state stays where it was made. The supervisor prepares shared state
 once (store schema, PKI), starts the workers, restarts one that dies, and stops them all
-on SIGTERM/SIGINT.
+on SIGTERM/SIGINT. With --metrics it serves the one /metrics and /healthz of the pool:
+each worker serves its own on a Unix socket in STATE/run, and a scrape of the supervisor
+sums them (nac.metrics.PoolMetrics).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def supervise(worker_argv: list[str], count: int, state_dir: Path) -> int:
-    """Run `count` workers with `worker_argv` (each gets --worker-id I); returns exit code."""
+def supervise(worker_argv: list[str], count: int, state_dir: Path,
+              metrics: str | None = None) -> int:
+    """Run `count` workers with `worker_argv` (each gets --worker-id I); returns exit code.
+    metrics: ADDR:PORT of the pool's /metrics and /healthz."""
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
@@ -47,6 +51,17 @@ def supervise(worker_argv: list[str], count: int, state_dir: Path) -> int:
         procs[i] = subprocess.Popen([*worker_argv, "--worker-id", str(i)])
         log.info("worker %d started (pid %d)", i, procs[i].pid)
 
+    pool_metrics = None
+    if metrics:
+        from nac.app import metrics_socket
+        from nac.metrics import PoolMetrics, parse_address
+
+        host, port = parse_address(metrics)
+        # Bound before any worker starts: a taken port fails the start, not a scrape later.
+        pool_metrics = PoolMetrics(
+            host, port, sockets=lambda: {i: str(metrics_socket(state_dir, i))
+                                         for i in range(count)},
+            alive=lambda: {i: p.poll() is None for i, p in list(procs.items())})
     for i in range(count):
         start(i)
     while not stopping:
@@ -72,6 +87,8 @@ def supervise(worker_argv: list[str], count: int, state_dir: Path) -> int:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
+    if pool_metrics is not None:
+        pool_metrics.close()
     log.info("all workers stopped")
     return 0
 

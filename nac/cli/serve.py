@@ -39,15 +39,19 @@ def setup_logging(level: str, worker_id: int | None = None, fmt: str = "text") -
 @click.option("--posture", type=click.Choice(["tnc", "off"]), default=None,
               help="Posture method inside EAP tunnels (overrides [eap] posture).")
 @click.option("--metrics", "metrics_addr", default=None, metavar="ADDR:PORT",
-              help="Serve Prometheus /metrics and /healthz (worker N of a pool: PORT + N).")
+              help="Serve Prometheus /metrics and /healthz (for all the workers of a pool).")
 @click.option("--workers", type=click.IntRange(0, 256), default=0,
               help="Worker processes on the same ports (SO_REUSEPORT). 0: one per core.")
+@click.option("--job-lease", type=click.FloatRange(1.0, 3600.0), default=30.0,
+              show_default=True, metavar="SECONDS",
+              help="How long an enforcement job's claim holds without renewal: a server that "
+                   "dies holding a job leaves it to another server after this long.")
 @click.option("--reuse-port", is_flag=True, hidden=True)
 @click.option("--worker-id", type=int, default=None, hidden=True)
 def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
           auth_port: int | None, acct_port: int | None, listen: tuple[str, ...],
           log_level: str | None, log_format: str, posture: str | None,
-          metrics_addr: str | None, workers: int,
+          metrics_addr: str | None, workers: int, job_lease: float,
           reuse_port: bool,
           worker_id: int | None) -> None:
     """Run the RADIUS server (authentication and accounting)."""
@@ -88,8 +92,10 @@ def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
         if count > 1 and worker_id is None:
             prepare_state(cfg, state_dir)
             log.info("starting %d worker processes on the same ports", count)
-            raise SystemExit(supervise(worker_argv(sys.argv[1:]), count, state_dir))
-        run_server(cfg, state_dir, reuse_port=reuse_port, worker_id=worker_id)
+            raise SystemExit(supervise(worker_argv(sys.argv[1:]), count, state_dir,
+                                       metrics=cfg.metrics))
+        run_server(cfg, state_dir, reuse_port=reuse_port, worker_id=worker_id,
+                   job_lease=job_lease)
     except OSError as exc:
         fail(f"cannot start: {exc}")
     except ValueError as exc:

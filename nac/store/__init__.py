@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nac.store.base import AccountingRecord, DecisionRecord, Store
 from nac.store.sqlite import SqliteStore
@@ -11,7 +11,8 @@ from nac.store.sqlite import SqliteStore
 if TYPE_CHECKING:
     from nac.store.postgres import PostgresStore
 
-__all__ = ["AccountingRecord", "DecisionRecord", "Store", "SqliteStore", "open_store"]
+__all__ = ["AccountingRecord", "DecisionRecord", "Store", "SqliteStore", "open_job_queue",
+           "open_store"]
 
 
 def open_store(url: str | None, state_dir: Path) -> SqliteStore | PostgresStore:
@@ -29,4 +30,21 @@ def open_store(url: str | None, state_dir: Path) -> SqliteStore | PostgresStore:
         from nac.store.postgres import PostgresStore
 
         return PostgresStore(url)
+    raise ValueError(f"unknown store URL {url!r}: expected sqlite:///PATH or postgresql://...")
+
+
+def open_job_queue(url: str | None, state_dir: Path, **kwargs: Any) -> Any:
+    """The enforcement job queue of the store at ``url`` (as open_store): a JobQueue on the
+    SQLite file, or the PgJobQueue every server on a PostgreSQL store shares. ``kwargs``:
+    the queue's (lease, max_attempts, ...). Close it when done."""
+    from enforcers.queue import JobQueue
+
+    if url is None:
+        return JobQueue(state_dir / "nac.db", **kwargs)
+    if url.startswith("sqlite:///"):
+        return JobQueue(Path(url[len("sqlite:///") :]), **kwargs)
+    if url.startswith(("postgresql://", "postgres://")):
+        from nac.store.pg_jobs import PgJobQueue
+
+        return PgJobQueue(url, **kwargs)
     raise ValueError(f"unknown store URL {url!r}: expected sqlite:///PATH or postgresql://...")
