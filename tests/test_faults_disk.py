@@ -103,3 +103,27 @@ def test_full_disk_then_room_again(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_read_only_state_dir_is_a_clear_error_not_a_crash_loop(tmp_path: Path) -> None:
+    """A read-only state dir (a read-only bind mount, private to the server): `nac serve
+    --workers 2` says so in one line and exits 1 at once, before starting any worker."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private mount namespace with a read-only bind mount")
+    state = tmp_path / "state"
+    state.mkdir()
+    auth, acct = free_port_pair()
+    cmd = " ".join([*nac_cmd(), "serve", "--state-dir", str(state), "--auth-port", str(auth),
+                    "--acct-port", str(acct), "--listen", "127.0.0.1", "--workers", "2"])
+    t0 = time.monotonic()
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount --bind {state} {state} && mount -o remount,bind,ro {state} && exec {cmd}"],
+        capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    assert r.returncode == 1, r.stderr
+    assert f"cannot start: the state dir {state} is not writable: Read-only file system" \
+        in r.stderr
+    assert "Traceback" not in r.stderr and "worker 0 started" not in r.stderr
+    assert took < 20
+    assert list(state.iterdir()) == []  # nothing half-created behind the mount

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -23,6 +26,23 @@ def setup_logging(level: str, worker_id: int | None = None, fmt: str = "text") -
         handler.setFormatter(logging.Formatter(
             f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+
+
+def state_dir_problem(state_dir: Path) -> str | None:
+    """Why the server could not keep its state in ``state_dir`` (keys, PKI, SQLite store,
+    run files), or None: read-only, full, or not a directory."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=state_dir)
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return f"the state dir {state_dir} is not writable: {exc.strerror or exc}"
+    return None
 
 
 @click.command("serve")
@@ -88,6 +108,12 @@ def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
         cfg.metrics = metrics_addr
     from nac.app import prepare_state, run_server
 
+    problem = state_dir_problem(state_dir)
+    if problem:
+        # Said once and the exit is final: a supervisor (systemd, or ours) restarting a
+        # server that cannot write its state would only loop.
+        fail(f"cannot start: {problem}")
+        return
     try:
         if count > 1 and worker_id is None:
             prepare_state(cfg, state_dir)
@@ -98,6 +124,8 @@ def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
                    job_lease=job_lease)
     except OSError as exc:
         fail(f"cannot start: {exc}")
+    except sqlite3.Error as exc:
+        fail(f"cannot start: the store in {state_dir}: {exc}")
     except ValueError as exc:
         fail(str(exc))
 
