@@ -42,6 +42,40 @@ def _check_vlan(vlan: int, switch: str) -> int:
     return int(vlan)
 
 
+def vlans_from_vlan_show(text: str, port: str) -> dict[int, set[str]]:
+    """``bridge -j vlan show [dev PORT]`` output -> {vid: flags} of ``port``.
+
+    Ranges (``"vlanEnd"``, printed when the kernel reports compressed ranges) expand to
+    every VLAN they cover; entries of other interfaces are ignored.
+    """
+    vlans: dict[int, set[str]] = {}
+    for entry in json.loads(text or "[]"):
+        if entry.get("ifname", port) != port:
+            continue
+        for v in entry.get("vlans", []):
+            lo, hi = int(v["vlan"]), int(v.get("vlanEnd", v["vlan"]))
+            for vid in range(lo, hi + 1):
+                vlans[vid] = set(v.get("flags", []))
+    return vlans
+
+
+def pvid_from_vlan_show(text: str, port: str) -> int | None:
+    """The PVID of ``port`` in ``bridge -j vlan show`` output, None if it has none."""
+    return next((vid for vid, flags in sorted(vlans_from_vlan_show(text, port).items())
+                 if "PVID" in flags), None)
+
+
+def filtering_set_commands(shown: str, port: str, vlan: int) -> list[str]:
+    """Shell commands making ``vlan`` the only VLAN of ``port``, untagged and PVID, given
+    the port's current ``bridge -j vlan show dev PORT`` output. Old VLANs go first so the
+    port is never a member of two access VLANs at the end; adding the current VLAN again
+    is harmless (idempotent)."""
+    olds = set(vlans_from_vlan_show(shown, port))
+    cmds = [f"bridge vlan del dev {port} vid {o}" for o in sorted(olds - {vlan})]
+    cmds.append(f"bridge vlan add dev {port} vid {vlan} pvid untagged")
+    return cmds
+
+
 @dataclass
 class _Session:
     key: tuple[str, str, int, str]
@@ -230,13 +264,11 @@ class LinuxBridgeDriver(_SshDriver):
     def _read_vlan(self, conn: Any, port: str) -> int:
         opts = self.switch.linux_bridge
         if opts.vlan_mode == "filtering":
-            data = json.loads(self._sh(conn, f"bridge -j vlan show dev {port}") or "[]")
-            for entry in data:
-                for v in entry.get("vlans", []):
-                    if "PVID" in v.get("flags", []):
-                        return int(v["vlan"])
-            raise DriverError(f"{self.switch.name}: {port} has no PVID", retryable=False,
-                              switch=self.switch.name)
+            pvid = pvid_from_vlan_show(self._sh(conn, f"bridge -j vlan show dev {port}"), port)
+            if pvid is None:
+                raise DriverError(f"{self.switch.name}: {port} has no PVID", retryable=False,
+                                  switch=self.switch.name)
+            return pvid
         data = json.loads(self._sh(conn, f"ip -j link show dev {port}") or "[]")
         master = data[0].get("master", "") if data else ""
         head, tail = opts.vlan_bridge_pattern.split("{vlan}")
@@ -257,11 +289,8 @@ class LinuxBridgeDriver(_SshDriver):
 
         def change(conn: Any) -> None:
             if opts.vlan_mode == "filtering":
-                data = json.loads(self._sh(conn, f"bridge -j vlan show dev {port}") or "[]")
-                olds = {int(v["vlan"]) for e in data for v in e.get("vlans", [])}
-                cmds = [f"bridge vlan del dev {port} vid {o}" for o in sorted(olds - {vlan})]
-                cmds.append(f"bridge vlan add dev {port} vid {vlan} pvid untagged")
-                self._sh(conn, " && ".join(cmds))
+                shown = self._sh(conn, f"bridge -j vlan show dev {port}")
+                self._sh(conn, " && ".join(filtering_set_commands(shown, port, vlan)))
             else:
                 target = opts.vlan_bridge_pattern.format(vlan=vlan)
                 self._sh(conn, f"ip link set dev {port} master {target}")

@@ -7,8 +7,11 @@ independently of pysnmp.
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,11 +19,14 @@ from enforcers.base import DriverError
 from enforcers.inventory import Switch
 from enforcers.snmp import (
     DOT1Q_PVID,
+    DOT1Q_STATIC_EGRESS,
     DOT1Q_STATIC_UNTAGGED,
     IF_ADMIN_STATUS,
     SnmpDriver,
     set_portlist_bit,
 )
+from nac.lab import qbridge_pass as qbp
+from tests.lab import recorded
 from tests.lab.fixtures import Lab, switch_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.peer]
@@ -184,3 +190,138 @@ def test_static_membership_mode(fresh: Lab) -> None:
 
     assert member(30) and not member(20)
     assert sw.port_is_up("swp3")
+
+
+# --------------------------------------------------------------------------- both VLAN modes
+@pytest.mark.parametrize("mode", ["filtering", "bridge-per-vlan"])
+def test_agent_and_driver_in_each_vlan_mode(tmp_path: Path, mode: str) -> None:
+    """The real-bridge path of each VLAN model; filtering runs where the kernel has it
+    (skipped with the reason on kernels without CONFIG_BRIDGE_VLAN_FILTERING)."""
+    with switch_lab(tmp_path, snmpd=True, mode=mode, initial={1: 10, 2: 10, 3: 20}) as lab:
+        sw = lab.switch
+        assert sw.mode == mode
+
+        async def scenario() -> None:
+            async with SnmpDriver(entry(lab, True)) as drv:
+                assert await drv.get_port_vlan("swp3") == 20
+                await drv.set_port_vlan("swp3", 10)
+                await drv.bounce_port("swp3")
+
+        asyncio.run(scenario())
+        assert sw.port_vlan("swp3") == 10 and sw.port_vlans("swp3") == [10]
+        assert sw.reachable(sw.hosts[2], sw.hosts[0])
+
+
+# --------------------------------------------------------------------------- agent units
+def test_agent_parses_recorded_vlan_show() -> None:
+    parsed = qbp.parse_vlan_show(json.loads(recorded.VLAN_SHOW))
+    assert parsed["swp1"] == (10, {10: True})
+    assert parsed["swp3"] == (20, {20: True, 30: False})
+    assert parsed["swp4"] == (None, {100: False, 101: False, 102: False})
+    assert parsed["br0"] == (1, {1: True})
+
+
+def test_agent_filtering_commands() -> None:
+    parsed = qbp.parse_vlan_show(json.loads(recorded.VLAN_SHOW))
+    assert qbp.pvid_commands("swp3", 10, parsed["swp3"][1]) == [
+        "vlan del dev swp3 vid 20", "vlan del dev swp3 vid 30",
+        "vlan add dev swp3 vid 10 pvid untagged"]
+    assert qbp.pvid_commands("swp1", 10, parsed["swp1"][1]) == [
+        "vlan add dev swp1 vid 10 pvid untagged"]  # already there: idempotent
+    ports = {i: qbp.Port(i, f"swp{i}", True, parsed[f"swp{i}"][0], parsed[f"swp{i}"][1])
+             for i in (1, 2, 3)}
+    # PortList of VLAN 10 with ports 2 and 3 (bits 0x40, 0x20): 1 leaves, 3 joins.
+    assert qbp.member_commands(ports, 10, b"\x60", untagged=True) == [
+        "vlan del dev swp1 vid 10", "vlan add dev swp3 vid 10 untagged"]
+    # Egress list of VLAN 30: swp3 is a tagged member already, so only swp1 joins.
+    assert qbp.member_commands(ports, 30, b"\xa0", untagged=False) == [
+        "vlan add dev swp1 vid 30"]
+
+
+class RecordedBridgeTool:
+    """Stands in for the ``bridge -batch`` child on a kernel without VLAN filtering:
+    answers ``vlan show`` with recorded output and records every other line."""
+
+    tool = "bridge"
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def run(self, command: str) -> str:
+        if command == "vlan show":
+            return recorded.VLAN_SHOW
+        if command == "vlan show dev swp3":
+            return recorded.VLAN_SHOW_SWP3
+        self.lines.append(command)
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+def fake_sysfs(root: Path) -> dict[str, int]:
+    """/sys/class/net of the recorded switch: br0 and swp1..swp4 enslaved to it."""
+    index = {"lo": 1, "br0": 2, "swp1": 11, "swp2": 12, "swp3": 13, "swp4": 14}
+    for name, i in index.items():
+        d = root / name
+        d.mkdir(parents=True)
+        (d / "ifindex").write_text(f"{i}\n")
+        (d / "flags").write_text("0x1003\n")  # IFF_UP | IFF_BROADCAST | IFF_MULTICAST
+        if name.startswith("swp"):
+            (d / "master").symlink_to(root / "br0")
+    (root / "br0" / "bridge").mkdir()
+    return index
+
+
+def test_agent_filtering_mode_on_recorded_switch(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole pass_persist request path in filtering mode: GET reads the PVID from
+    ``bridge vlan show``, SET builds the ``bridge vlan`` lines, walks list every port."""
+    index = fake_sysfs(tmp_path)
+    monkeypatch.setattr(qbp, "SYS_NET", str(tmp_path))
+    tool = RecordedBridgeTool()
+    br = qbp.Bridge("filtering", "br0", "vl{vlan}", {10, 20, 30}, br=tool)  # type: ignore[arg-type]
+
+    def ask(*lines: str) -> list[str]:
+        it = iter(lines[1:])
+        return qbp.handle(lines[0], lambda: next(it), br)
+
+    pvid3 = f"{DOT1Q_PVID}.{index['swp3']}"
+    assert ask("get", pvid3) == [f".{pvid3}", "gauge", "20"]
+    assert ask("get", f"{DOT1Q_PVID}.{index['br0']}") == ["NONE"]  # the bridge is no port
+    assert ask("set", pvid3, "gauge 10") == ["DONE"]
+    assert tool.lines == ["vlan del dev swp3 vid 20", "vlan del dev swp3 vid 30",
+                          "vlan add dev swp3 vid 10 pvid untagged"]
+    assert ask("set", pvid3, "gauge 40") == ["inconsistent-value"]  # not in the VLAN db
+    # getnext walks the PVID column in ifIndex order; swp4 (no PVID) is skipped.
+    first = ask("getnext", DOT1Q_PVID)
+    assert first == [f".{DOT1Q_PVID}.{index['swp1']}", "gauge", "10"]
+    assert ask("getnext", pvid3) == ["NONE"]  # swp3 ends the dot1qVlan subtree
+    # The first static VLAN row: VLAN 10 egress holds swp1, swp2 (ifIndex 11, 12).
+    egress10 = ask("getnext", DOT1Q_STATIC_EGRESS)
+    assert egress10[0] == f".{DOT1Q_STATIC_EGRESS}.10" and egress10[2] == "00 30"
+    untagged10 = ask("get", f"{DOT1Q_STATIC_UNTAGGED}.10")
+    octets = bytes(int(x, 16) for x in untagged10[2].split())
+    assert qbp.in_portlist(octets, index["swp1"]) and qbp.in_portlist(octets, index["swp2"])
+    assert not qbp.in_portlist(octets, index["swp3"])
+
+
+def test_agent_batch_child_against_real_ip() -> None:
+    """The long-lived iproute2 child: answers, failures and a usage error that kills it."""
+    if not shutil.which("ip"):
+        pytest.skip("ip (iproute2) not installed")
+    b = qbp.Batch("ip")
+    try:
+        out = json.loads(b.run("link show dev lo"))
+        assert out[0]["ifname"] == "lo"
+        with pytest.raises(qbp.CommandFailed, match="nosuch0"):
+            b.run("link show dev nosuch0")
+        assert json.loads(b.run("link show dev lo"))[0]["ifname"] == "lo"  # still in step
+        with pytest.raises(qbp.CommandFailed):
+            b.run("link show dev lo bogus-argument")  # iproute2 exits on usage errors
+        assert json.loads(b.run("link show dev lo"))[0]["ifname"] == "lo"
+        assert b.spawns == 2
+        with pytest.raises(ValueError):
+            b.run("link show\nlink show")
+    finally:
+        b.close()

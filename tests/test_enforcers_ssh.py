@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -12,7 +13,14 @@ import pytest
 
 from enforcers.base import DriverError
 from enforcers.inventory import Switch
-from enforcers.ssh import LinuxBridgeDriver, SshPool
+from enforcers.ssh import (
+    LinuxBridgeDriver,
+    SshPool,
+    filtering_set_commands,
+    pvid_from_vlan_show,
+    vlans_from_vlan_show,
+)
+from tests.lab import recorded
 from tests.lab.fixtures import Lab, switch_lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.peer]
@@ -133,3 +141,103 @@ def test_use_sudo_wraps_the_whole_line(lab: Lab) -> None:
 
     asyncio.run(scenario())
     assert lab.switch.port_vlan("swp2") == 30
+
+
+@pytest.mark.parametrize("mode", ["filtering", "bridge-per-vlan"])
+def test_each_vlan_mode_on_a_real_bridge(tmp_path: Path, mode: str) -> None:
+    """Filtering mode runs where the kernel has bridge VLAN filtering, else it is skipped
+    with that reason (the recorded-output tests below still cover its commands)."""
+    with switch_lab(tmp_path, sshd=True, mode=mode, initial={1: 10, 2: 10, 3: 20}) as lab:
+        pool = SshPool()
+
+        async def scenario() -> None:
+            drv = LinuxBridgeDriver(inventory_entry(lab), pool=pool)
+            await drv.set_port_vlan("swp3", 10)
+            assert await drv.get_port_vlan("swp3") == 10
+
+        asyncio.run(scenario())
+        pool.close_all()
+        assert lab.switch.port_vlans("swp3") == [10]
+        assert lab.switch.reachable(lab.switch.hosts[2], lab.switch.hosts[0])
+
+
+# ------------------------------------------------ filtering mode against recorded output
+def test_vlan_show_parsing_and_commands() -> None:
+    assert pvid_from_vlan_show(recorded.VLAN_SHOW, "swp3") == 20
+    assert pvid_from_vlan_show(recorded.VLAN_SHOW_SWP3, "swp3") == 20
+    assert pvid_from_vlan_show(recorded.VLAN_SHOW, "swp4") is None  # a trunk, no PVID
+    assert pvid_from_vlan_show(recorded.VLAN_SHOW_EMPTY, "swp1") is None
+    assert sorted(vlans_from_vlan_show(recorded.VLAN_SHOW, "swp4")) == [100, 101, 102]
+    assert filtering_set_commands(recorded.VLAN_SHOW_SWP3, "swp3", 10) == [
+        "bridge vlan del dev swp3 vid 20", "bridge vlan del dev swp3 vid 30",
+        "bridge vlan add dev swp3 vid 10 pvid untagged"]
+    assert filtering_set_commands(recorded.VLAN_SHOW_SWP3, "swp3", 20) == [
+        "bridge vlan del dev swp3 vid 30", "bridge vlan add dev swp3 vid 20 pvid untagged"]
+    assert filtering_set_commands(recorded.VLAN_SHOW_EMPTY, "swp1", 30) == [
+        "bridge vlan add dev swp1 vid 30 pvid untagged"]
+
+
+class RecordedShell:
+    """A netmiko connection to a filtering-mode switch: the first ``bridge -j vlan show``
+    answers with the recorded output; ``bridge vlan add/del`` lines change the port's
+    state, and later shows print it in iproute2's JSON form."""
+
+    base_prompt = "labsw"
+
+    def __init__(self) -> None:
+        first = json.loads(recorded.VLAN_SHOW_SWP3)[0]["vlans"]
+        self.vlans = {v["vlan"]: v.get("flags", []) for v in first}
+        self.commands: list[str] = []
+
+    def is_alive(self) -> bool:
+        return True
+
+    def send_command(self, line: str, **_: object) -> str:
+        cmd = line.removesuffix("; echo __rc=$?")
+        self.commands.append(cmd)
+        if cmd == "bridge -j vlan show dev swp3":
+            vlans = [{"vlan": vid, **({"flags": f} if f else {})}
+                     for vid, f in sorted(self.vlans.items())]
+            body = json.dumps([{"ifname": "swp3", "vlans": vlans}] if vlans else [])
+            return f"{body}\n__rc=0"
+        for part in cmd.split(" && "):
+            words = part.split()
+            if words[:3] != ["bridge", "vlan", "del"] and words[:3] != ["bridge", "vlan", "add"]:
+                return "unknown command\n__rc=127"
+            vid = int(words[words.index("vid") + 1])
+            if words[2] == "del":
+                self.vlans.pop(vid, None)
+            else:
+                flags = (["PVID"] if "pvid" in words else []) + (
+                    ["Egress Untagged"] if "untagged" in words else [])
+                if "pvid" in words:  # the kernel keeps one PVID per port
+                    self.vlans = {v: [x for x in f if x != "PVID"] for v, f in self.vlans.items()}
+                self.vlans[vid] = flags
+        return "__rc=0"
+
+
+def test_linux_driver_filtering_mode_on_recorded_output() -> None:
+    sw = Switch.model_validate({
+        "name": "recsw", "address": "192.0.2.10", "driver": "ssh-linux-bridge",
+        "vendor": "linux", "ssh": {"username": "u", "password": "p"},
+        "linux_bridge": {"vlan_mode": "filtering"}})
+    pool = SshPool()
+    shell = RecordedShell()
+    pool.session(sw).conn = shell  # the pooled session is this recorded shell
+
+    async def scenario() -> None:
+        drv = LinuxBridgeDriver(sw, pool=pool)
+        assert await drv.get_port_vlan("swp3") == 20
+        await drv.set_port_vlan("swp3", 10)
+        assert await drv.get_port_vlan("swp3") == 10
+
+    asyncio.run(scenario())
+    assert shell.commands == [
+        "bridge -j vlan show dev swp3",
+        "bridge -j vlan show dev swp3",
+        "bridge vlan del dev swp3 vid 20 && bridge vlan del dev swp3 vid 30 && "
+        "bridge vlan add dev swp3 vid 10 pvid untagged",
+        "bridge -j vlan show dev swp3",  # the read-back proof
+        "bridge -j vlan show dev swp3",
+    ]
+    assert shell.vlans == {10: ["PVID", "Egress Untagged"]}

@@ -28,7 +28,7 @@ from .daemons import (
     start_snmpd,
     start_sshd,
 )
-from .netns import LabSwitch, can_use_netns, create_switch
+from .netns import LabSwitch, can_use_netns, create_switch, vlan_filtering_supported
 
 
 def skip_unless_lab(*programs: str) -> None:
@@ -60,12 +60,20 @@ def switch_lab(
     snmpd: bool = False,
     hostapd_port: str | None = None,
     das_secret: str = "das-secret",
+    mode: str | None = None,
 ) -> Iterator[Lab]:
-    """Lab switch plus the requested daemons; hostapd_port puts hostapd on that port."""
+    """Lab switch plus the requested daemons; hostapd_port puts hostapd on that port.
+
+    mode: "filtering" or "bridge-per-vlan"; None picks what the kernel has (see
+    ``netns.create_switch``). Asking for "filtering" on a kernel without bridge VLAN
+    filtering skips the test with that reason.
+    """
     programs = (["sshd", "ssh-keygen", "openssl"] if sshd else []) + (
         ["snmpd", "snmpget"] if snmpd else []) + (["hostapd"] if hostapd_port else [])
     skip_unless_lab(*programs)
-    sw = create_switch(n_hosts=n_hosts, vlans=vlans, initial=initial)
+    if mode == "filtering" and not vlan_filtering_supported():
+        pytest.skip("kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)")
+    sw = create_switch(n_hosts=n_hosts, vlans=vlans, initial=initial, mode=mode)
     lab = Lab(switch=sw, workdir=workdir)
     try:
         if sshd:
