@@ -12,6 +12,12 @@ Per job it picks the way in, per switch:
 The worker loop claims jobs from the durable queue, runs up to ``concurrency`` at once (one
 per switch port at a time, which the queue guarantees), keeps their leases alive, and
 reports success or failure back; the queue does retries, backoff and dead letters.
+
+The queue itself may fail (SQLite locked by another process, PostgreSQL restarting): the
+loop then logs it, backs off (``queue_backoff`` doubling up to ``queue_backoff_max``) and
+goes on. An outcome that cannot be recorded is retried until the job's lease runs out; if
+it never can be, the lease expires and the job is applied again (at least once; a VLAN
+change is idempotent).
 """
 
 from __future__ import annotations
@@ -64,10 +70,14 @@ class Enforcer:
         poll_interval: float = 0.5,
         driver_factory: DriverFactory = make_driver,
         session_live: Callable[[Job], bool] | None = None,
+        queue_backoff: float = 0.5,
+        queue_backoff_max: float = 10.0,
     ) -> None:
         """session_live(job): does the NAS hold a live session for the job's host? The
         server passes a lookup in its sessions table; by default a job that names a MAC or
-        a session id is taken as live (a wrong guess costs one NAK'd CoA round trip)."""
+        a session id is taken as live (a wrong guess costs one NAK'd CoA round trip).
+        queue_backoff/queue_backoff_max: pause after a failing queue call, doubling per
+        consecutive failure up to the maximum."""
         self.switches = {s.name: s for s in switches}
         self.queue = queue
         self.concurrency = concurrency
@@ -76,6 +86,10 @@ class Enforcer:
         self._drivers: dict[tuple[str, str], NetworkDriver] = {}
         self._wake: asyncio.Event | None = None
         self.session_live = session_live or (lambda job: bool(job.mac or job.session_id))
+        self.queue_backoff = queue_backoff
+        self.queue_backoff_max = queue_backoff_max
+        #: queue calls that raised since the worker started (tests, metrics)
+        self.queue_errors = 0
 
     # -- producer side ------------------------------------------------------------------
     def set_vlan(
@@ -244,23 +258,55 @@ class Enforcer:
     async def _process(self, job: Job) -> None:
         keeper = asyncio.create_task(self._keep_lease(job.id))
         try:
-            result = await self.apply(job)
-        except DriverError as exc:
-            self.queue.fail(job.id, str(exc), retryable=exc.retryable)
-        except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the loop
-            log.exception("job %d: unexpected error", job.id)
-            self.queue.fail(job.id, f"{type(exc).__name__}: {exc}", retryable=True)
-        else:
-            self.queue.complete(job.id, result)
+            error: tuple[str, bool] | None = None
+            try:
+                result = await self.apply(job)
+            except DriverError as exc:
+                error = (str(exc), exc.retryable)
+            except Exception as exc:  # noqa: BLE001 - a bug in one job must not stop the loop
+                log.exception("job %d: unexpected error", job.id)
+                error = (f"{type(exc).__name__}: {exc}", True)
+            if error is None:
+                await self._record(job, "complete", lambda: self.queue.complete(job.id, result))
+            else:
+                text, retryable = error
+                await self._record(job, "fail", lambda: self.queue.fail(
+                    job.id, text, retryable=retryable))
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
 
+    async def _record(self, job: Job, what: str, call: Callable[[], object]) -> None:
+        """Write a job's outcome, retrying while the queue fails, for at most one lease: past
+        it the claim is void anyway and the job is applied again (at least once)."""
+        deadline = time.monotonic() + self.queue.lease
+        delay = self.queue_backoff
+        while True:
+            try:
+                call()
+                return
+            except Exception as exc:  # noqa: BLE001 - any store error (locked, connection lost)
+                self.queue_errors += 1
+                if time.monotonic() + delay > deadline:
+                    log.error("job %d: queue failed recording %s (%s: %s); giving up, the job "
+                              "is applied again when its lease expires", job.id, what,
+                              type(exc).__name__, exc)
+                    return
+                log.warning("job %d: queue failed recording %s (%s: %s); retrying in %.1f s",
+                            job.id, what, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(self.queue_backoff_max, delay * 2)
+
     async def _keep_lease(self, job_id: int) -> None:
         while True:
             await asyncio.sleep(max(0.5, self.queue.lease / 3))
-            self.queue.extend(job_id)
+            try:
+                self.queue.extend(job_id)
+            except Exception as exc:  # noqa: BLE001 - the next renewal may work
+                self.queue_errors += 1
+                log.warning("job %d: lease renewal failed (%s: %s)", job_id,
+                            type(exc).__name__, exc)
 
     async def run_once(self, limit: int | None = None) -> int:
         """Claim due jobs and apply them concurrently; returns how many were processed."""
@@ -270,19 +316,42 @@ class Enforcer:
         return len(jobs)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """The worker loop: runs until ``stop`` is set, then finishes in-flight jobs."""
+        """The worker loop: runs until ``stop`` is set, then finishes in-flight jobs.
+
+        Never ends because the queue failed: a failing claim is logged, the loop backs off
+        and tries again (see the module docstring)."""
         stop = stop or asyncio.Event()
         self._wake = asyncio.Event()
-        release = getattr(self.queue, "release_dead_local_claims", None)
-        if release is not None:  # a restart resumes a dead run's pushes without its lease
-            release()
         tasks: set[asyncio.Task[Any]] = set()
+        failures = 0
+        released = False
         try:
             while not stop.is_set():
                 # Clear before claiming: a job queued from now on sets it again.
                 self._wake.clear()
                 free = self.concurrency - len(tasks)
-                jobs = self.queue.claim(free) if free > 0 else []
+                try:
+                    if not released:
+                        release = getattr(self.queue, "release_dead_local_claims", None)
+                        if release is not None:  # a restart resumes a dead run's pushes
+                            release()
+                        released = True
+                    jobs = self.queue.claim(free) if free > 0 else []
+                    due = None if jobs else self.queue.next_due()
+                except Exception as exc:  # noqa: BLE001 - store locked, database down, ...
+                    failures += 1
+                    self.queue_errors += 1
+                    delay = min(self.queue_backoff_max,
+                                self.queue_backoff * 2 ** min(failures - 1, 30))
+                    log.error("enforcement queue unavailable (%s: %s); attempt %d failed, "
+                              "retrying in %.1f s", type(exc).__name__, exc, failures, delay)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    continue
+                if failures:
+                    log.warning("enforcement queue available again after %d failed "
+                                "attempt(s)", failures)
+                    failures = 0
                 for job in jobs:
                     t = asyncio.create_task(self._process(job))
                     tasks.add(t)
@@ -293,7 +362,6 @@ class Enforcer:
                 # Sleep until woken by a new job, a job finishing, the next due retry or
                 # the poll interval (another process may have queued work).
                 timeout = self.poll_interval
-                due = self.queue.next_due()
                 if due is not None:
                     timeout = min(timeout, max(0.0, due - self.queue.clock()))
                 waiters = [asyncio.create_task(self._wake.wait()),
@@ -317,7 +385,10 @@ class Enforcer:
         runner = asyncio.create_task(self.run(stop))
         try:
             while time.monotonic() < deadline:
-                counts = self.queue.counts()
+                try:
+                    counts = self.queue.counts()
+                except Exception:  # noqa: BLE001 - the worker logs and backs off itself
+                    counts = {"pending": 1}
                 if not counts.get("pending") and not counts.get("claimed"):
                     break
                 await asyncio.sleep(0.05)

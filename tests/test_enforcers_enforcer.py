@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -227,3 +229,64 @@ def test_session_lookup_decides_coa_or_not(fresh: Lab, tmp_path: Path) -> None:
     asyncio.run(_drain(enf))
     job = q.get(jid)
     assert job is not None and job.result == "snmp set VLAN 30 + bounce"
+
+
+def test_worker_survives_a_failing_queue(fresh: Lab, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The store fails under the worker: another process holds the SQLite write lock (to
+    the loop this is what PostgreSQL down looks like: every queue call raises). The loop
+    logs, backs off and goes on; jobs apply once the store is back, and an outcome that
+    could not be written at first is written later rather than the job applied twice."""
+    caplog.set_level(logging.WARNING, logger="enforcers.enforcer")
+    sw = fresh.switch
+    q = queue(tmp_path)
+    q.conn.execute("PRAGMA busy_timeout=50")  # fail fast instead of blocking 10 s per call
+    enf = Enforcer([entry(fresh, "snmp", coa=None, bounce_down_seconds=1.0)], q,
+                   queue_backoff=0.1, queue_backoff_max=0.4)
+    locker = sqlite3.connect(tmp_path / "nac.db", isolation_level=None)
+
+    async def until(pred: Callable[[], bool], timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        a = enf.set_vlan("labsw", "swp3", 30)
+        locker.execute("BEGIN EXCLUSIVE")  # 1: claim() raises
+        worker = asyncio.create_task(enf.run(stop))
+        await asyncio.sleep(1.5)
+        assert not worker.done()
+        assert enf.queue_errors >= 3
+        job = q.get(a)  # WAL: readers still read
+        assert job is not None and job.state == "pending" and job.attempts == 0
+        assert sw.port_vlan("swp3") == 20
+        locker.execute("ROLLBACK")
+        await until(lambda: q.get(a).state == "done")  # type: ignore[union-attr]
+        assert sw.port_vlan("swp3") == 30
+
+        b = enf.set_vlan("labsw", "swp2", 20)
+        await until(lambda: q.get(b).state == "claimed")  # type: ignore[union-attr]
+        errors = enf.queue_errors
+        locker.execute("BEGIN EXCLUSIVE")  # 2: complete() raises (job in its 1 s bounce)
+        await asyncio.sleep(2.5)
+        assert sw.port_vlan("swp2") == 20  # applied on the switch ...
+        assert q.get(b).state == "claimed"  # type: ignore[union-attr]  # ... not recorded yet
+        assert enf.queue_errors > errors and not worker.done()
+        locker.execute("ROLLBACK")
+        await until(lambda: q.get(b).state == "done")  # type: ignore[union-attr]
+        assert q.get(b).attempts == 1  # type: ignore[union-attr]  # recorded, not redone
+        stop.set()
+        await worker
+        await enf.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+        locker.close()
+    assert "enforcement queue unavailable (OperationalError: database is locked)" in caplog.text
+    assert "enforcement queue available again" in caplog.text
+    assert "queue failed recording complete" in caplog.text
