@@ -132,3 +132,24 @@ def test_digest_module_stands_alone() -> None:
     """The agent ships without `nac`: digest.py must import nothing from it."""
     source = (Path(__file__).parent.parent / "nac" / "posture" / "digest.py").read_text()
     assert "import nac" not in source and "from nac" not in source
+
+
+def test_digest_only_document_is_checked_by_the_digest_it_states(
+    signer: CertificateSigner, posture: dict
+) -> None:
+    """The agent leads with certificate + digest and no inventory: the certificate issued
+    for the full posture holds for that document, and only for that exact shape."""
+    policy = Policy.sample()
+    token = issue(signer, posture, policy)
+    stated = {"schema": 1, "digest_only": True,
+              "certificate": {"token": token.decode(), "posture_digest": posture_digest(posture)}}
+    assert posture_digest(stated) == posture_digest(posture)
+    assert check(signer, token, stated, policy).ok
+    # a stated digest counts only in a document with no section beside it
+    assert posture_digest({**stated, "os": posture["os"]}) != posture_digest(posture)
+    assert posture_digest({**stated, "digest_only": 1}) != posture_digest(posture)
+    bad = {**stated, "certificate": {"token": "x", "posture_digest": "not hex"}}
+    assert posture_digest(bad) != "not hex"
+    # whole seconds in the claims: shorter tokens, expiry never later than the decision's
+    cert = signer.decode(token)
+    assert not isinstance(cert, str) and cert.issued_at == int(cert.issued_at)

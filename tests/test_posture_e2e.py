@@ -91,6 +91,37 @@ def vlan(log: str) -> str | None:
     return raw[1:].decode()  # first octet is the tag
 
 
+def rounds(log: str) -> int:
+    """EAP round trips of the conversation: one RADIUS Access-Request each."""
+    return log.count("Sending RADIUS message to authentication server")
+
+
+def tnc_messages(log: str) -> list[int]:
+    """Sizes of the whole EAP-TNC messages (IF-TNCCS batches) the peer sent."""
+    return [int(n) for n in re.findall(r"EAP-TNC: Response - hexdump_ascii\(len=(\d+)\)", log)]
+
+
+REAL_PACKAGES = ROOT / "tests/data/packages/debian12_installed.tsv"
+
+
+def add_packages(root: Path, count: int) -> Path:
+    """Give a fixture host `count` more installed packages, named after a real Debian 12
+    machine's (a suffix keeps them clear of the advisories in tests/data/osv)."""
+    real = [ln.split("\t") for ln in REAL_PACKAGES.read_text().splitlines()
+            if not ln.startswith("#")]
+    stanzas = []
+    for i in range(count):
+        name, version, arch, source, source_version = real[i % len(real)]
+        tag = f"-n{i // len(real)}"
+        src = f"{source}{tag}" + (f" ({source_version})" if source_version != version else "")
+        stanzas.append(f"Package: {name}{tag}\nStatus: install ok installed\n"
+                       f"Architecture: {arch}\nSource: {src}\nVersion: {version}\n"
+                       f"Description: package {i}\n")
+    status = root / "var/lib/dpkg/status"
+    status.write_text(status.read_text().rstrip("\n") + "\n\n" + "\n".join(stanzas))
+    return root
+
+
 def agent_status(run: Path) -> dict[str, object]:
     out = subprocess.run([sys.executable, "-m", "eap_ext.agent", "status", "--json"],
                          env={**os.environ, "NAC_AGENT_STATE_DIR": str(run / "agent-state")},
@@ -127,11 +158,7 @@ def test_forwarding_host_is_isolated_and_told_why(nac_server: NacServer,
 def test_vulnerable_package_is_isolated_fixed_one_is_not(nac_server: NacServer,
                                                          tmp_path: Path) -> None:
     _check()
-    imp = subprocess.run([*nac_cmd(), "feed", "import", str(ROOT / "tests/data/osv"),
-                          "--state-dir", str(nac_server.state_dir)],
-                         capture_output=True, text=True, timeout=120)
-    assert imp.returncode == 0, imp.stderr
-    time.sleep(2.5)  # the server notices the new feed epoch within a second or two
+    import_feed(nac_server)
     root = build_debian_root(tmp_path / "host")
     status_file = root / "var/lib/dpkg/status"
     status_file.write_text(status_file.read_text().replace("3.0.11-1~deb12u2", "3.0.9-1"))
@@ -146,6 +173,42 @@ def test_vulnerable_package_is_isolated_fixed_one_is_not(nac_server: NacServer,
     fixed = build_debian_root(tmp_path / "fixed")
     ok, log, _ = run_eapol(tmp_path, nac_server, fixed)
     assert ok == 0 and vlan(log) == "30"
+
+
+def import_feed(srv: NacServer) -> None:
+    imp = subprocess.run([*nac_cmd(), "feed", "import", str(ROOT / "tests/data/osv"),
+                          "--state-dir", str(srv.state_dir)],
+                         capture_output=True, text=True, timeout=120)
+    assert imp.returncode == 0, imp.stderr
+    time.sleep(2.5)  # the server notices the new feed epoch within a second or two
+
+
+# Round trips of TTLS + MSCHAPv2 + EAP-TNC: ~9 for the tunnel, inner authentication and
+# the TNC start/result, then 2 per EAP-TNC fragment from the peer (its 1,398-byte TNC
+# fragment does not fit its 1,398-byte TTLS fragment once inside TLS). wpa_supplicant
+# gives up at 100. Installed Packages uncompressed made 1,500 packages ~130 rounds.
+@pytest.mark.parametrize("count,max_rounds", [(1500, 45), (3000, 65)])
+def test_large_inventory_vulnerable_isolated_then_fixed_normal(
+        nac_server: NacServer, tmp_path: Path, count: int, max_rounds: int) -> None:
+    _check()
+    import_feed(nac_server)
+    root = add_packages(build_debian_root(tmp_path / "host"), count)
+    status_file = root / "var/lib/dpkg/status"
+    fixed_text = status_file.read_text()
+    status_file.write_text(fixed_text.replace("3.0.11-1~deb12u2", "3.0.9-1"))
+    ok, log, run = run_eapol(tmp_path, nac_server, root)
+    assert ok == 0, log[-3000:]
+    assert vlan(log) == "20"
+    node = json.loads(nac_server.nac("nodes", "show", "02:00:00:00:aa:01", "--json").stdout)
+    assert count < len(node["node"]["posture"]["packages"]) < count + 10
+    assert "DSA-5532-1" in " ".join(node["decisions"][0]["reasons"])
+    assert agent_status(run)["recommendation"] == "isolate"
+    assert rounds(log) <= max_rounds, (rounds(log), tnc_messages(log))
+
+    status_file.write_text(fixed_text)  # the host is patched
+    ok, log, _ = run_eapol(tmp_path, nac_server, root)
+    assert ok == 0 and vlan(log) == "30", log[-2000:]
+    assert rounds(log) <= max_rounds
 
 
 def test_no_plugin_and_peap_stay_in_quarantine(nac_server: NacServer, tmp_path: Path) -> None:
@@ -164,28 +227,36 @@ def test_no_plugin_and_peap_stay_in_quarantine(nac_server: NacServer, tmp_path: 
 def test_certificate_fast_path_and_refusal_after_feed_change(nac_server: NacServer,
                                                              tmp_path: Path) -> None:
     _check()
-    root = build_debian_root(tmp_path / "host")
+    root = add_packages(build_debian_root(tmp_path / "host"), 1500)
     agent = tmp_path / "agent"
     agent.mkdir()
     ok, log, _ = run_eapol(tmp_path, nac_server, root, agent_state=agent)
     assert ok == 0 and vlan(log) == "30", log[-2000:]
     assert agent_status_dir(agent).get("certificate"), "the agent kept no certificate"
+    full = tnc_messages(log)
+    assert len(full) == 1 and full[0] > 10_000  # no certificate yet: the whole posture
+    full_rounds = rounds(log)
 
+    # the agent leads with certificate + digest, the server relies on them: no inventory
     ok, log, _ = run_eapol(tmp_path, nac_server, root, agent_state=agent)
     assert ok == 0 and vlan(log) == "30"
     last = json.loads(nac_server.nac("nodes", "show", "02:00:00:00:aa:01", "--json").stdout)
     assert "inspection reused" in " ".join(last["decisions"][0]["reasons"])
+    fast = tnc_messages(log)
+    assert len(fast) == 1 and fast[0] < 1390, fast  # one EAP-TNC fragment, one TTLS one
+    assert rounds(log) <= 9 and rounds(log) < full_rounds - 20, (rounds(log), full_rounds)
 
-    subprocess.run([*nac_cmd(), "feed", "import", str(ROOT / "tests/data/osv"),
-                    "--state-dir", str(nac_server.state_dir)], check=True, capture_output=True,
-                   timeout=120)
-    time.sleep(2.5)
+    # a feed change voids the certificate: the server asks, the agent sends its inventory
+    import_feed(nac_server)
     ok, log, _ = run_eapol(tmp_path, nac_server, root, agent_state=agent)
     assert ok == 0 and vlan(log) == "30"
     last = json.loads(nac_server.nac("nodes", "show", "02:00:00:00:aa:01", "--json").stdout)
     reasons = " ".join(last["decisions"][0]["reasons"])
     assert "inspection reused" not in reasons and "compliant" in reasons
     assert "prevention feeds changed" in nac_server.log()
+    asked = tnc_messages(log)
+    assert len(asked) == 2 and asked[0] < 1390 and asked[1] > 10_000, asked
+    assert 1500 < len(last["node"]["posture"]["packages"]) < 1510
 
 
 def agent_status_dir(state_dir: Path) -> dict[str, object]:

@@ -70,7 +70,7 @@ def test_unknown_sections_survive_as_unknown() -> None:
 
 
 def test_ietf_attributes_carry_the_interoperable_summary() -> None:
-    attrs = posture_to_attributes(SCHEMA_EXAMPLE)
+    attrs = posture_to_attributes(SCHEMA_EXAMPLE, packages="ietf")
     assert isinstance(attrs[0], VendorAttribute)
     assert attrs[0].kind == VendorAttrType.DOCUMENT_META
     pkgs = [a for a in attrs if isinstance(a, InstalledPackages)]
@@ -93,7 +93,7 @@ def test_agent_fallback_whole_document() -> None:
 
 
 def test_select_attributes_by_request() -> None:
-    attrs = posture_to_attributes(SCHEMA_EXAMPLE)
+    attrs = posture_to_attributes(SCHEMA_EXAMPLE, packages="both")
     types = set(posture_attribute_types())
     assert {(a.vendor_id, a.attr_type) for a in attrs} <= types
     picked = select_attributes(attrs, [(IETF_PEN, AttrType.INSTALLED_PACKAGES)])

@@ -249,7 +249,7 @@ def test_imc_ignores_other_pa_types_and_reports_peer_errors() -> None:
 def test_certificate_only_first_batch(protocol: str, trusted: bool) -> None:
     """Draft 5.3 step 3: an unchanged host sends only its certificate; the server either
     relies on it or asks for the whole posture."""
-    posture = dict(SCHEMA_EXAMPLE, packages="unknown", factory_default_password="unknown")
+    posture = dict(SCHEMA_EXAMPLE, factory_default_password="unknown")
     ev = Evaluator("allow")
     asked: list[dict[str, Any]] = []
 
@@ -272,7 +272,8 @@ def test_certificate_only_first_batch(protocol: str, trusted: bool) -> None:
         if reply is None:
             break
         run_out, _ = imc.receive(reply)
-    assert asked == [{"schema": 1, "collected_at": posture["collected_at"],
-                      "certificate": posture["certificate"]}]
+    assert asked == [{"schema": 1, "certificate": posture["certificate"],
+                      "digest_only": True}]
+    assert imc.sent_inventory is not trusted
     assert len(ev.calls) == 1 and imc.recommendation == "allow"
     assert ev.calls[0][0] == (asked[0] if trusted else posture)

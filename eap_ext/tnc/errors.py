@@ -20,12 +20,15 @@ class PaTncCodecError(TncCodecError):
     """
 
     def __init__(self, code: int, offset: int = 0, detail: str = "", *,
-                 header: bytes = b"", attr_info: bytes = b"") -> None:
+                 header: bytes = b"", attr_info: bytes = b"", refuse: bool = False) -> None:
         super().__init__(detail or f"PA-TNC error code {code} at offset {offset}")
         self.code = code
         self.offset = offset
         self.header = header
         self.attr_info = attr_info
+        # the peer sent something no retry will fix (a deflate bomb): answer with the
+        # error and end the handshake instead of asking again
+        self.refuse = refuse
 
 
 class PbTncCodecError(TncCodecError):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any, ClassVar
 
+from eap_ext.tnc import packages_compact
 from eap_ext.tnc.errors import PaTncCodecError
 
 PA_TNC_VERSION = 1
@@ -106,12 +107,17 @@ class VendorAttrType(IntEnum):
     LISTENING_DETAIL = 9    # [{"proto", "address", "port"}] | "unknown"
     DOCUMENT_META = 10      # {"schema", "collected_at", "rest": {other top-level keys}}
     PACKAGE_EXTRA_Z = 11    # PACKAGE_EXTRA as zlib-deflated JSON (package lists are large)
+    PACKAGES_COMPACT = 12   # the whole package list, compact and deflated (packages_compact)
     POSTURE_DOCUMENT = 0x7E  # the whole posture document in one attribute (agent fallback)
 
 
-# Kinds whose JSON is deflated; inflating stops at MAX_INFLATED bytes (no zip bombs).
-DEFLATED_KINDS = frozenset({VendorAttrType.PACKAGE_EXTRA_Z})
+# Kinds whose JSON is deflated; inflating stops at the kind's bound (no zip bombs): a
+# message inflating past it is refused whole, so the IMV answers with a PA-TNC Error.
+DEFLATED_KINDS = frozenset({VendorAttrType.PACKAGE_EXTRA_Z, VendorAttrType.PACKAGES_COMPACT})
 MAX_INFLATED = 16 << 20
+# ~30 bytes a package before deflate: 4 MiB is >100,000 packages, and bounds what
+# json.loads may be handed.
+MAX_INFLATED_COMPACT = 4 << 20
 
 
 class _Reader:
@@ -122,8 +128,9 @@ class _Reader:
         self.pos = 0
         self.base = base
 
-    def fail(self, detail: str) -> PaTncCodecError:
-        return PaTncCodecError(PaErrorCode.INVALID_PARAMETER, self.base + self.pos, detail)
+    def fail(self, detail: str, *, refuse: bool = False) -> PaTncCodecError:
+        return PaTncCodecError(PaErrorCode.INVALID_PARAMETER, self.base + self.pos, detail,
+                               refuse=refuse)
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
@@ -570,7 +577,8 @@ class RawAttribute(Attribute):
 class VendorAttribute(Attribute):
     """One of our vendor-specific attributes; the value is UTF-8 JSON (compact, sorted
     keys, no NaN), zlib-deflated for the kinds in DEFLATED_KINDS. `data` is any JSON
-    value; the vendor ID is a parameter."""
+    value; the vendor ID is a parameter. For PACKAGES_COMPACT `data` is the package list
+    itself; the wire carries packages_compact's encoding of it."""
 
     kind: int
     data: Any
@@ -586,7 +594,10 @@ class VendorAttribute(Attribute):
         return self.kind
 
     def encode_value(self) -> bytes:
-        raw = json.dumps(self.data, separators=(",", ":"), ensure_ascii=False,
+        data = self.data
+        if self.kind == VendorAttrType.PACKAGES_COMPACT:
+            data = packages_compact.encode(data)
+        raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False,
                          sort_keys=True, allow_nan=False).encode("utf-8")
         return zlib.compress(raw, 9) if self.kind in DEFLATED_KINDS else raw
 
@@ -595,16 +606,25 @@ class VendorAttribute(Attribute):
         raw = r.data
         if kind in DEFLATED_KINDS:
             inflater = zlib.decompressobj()
+            bound = (MAX_INFLATED_COMPACT if kind == VendorAttrType.PACKAGES_COMPACT
+                     else MAX_INFLATED)
             try:
-                raw = inflater.decompress(raw, MAX_INFLATED)
+                raw = inflater.decompress(raw, bound)
             except zlib.error as exc:
-                raise r.fail(f"vendor attribute {kind}: bad deflate data") from exc
+                raise r.fail(f"vendor attribute {kind}: bad deflate data", refuse=True) \
+                    from exc
             if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
-                raise r.fail(f"vendor attribute {kind}: truncated, oversized or trailing")
+                raise r.fail(f"vendor attribute {kind}: truncated, inflates past "
+                             f"{bound} bytes, or trailing data", refuse=True)
         try:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise r.fail(f"vendor attribute {kind}: bad JSON") from exc
+        if kind == VendorAttrType.PACKAGES_COMPACT:
+            try:
+                data = packages_compact.decode(data)
+            except ValueError as exc:
+                raise r.fail(str(exc)) from exc
         return cls(kind, data, vendor)
 
 

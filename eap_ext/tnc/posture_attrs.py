@@ -4,8 +4,9 @@ Each section travels in its own attribute so an IMV can ask for just what it nee
 
     os                 OS_DETAILS (vendor, whole object) + IETF Product Information
                        (pretty_name) and String Version (version, kernel as build number)
-    packages           IETF Installed Packages (name, version) + PACKAGE_EXTRA_Z (vendor,
-                       deflated, index-aligned: every other key of each package)
+    packages           PACKAGES_COMPACT (vendor, deflated, packages_compact) by default;
+                       packages="ietf": IETF Installed Packages (name, version) +
+                       PACKAGE_EXTRA_Z (vendor, deflated, index-aligned: every other key)
     forwarding         FORWARDING_DETAIL (vendor) + IETF Forwarding Enabled
     listening          LISTENING_DETAIL (vendor) + IETF Port Filter (not-blocked entries)
     factory_default_password  IETF Factory Default Password Enabled
@@ -17,10 +18,21 @@ A section whose value is "unknown" (or anything the IETF layout cannot hold) sti
 trips, through its vendor attribute or DOCUMENT_META. The IETF attributes are the
 interoperable summary; when the matching vendor attribute is present it wins. From a peer
 that sends only IETF attributes we derive what they say and mark the rest "unknown".
+
+Installed Packages is the one IETF attribute we do not send unasked: uncompressed it is
+~45 bytes a package, and through EAP-TNC inside TTLS every ~1,400 bytes cost two EAP round
+trips (wpa_supplicant gives up after 100), so a 1,500-package host could not finish. The
+compact attribute is ~11 bytes a package. attributes_for_request() answers an IMV that
+asks only for the IETF attribute (another vendor's IMV) with it.
+
+A digest-only document (digest_only_document()) is what an agent holding a quarantine
+certificate leads with: the certificate, the digest of its current posture, no sections.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -75,9 +87,12 @@ def _is_pkg_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(p, dict) for p in value)
 
 
-def posture_to_attributes(doc: dict[str, Any], *,
-                          vendor_id: int = DEFAULT_VENDOR_ID) -> list[Attribute]:
-    """All attributes for a posture document (DOCUMENT_META first)."""
+def posture_to_attributes(doc: dict[str, Any], *, vendor_id: int = DEFAULT_VENDOR_ID,
+                          packages: str = "compact") -> list[Attribute]:
+    """All attributes for a posture document (DOCUMENT_META first); `packages` is
+    "compact" (PACKAGES_COMPACT), "ietf" (Installed Packages + PACKAGE_EXTRA_Z) or "both"."""
+    if packages not in ("compact", "ietf", "both"):
+        raise ValueError(f"packages={packages!r}")
 
     def vendor(kind: VendorAttrType, data: Any) -> VendorAttribute:
         return VendorAttribute(kind, data, vendor_id)
@@ -97,7 +112,10 @@ def posture_to_attributes(doc: dict[str, Any], *,
                 if _fits(version):
                     attrs.append(StringVersion(version, kernel if _fits(kernel) else ""))
         elif key == "packages" and _is_pkg_list(value):
-            attrs.extend(_packages_to_attributes(value, vendor_id))
+            if packages != "compact":
+                attrs.extend(_packages_to_attributes(value, vendor_id))
+            if packages != "ietf":
+                attrs.append(vendor(VendorAttrType.PACKAGES_COMPACT, value))
         elif key == "forwarding":
             attrs.append(vendor(VendorAttrType.FORWARDING_DETAIL, value))
             attrs.append(ForwardingEnabled(_forwarding_status(value)))
@@ -230,6 +248,8 @@ def _os_from(vend: dict[int, Any], ietf: dict[int, list[Attribute]]) -> Any:
 
 
 def _packages_from(vend: dict[int, Any], ietf: dict[int, list[Attribute]]) -> Any:
+    if VendorAttrType.PACKAGES_COMPACT in vend:
+        return vend[VendorAttrType.PACKAGES_COMPACT]
     pairs = [p for a in ietf.get(AttrType.INSTALLED_PACKAGES, [])
              if isinstance(a, InstalledPackages) for p in a.packages]
     extra = vend.get(VendorAttrType.PACKAGE_EXTRA_Z, vend.get(VendorAttrType.PACKAGE_EXTRA))
@@ -258,6 +278,52 @@ def _forwarding_from(attr: Attribute) -> Any:
         # the IETF attribute does not say which family: read it the strict way, as both
         return {"ipv4": True, "ipv6": True, "bridges": []}
     return UNKNOWN
+
+
+_IETF_PACKAGE_TYPES = frozenset({(IETF_PEN, int(AttrType.INSTALLED_PACKAGES))})
+
+
+def attributes_for_request(doc: dict[str, Any], requested: Iterable[tuple[int, int]], *,
+                           vendor_id: int = DEFAULT_VENDOR_ID) -> list[Attribute]:
+    """The attributes of `doc` an Attribute Request asked for. The package list goes once:
+    compact when PACKAGES_COMPACT is asked for (our IMV asks for both), else IETF."""
+    wanted = set(requested)
+    compact = (vendor_id, int(VendorAttrType.PACKAGES_COMPACT)) in wanted
+    if compact:
+        wanted -= _IETF_PACKAGE_TYPES | {(vendor_id, int(VendorAttrType.PACKAGE_EXTRA)),
+                                         (vendor_id, int(VendorAttrType.PACKAGE_EXTRA_Z))}
+    attrs = posture_to_attributes(doc, vendor_id=vendor_id,
+                                  packages="compact" if compact else "ietf")
+    return select_attributes(attrs, wanted)
+
+
+def digest_only_document(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """What an agent with a quarantine certificate sends first, or None without one:
+    schema, the certificate (token + posture digest) and digest_only.
+
+    It is kept small enough for one EAP-TNC fragment that fits one TTLS fragment (one EAP
+    round trip instead of three): no collected_at, and the token unwrapped from the base64
+    the CERTIFICATE attribute gave it when it is one of our ASCII "qc1." tokens.
+    """
+    cert = doc.get("certificate")
+    if not (isinstance(cert, dict) and isinstance(cert.get("token"), str)
+            and isinstance(cert.get("posture_digest"), str)):
+        return None
+    token = cert["token"]
+    try:
+        raw = base64.b64decode(token, validate=True).decode("ascii")
+    except (binascii.Error, ValueError):
+        raw = ""
+    if raw.startswith("qc1.") and raw.isprintable():
+        token = raw
+    out = {k: doc[k] for k in ("schema",) if k in doc}
+    return {**out, "certificate": {**cert, "token": token}, "digest_only": True}
+
+
+def is_digest_only(doc: dict[str, Any]) -> bool:
+    """A document that names its posture by digest and carries no section."""
+    return doc.get("digest_only") is True and not any(s in doc for s in SECTIONS
+                                                      if s != "certificate")
 
 
 def select_attributes(attrs: Sequence[Attribute],

@@ -23,9 +23,16 @@ PB-TNC exchange:
 PB-PA messages stay out of the RESULT batch, and RESULT-only messages out of SDATA, as
 RFC 5793 assigns them; that costs the one extra round trip.
 
-Re-inspection (draft 5.3 step 3): ImcSession(certificate_only=True) opens with just its
-quarantine certificate; ImvSession(want_full_posture=...) decides whether to rely on it
-or to request every posture attribute before calling `evaluate`.
+Re-inspection (draft 5.3 step 3): an ImcSession whose posture holds a quarantine
+certificate opens with a digest-only document (the certificate and the digest of the
+current posture, no package inventory); ImvSession(want_full_posture=...) decides whether
+to rely on it or to request every posture attribute before calling `evaluate`. Without
+want_full_posture a digest-only document is always followed by a request.
+
+A posture message that cannot be decoded is answered with a PA-TNC Error and, once, an
+Attribute Request; one that no retry can fix (a deflated attribute that inflates past its
+bound, i.e. a zip bomb) is refused at once: PA-TNC Error, assessment "error",
+recommendation "none", the session failed and nothing evaluated (quarantine).
 
 All PA-TNC content travels in ONE PA message per batch because wpa_supplicant's TNCC keeps
 only the last message an IMC sends per batch.
@@ -58,10 +65,12 @@ from eap_ext.tnc.pa_tnc import (
     decode_message,
 )
 from eap_ext.tnc.posture_attrs import (
+    attributes_for_request,
     attributes_to_posture,
+    digest_only_document,
+    is_digest_only,
     posture_attribute_types,
     posture_to_attributes,
-    select_attributes,
 )
 
 Protocol = Literal["tnccs11", "pb-tnc"]
@@ -193,6 +202,7 @@ class _Base:
         self.last_batch_id = 0
         self.done = False
         self.failed = False
+        self.refused = False  # a PA-TNC message was refused outright (PaTncCodecError.refuse)
         self._msg_id = 0
 
     # PA-TNC messages
@@ -206,6 +216,7 @@ class _Base:
             return list(decode_message(body, vendor_id=self.vendor_id).attributes), None
         except PaTncCodecError as exc:
             events.append(ProtocolError(f"PA-TNC: {exc}"))
+            self.refused = self.refused or exc.refuse
             return [], PaTncError.from_exception(exc)
 
     # TNCCS parsing
@@ -292,6 +303,7 @@ class ImcSession(_Base):
         self.collector_id = collector_id
         self.certificate_only = certificate_only
         self.attributes = posture_to_attributes(posture, vendor_id=vendor_id)
+        self.sent_inventory = False  # whether any batch carried the package list
         self.recommendation: str | None = None
         self.assessment: int | None = None
         self.remediation: list[str] = []
@@ -315,13 +327,16 @@ class ImcSession(_Base):
         return self._outbound([self._pa(self._first_attributes())])
 
     def _first_attributes(self) -> list[Attribute]:
-        cert = self.posture.get("certificate")
-        if not self.certificate_only or not isinstance(cert, dict):
-            return self.attributes
-        meta = {k: self.posture[k] for k in ("schema", "collected_at") if k in self.posture}
-        return [VendorAttribute(VendorAttrType.DOCUMENT_META, {**meta, "rest": {}},
-                                self.vendor_id),
-                VendorAttribute(VendorAttrType.CERTIFICATE, cert, self.vendor_id)]
+        digest_only = digest_only_document(self.posture) if self.certificate_only else None
+        if digest_only is None:
+            return self._sent(self.attributes)
+        return posture_to_attributes(digest_only, vendor_id=self.vendor_id)
+
+    def _sent(self, attrs: list[Attribute]) -> list[Attribute]:
+        if any(a.vendor_id == self.vendor_id and a.attr_type
+               == VendorAttrType.PACKAGES_COMPACT for a in attrs):
+            self.sent_inventory = True
+        return attrs
 
     def receive(self, data: bytes) -> Result:
         events: list[Any] = []
@@ -389,7 +404,8 @@ class ImcSession(_Base):
             if isinstance(a, AttributeRequest):
                 wanted = frozenset(a.entries)
                 events.append(AttributesRequested(wanted))
-                reply.extend(select_attributes(self.attributes, wanted))
+                reply.extend(self._sent(attributes_for_request(
+                    self.posture, wanted, vendor_id=self.vendor_id)))
             elif isinstance(a, AssessmentResult):
                 self.assessment = a.result
                 events.append(AssessmentReceived(a.result))
@@ -499,13 +515,29 @@ class ImvSession(_Base):
             events.extend(PeerError(f"PA-TNC Error code {a.error_code}")
                           for a in attrs if isinstance(a, PaTncError))
             self._collect(attrs)
+        if self.refused:
+            return self._refuse(events, errors), events
         if not self.requested:
             if not self._complete():
                 return self._request(errors), events
-            if self.want_full_posture is not None and self.want_full_posture(
-                    attributes_to_posture(self.attributes, vendor_id=self.vendor_id)):
+            doc = attributes_to_posture(self.attributes, vendor_id=self.vendor_id)
+            want = self.want_full_posture
+            if (want(doc) if want is not None else is_digest_only(doc)):
                 return self._request(errors), events
         return self._decide(events, errors), events
+
+    def _refuse(self, events: list[Any], errors: Sequence[Attribute]) -> bytes:
+        """End the handshake without evaluating: the host stays in quarantine."""
+        self.failed = True
+        self.decision = Evaluated("none", 3, (), None)
+        events.append(self.decision)
+        body = self._pa([*errors, AssessmentResult(3)])
+        if self.protocol == "tnccs11":
+            self.done = True
+            events.append(HandshakeDone("none"))
+            return self._outbound([body], [tnccs11.TnccsRecommendation("none")])
+        self._result_pending = True
+        return self._outbound([body], [])
 
     def _decide(self, events: list[Any], errors: Sequence[Attribute] = ()) -> bytes:
         doc = attributes_to_posture(self.attributes, vendor_id=self.vendor_id)

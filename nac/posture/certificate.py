@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -185,7 +186,10 @@ def certify(
         segment=decision.segment,
         feed_epoch=feed_epoch,
         policy_digest=policy_digest,
-        issued_at=now,
-        expires_at=decision.expires if decision.expires is not None else now + 3600,
+        # whole seconds: the token travels in the agent's first EAP-TNC fragment, whose size
+        # decides the round trips of every re-inspection (expiry rounded down, never later)
+        issued_at=math.floor(now),
+        expires_at=math.floor(decision.expires if decision.expires is not None
+                              else now + 3600),
     )
     return replace(decision, certificate=signer.issue(cert).encode("ascii"))

@@ -3,17 +3,26 @@
 Kept free of any `nac` import so the agent (eap_ext/agent) can use the very same code: the
 server compares the agent's digest with its own to decide whether a quarantine certificate
 still describes the host (draft 5.3, step 3).
+
+An agent holding a certificate leads with a digest-only document (eap_ext/POSTURE_SCHEMA.md):
+no sections, "digest_only": true, and its current digest beside the token. Its digest is the
+one the agent states: the posture is the agent's own report either way, and the certificate
+it is checked against is bound to the tunnel's authenticated identity.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 # Fields that change on every collection without the host changing, or that carry the
 # certificate itself (which must not be part of what it certifies).
 VOLATILE_KEYS = ("collected_at", "certificate")
+# What a digest-only document may hold besides the certificate (and nothing else).
+DIGEST_ONLY_KEYS = frozenset({"schema", "collected_at", "certificate", "digest_only"})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -27,7 +36,20 @@ def canonical_json(obj: Any) -> bytes:
     ).encode("utf-8")
 
 
+def stated_digest(posture: dict[str, Any]) -> str | None:
+    """The digest a digest-only document states, or None for any other document."""
+    if posture.get("digest_only") is not True or not set(posture) <= DIGEST_ONLY_KEYS:
+        return None
+    cert = posture.get("certificate")
+    digest = cert.get("posture_digest") if isinstance(cert, dict) else None
+    return digest if isinstance(digest, str) and _HEX64.fullmatch(digest) else None
+
+
 def posture_digest(posture: dict[str, Any]) -> str:
-    """Hex SHA-256 of the canonical posture document minus its volatile keys."""
+    """Hex SHA-256 of the canonical posture document minus its volatile keys (for a
+    digest-only document, the digest it states)."""
+    stated = stated_digest(posture)
+    if stated is not None:
+        return stated
     stable = {k: v for k, v in posture.items() if k not in VOLATILE_KEYS}
     return hashlib.sha256(canonical_json(stable)).hexdigest()

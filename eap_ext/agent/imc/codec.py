@@ -111,8 +111,10 @@ def news_from_attributes(attributes: Any) -> ServerNews:
 
 
 class TncCodec:
-    """eap_ext.tnc's mapping: per-section attributes, Attribute Requests answered, PA-TNC
-    errors reported back for messages we cannot parse (RFC 5792 4.2.8)."""
+    """eap_ext.tnc's mapping: per-section attributes, the package list compact (IETF
+    Installed Packages only when an IMV asks for that alone), the quarantine certificate
+    first, Attribute Requests answered, PA-TNC errors reported back for messages we cannot
+    parse (RFC 5792 4.2.8)."""
 
     def __init__(self) -> None:
         from eap_ext.tnc import pa_tnc, posture_attrs
@@ -128,8 +130,12 @@ class TncCodec:
         return POSTURE_MESSAGE_TYPE, msg
 
     def posture_messages(self, doc: dict[str, Any]) -> list[tuple[int, bytes]]:
+        """The first message: with a quarantine certificate only the certificate and the
+        posture digest (the server asks for the rest if it will not rely on them), else the
+        whole posture with the compact package list."""
         self._last_doc = doc
-        return [self._message(self._attrs.posture_to_attributes(doc, vendor_id=NAC_PEN))]
+        first = self._attrs.digest_only_document(doc) or doc
+        return [self._message(self._attrs.posture_to_attributes(first, vendor_id=NAC_PEN))]
 
     def server_message(self, msg_type: int, data: bytes) -> ServerNews:
         try:
@@ -140,8 +146,8 @@ class TncCodec:
         news = news_from_attributes(msg.attributes)
         requested = self._pa.requested_types(msg.attributes)
         if requested and self._last_doc is not None:
-            attrs = self._attrs.posture_to_attributes(self._last_doc, vendor_id=NAC_PEN)
-            chosen = self._attrs.select_attributes(attrs, requested)
+            chosen = self._attrs.attributes_for_request(self._last_doc, requested,
+                                                        vendor_id=NAC_PEN)
             if chosen:
                 news.replies.append(self._message(chosen))
         return news

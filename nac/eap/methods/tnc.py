@@ -6,6 +6,13 @@ module adapts them to the method interface. Posture is accepted only here, insid
 that authenticated `outcome.identity`, and the IMV is bound to that identity (draft 9.2).
 A peer that NAKs EAP-TNC (no agent, or PEAP clients) is handled by InnerEap: unknown
 posture, so the policy keeps it in quarantine (draft 5.4.2).
+
+Re-inspection (draft 5.3 step 3): an agent holding a quarantine certificate leads with a
+digest-only document (certificate + digest of its current posture, no inventory). The judge
+sees it first; if its verdict rests on the certificate (it returns no new certificate) that
+verdict stands and the inventory never crosses the tunnel. Otherwise (certificate refused,
+expired, feeds or policy changed, posture changed) the IMV asks for the whole posture and
+the judge decides on that.
 """
 
 from __future__ import annotations
@@ -14,14 +21,18 @@ from collections.abc import Callable
 from typing import Any
 
 from eap_ext.tnc.eap_method import EapTncServer
+from eap_ext.tnc.posture_attrs import is_digest_only
 from eap_ext.tnc.session import ImvSession
 from nac.eap.methods.base import Method, MethodEnv, Outcome, Step, fail, request
 
 EAP_TNC = 38
 
 # (posture document, authenticated outcome) ->
-#   (recommendation "allow"|"isolate"|"none", assessment 0-4, remediation, certificate)
-PostureJudge = Callable[[dict[str, Any], Outcome], "tuple[str, int, list[str], bytes | None]"]
+#   (recommendation "allow"|"isolate"|"none", assessment 0-4, remediation, certificate).
+# The certificate is None exactly when the verdict rests on the quarantine certificate the
+# host presented (nothing new to certify); a fresh evaluation comes with a new one.
+Verdict = tuple[str, int, list[str], "bytes | None"]
+PostureJudge = Callable[[dict[str, Any], Outcome], Verdict]
 
 
 class TncMethod(Method):
@@ -31,8 +42,26 @@ class TncMethod(Method):
     def __init__(self, env: MethodEnv, outcome: Outcome, judge: PostureJudge) -> None:
         super().__init__(env)
         self.outcome = outcome
-        imv = ImvSession(lambda doc, _identity: judge(doc, outcome), identity=outcome.identity)
+        self.judge = judge
+        self._certified: Verdict | None = None  # the verdict a certificate carried
+        imv = ImvSession(self._evaluate, identity=outcome.identity,
+                         want_full_posture=self._want_full_posture)
         self.server = EapTncServer(imv, max_fragment=max(200, env.config.fragment_size - 20))
+
+    def _want_full_posture(self, doc: dict[str, Any]) -> bool:
+        if not is_digest_only(doc):
+            return False
+        verdict = self.judge(doc, self.outcome)
+        if verdict[3] is None:
+            self._certified = verdict
+            return False
+        return True  # not relied on: ask for the inventory and judge that
+
+    def _evaluate(self, doc: dict[str, Any], _identity: str | None) -> Verdict:
+        if is_digest_only(doc):
+            # still digest-only after our request: no inventory, nothing to certify
+            return self._certified or ("none", 3, [], None)
+        return self.judge(doc, self.outcome)
 
     def start(self, ident: int) -> bytes:
         return self.server.start()
@@ -43,6 +72,8 @@ class TncMethod(Method):
             return request(st.data)
         doc = self.server.imv.document
         if st.kind == "success" and doc is not None:
+            if is_digest_only(doc) and self._certified is None:
+                return fail("digest-only posture without a certificate the server relies on")
             self.posture = doc
             return Step("success", outcome=self.outcome)
         return fail(st.reason or "posture handshake failed")
