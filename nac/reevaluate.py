@@ -3,7 +3,12 @@
 Each node's last posture is checked again; a node whose segment changes gets a decision
 row (the audit trail says why) and, where its switch is in the inventory, an enforcement
 job. Without an inventory the changes are still recorded, so an operator sees what must
-move (`nac nodes list`) and the next authentication applies it.
+move (`nac nodes list`) and the next authentication applies it. A node held in the isolated
+segment (IDS alert, administrator) stays there: the hold outranks its posture.
+
+Two ways through: `reevaluate_fleet` (what after_change runs) works from compiled postures
+(nac/prevention/fleet.py) and decodes only postures stored since the last run; `reevaluate`
+decodes every stored posture and is the reference the fast path is tested against.
 """
 
 from __future__ import annotations
@@ -11,20 +16,27 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nac.enforcement import Planner, Target
 from nac.events import DecisionRecord
 from nac.posture.decision import Decision
+from nac.posture.evaluate import evaluate
+from nac.posture.rules import Outcome
 from nac.store.base import Store
+
+if TYPE_CHECKING:
+    from nac.prevention.fleet import FleetCache
+    from nac.runtime import LivePolicy
 
 log = logging.getLogger("nac.reevaluate")
 
-# (posture, role, nas) -> Decision, per the policy and feeds now in force.
-Evaluator = Callable[[dict[str, Any], str, str | None], Decision]
+# (posture, role, nas, identity) -> Decision, per the policy and feeds now in force.
+Evaluator = Callable[[dict[str, Any], str, str | None, str | None], Decision]
 
 
 @dataclass
@@ -42,6 +54,8 @@ class Report:
     checked: int = 0
     changes: list[Change] = field(default_factory=list)
     unreadable: int = 0
+    decoded: int = 0  # posture documents read and compiled (the rest came compiled)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase
 
     def summary(self) -> str:
         moved: dict[tuple[str | None, str], int] = {}
@@ -54,11 +68,24 @@ class Report:
         return head + (f" ({', '.join(parts)})" if parts else "")
 
 
+def _holds(store: Store, isolated: str | None) -> set[str]:
+    """MACs held in the isolated segment (registered there by an IDS alert or an admin)."""
+    if isolated is None:
+        return set()
+    _, regs = store.registrations_since(0)
+    return {mac for mac, seg in regs if seg == isolated}
+
+
 def reevaluate(store: Store, evaluator: Evaluator, *, source: str,
-               planner: Planner | None = None, now: float | None = None) -> Report:
+               planner: Planner | None = None, now: float | None = None,
+               isolated: str | None = None) -> Report:
     now = time.time() if now is None else now
     report = Report()
+    held = _holds(store, isolated)
     for node in store.nodes_with_posture():
+        if node["mac"] in held:
+            report.checked += 1
+            continue
         try:
             posture = json.loads(node["posture"])
         except (TypeError, ValueError):
@@ -66,31 +93,165 @@ def reevaluate(store: Store, evaluator: Evaluator, *, source: str,
             continue
         report.checked += 1
         role = node["role"] or "default"
-        d = evaluator(posture, role, node["last_nas"])
+        d = evaluator(posture, role, node["last_nas"], node["identity"])
         if d.segment == node["segment"] and d.vlan == node["vlan"]:
             continue
-        reasons = (f"{source} changed: re-evaluated the last posture", *d.reasons)
-        store.record_decision(DecisionRecord(
-            at=now, mac=node["mac"], segment=d.segment, vlan=d.vlan, source=source,
-            reasons=reasons, remediation=d.remediation, identity=node["identity"],
-            nas=node["last_nas"], nas_port=node["last_port"], role=role,
-        ))
-        change = Change(node["mac"], node["segment"], d.segment, d.vlan, reasons)
-        if planner is not None:
-            sess = store.live_session(node["mac"])
-            target = Target(
-                mac=node["mac"],
-                nas=(sess or {}).get("nas") or node["last_nas"],
-                port=(sess or {}).get("nas_port_id") or node["last_port"],
-                nas_port=(sess or {}).get("nas_port"),
-                session_id=(sess or {}).get("acct_session_id"),
-            )
-            change.job = planner.set_vlan(target, d.vlan, decided_at=now,
-                                          reason=f"{source}: {node['segment']} -> {d.segment}")
-        report.changes.append(change)
-        log.info("%s: %s -> %s (VLAN %s): %s", node["mac"], node["segment"], d.segment,
-                 d.vlan, "; ".join(d.reasons))
+        _record_change(store, planner, report, node, d, source, now, role)
     store.flush(timeout=60)
+    return report
+
+
+
+
+def _record_change(store: Store, planner: Planner | None, report: Report, node: dict[str, Any],
+                   d: Decision, source: str, now: float, role: str) -> None:
+    reasons = (f"{source} changed: re-evaluated the last posture", *d.reasons)
+    store.record_decision(DecisionRecord(
+        at=now, mac=node["mac"], segment=d.segment, vlan=d.vlan, source=source,
+        reasons=reasons, remediation=d.remediation, identity=node["identity"],
+        nas=node["last_nas"], nas_port=node["last_port"], role=role,
+    ))
+    change = Change(node["mac"], node["segment"], d.segment, d.vlan, reasons)
+    if planner is not None:
+        sess = store.live_session(node["mac"])
+        target = Target(
+            mac=node["mac"],
+            nas=(sess or {}).get("nas") or node["last_nas"],
+            port=(sess or {}).get("nas_port_id") or node["last_port"],
+            nas_port=(sess or {}).get("nas_port"),
+            session_id=(sess or {}).get("acct_session_id"),
+        )
+        change.job = planner.set_vlan(target, d.vlan, decided_at=now,
+                                      reason=f"{source}: {node['segment']} -> {d.segment}")
+    report.changes.append(change)
+    log.info("%s: %s -> %s (VLAN %s): %s", node["mac"], node["segment"], d.segment,
+             d.vlan, "; ".join(d.reasons))
+
+
+# Nodes as the fast path reads them: every column before the posture text (cheap to read).
+_NODES = ("SELECT mac, segment, vlan, role, identity, last_nas, last_port, last_seen, "
+          "registered_segment FROM nodes WHERE posture IS NOT NULL ORDER BY mac")
+# Reading posture_at walks each posture's overflow pages: for every node at once only when
+# many nodes were seen since the last run.
+_POSTURE_AT_ALL = "SELECT mac, posture_at FROM nodes WHERE posture IS NOT NULL"
+_POSTURE_AT_ONE = "SELECT posture_at FROM nodes WHERE mac = ?"
+_POSTURE_ONE = "SELECT posture, posture_at FROM nodes WHERE mac = ?"
+
+
+def reevaluate_fleet(store: Store, live: LivePolicy, fleet: FleetCache, *, source: str,
+                     groups: dict[str, tuple[str | None, str]] | None = None,
+                     planner: Planner | None = None, now: float | None = None) -> Report:
+    """reevaluate() from compiled postures: the same decisions, without decoding postures
+    that were compiled before (see nac/prevention/fleet.py)."""
+    from nac.prevention.fleet import rule_digest
+    from nac.runtime import grace_host
+
+    query = store._query  # type: ignore[attr-defined]  # both backends (nac/store/queries.py)
+    now = time.time() if now is None else now
+    report = Report()
+    policy = live.policy
+    groups = groups or {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        report.seconds[name] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+
+    nodes = query(_NODES)
+    entries = fleet.load()
+    lap("read")
+
+    # 1. Bring the compiled postures up to date with the stored ones.
+    unsure = [n for n in nodes if (e := entries.get(n["mac"])) is None
+              or e.last_seen != n["last_seen"]]
+    if unsure:
+        if len(unsure) > 200:
+            stamps = {r["mac"]: r["posture_at"] for r in query(_POSTURE_AT_ALL)}
+        else:
+            stamps = {}
+            for n in unsure:
+                rows = query(_POSTURE_AT_ONE, (n["mac"],))
+                stamps[n["mac"]] = rows[0]["posture_at"] if rows else None
+        for n in unsure:
+            e = entries.get(n["mac"])
+            if e is not None and e.posture_at == stamps.get(n["mac"]):
+                e.last_seen, e.dirty = n["last_seen"], True  # seen again, same posture
+                continue
+            rows = query(_POSTURE_ONE, (n["mac"],))
+            try:
+                posture = json.loads(rows[0]["posture"]) if rows else None
+            except (TypeError, ValueError):
+                posture = None
+            if not isinstance(posture, dict):
+                report.unreadable += 1
+                entries.pop(n["mac"], None)
+                continue
+            entries[n["mac"]] = fleet.compile(n["mac"], posture, rows[0]["posture_at"],
+                                              n["last_seen"])
+            report.decoded += 1
+    lap("refresh")
+
+    # 2. Evaluate each node from its compiled posture. Each feed rule gets, per package id,
+    # only the findings it counts (judged once per id, not once per node).
+    index = live.index.with_table(fleet.table) if policy.uses_feeds else None
+    named = list(zip(policy.rules, policy.rule_names, strict=True))
+    soft_rules = [(name, rule, rule_digest(rule)) for rule, name in named
+                  if rule.reads_packages]
+    feed_rules: list[tuple[str, Any, list[tuple[Any, ...]]]] = []
+    if index is not None:
+        by_id = index.verdicts()
+        for rule, name in named:
+            if rule.uses_findings:
+                feed_rules.append((name, rule, [
+                    tuple(f for f in v if rule.relevant(f)) if v else () for v in by_id]))
+    held = policy.isolated_segment
+    graces: list[tuple[str, Mapping[str, str]]] = []
+    moved: list[tuple[dict[str, Any], Decision, str]] = []
+    for node in nodes:
+        e = entries.get(node["mac"])
+        if e is None:
+            continue
+        report.checked += 1
+        if node["registered_segment"] == held:
+            continue
+        known: dict[str, Outcome] = {}
+        for name, rule, digest in soft_rules:
+            stored = e.soft.get(digest)
+            if stored is None:  # a rule this node was never checked against: read it once
+                rows = query(_POSTURE_ONE, (node["mac"],))
+                outcome = rule.check(json.loads(rows[0]["posture"]), None)
+                stored = e.soft[digest] = [outcome.status, outcome.reason]
+                e.dirty = True
+            known[name] = Outcome(stored[0], stored[1])
+        rest = e.rest
+        for name, rule, relevant in feed_rules:
+            hits = list(chain.from_iterable(filter(None, map(relevant.__getitem__,
+                                                             e.compiled.ids))))
+            known[name] = rule.check(rest, hits)
+        role = node["role"] or "default"
+        group, vendor = groups.get(node["last_nas"] or "", (None, "generic"))
+        host = grace_host(node["identity"], e.rest)
+        d = evaluate(policy, rest, role=role, index=index, now=now,
+                     first_seen=live.grace.get(host), nas_group=group, vendor=vendor,
+                     findings=(), known=known)
+        graces.append((host, d.extra))
+        if d.segment == node["segment"] and d.vlan == node["vlan"]:
+            continue
+        moved.append((node, d, role))
+        # The store sets the node's last_seen to the decision's time: the entry still
+        # matches it, so the next run need not read posture_at again.
+        e.last_seen, e.dirty = now, True
+    lap("evaluate")
+    # The cache first: the store's writer is about to be busy with the nodes that moved.
+    live.grace.record_many(graces)
+    fleet.save(entries.values(), keep={n["mac"] for n in nodes})
+    lap("save")
+    for node, d, role in moved:
+        _record_change(store, planner, report, node, d, source, now, role)
+    lap("queue")
+    store.flush(timeout=600)
+    lap("store")
     return report
 
 
@@ -100,6 +261,7 @@ def after_change(state_dir: Path, source: str, *, config_path: Path | None = Non
     queueing enforcement through the config's switch inventory (if one is given)."""
     from nac.config import load_config
     from nac.enforcement import load_planner
+    from nac.prevention.fleet import connect as fleet_connect
     from nac.runtime import LivePolicy
     from nac.store import open_store
 
@@ -115,14 +277,22 @@ def after_change(state_dir: Path, source: str, *, config_path: Path | None = Non
         for cl in cfg.clients:
             groups[(cl.name or cl.address.split("/")[0])] = (cl.group, cl.vendor)
     planner = load_planner(cfg.switches, db_path, str(config_path)) if cfg else None
+    fleet = fleet_connect(state_dir / "nac.db") if hasattr(store, "_query") else None
 
-    def evaluator(posture: dict[str, Any], role: str, nas: str | None) -> Decision:
+    def evaluator(posture: dict[str, Any], role: str, nas: str | None,
+                  identity: str | None) -> Decision:
         group, vendor = groups.get(nas or "", (None, "generic"))
-        return live.evaluate(posture, role, group, vendor)
+        return live.evaluate(posture, role, group, vendor, identity)
 
     try:
-        return reevaluate(store, evaluator, source=source, planner=planner)
+        if fleet is not None:
+            return reevaluate_fleet(store, live, fleet, source=source, groups=groups,
+                                    planner=planner)
+        return reevaluate(store, evaluator, source=source, planner=planner,
+                          isolated=live.policy.isolated_segment)
     finally:
+        if fleet is not None:
+            fleet.close()
         store.close()
         if planner is not None:
             planner.close()

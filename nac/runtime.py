@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from nac.posture.certificate import PREFIX as CERT_PREFIX
 from nac.posture.certificate import CertificateSigner, QuarantineCertificate, certify
 from nac.posture.decision import Decision
 from nac.posture.digest import posture_digest
-from nac.posture.evaluate import evaluate
+from nac.posture.evaluate import FIRST_SEEN_PREFIX, evaluate
 from nac.posture.policy import Policy, PolicyError, active_policy_path, load_policy
 from nac.prevention import cache as feed_cache
 from nac.prevention.index import VulnIndex, load_index
@@ -79,6 +81,97 @@ def wait_until_enforced(state_dir: Path, digest: str, timeout: float = 10.0) -> 
         time.sleep(0.1)
 
 
+GRACE_SCHEMA = """CREATE TABLE IF NOT EXISTS grace_first_seen (
+    host TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    PRIMARY KEY (host, rule)
+)"""
+
+
+def grace_host(identity: str | None, posture: Mapping[str, Any] | None) -> str:
+    """Who a grace period belongs to: the account and the interface MACs its agent reports.
+
+    The decision path does not know the switch-side MAC, and one account may serve many
+    hosts; the agent's own interface list tells them apart (identity alone if it has none)."""
+    macs: set[str] = set()
+    interfaces = posture.get("interfaces") if isinstance(posture, Mapping) else None
+    if isinstance(interfaces, list):
+        for itf in interfaces:
+            mac = itf.get("mac") if isinstance(itf, dict) else None
+            if isinstance(mac, str) and mac and mac.strip("0:") != "":
+                macs.add(mac.lower())
+    return f"{identity or ''}|{','.join(sorted(macs))}"
+
+
+class GraceBook:
+    """When each host first failed each rule that has a grace period, kept in STATE/nac.db so
+    that neither a server restart nor a fleet re-evaluation restarts the grace.
+
+    Read once into memory; written only when a graced failure starts or ends. Processes
+    sharing the file agree on the first writer's time (INSERT OR IGNORE, then read back).
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self._by_host: dict[str, dict[str, float]] = {}
+        try:
+            conn = feed_cache.connect(db_path)
+            try:
+                with conn:
+                    conn.execute(GRACE_SCHEMA)
+                for host, rule, ts in conn.execute(
+                        "SELECT host, rule, first_seen FROM grace_first_seen"):
+                    self._by_host.setdefault(host, {})[rule] = float(ts)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:  # a read-only or full disk: graces restart, no crash
+            log.warning("grace periods not persisted (%s): %s", db_path, exc)
+
+    def get(self, host: str) -> dict[str, float]:
+        return self._by_host.get(host, {})
+
+    def record(self, host: str, extra: Mapping[str, str]) -> None:
+        """Keep the decision's first_seen.<rule> entries; forget rules it no longer fails."""
+        self.record_many([(host, extra)])
+
+    def record_many(self, items: list[tuple[str, Mapping[str, str]]]) -> None:
+        adds: list[tuple[str, str, float]] = []
+        drops: list[tuple[str, str]] = []
+        for host, extra in items:
+            have = self._by_host.get(host, {})
+            want = {k[len(FIRST_SEEN_PREFIX):]: float(v) for k, v in extra.items()
+                    if k.startswith(FIRST_SEEN_PREFIX)}
+            if want.keys() == have.keys():
+                continue
+            adds += [(host, rule, ts) for rule, ts in want.items() if rule not in have]
+            drops += [(host, rule) for rule in have if rule not in want]
+            if want:
+                self._by_host[host] = {r: have.get(r, ts) for r, ts in want.items()}
+            else:
+                self._by_host.pop(host, None)
+        if not adds and not drops:
+            return
+        try:
+            conn = feed_cache.connect(self.db_path)
+            try:
+                with conn:
+                    conn.execute(GRACE_SCHEMA)
+                    conn.executemany("INSERT OR IGNORE INTO grace_first_seen (host, rule, "
+                                     "first_seen) VALUES (?, ?, ?)", adds)
+                    conn.executemany("DELETE FROM grace_first_seen WHERE host = ? AND rule = ?",
+                                     drops)
+                for host, rule, _ in adds:  # another process may have been first
+                    row = conn.execute("SELECT first_seen FROM grace_first_seen WHERE host = ? "
+                                       "AND rule = ?", (host, rule)).fetchone()
+                    if row is not None and host in self._by_host:
+                        self._by_host[host][rule] = float(row[0])
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            log.warning("could not persist grace periods: %s", exc)
+
+
 class LivePolicy:
     def __init__(self, state_dir: Path, db_path: Path, policy_file: str | None = None,
                  segment_settings: dict[str, Any] | None = None) -> None:
@@ -90,6 +183,7 @@ class LivePolicy:
         self.policy = self._load_policy()
         self.index: VulnIndex = load_index(db_path)
         self.signer = CertificateSigner.from_state_dir(state_dir)
+        self.grace = GraceBook(db_path)
         log.info("policy %r (%s), %d rule(s); prevention feeds at epoch %d, %d advisories",
                  self.policy.name, self.source, len(self.policy.rules), self.index.epoch,
                  self.index.advisory_count)
@@ -114,9 +208,12 @@ class LivePolicy:
         return policy.model_copy(update={"segments": segments})
 
     def evaluate(self, posture: dict[str, Any] | None, role: str, group: str | None,
-                 vendor: str) -> Decision:
-        return evaluate(self.policy, posture, role=role, index=self.index, now=time.time(),
-                        nas_group=group, vendor=vendor)
+                 vendor: str, identity: str | None = None) -> Decision:
+        host = grace_host(identity, posture)
+        d = evaluate(self.policy, posture, role=role, index=self.index, now=time.time(),
+                     first_seen=self.grace.get(host), nas_group=group, vendor=vendor)
+        self.grace.record(host, d.extra)
+        return d
 
     def decide(self, posture: dict[str, Any] | None, *, identity: str, role: str,
                group: str | None, vendor: str, certify_it: bool = False) -> Decision:
@@ -133,7 +230,7 @@ class LivePolicy:
                 reasons=(f"quarantine certificate of {issued} still valid: "
                          "inspection reused (draft 5.3)",),
                 expires=reused.expires_at, source="certificate")
-        d = self.evaluate(posture, role, group, vendor)
+        d = self.evaluate(posture, role, group, vendor, identity)
         if certify_it and posture is not None and d.segment in self.policy.segments:
             d = certify(self.signer, d, node_id=identity, mac="", identity=identity,
                         posture=posture, feed_epoch=self.index.epoch,

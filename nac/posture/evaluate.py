@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from nac.posture.decision import Decision
 from nac.posture.policy import Policy
-from nac.posture.rules import COMPLIANT, MAJOR, MINOR, FindingLike
+from nac.posture.rules import COMPLIANT, MAJOR, MINOR, FindingLike, Outcome
 
 POSTURE_SCHEMA = 1
 SOURCE = "posture"
@@ -40,12 +40,18 @@ def evaluate(
     first_seen: Mapping[str, float] | None = None,
     nas_group: str | None = None,
     vendor: str | None = None,
+    findings: Sequence[FindingLike] | None = None,
+    known: Mapping[str, Outcome] | None = None,
 ) -> Decision:
     """The segment for a host with this posture and account role, and why.
 
     `first_seen` maps rule names to when the host first failed them with a "minor" result;
     a rule with `grace` tolerates the failure that long. The decision's `extra` carries
     `first_seen.<rule>` for every graced minor failure, for the caller to store.
+
+    Fleet re-evaluation (nac/reevaluate.py) passes what it already knows instead of a full
+    posture: `findings` (from a compiled posture) replaces index.findings(posture), and
+    `known` gives the outcomes of rules by name (those that read the package list).
     """
     segments = policy.segments
     reasons: list[str] = []
@@ -70,11 +76,12 @@ def evaluate(
         else:
             reasons.append(f"{why}; the policy does not require one")
     else:
-        findings = None
-        if index is not None and policy.uses_feeds:
+        if index is None or not policy.uses_feeds:
+            findings = None
+        elif findings is None:
             findings = index.findings(posture)
         for rule, name in zip(policy.rules, policy.rule_names, strict=True):
-            outcome = rule.check(posture, findings)
+            outcome = (known.get(name) if known else None) or rule.check(posture, findings)
             status = outcome.status if outcome.status is not None else rule.on_unknown
             if status == COMPLIANT:
                 if outcome.reason:  # e.g. "not checked: no prevention feeds loaded"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -83,6 +83,11 @@ class RuleBase(BaseModel):
     segment: str | None = None
     grace: Seconds | None = None
     remediation: str = ""
+    # Whether check() reads the package list beyond "is it a list" (fleet re-evaluation keeps
+    # only the compiled packages, so it must remember these rules' outcomes).
+    reads_packages: ClassVar[bool] = False
+    # Whether check() judges prevention-feed findings (fleet re-evaluation pre-filters them).
+    uses_findings: ClassVar[bool] = False
 
     def default_remediation(self) -> str:
         return ""
@@ -290,6 +295,7 @@ class SoftwareRule(RuleBase):
     allow: list[PurlPattern] = Field(default_factory=list)
     unknown: Status = COMPLIANT
     _matcher: PurlMatcher | None = PrivateAttr(default=None)
+    reads_packages: ClassVar[bool] = True
 
     def model_post_init(self, __context: Any) -> None:
         self._matcher = PurlMatcher(self.deny, self.allow)
@@ -333,6 +339,8 @@ class VulnerabilitiesRule(RuleBase):
     _min_rank: int = PrivateAttr(default=0)
     _min_trust: int = PrivateAttr(default=0)
     _ignore: frozenset[str] = PrivateAttr(default=frozenset())
+    _relevant: Memo = PrivateAttr(default_factory=Memo)
+    uses_findings: ClassVar[bool] = True
 
     def model_post_init(self, __context: Any) -> None:
         self._min_rank = SEVERITY_RANK[self.min_severity]
@@ -367,9 +375,22 @@ class VulnerabilitiesRule(RuleBase):
             return Outcome(None, "installed software unknown")
         if findings is None:
             return Outcome(COMPLIANT, "not checked: no prevention feeds loaded")
-        hits = [f for f in findings if self.relevant(f)]
+        # A fleet shares its findings (one object per advisory and package version): judge
+        # each once. The memo holds the finding itself, so its id() is not reused meanwhile.
+        memo = self._relevant
+        if len(memo) > 500_000:
+            memo.clear()
+        hits = []
+        for f in findings:
+            known = memo.get(id(f))
+            if known is None or known[0] is not f:
+                known = memo[id(f)] = (f, self.relevant(f))
+            if known[1]:
+                hits.append(f)
         if not hits:
             return Outcome(COMPLIANT, "")
+        # One order whichever way the findings were gathered (posture or compiled posture).
+        hits.sort(key=lambda f: (f.package, f.installed, f.advisory_id))
         described = [
             f"{f.package} {f.installed} ({f.advisory_id}, {self._severity_text(f)}"
             + (f", fixed in {f.fixed})" if f.fixed else ", no fix yet)")

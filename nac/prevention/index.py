@@ -185,6 +185,10 @@ class VulnIndex:
         self._verdicts: dict[tuple[str, str, str, str], tuple[Finding, ...]] = {}
         self._host_verdicts: dict[tuple[str, str], dict[Any, tuple[Finding, ...]]] = {}
 
+    def with_table(self, table: PackageTable) -> VulnIndex:
+        """The same advisories for postures compiled against `table` (fresh verdict memo)."""
+        return VulnIndex(self.epoch, self._by_key, self.skipped, table)
+
     @property
     def advisory_count(self) -> int:
         return len(self._by_advisory)
@@ -309,6 +313,12 @@ class VulnIndex:
         if posture.max_id >= len(by_id):
             self._fill()
         return list(chain.from_iterable(filter(None, map(by_id.__getitem__, posture.ids))))
+
+    def verdicts(self) -> list[tuple[Finding, ...]]:
+        """Findings per package id of `table`, every id interned so far decided."""
+        if len(self._by_id) < len(self.table):
+            self._fill()
+        return self._by_id
 
     def _fill(self) -> None:
         """Decide every interned package key not yet decided (cheap for keys no advisory names)."""
