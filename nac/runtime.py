@@ -208,19 +208,21 @@ class LivePolicy:
         return policy.model_copy(update={"segments": segments})
 
     def evaluate(self, posture: dict[str, Any] | None, role: str, group: str | None,
-                 vendor: str, identity: str | None = None) -> Decision:
+                 vendor: str, identity: str | None = None, now: float | None = None) -> Decision:
         host = grace_host(identity, posture)
-        d = evaluate(self.policy, posture, role=role, index=self.index, now=time.time(),
+        d = evaluate(self.policy, posture, role=role, index=self.index,
+                     now=time.time() if now is None else now,
                      first_seen=self.grace.get(host), nas_group=group, vendor=vendor)
         self.grace.record(host, d.extra)
         return d
 
     def decide(self, posture: dict[str, Any] | None, *, identity: str, role: str,
-               group: str | None, vendor: str, certify_it: bool = False) -> Decision:
+               group: str | None, vendor: str, certify_it: bool = False,
+               now: float | None = None) -> Decision:
         """The posture's decision, reusing a quarantine certificate when it still holds
         (draft 5.2/5.3): same identity, same posture digest, same feeds and policy, not
         expired. Otherwise a full evaluation; with certify_it, a new certificate with it."""
-        now = time.time()
+        now = time.time() if now is None else now
         reused = self._reuse(posture, identity, now)
         if reused is not None:
             seg = self.policy.segments[reused.segment]
@@ -230,7 +232,7 @@ class LivePolicy:
                 reasons=(f"quarantine certificate of {issued} still valid: "
                          "inspection reused (draft 5.3)",),
                 expires=reused.expires_at, source="certificate")
-        d = self.evaluate(posture, role, group, vendor, identity)
+        d = self.evaluate(posture, role, group, vendor, identity, now)
         if certify_it and posture is not None and d.segment in self.policy.segments:
             d = certify(self.signer, d, node_id=identity, mac="", identity=identity,
                         posture=posture, feed_epoch=self.index.epoch,

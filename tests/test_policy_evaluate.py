@@ -245,3 +245,85 @@ def test_software_rule_without_purls_and_odd_entries(site: Policy) -> None:
     d = evaluate(site, p, role="default", index=None, now=NOW)
     assert d.segment == "isolated"
     assert "pkg:deb/debian/nmap@7.93+dfsg1-1" in d.reasons[0]
+
+
+GRACE_POLICY = """
+name = "grace"
+[roles]
+default = "normal"
+[segments.isolated]
+level = 0
+vlan = 20
+[segments.quarantine]
+level = 10
+vlan = 10
+[segments.normal]
+level = 100
+vlan = 30
+[[rules]]
+name = "no-forwarding"
+check = "forwarding"
+on_fail = "minor"
+grace = "1h"
+"""
+
+
+def test_grace_survives_a_restart_and_expires_on_time(tmp_path: Path) -> None:
+    """first_seen lives in STATE/nac.db: a restarted server (a new LivePolicy) and a fleet
+    re-evaluation continue the grace the first decision started, and it ends on time."""
+    from nac.events import DecisionRecord
+    from nac.prevention.fleet import FleetCache
+    from nac.reevaluate import reevaluate_fleet
+    from nac.runtime import LivePolicy
+    from nac.store import open_store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "policy.toml").write_text(GRACE_POLICY)
+    db = state / "nac.db"
+    routing = {"schema": 1, "os": {"family": "linux", "id": "debian", "version_id": "12"},
+               "forwarding": {"ipv4": True, "ipv6": False},
+               "interfaces": [{"name": "eth0", "mac": "02:00:00:00:00:07"}]}
+
+    def decide(live: LivePolicy, p: dict[str, Any], now: float, who: str = "alice") -> Any:
+        return live.decide(p, identity=who, role="default", group=None, vendor="generic",
+                           now=now)
+
+    d = decide(LivePolicy(state, db), routing, NOW)
+    assert d.segment == "normal" and "tolerated until" in d.reasons[0]
+    assert float(d.extra["first_seen.no-forwarding"]) == NOW
+
+    restarted = LivePolicy(state, db)  # what `nac serve` builds after a restart
+    d = decide(restarted, routing, NOW + 59 * 60)
+    assert d.segment == "normal"
+    assert float(d.extra["first_seen.no-forwarding"]) == NOW  # not restarted at 59 min
+    assert d.expires == NOW + HOUR  # re-inspected when the grace ends
+    assert decide(restarted, routing, NOW + HOUR + 1).segment == "quarantine"
+    # Another host of the same account has its own grace.
+    other = dict(routing, interfaces=[{"name": "eth0", "mac": "02:00:00:00:00:08"}])
+    assert decide(restarted, other, NOW + HOUR + 1).segment == "normal"
+
+    # The fleet re-evaluation after a feed or policy change reads the same first_seen.
+    store = open_store(None, state)
+    store.record_decision(DecisionRecord(
+        at=NOW, mac="02:00:00:00:00:07", segment="normal", vlan=30, source="posture",
+        identity="alice", role="default", posture=routing))
+    store.flush()
+    fleet = FleetCache(db)
+    try:
+        live = LivePolicy(state, db)
+        assert reevaluate_fleet(store, live, fleet, source="feed",
+                                now=NOW + 30 * 60).changes == []
+        (change,) = reevaluate_fleet(store, live, fleet, source="feed",
+                                     now=NOW + HOUR + 1).changes
+        assert (change.old_segment, change.new_segment) == ("normal", "quarantine")
+    finally:
+        fleet.close()
+        store.close()
+
+    # Compliant again: the grace is over; a new failure starts a new one.
+    fixed = dict(routing, forwarding={"ipv4": False, "ipv6": False})
+    live = LivePolicy(state, db)
+    assert decide(live, fixed, NOW + 2 * HOUR).segment == "normal"
+    d = decide(LivePolicy(state, db), routing, NOW + 3 * HOUR)
+    assert d.segment == "normal" and float(d.extra["first_seen.no-forwarding"]) == NOW + 3 * HOUR
