@@ -184,6 +184,7 @@ class LivePolicy:
         self.index: VulnIndex = load_index(db_path)
         self.signer = CertificateSigner.from_state_dir(state_dir)
         self.grace = GraceBook(db_path)
+        self._last: tuple[Any, Any, Any] = (None, None, None)  # posture, index, findings
         log.info("policy %r (%s), %d rule(s); prevention feeds at epoch %d, %d advisories",
                  self.policy.name, self.source, len(self.policy.rules), self.index.epoch,
                  self.index.advisory_count)
@@ -210,8 +211,18 @@ class LivePolicy:
     def evaluate(self, posture: dict[str, Any] | None, role: str, group: str | None,
                  vendor: str, identity: str | None = None, now: float | None = None) -> Decision:
         host = grace_host(identity, posture)
+        findings = None
+        if isinstance(posture, dict) and self.policy.uses_feeds:
+            # One authentication decides twice on the same document (the IMV's verdict in
+            # the tunnel, then the Access-Accept): match its packages once.
+            index, last = self.index, self._last
+            if last[0] is posture and last[1] is index:
+                findings = last[2]
+            else:
+                findings = index.findings(posture)
+                self._last = (posture, index, findings)
         d = evaluate(self.policy, posture, role=role, index=self.index,
-                     now=time.time() if now is None else now,
+                     now=time.time() if now is None else now, findings=findings,
                      first_seen=self.grace.get(host), nas_group=group, vendor=vendor)
         self.grace.record(host, d.extra)
         return d
