@@ -168,6 +168,10 @@ class _SshDriver(NetworkDriver):
             params["secret"] = ssh.enable_secret.get_secret_value()
         return params
 
+    def _read_timeout(self, takes: float = 0.0) -> float:
+        ssh = self.switch.ssh
+        return (ssh.timeout if ssh is not None else 10.0) + takes
+
     def _login(self) -> Any:
         from netmiko import ConnectHandler
 
@@ -242,15 +246,21 @@ class LinuxBridgeDriver(_SshDriver):
     name = "ssh-linux-bridge"
     device_type = "linux"
 
-    def _sh(self, conn: Any, command: str) -> str:
-        """Run one shell line; raise DriverError if it exits non-zero."""
+    def _sh(self, conn: Any, command: str, takes: float = 0.0) -> str:
+        """Run one shell line; raise DriverError if it exits non-zero.
+
+        takes: seconds the command itself needs (a bounce's pause). The answer is awaited
+        for that plus the switch's SSH timeout: a session whose packets vanish (switch
+        gone dark) is given up after that long, not held for a fixed 30 s.
+        """
         if self.switch.linux_bridge.use_sudo:
             # The whole line under sudo, not just its first command of a && chain.
             command = f"sudo -n sh -c {shlex.quote(command)}"
         # An explicit prompt pattern: netmiko's default prompt search costs ~50 ms/command.
         prompt = re.escape(conn.base_prompt) + r"[^\n]*[#$]\s*$"
         out: str = conn.send_command(f"{command}; echo __rc=$?",
-                                     expect_string=prompt, read_timeout=30.0)
+                                     expect_string=prompt,
+                                     read_timeout=self._read_timeout(takes))
         m = re.search(r"__rc=(\d+)\s*$", out.strip())
         if m is None:
             raise DriverError(f"{self.switch.name}: no exit status from {command!r}",
@@ -307,7 +317,7 @@ class LinuxBridgeDriver(_SshDriver):
         pause = max(0.0, float(self.switch.bounce_down_seconds))
         await self._run(lambda conn: self._sh(
             conn, f"ip link set dev {port} down && sleep {pause:g} && "
-                  f"ip link set dev {port} up"))
+                  f"ip link set dev {port} up", takes=pause))
 
 
 class CiscoIosDriver(_SshDriver):

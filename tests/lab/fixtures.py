@@ -28,7 +28,14 @@ from .daemons import (
     start_snmpd,
     start_sshd,
 )
-from .netns import LabSwitch, can_use_netns, create_switch, vlan_filtering_supported
+from .netns import (
+    IP,
+    LabSwitch,
+    can_use_netns,
+    create_switch,
+    run,
+    vlan_filtering_supported,
+)
 
 
 def skip_unless_lab(*programs: str) -> None:
@@ -92,3 +99,33 @@ def switch_lab(
             if d is not None:
                 d.stop()
         sw.destroy()
+
+
+# What the manager sends a lab switch: SNMP, SSH, RADIUS DAS and ping.
+_MGMT_TRAFFIC = (("udp", 161), ("tcp", 22), ("udp", 3799), ("icmp", None))
+
+
+def _mgmt_rules(sw: LabSwitch, verb: str) -> None:
+    for proto, port in _MGMT_TRAFFIC:
+        run([IP, "rule", verb, "pref", "1", "iif", "mgmt0", "ipproto", proto,
+             *(["dport", str(port)] if port else []), "blackhole"], ns=sw.ns)
+
+
+def silence_mgmt(sw: LabSwitch) -> None:
+    """Make the switch unreachable the quiet way: its management traffic is dropped on the
+    way in without an answer (no RST, no ICMP error), as a dead path or a dropping firewall
+    does, while its daemons keep running. Unlike ``mgmt_down`` the link and ARP stay up, so
+    the sender sees timeouts, not "network unreachable".
+
+    Policy rules in the switch's namespace: blackhole rules for the management protocols
+    ahead of the local table (the local rule moves from priority 0 to 2 for that)."""
+    rules = run([IP, "rule", "show"], ns=sw.ns).stdout
+    if not any(line.startswith("2:") and "lookup local" in line for line in rules.splitlines()):
+        run([IP, "rule", "add", "pref", "2", "lookup", "local"], ns=sw.ns)
+        run([IP, "rule", "del", "pref", "0"], ns=sw.ns)
+    _mgmt_rules(sw, "add")
+
+
+def restore_mgmt(sw: LabSwitch) -> None:
+    """Undo ``silence_mgmt``."""
+    _mgmt_rules(sw, "del")
