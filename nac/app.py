@@ -138,6 +138,8 @@ class Server:
             "slow": ThreadPoolExecutor(max_workers=2, thread_name_prefix="nac-slow"),
             "eap": ThreadPoolExecutor(max_workers=1, thread_name_prefix="nac-eap"),
         }
+        # Housekeeping's store reads, apart from the packet lanes.
+        self._house = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nac-house")
 
     def decide_posture(self, posture: dict[str, Any] | None, role: str, identity: str,
                        group: str | None, vendor: str) -> Decision:
@@ -210,7 +212,9 @@ class Server:
                           exc)
 
     def poll_registrations(self) -> None:
-        seq, changes = self.store.registrations_since(self._reg_seq)
+        self.apply_registrations(*self.store.registrations_since(self._reg_seq))
+
+    def apply_registrations(self, seq: int, changes: list[tuple[str, str | None]]) -> None:
         for mac, segment in changes:
             if segment is None:
                 self.authorizer.registered.pop(mac, None)
@@ -236,7 +240,11 @@ class Server:
             await asyncio.sleep(REGISTRATION_POLL)
             tick += 1
             try:
-                self.poll_registrations()
+                # Read in a thread: a database that is away makes the read wait for its
+                # connect timeout, which must not hold up the packets on this loop.
+                got = await asyncio.get_running_loop().run_in_executor(
+                    self._house, self.store.registrations_since, self._reg_seq)
+                self.apply_registrations(*got)
             except Exception as exc:  # the store may be briefly locked or down
                 log.warning("could not read registrations: %s", exc)
             if tick % 2 == 0:
@@ -306,7 +314,7 @@ class Server:
         if self.queue is not None:
             self.queue.close()
         self.store.close()
-        for lane in self.lanes.values():
+        for lane in (*self.lanes.values(), self._house):
             lane.shutdown(wait=False)
 
 
