@@ -325,3 +325,28 @@ def test_agent_batch_child_against_real_ip() -> None:
             b.run("link show\nlink show")
     finally:
         b.close()
+
+
+USM_UNKNOWN_ENGINE_IDS = "1.3.6.1.6.3.15.1.1.4.0"  # SNMP-USM-MIB usmStatsUnknownEngineIDs
+
+
+def test_v3_discovers_the_engine_once(fresh: Lab) -> None:
+    """One long-lived SnmpEngine per event loop: the v3 engine discovery (the agent answers
+    a probe with a usmStatsUnknownEngineIDs report, counted there) happens once, not per
+    request or per driver; the localised keys are reused with it."""
+    s = fresh.snmpd
+    assert s is not None
+
+    def unknown_engine_ids() -> int:  # read over v2c, which does not touch the counter
+        return int(s.snmpget(USM_UNKNOWN_ENGINE_IDS).stdout.rsplit(":", 1)[1])
+
+    before = unknown_engine_ids()
+
+    async def scenario() -> None:
+        for _ in range(2):  # two drivers, as two jobs of the enforcer would build
+            async with SnmpDriver(entry(fresh, True)) as drv:
+                for vlan in (20, 10, 20, 10):
+                    await drv.set_port_vlan("swp1", vlan)
+
+    asyncio.run(scenario())
+    assert unknown_engine_ids() - before == 1
