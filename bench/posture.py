@@ -1,11 +1,24 @@
 """Posture cost: server CPU per TTLS/EAP-MSCHAPv2 conversation with EAP-TNC posture and a
-host inventory of N packages, against the same conversation without posture.
+host inventory of N packages, against FreeRADIUS's PEAP-MSCHAPv2 without posture, same run.
 
-    python3 bench/posture.py [-n 40] [--packages 1500] [--parallel 4]
+    python3 bench/posture.py [-n 40] [--packages 1500] [--parallel 4] [--rounds 3]
+                             [--profile FILE]
 
 eapol_test loads our IMC plug-in (private mount namespace, overlay /etc with its own
 tnc_config; the real /etc is untouched) and reports a Debian 12 host (NAC_AGENT_ROOT) with
-N installed packages. Needs root. Compare with bench/eap.py's FreeRADIUS PEAP figure.
+N installed packages. Cases, alternated round by round on the same machine, medians
+reported:
+
+    posture, first contact   the agent has no certificate: the whole posture, compact
+    posture, certificate     the agent leads with its certificate + digest (fast path)
+    ttls, no agent           the same TTLS/EAP-MSCHAPv2 with an empty tnc_config (the
+                             peer NAKs EAP-TNC): what the tunnel alone costs
+    freeradius peap          FreeRADIUS 3.2 PEAP-MSCHAPv2, TLS 1.2, no posture, the same
+                             server certificate and key as nac
+
+The number compared is server CPU (utime+stime of the process tree, /proc) per
+conversation; conversations per server CPU-second is its inverse. --profile FILE samples
+`nac serve` with py-spy during the posture cases (collapsed stacks). Needs root.
 """
 
 from __future__ import annotations
@@ -14,10 +27,13 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,11 +42,14 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
+import freeradius  # noqa: E402
 import mab  # noqa: E402
 import probe  # noqa: E402
 
 from eap_ext.agent.imc.install import build_library, imc_line  # noqa: E402
 from tests.test_agent_fixtures import build_debian_root  # noqa: E402
+
+SECRET = "testing123"
 
 
 def big_root(root: Path, count: int) -> Path:
@@ -45,10 +64,13 @@ def big_root(root: Path, count: int) -> Path:
     return root
 
 
-def run(work: Path, port: int, ca: Path, lib: Path | None, root: Path, i: int) -> bool:
-    run_dir = work / f"{'agent' if lib else 'plain'}-{i}"  # overlay dirs must start empty
-    for d in ("upper", "work", "agent"):
-        (run_dir / d).mkdir(parents=True, exist_ok=True)
+def ttls_run(run_dir: Path, agent_dir: Path, port: int, ca: Path, lib: Path | None,
+             root: Path, i: int) -> bool:
+    """One eapol_test TTLS/EAP-MSCHAPv2 + EAP-TNC conversation with our plug-in (lib None:
+    an empty tnc_config, no IMC)."""
+    for d in ("upper", "work"):  # overlay dirs must start empty
+        (run_dir / d).mkdir(parents=True)
+    agent_dir.mkdir(parents=True, exist_ok=True)
     conf = run_dir / "c.conf"
     conf.write_text(textwrap.dedent(f"""\
         network={{
@@ -61,50 +83,141 @@ def run(work: Path, port: int, ca: Path, lib: Path | None, root: Path, i: int) -
           phase2="autheap=MSCHAPV2"
         }}
         """))
-    line = imc_line(lib) if lib else ""
     script = run_dir / "run.sh"
     script.write_text(
         f"mount -t overlay overlay -o lowerdir=/etc,upperdir={run_dir}/upper,"
-        f"workdir={run_dir}/work /etc && echo '{line}' > /etc/tnc_config && "
-        f"exec eapol_test -c {conf} -a127.0.0.1 -p{port} -stesting123 -t60 "
+        f"workdir={run_dir}/work /etc && echo '{imc_line(lib) if lib else ''}' > "
+        f"/etc/tnc_config && "
+        f"exec eapol_test -c {conf} -a127.0.0.1 -p{port} -s{SECRET} -t60 "
         f"-M 02:77:00:00:{i >> 8 & 255:02x}:{i & 255:02x} > {run_dir}/log 2>&1\n")
-    env = {**os.environ, "NAC_AGENT_ROOT": str(root),
-           "NAC_AGENT_STATE_DIR": str(run_dir / "agent")}
+    env = {**os.environ, "NAC_AGENT_ROOT": str(root), "NAC_AGENT_STATE_DIR": str(agent_dir)}
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", str(script)],
                        env=env, capture_output=True, timeout=180)
     return r.returncode == 0
 
 
+def peap_run(conf: Path, port: int, i: int) -> bool:
+    mac = f"02:78:00:00:{i >> 8 & 255:02x}:{i & 255:02x}"
+    r = subprocess.run(["eapol_test", "-c", str(conf), "-a", "127.0.0.1", "-p", str(port),
+                        "-s", SECRET, "-t", "20", "-r", "0", f"-M{mac}"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return r.returncode == 0
+
+
+def measure(pid: int, n: int, parallel: int, one: Callable[[int], bool]) -> dict:
+    cpu0 = probe.tree_cpu_seconds(pid)
+    with ThreadPoolExecutor(parallel) as pool:
+        ok = sum(pool.map(one, range(1, n + 1)))
+    cpu = probe.tree_cpu_seconds(pid) - cpu0
+    return {"n": n, "ok": ok, "cpu_ms_per_conv": round(1000 * cpu / max(ok, 1), 3)}
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, out: Path | None) -> Iterator[None]:
+    """Sample `nac serve` (and its workers) with py-spy while the block runs."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if out is None or not Path(exe).exists():
+        yield
+        return
+    proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--subprocesses", "--format",
+                             "raw", "--rate", "200", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.send_signal(2)  # SIGINT: py-spy writes the file and exits
+        proc.wait(60)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-n", type=int, default=40)
+    ap.add_argument("-n", type=int, default=40, help="conversations per case and round")
     ap.add_argument("--packages", type=int, default=1500)
     ap.add_argument("--parallel", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", type=Path, help="py-spy collapsed stacks of nac serve")
     args = ap.parse_args()
-    out = {}
     keep = os.environ.get("NAC_BENCH_KEEP")  # a directory to keep logs in, for post-mortems
     ctx = (contextlib.nullcontext(tempfile.mkdtemp(prefix="nac-posture-", dir=keep)) if keep
            else tempfile.TemporaryDirectory(prefix="nac-posture-"))
+    results: dict[str, list[dict]] = {}
     with ctx as tmp:
         work = Path(tmp)
         root = big_root(work / "host", args.packages)
         lib = build_library(work / "nac_imc.so", command=(
             f"PYTHONPATH={ROOT} exec {sys.executable} -m eap_ext.agent imc"))
-        with mab.nac_server(work / "state", work / "serve.log", 1) as (pid, port):
-            ca = work / "state" / "pki" / "ca.pem"
-            cases = (("ttls-mschapv2 + posture", lib), ("ttls-mschapv2, no agent", None))
-            for label, plugin in cases:
-                run(work, port, ca, plugin, root, 0)  # warm up
-                cpu0 = probe.tree_cpu_seconds(pid)
-                with ThreadPoolExecutor(args.parallel) as pool:
-                    ok = sum(pool.map(lambda i, p=plugin: run(work, port, ca, p, root, i),
-                                      range(1, args.n + 1)))
-                cpu = probe.tree_cpu_seconds(pid) - cpu0
-                out[label] = {"n": args.n, "ok": ok,
-                              "cpu_ms_per_conv": round(1000 * cpu / args.n, 2)}
-                print(f"{label:28} {ok}/{args.n} ok, {1000 * cpu / args.n:7.2f} ms server CPU"
-                      f" per conversation ({args.packages} packages)", flush=True)
-    print(json.dumps(out))
+        state = work / "state"
+        with contextlib.ExitStack() as stack:
+            pid, port = stack.enter_context(mab.nac_server(state, work / "serve.log", 1))
+            from nac.pki import PkiPaths
+
+            pki = PkiPaths.under(state)
+            peap_conf = work / "peap.conf"
+            peap_conf.write_text(
+                "network={\n  key_mgmt=IEEE8021X\n  eap=PEAP\n  identity=\"demo\"\n"
+                f"  password=\"demo-password\"\n  ca_cert=\"{pki.ca_cert}\"\n"
+                "  phase1=\"tls_disable_tlsv1_3=1\"\n  phase2=\"auth=MSCHAPV2\"\n}\n")
+            fr = None
+            if freeradius.binary() is not None:
+                (fr_port,) = probe.free_udp_ports(1)
+                fr = stack.enter_context(freeradius.FreeRadius(
+                    work / "freeradius", fr_port, 2,
+                    freeradius.EapCerts(pki.server_cert, pki.server_key, pki.ca_cert)))
+            else:
+                print("FreeRADIUS is not installed: no yardstick", file=sys.stderr)
+            ca = pki.ca_cert
+            seq = iter(range(1 << 30))
+
+            def first_contact(i: int) -> bool:
+                k = next(seq)
+                return ttls_run(work / f"first-{k}", work / f"first-agent-{k}", port, ca,
+                                lib, root, i)
+
+            def certified(i: int) -> bool:  # station i's agent keeps its certificate
+                return ttls_run(work / f"cert-{next(seq)}", work / f"cert-agent-{i}", port,
+                                ca, lib, root, i)
+
+            # warm up both servers, and give every certified station its certificate
+            first_contact(0)
+            with ThreadPoolExecutor(args.parallel) as pool:
+                assert all(pool.map(certified, range(1, args.n + 1))), "no certificates"
+            def no_agent(i: int) -> bool:
+                k = next(seq)
+                return ttls_run(work / f"plain-{k}", work / f"plain-agent-{k}", port, ca,
+                                None, root, i)
+
+            cases: list[tuple[str, int, Callable[[int], bool]]] = [
+                ("posture, first contact", pid, first_contact),
+                ("posture, certificate", pid, certified),
+                ("ttls, no agent", pid, no_agent)]
+            if fr is not None:
+                peap_run(peap_conf, fr.port, 0)
+                cases.append(("freeradius peap", fr.pid,
+                              lambda i: peap_run(peap_conf, fr.port, i)))
+            for rnd in range(args.rounds):
+                for label, server, one in cases:
+                    spy = args.profile if (label.startswith("posture, first") and rnd == 0) \
+                        else None
+                    with py_spy(pid, spy):
+                        r = measure(server, args.n, args.parallel, one)
+                    results.setdefault(label, []).append(r)
+                    print(f"round {rnd + 1}: {label:24} {r['ok']}/{r['n']} ok, "
+                          f"{r['cpu_ms_per_conv']:7.2f} ms server CPU per conversation "
+                          f"({args.packages} packages)", flush=True)
+    summary: dict = {"packages": args.packages, "n": args.n, "rounds": args.rounds}
+    for label, rs in results.items():
+        med = statistics.median(r["cpu_ms_per_conv"] for r in rs)
+        summary[label] = {"median_cpu_ms_per_conv": med,
+                          "conv_per_cpu_s": round(1000 / med, 1) if med else None,
+                          "ok": sum(r["ok"] for r in rs), "of": sum(r["n"] for r in rs)}
+    fr_med = summary.get("freeradius peap", {}).get("median_cpu_ms_per_conv")
+    for label in ("posture, first contact", "posture, certificate"):
+        ours = summary[label]["median_cpu_ms_per_conv"]
+        if fr_med and ours:
+            summary[label]["vs_freeradius"] = round(fr_med / ours, 3)  # target >= 0.8
+            print(f"{label}: {1000 / ours:.0f} conversations per server CPU-second = "
+                  f"{fr_med / ours:.2f}x FreeRADIUS PEAP-MSCHAPv2 ({1000 / fr_med:.0f}/s)")
+    print(json.dumps(summary))
     return 0
 
 

@@ -153,3 +153,12 @@ def test_digest_only_document_is_checked_by_the_digest_it_states(
     # whole seconds in the claims: shorter tokens, expiry never later than the decision's
     cert = signer.decode(token)
     assert not isinstance(cert, str) and cert.issued_at == int(cert.issued_at)
+
+
+def test_full_document_states_its_digest(posture: dict) -> None:
+    """Our agent sends its digest along; the server certifies it instead of hashing the
+    inventory again. A malformed one is ignored, and the key never enters the digest."""
+    mine = posture_digest(posture)
+    assert posture_digest({**posture, "stated_digest": "ab" * 32}) == "ab" * 32
+    assert posture_digest({**posture, "stated_digest": "AB" * 32}) == mine
+    assert posture_digest({**posture, "stated_digest": 7}) == mine

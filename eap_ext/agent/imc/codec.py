@@ -132,9 +132,12 @@ class TncCodec:
     def posture_messages(self, doc: dict[str, Any]) -> list[tuple[int, bytes]]:
         """The first message: with a quarantine certificate only the certificate and the
         posture digest (the server asks for the rest if it will not rely on them), else the
-        whole posture with the compact package list."""
-        self._last_doc = doc
-        first = self._attrs.digest_only_document(doc) or doc
+        whole posture with the compact package list and its digest (stated_digest)."""
+        from ..collectors import posture_digest
+
+        # the digest goes along so the server need not recompute it (nac/posture/digest.py)
+        self._last_doc = {**doc, "stated_digest": posture_digest(doc)}
+        first = self._attrs.digest_only_document(doc) or self._last_doc
         return [self._message(self._attrs.posture_to_attributes(first, vendor_id=NAC_PEN))]
 
     def server_message(self, msg_type: int, data: bytes) -> ServerNews:
