@@ -26,6 +26,11 @@ from eap_ext.tnc.session import ImvSession
 from nac.eap.methods.base import Method, MethodEnv, Outcome, Step, fail, request
 
 EAP_TNC = 38
+# Our EAP-TNC messages go unfragmented: inside the tunnel the TTLS/PEAP layer already cuts
+# its records to the link's fragment_size, and an EAP-TNC fragment of that size does not fit
+# one TTLS fragment once wrapped (AVP + TLS record), so it cost three round trips where the
+# TTLS fragments alone cost two (the ~1.5 KB result with a certificate). One TLS record.
+INNER_FRAGMENT = 8192
 
 # (posture document, authenticated outcome) ->
 #   (recommendation "allow"|"isolate"|"none", assessment 0-4, remediation, certificate).
@@ -46,7 +51,7 @@ class TncMethod(Method):
         self._certified: Verdict | None = None  # the verdict a certificate carried
         imv = ImvSession(self._evaluate, identity=outcome.identity,
                          want_full_posture=self._want_full_posture)
-        self.server = EapTncServer(imv, max_fragment=max(200, env.config.fragment_size - 20))
+        self.server = EapTncServer(imv, max_fragment=INNER_FRAGMENT)
 
     def _want_full_posture(self, doc: dict[str, Any]) -> bool:
         if not is_digest_only(doc):
