@@ -163,14 +163,17 @@ class SnmpDriver(NetworkDriver):
 
     async def _get(self, *oids: str) -> list[Any]:
         await self.open()
+        # lookupMib=False: the OIDs are numeric and stay so; resolving each reply through
+        # the MIB view costs ~0.5 ms CPU per request for nothing.
         res = await get_cmd(shared_engine(), self._auth, self._target, self._context(),
-                            *(ObjectType(ObjectIdentity(o)) for o in oids))
+                            *(ObjectType(ObjectIdentity(o)) for o in oids), lookupMib=False)
         return [v for _, v in self._check("get", res)]
 
     async def _set(self, *pairs: tuple[str, Any]) -> None:
         await self.open()
         res = await set_cmd(shared_engine(), self._auth, self._target, self._context(),
-                            *(ObjectType(ObjectIdentity(o), v) for o, v in pairs))
+                            *(ObjectType(ObjectIdentity(o), v) for o, v in pairs),
+                            lookupMib=False)
         self._check("set", res)
 
     async def _walk_names(self) -> dict[str, int]:
