@@ -14,16 +14,22 @@ def normalize_mac(text: str | bytes | None) -> str | None:
         return None
     if isinstance(text, bytes):
         text = text.decode("ascii", "replace")
-    s = text.strip().lower()
+    s = text.strip()
     n = len(s)
-    if n == 17 and s[2] == s[5] == s[8] == s[11] == s[14] and s[2] in ":-":
-        h = s[0:2] + s[3:5] + s[6:8] + s[9:11] + s[12:14] + s[15:17]
-        if _HEX.issuperset(h):
-            return s if s[2] == ":" else s.replace("-", ":")
-        return None
+    if n == 17:
+        # The common notations (switches send one per request): fromhex checks the
+        # digits, and a stray separator or space inside a pair makes it fail.
+        sep = s[2]
+        if (sep == ":" or sep == "-") and s[5] == s[8] == s[11] == s[14] == sep:
+            if s.count(sep) != 5:
+                return None
+            try:
+                return bytes.fromhex(s.replace(sep, " ")).hex(":")
+            except ValueError:
+                return None
     if n > 17:
         return None
-    h = s.replace(":", "").replace("-", "").replace(".", "")
+    h = s.lower().replace(":", "").replace("-", "").replace(".", "")
     if len(h) != 12 or not _HEX.issuperset(h):
         return None
     return ":".join(h[i : i + 2] for i in range(0, 12, 2))

@@ -10,6 +10,12 @@ import hashlib
 import hmac
 import os
 import struct
+from typing import Any
+
+try:  # CPython's own MD5: for packet-sized inputs about twice as fast as OpenSSL's EVP
+    from _md5 import md5 as _md5
+except ImportError:  # pragma: no cover - a Python built without it
+    _md5 = hashlib.md5  # type: ignore[assignment]
 
 # Codes
 ACCESS_REQUEST = 1
@@ -86,24 +92,30 @@ _ZERO16 = bytes(16)
 Attrs = list[tuple[int, bytes]]
 
 
-_PADS: dict[bytes, tuple[object, object]] = {}
+_PADS: dict[bytes, tuple[Any, Any]] = {}
 
 
-def hmac_md5(secret: bytes, msg: bytes) -> bytes:
-    """HMAC-MD5 (RFC 2104) with the key's pads hashed once per secret: a copy of a ready
-    MD5 state is about three times cheaper than hmac.digest under OpenSSL 3."""
+def _pads(secret: bytes) -> tuple[Any, Any]:
     pads = _PADS.get(secret)
     if pads is None:
-        key = hashlib.md5(secret).digest() if len(secret) > 64 else secret
+        key = _md5(secret).digest() if len(secret) > 64 else secret
         key = key.ljust(64, b"\0")
-        pads = (hashlib.md5(bytes(b ^ 0x36 for b in key)),
-                hashlib.md5(bytes(b ^ 0x5C for b in key)))
+        pads = (_md5(bytes(b ^ 0x36 for b in key)), _md5(bytes(b ^ 0x5C for b in key)))
         if len(_PADS) > 1024:
             _PADS.clear()
         _PADS[secret] = pads
-    inner = pads[0].copy()  # type: ignore[attr-defined]
+    return pads
+
+
+def hmac_md5(secret: bytes, msg: bytes, *more: bytes) -> bytes:
+    """HMAC-MD5 (RFC 2104) of msg (+ more, appended) with the key's pads hashed once per
+    secret: a copy of a ready MD5 state is several times cheaper than hmac.digest."""
+    inner_pad, outer_pad = _PADS.get(secret) or _pads(secret)
+    inner = inner_pad.copy()
     inner.update(msg)
-    outer = pads[1].copy()  # type: ignore[attr-defined]
+    for m in more:
+        inner.update(m)
+    outer = outer_pad.copy()
     outer.update(inner.digest())
     return outer.digest()  # type: ignore[no-any-return]
 
@@ -211,17 +223,16 @@ def message_authenticator_ok(
         return False
     raw = pkt.raw
     if authenticator is None:
-        msg = raw[:off] + _ZERO16 + raw[off + 16 :]
+        got = hmac_md5(secret, raw[:off], _ZERO16, raw[off + 16 :])
     else:
-        msg = raw[:4] + authenticator + raw[20:off] + _ZERO16 + raw[off + 16 :]
-    got = hmac_md5(secret, msg)
+        got = hmac_md5(secret, raw[:4], authenticator, raw[20:off], _ZERO16, raw[off + 16 :])
     return hmac.compare_digest(got, raw[off : off + 16])
 
 
 def accounting_authenticator_ok(pkt: Packet, secret: bytes) -> bool:
     """RFC 2866 3: MD5(Code+Identifier+Length+16 zero octets+attributes+secret)."""
     raw = pkt.raw
-    want = hashlib.md5(raw[:4] + _ZERO16 + raw[20:] + secret).digest()
+    want = _md5(raw[:4] + _ZERO16 + raw[20:] + secret).digest()
     return hmac.compare_digest(want, pkt.authenticator)
 
 
@@ -264,7 +275,8 @@ def join_eap(pkt: Packet) -> bytes | None:
     return b"".join(parts) if parts else None
 
 
-_MA_PLACEHOLDER = bytes((MESSAGE_AUTHENTICATOR, 18)) + _ZERO16
+_MA_HEAD = bytes((MESSAGE_AUTHENTICATOR, 18))
+_MA_PLACEHOLDER = _MA_HEAD + _ZERO16
 
 
 def encode_reply(code: int, request: Packet, secret: bytes, attrs: bytes) -> bytes:
@@ -272,21 +284,18 @@ def encode_reply(code: int, request: Packet, secret: bytes, attrs: bytes) -> byt
 
     `attrs` are already-encoded attributes (precomputed where the packet path allows).
     """
-    body = _MA_PLACEHOLDER + attrs
-    for t, v in request.attrs:
-        if t == PROXY_STATE:
-            body += bytes((PROXY_STATE, len(v) + 2)) + v
-    length = HEADER + len(body)
+    if PROXY_STATE in request.first:
+        attrs += b"".join(bytes((PROXY_STATE, len(v) + 2)) + v
+                          for t, v in request.attrs if t == PROXY_STATE)
+    length = HEADER + 18 + len(attrs)
     if length > MAX_PACKET:
         raise ReplyTooLarge(f"reply of {length} octets exceeds 4096")
-    head = struct.pack("!BBH", code, request.ident, length)
+    head = bytes((code, request.ident, length >> 8, length & 0xFF))
     # Accounting-Response signs over a zeroed authenticator, like accounting requests;
     # Access and CoA/Disconnect replies over the request's (RFC 3579 3.2, RFC 5176 3.3).
     ma_auth = _ZERO16 if code == ACCOUNTING_RESPONSE else request.authenticator
-    ma = hmac_md5(secret, head + ma_auth + body)
-    body = body[:2] + ma + body[18:]
-    resp_auth = hashlib.md5(head + request.authenticator + body + secret).digest()
-    return head + resp_auth + body
+    tail = _MA_HEAD + hmac_md5(secret, head, ma_auth, _MA_PLACEHOLDER, attrs) + attrs
+    return head + _md5(head + request.authenticator + tail + secret).digest() + tail
 
 
 def encode_request(
@@ -306,35 +315,37 @@ def encode_request(
         return head + auth + body[:2] + ma + body[18:]
     ma = hmac_md5(secret, head + _ZERO16 + body)
     body = body[:2] + ma + body[18:]
-    auth = hashlib.md5(head + _ZERO16 + body + secret).digest()
+    auth = _md5(head + _ZERO16 + body + secret).digest()
     return head + auth + body
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    """XOR of two 16-octet blocks, as integers: far cheaper than octet by octet."""
+    return (int.from_bytes(a) ^ int.from_bytes(b)).to_bytes(16)
 
 
 def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes:
     """RFC 2865 5.2 User-Password hiding."""
     padded = password + bytes(-len(password) % 16 or (16 if not password else 0))
-    out = bytearray()
+    out = []
     prev = authenticator
     for i in range(0, len(padded), 16):
-        b = hashlib.md5(secret + prev).digest()
-        chunk = bytes(x ^ y for x, y in zip(padded[i : i + 16], b, strict=True))
-        out += chunk
-        prev = chunk
-    return bytes(out)
+        prev = _xor(padded[i : i + 16], _md5(secret + prev).digest())
+        out.append(prev)
+    return b"".join(out)
 
 
 def unhide_password(hidden: bytes, secret: bytes, authenticator: bytes) -> bytes | None:
     """Inverse of hide_password; None when the length is not a multiple of 16 (max 128)."""
     if not hidden or len(hidden) % 16 or len(hidden) > 128:
         return None
-    out = bytearray()
+    out = []
     prev = authenticator
     for i in range(0, len(hidden), 16):
-        b = hashlib.md5(secret + prev).digest()
         chunk = hidden[i : i + 16]
-        out += bytes(x ^ y for x, y in zip(chunk, b, strict=True))
+        out.append(_xor(chunk, _md5(secret + prev).digest()))
         prev = chunk
-    return bytes(out).rstrip(b"\x00")
+    return b"".join(out).rstrip(b"\x00")
 
 
 def mppe_key_attr(
@@ -345,11 +356,9 @@ def mppe_key_attr(
     salt = bytes((salt[0] | 0x80, salt[1]))
     plain = bytes((len(key),)) + key
     plain += bytes(-len(plain) % 16)
-    out = bytearray()
+    out = []
     prev = authenticator + salt
     for i in range(0, len(plain), 16):
-        b = hashlib.md5(secret + prev).digest()
-        chunk = bytes(x ^ y for x, y in zip(plain[i : i + 16], b, strict=True))
-        out += chunk
-        prev = chunk
-    return encode_vsa(VENDOR_MICROSOFT, vendor_type, salt + bytes(out))
+        prev = _xor(plain[i : i + 16], _md5(secret + prev).digest())
+        out.append(prev)
+    return encode_vsa(VENDOR_MICROSOFT, vendor_type, salt + b"".join(out))
