@@ -78,8 +78,11 @@ def test_real_inventory_round_trips_at_about_11_bytes_a_package() -> None:
     attr = VendorAttribute(VendorAttrType.PACKAGES_COMPACT, pkgs)
     raw = attr.encode()
     # every purl rebuilt from one template instead of carried
-    assert packages_compact.encode(pkgs)["t"] == [
+    text = packages_compact.encode(pkgs).decode()
+    assert json.loads(text.partition("\n")[0])["t"] == [
         "pkg:deb/debian/{n}@{v}?arch={a}&distro=debian-12"]
+    rows = text.split("\n")[1:]
+    assert len(rows) == len(pkgs) and not any(r.startswith("=") for r in rows)
     assert decode_message(wire([attr])).attributes == (attr,)
     assert len(raw) / len(pkgs) < 14, len(raw)
     ietf = posture_to_attributes({"schema": 1, "packages": pkgs}, packages="ietf")
@@ -108,8 +111,7 @@ def packages(draw: st.DrawFn) -> list[Any]:
 @settings(max_examples=300, deadline=None)
 @given(packages())
 def test_any_package_list_round_trips_exactly(pkgs: list[Any]) -> None:
-    obj = json.loads(json.dumps(packages_compact.encode(pkgs)))
-    assert packages_compact.decode(obj) == pkgs
+    assert packages_compact.decode(packages_compact.encode(pkgs)) == pkgs
     doc = {"schema": 1, "packages": pkgs}
     attrs = decode_message(wire(posture_to_attributes(doc))).attributes
     assert attributes_to_posture(attrs)["packages"] == pkgs
@@ -118,15 +120,20 @@ def test_any_package_list_round_trips_exactly(pkgs: list[Any]) -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    {"v": 2, "m": [], "t": [], "r": []},
-    {"v": 1, "m": ["dpkg"], "t": [], "r": [["a", "1", "all", 0, 0, 1, "p"]]},   # manager
-    {"v": 1, "m": ["dpkg"], "t": [], "r": [["a", "1", "all", 0, 0, 0, 3]]},     # template
-    {"v": 1, "m": ["dpkg"], "t": [], "r": [["a", "1", "all", False, 0, 0, "p"]]},
-    {"v": 1, "m": ["dpkg"], "t": [], "r": [["a", "1"]]},
-    {"v": 1, "m": [1], "t": [], "r": []},
+    b'{"v":1,"m":[],"t":[]}',
+    b'{"v":2,"m":["dpkg"],"t":[]}\na\t1\tall\t\t\t1\tp',          # manager index
+    b'{"v":2,"m":["dpkg"],"t":[]}\na\t1\tall\t\t\t\t#3',          # template index
+    b'{"v":2,"m":["dpkg"],"t":[]}\na\t1\tall\t\t\t\t',            # no template 0
+    b'{"v":2,"m":["dpkg"],"t":[]}\na\t1\tall\t\t\t\xc2\xb2\tp', # unicode digit
+    b'{"v":2,"m":["dpkg"],"t":[]}\na\t1',
+    b'{"v":2,"m":["dpkg"],"t":[]}\n=[1',
+    b'{"v":2,"m":[1],"t":[]}',
+    b'{"v":2,"x":1}\nrow',
+    b'{"v":2,"m":[],"t":[]}\n\xff',
+    b'[' * 100_000,
 ])
-def test_malformed_compact_value_is_a_pa_tnc_error_not_a_refusal(bad: dict) -> None:
-    value = zlib.compress(json.dumps(bad).encode())
+def test_malformed_compact_value_is_a_pa_tnc_error_not_a_refusal(bad: bytes) -> None:
+    value = zlib.compress(bad)
     body = wire([RawAttribute(DEFAULT_VENDOR_ID, VendorAttrType.PACKAGES_COMPACT, value)])
     with pytest.raises(PaTncCodecError) as err:
         decode_message(body)
@@ -302,3 +309,12 @@ def test_attribute_request_lists_the_compact_type() -> None:
     body = tnccs11.decode_batch(reply).messages[0].body  # type: ignore[union-attr]
     req = decode_message(body).attributes[0]
     assert isinstance(req, AttributeRequest) and COMPACT in req.entries
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12) | st.from_regex(r"[a-z0-9+.~:-]{0,12}", fullmatch=True),
+       st.booleans())
+def test_fast_quoting_is_quote(value: str, colon: bool) -> None:
+    from urllib.parse import quote
+
+    assert packages_compact._q(value, colon) == quote(value, safe=":" if colon else "")

@@ -107,7 +107,7 @@ class VendorAttrType(IntEnum):
     LISTENING_DETAIL = 9    # [{"proto", "address", "port"}] | "unknown"
     DOCUMENT_META = 10      # {"schema", "collected_at", "rest": {other top-level keys}}
     PACKAGE_EXTRA_Z = 11    # PACKAGE_EXTRA as zlib-deflated JSON (package lists are large)
-    PACKAGES_COMPACT = 12   # the whole package list, compact and deflated (packages_compact)
+    PACKAGES_COMPACT = 12   # the whole package list, compact text, deflated (packages_compact)
     POSTURE_DOCUMENT = 0x7E  # the whole posture document in one attribute (agent fallback)
 
 
@@ -578,7 +578,7 @@ class VendorAttribute(Attribute):
     """One of our vendor-specific attributes; the value is UTF-8 JSON (compact, sorted
     keys, no NaN), zlib-deflated for the kinds in DEFLATED_KINDS. `data` is any JSON
     value; the vendor ID is a parameter. For PACKAGES_COMPACT `data` is the package list
-    itself; the wire carries packages_compact's encoding of it."""
+    itself; the wire carries packages_compact's text encoding of it, deflated."""
 
     kind: int
     data: Any
@@ -594,11 +594,11 @@ class VendorAttribute(Attribute):
         return self.kind
 
     def encode_value(self) -> bytes:
-        data = self.data
         if self.kind == VendorAttrType.PACKAGES_COMPACT:
-            data = packages_compact.encode(data)
-        raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False,
-                         sort_keys=True, allow_nan=False).encode("utf-8")
+            raw = packages_compact.encode(self.data)
+        else:
+            raw = json.dumps(self.data, separators=(",", ":"), ensure_ascii=False,
+                             sort_keys=True, allow_nan=False).encode("utf-8")
         return zlib.compress(raw, 9) if self.kind in DEFLATED_KINDS else raw
 
     @classmethod
@@ -616,15 +616,15 @@ class VendorAttribute(Attribute):
             if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
                 raise r.fail(f"vendor attribute {kind}: truncated, inflates past "
                              f"{bound} bytes, or trailing data", refuse=True)
+        if kind == VendorAttrType.PACKAGES_COMPACT:
+            try:
+                return cls(kind, packages_compact.decode(raw), vendor)
+            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+                raise r.fail(f"vendor attribute {kind}: {exc}") from exc
         try:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise r.fail(f"vendor attribute {kind}: bad JSON") from exc
-        if kind == VendorAttrType.PACKAGES_COMPACT:
-            try:
-                data = packages_compact.decode(data)
-            except ValueError as exc:
-                raise r.fail(str(exc)) from exc
         return cls(kind, data, vendor)
 
 

