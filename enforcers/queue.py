@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -551,6 +552,9 @@ class JobQueue(SqlJobQueue):
             # promise); only an OS crash or power cut may lose the last commits. FULL
             # would fsync every claim/complete and cost milliseconds per job.
             self.conn.execute(f"PRAGMA synchronous={synchronous}")
+        # One connection for every thread (the enforcer on the event loop, /metrics in a
+        # worker thread): a lock keeps a statement out of another thread's transaction.
+        self._lock = threading.RLock()
         self.ensure_schema(self.conn)
 
     @staticmethod
@@ -570,88 +574,24 @@ class JobQueue(SqlJobQueue):
     def _tx(self) -> Iterator[Exec]:
         # IMMEDIATE takes the write lock up front: every enqueuer and claimer on the file
         # runs alone, so no port lock is needed.
-        if not self.conn.in_transaction:
-            self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._exec
-        except BaseException:
+        with self._lock:
+            if not self.conn.in_transaction:
+                self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._exec
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
             if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
-        if self.conn.in_transaction:
-            self.conn.execute("COMMIT")
+                self.conn.execute("COMMIT")
 
     @contextmanager
     def _auto(self) -> Iterator[Exec]:
-        yield self._exec
+        with self._lock:
+            yield self._exec
 
     def _insert(self, x: Exec, sql: str, args: Sequence[Any]) -> int:
         cur = x(sql, args)
         return int(getattr(cur, "lastrowid", 0) or 0)
 
-
-class Guarded:
-    """A queue for a long-running worker loop (the server's enforcer) whose database may go
-    away for a while (PostgreSQL restarted, disk full): polling calls answer "nothing to
-    do" instead of raising, and after a failure the database is left alone for a growing
-    pause, so a loop that calls from the RADIUS event loop is not held up by connect
-    timeouts. What is lost meanwhile is only time: a claim never made waits, a completion
-    not recorded leaves the job claimed until its lease expires and it runs again
-    (at-least-once). ``enqueue`` still raises: its caller must know a job was not queued.
-    """
-
-    def __init__(self, queue: Any, *, max_pause: float = 30.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.queue = queue
-        self.max_pause = max_pause
-        self._monotonic = monotonic
-        self._pause = 0.0
-        self._until = 0.0
-        self.failures = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.queue, name)
-
-    def _guard(self, what: str, default: Any, fn: Callable[..., Any], *args: Any,
-               **kwargs: Any) -> Any:
-        if self._monotonic() < self._until:
-            return default
-        try:
-            out = fn(*args, **kwargs)
-        except Exception as exc:  # any backend error: the worker loop must live on
-            self.failures += 1
-            self._pause = min(self.max_pause, max(0.5, self._pause * 2))
-            self._until = self._monotonic() + self._pause
-            log.warning("job queue unavailable (%s: %s); next try in %.1f s", what, exc,
-                        self._pause)
-            return default
-        if self._pause:
-            log.info("job queue available again")
-            self._pause = 0.0
-        return out
-
-    def enqueue(self, *args: Any, **kwargs: Any) -> int:
-        return int(self.queue.enqueue(*args, **kwargs))
-
-    def claim(self, limit: int = 1) -> list[Job]:
-        return list(self._guard("claim", [], self.queue.claim, limit))
-
-    def extend(self, job_id: int, seconds: float | None = None) -> bool:
-        return bool(self._guard("extend", False, self.queue.extend, job_id, seconds))
-
-    def complete(self, job_id: int, result: str = "ok", applied_at: float | None = None) -> bool:
-        return bool(self._guard("complete", False, self.queue.complete, job_id, result,
-                                applied_at))
-
-    def fail(self, job_id: int, error: str, *, retryable: bool = True) -> str:
-        return str(self._guard("fail", "missing", self.queue.fail, job_id, error,
-                               retryable=retryable))
-
-    def next_due(self) -> float | None:
-        return self._guard("next_due", None, self.queue.next_due)  # type: ignore[no-any-return]
-
-    def counts(self) -> dict[str, int]:
-        return dict(self._guard("counts", {}, self.queue.counts))
-
-    def release_dead_local_claims(self) -> int:
-        return int(self._guard("release", 0, self.queue.release_dead_local_claims))

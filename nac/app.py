@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from enforcers.queue import Guarded
 from nac.accounts import Account, SecretBox, accounts_from_tables, load_accounts_file, make_account
 from nac.authorize import Authorizer
 from nac.config import DEMO_ACCOUNT, Config
@@ -98,6 +97,17 @@ def assessment(policy: Any, segment: str) -> int:
     return 2 if segment == policy.isolated_segment else 1
 
 
+def preload_drivers(switches: list[Any]) -> None:
+    """Import the switch drivers the inventory uses now: the enforcer imports one at its
+    first push, on the packet loop, and pysnmp's import alone takes most of a second."""
+    import importlib
+
+    modules = {"snmp": "enforcers.snmp", "ssh-linux-bridge": "enforcers.ssh",
+               "ssh-cisco-ios": "enforcers.ssh"}
+    for name in sorted({modules[sw.driver] for sw in switches if sw.driver in modules}):
+        importlib.import_module(name)
+
+
 class Server:
     def __init__(self, cfg: Config, state_dir: Path, *, reuse_port: bool = False,
                  worker_id: int | None = None, job_lease: float = JOB_LEASE) -> None:
@@ -125,10 +135,10 @@ class Server:
             self.queue = open_job_queue(cfg.store, state_dir, lease=job_lease)
         if self.planner is not None:
             # The planner opened a SQLite queue on db_path; it enqueues and works the
-            # store's instead. Guarded: a database that goes away pauses the enforcer's
-            # polling rather than ending it, and never holds up the packet loop for long.
+            # store's instead (the enforcer backs off while that database is away).
             self.planner.queue.close()
-            self.planner.queue = self.planner.enforcer.queue = Guarded(self.queue)
+            self.planner.queue = self.planner.enforcer.queue = self.queue
+            preload_drivers(self.planner.switches)
         self.engine = Engine(
             build_clients(cfg), self.authorizer, self.accounts, eap=self.eap,
             on_decision=self.on_decision, on_accounting=self.store.record_accounting,

@@ -188,27 +188,30 @@ def test_healthz_follows_the_database(own_pg: PgServer) -> None:
         s.close()
 
 
-def test_job_queue_pauses_while_the_database_is_away(own_pg: PgServer) -> None:
-    """The server's enforcer polls the queue through Guarded: with the database gone its
-    polls answer "nothing" (no exception, no long wait), then the jobs come back."""
-    from enforcers.queue import Guarded
+
+def test_job_queue_across_a_database_restart(own_pg: PgServer) -> None:
+    """While the database is away a queue call fails fast (the enforcer logs it and backs
+    off); once it is back the same queue works again, and nothing queued is lost."""
     from nac.store.pg_jobs import PgJobQueue
 
     url = own_pg.create_database(migrate=True)
     q = PgJobQueue(url, connect_timeout=2.0)
-    g = Guarded(q, max_pause=1.0)
     try:
-        job = g.enqueue("set_vlan", "sw1", "p1", vlan=20)
+        job = q.enqueue("set_vlan", "sw1", "p1", vlan=20)
         own_pg.stop()
         t0 = time.monotonic()
-        assert g.claim(4) == [] and g.next_due() is None and g.counts() == {}
-        assert g.claim(4) == []  # paused: not even tried
+        with pytest.raises(Exception):  # noqa: B017 - whatever psycopg says, it says it
+            q.claim(4)
         assert time.monotonic() - t0 < 5.0
-        assert g.failures == 1
-        with pytest.raises(Exception):  # noqa: B017 - a producer must learn it failed
-            g.enqueue("set_vlan", "sw1", "p2", vlan=20)
         own_pg.start()
-        wait_for(lambda: [j.id for j in g.claim(4)] == [job], timeout=20)
-        assert g.complete(job, "ok") and q.counts() == {"done": 1}
+        wait_for(lambda: _claims(q) == [job], timeout=20)
+        assert q.complete(job, "ok") and q.counts() == {"done": 1}
     finally:
         q.close()
+
+
+def _claims(q: object) -> list[int]:
+    try:
+        return [j.id for j in q.claim(4)]  # type: ignore[attr-defined]
+    except Exception:  # still reconnecting
+        return []
