@@ -23,6 +23,7 @@ from nac.store.pg_jobs import PgJobQueue
 from tests.conftest import NacServer, nac_cmd, radclient, start_server
 from tests.lab.fixtures import Lab, switch_lab
 from tests.pg import PgServer, pg_server  # noqa: F401  (pytest fixture)
+from tests.test_metrics_serve import free_tcp_port, scrape
 
 pytestmark = [pytest.mark.peer, pytest.mark.netns]
 
@@ -81,6 +82,7 @@ def test_two_servers_one_queue(lab: Lab, pg_server: PgServer,  # noqa: F811
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     servers: list[NacServer] = []
+    mport = {"a": free_tcp_port(), "b": free_tcp_port()}
     queue = PgJobQueue(url)
     snmpd = lab.snmpd.proc if lab.snmpd else None
     assert snmpd is not None
@@ -88,7 +90,8 @@ def test_two_servers_one_queue(lab: Lab, pg_server: PgServer,  # noqa: F811
         for name in ("a", "b"):
             (tmp_path / name).mkdir()
             servers.append(start_server(tmp_path / name, "--config", str(cfg), "--store", url,
-                                        "--job-lease", str(LEASE), "--posture", "off"))
+                                        "--job-lease", str(LEASE), "--posture", "off",
+                                        "--metrics", f"127.0.0.1:{mport[name]}"))
         a, b = servers
 
         # 1. Decisions on both servers, alternating VLANs per port: every job ends done or
@@ -116,6 +119,14 @@ def test_two_servers_one_queue(lab: Lab, pg_server: PgServer,  # noqa: F811
         by = {name: sum(1 for m in APPLIED.finditer(srv.log()))
               for name, srv in (("a", a), ("b", b))}
         print(f"jobs applied by server: {by}; states {queue.counts()}")
+        # Both servers' /metrics count the one shared queue, not a local one.
+        counts = queue.counts()
+        for name in ("a", "b"):
+            samples = scrape(mport[name])
+            jobs = {dict(k[1])["state"]: v for k, v in samples.items()
+                    if k[0] == "nac_enforcement_jobs"}
+            assert jobs["done"] == counts.get("done", 0) > 0, (name, jobs, counts)
+            assert jobs["superseded"] == counts.get("superseded", 0), (name, jobs, counts)
 
         # 2. The switch stalls; the server that claimed the next push is SIGKILLed with it
         # in flight; the other takes it when the lease runs out and applies it.
