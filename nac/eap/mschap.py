@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 from Crypto.Cipher import DES
 
@@ -18,10 +19,28 @@ SHS_PAD1 = b"\x00" * 40
 SHS_PAD2 = b"\xf2" * 40
 
 
+# Per NT hash (an account's password), what each conversation would otherwise rebuild:
+# pycryptodome's MD4 and DES objects cost tens of microseconds each to make in Python,
+# more than the MS-CHAPv2 arithmetic itself. Bounded; an ECB cipher keeps no state.
+_PER_HASH_MAX = 4096
+_HASH_HASH: dict[bytes, bytes] = {}
+_CIPHERS: dict[bytes, tuple[Any, Any, Any]] = {}
+
+
 def _md4(data: bytes) -> bytes:
     from Crypto.Hash import MD4  # hashlib lacks MD4 on OpenSSL 3
 
     return MD4.new(data).digest()
+
+
+def _hash_hash(password_hash: bytes) -> bytes:
+    """HashNtPasswordHash (RFC 2759 8.4), remembered per NT hash."""
+    got = _HASH_HASH.get(password_hash)
+    if got is None:
+        if len(_HASH_HASH) >= _PER_HASH_MAX:
+            _HASH_HASH.clear()
+        got = _HASH_HASH[password_hash] = _md4(password_hash)
+    return got
 
 
 def _sha1(*parts: bytes) -> bytes:
@@ -47,10 +66,14 @@ def _des_key(key7: bytes) -> bytes:
 
 
 def challenge_response(challenge: bytes, password_hash: bytes) -> bytes:
-    z = password_hash + b"\x00" * (21 - len(password_hash))
-    return b"".join(
-        DES.new(_des_key(z[i : i + 7]), DES.MODE_ECB).encrypt(challenge) for i in (0, 7, 14)
-    )
+    ciphers = _CIPHERS.get(password_hash)
+    if ciphers is None:
+        z = password_hash + b"\x00" * (21 - len(password_hash))
+        a, b, c = (DES.new(_des_key(z[i : i + 7]), DES.MODE_ECB) for i in (0, 7, 14))
+        if len(_CIPHERS) >= _PER_HASH_MAX:
+            _CIPHERS.clear()
+        ciphers = _CIPHERS[password_hash] = (a, b, c)
+    return b"".join(cipher.encrypt(challenge) for cipher in ciphers)
 
 
 def nt_response(
@@ -80,13 +103,13 @@ def authenticator_response(
     username: str,
 ) -> str:
     """The "S=<40 hex>" string that proves the server knew the password too."""
-    digest = _sha1(_md4(password_hash), nt_resp, MAGIC1)
+    digest = _sha1(_hash_hash(password_hash), nt_resp, MAGIC1)
     digest = _sha1(digest, challenge_hash(peer_challenge, auth_challenge, username), MAGIC2)
     return "S=" + digest.hex().upper()
 
 
 def master_key(password_hash: bytes, nt_resp: bytes) -> bytes:
-    return _sha1(_md4(password_hash), nt_resp, KEY_MAGIC1)[:16]
+    return _sha1(_hash_hash(password_hash), nt_resp, KEY_MAGIC1)[:16]
 
 
 def asymmetric_start_key(master: bytes, *, send: bool, server: bool) -> bytes:

@@ -10,9 +10,10 @@ import hashlib
 import hmac
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from nac.accounts import Account, SecretBox
 from nac.eap import packet
@@ -22,6 +23,7 @@ from nac.eap.methods.base import (
     MethodEnv,
     Outcome,
     PostureFactory,
+    Slow,
     Step,
     account_permits,
 )
@@ -58,7 +60,7 @@ class NasInfo:  # who asked
 
 @dataclass
 class EapResult:
-    action: Literal["challenge", "accept", "reject", "drop"]
+    action: Literal["challenge", "accept", "reject", "drop", "slow"]
     eap: bytes | None  # the EAP packet for EAP-Message (Request, Success or Failure)
     state: bytes | None  # State attribute value for an Access-Challenge
     msk: bytes | None = None  # 64-byte MSK on accept: [0:32] Recv-Key, [32:64] Send-Key
@@ -68,6 +70,10 @@ class EapResult:
     posture: dict | None = None  # what the posture method in the tunnel reported, if any
     reason: str = ""  # why (logged; Reply-Message on reject)
     outer_identity: str | None = None  # the EAP-Response/Identity, for logs
+    # action "slow": run work() (pure, any thread), then resume(its result, now) on the
+    # caller's thread for the real result. Only when the service has defer_slow set.
+    work: Callable[[], Any] | None = None
+    resume: Callable[[Any, float], EapResult] | None = None
 
 
 @dataclass
@@ -85,6 +91,7 @@ class _Conversation:
     last_response: bytes = b""
     last_reply: bytes = b""
     station: str | None = None  # Calling-Station-Id
+    busy: bool = False  # a round waits for slow work (a password hash)
 
 
 class EapService:
@@ -113,12 +120,22 @@ class EapService:
         # and stations to authenticate without posture until the given time.
         self._awaiting: dict[str, bytes] = {}
         self._no_posture: dict[str, float] = {}
+        # Set by a caller that runs rounds on its event loop: a password the memo does not
+        # know then comes back as an EapResult("slow") instead of hashing here.
+        self.defer_slow = False
+        # handle(), expire() and resumptions may come from different threads (the loop,
+        # a housekeeping executor): one at a time.
+        self._lock = threading.Lock()
 
     @property
     def live(self) -> int:
         return len(self._convs)
 
     def expire(self, now: float) -> int:
+        with self._lock:
+            return self._expire(now)
+
+    def _expire(self, now: float) -> int:
         idle = self.config.idle_timeout
         dead = [k for k, c in self._convs.items() if now - c.last_seen > idle]
         for k in dead:
@@ -151,17 +168,35 @@ class EapService:
             self.tls.load_crl(pem)
 
     def handle(self, *, state: bytes | None, eap: bytes, nas: NasInfo, now: float) -> EapResult:
-        self._now = now
-        try:
-            return self._handle(state, eap, nas, now)
-        except Exception as exc:  # a bug must cost one conversation, never the server
-            log.exception("EAP conversation failed")
-            conv = self._convs.pop(state, None) if state is not None else None
-            if conv is not None and conv.station is not None:
-                if self._awaiting.get(conv.station) == conv.state:
-                    del self._awaiting[conv.station]
-            failure = packet.failure(eap[1]) if len(eap) > 1 else None
-            return EapResult("reject", failure, None, reason=f"internal error: {exc}")
+        with self._lock:
+            self._now = now
+            try:
+                return self._handle(state, eap, nas, now)
+            except Exception as exc:  # a bug must cost one conversation, never the server
+                return self._crashed(state, eap[1] if len(eap) > 1 else None, exc)
+
+    def _crashed(self, state: bytes | None, ident: int | None, exc: Exception) -> EapResult:
+        log.exception("EAP conversation failed")
+        conv = self._convs.pop(state, None) if state is not None else None
+        if conv is not None and conv.station is not None:
+            if self._awaiting.get(conv.station) == conv.state:
+                del self._awaiting[conv.station]
+        failure = packet.failure(ident) if ident is not None else None
+        return EapResult("reject", failure, None, reason=f"internal error: {exc}")
+
+    def _resume(self, conv: _Conversation, resp_id: int, resume: Callable[[Any], Step],
+                result: Any, now: float) -> EapResult:
+        """The slow work of a round is done: finish the round with its result."""
+        with self._lock:
+            self._now = now
+            conv.busy = False
+            if self._convs.get(conv.state) is not conv:  # purged meanwhile
+                return EapResult("drop", None, None, reason="conversation expired")
+            conv.last_seen = now
+            try:
+                return self._step(conv, resp_id, resume(result))
+            except Exception as exc:
+                return self._crashed(conv.state, resp_id, exc)
 
     # ------------------------------------------------------------------------------------
     def _handle(self, state: bytes | None, raw: bytes, nas: NasInfo, now: float) -> EapResult:
@@ -185,6 +220,8 @@ class EapService:
                     reason="unknown or expired EAP conversation",
                 )
             return self._new(nas, now, pkt)
+        if conv.busy:  # the last round is still hashing a password: its answer follows
+            return EapResult("drop", None, None, reason="round in progress")
         if pkt.identifier != conv.identifier:
             if raw == conv.last_response and conv.last_reply:  # a retransmission
                 conv.last_seen = now
@@ -218,7 +255,7 @@ class EapService:
 
     def _new(self, nas: NasInfo, now: float, pkt: packet.EapPacket | None) -> EapResult:
         if len(self._convs) >= self.config.max_conversations:
-            self.expire(now)
+            self._expire(now)
             if len(self._convs) >= self.config.max_conversations:
                 return EapResult("drop", None, None, reason="too many EAP conversations")
         token = os.urandom(16)
@@ -304,6 +341,15 @@ class EapService:
         return EapResult("challenge", reply, conv.state, outer_identity=conv.identity or None)
 
     def _step(self, conv: _Conversation, resp_id: int, step: Step) -> EapResult:
+        if step.kind == "slow":
+            assert step.slow is not None
+            slow = step.slow
+            conv.busy = True
+            return EapResult(
+                "slow", None, conv.state, reason="password check",
+                outer_identity=conv.identity or None, work=slow.work,
+                resume=lambda result, now: self._resume(conv, resp_id, slow.resume, result,
+                                                        now))
         if step.kind == "request":
             assert conv.method is not None
             conv.identifier = (resp_id + 1) & 0xFF
@@ -347,19 +393,29 @@ class EapService:
             outer_identity=outer,
         )
 
-    def _check_password(self, account: Account, password: str) -> bool:
+    def _check_password(self, account: Account, password: str) -> bool | Slow:
         key = (account.name, account.password_hash or "")
         tag = hmac.new(self._memo_key, password.encode(), hashlib.sha256).digest()
         hit = self._memo.get(key)
         if hit and hmac.compare_digest(hit[0], tag) and self._now - hit[1] < PASSWORD_MEMO:
             return True
+        if self.defer_slow:
+            def verdict(ok: bool) -> bool:  # back under the lock: remember a good one
+                if ok:
+                    self._remember(key, tag)
+                return ok
+
+            return Slow(lambda: account.check_password(password), verdict)
         if not account.check_password(password):
             return False
+        self._remember(key, tag)
+        return True
+
+    def _remember(self, key: tuple[str, str], tag: bytes) -> None:
         self._memo.pop(key, None)
         self._memo[key] = (tag, self._now)
         while len(self._memo) > self.config.max_conversations:
             del self._memo[next(iter(self._memo))]
-        return True
 
     # Policy -----------------------------------------------------------------------------
     def allowed_methods(self, identity: str, nas: NasInfo) -> list[str]:

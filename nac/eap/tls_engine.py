@@ -17,7 +17,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL
-from OpenSSL._util import lib as _lib  # SSL_session_reused has no public wrapper
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib  # SSL_session_reused, BIO_get_mem_data: no public wrapper
 
 from nac.eap.config import EapConfig
 
@@ -193,13 +194,10 @@ class TlsSession:
             raise TlsError(f"TLS: {_describe(exc)}") from exc
 
     def outgoing(self) -> bytes:
-        chunks: list[bytes] = []
-        while True:
-            try:
-                chunks.append(self.conn.bio_read(65536))
-            except SSL.WantReadError:
-                break
-        return b"".join(chunks)
+        # Ask the memory BIO how much it holds and read exactly that: reading 64 KiB
+        # buffers until WantReadError cost two allocations and an exception per call.
+        pending = _lib.BIO_get_mem_data(self.conn._from_ssl, _ffi.new("char**"))  # noqa: SLF001
+        return self.conn.bio_read(pending) if pending > 0 else b""
 
     @property
     def version(self) -> str:

@@ -88,6 +88,13 @@ class Engine:
         # start (or a cache expiry) waits for the first check instead of repeating it.
         self._pap_inflight: dict[tuple[str, bytes, str | None], Future[bool]] = {}
         self._pap_key = os.urandom(32)
+        self._nas_info: Any = None
+        if eap is not None:
+            from nac.eap.service import NasInfo  # the EAP package is optional
+
+            self._nas_info = NasInfo
+            if hasattr(eap, "defer_slow"):
+                eap.defer_slow = True  # EAP rounds run on the packet loop (see _eap)
 
     # ---- entry points -------------------------------------------------------------------
     def _receive(self, data: bytes, host: str, port: int, now: float,
@@ -284,7 +291,7 @@ class Engine:
                         key: tuple[object, ...], now: float) -> Outcome:
         eap = c.join_eap(pkt)
         if eap is not None:
-            return self._eap(pkt, eap, client, host, key)
+            return self._eap(pkt, eap, client, host, key, now)
         user = pkt.get(c.USER_NAME)
         calling = pkt.get(c.CALLING_STATION_ID)
         mac = normalize_mac(calling)
@@ -358,29 +365,30 @@ class Engine:
         return c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret, self._reply_attrs(d, client))
 
     def _eap(self, pkt: c.Packet, eap: bytes, client: NasClient, host: str,
-             key: tuple[object, ...]) -> bytes | Deferred | None:
+             key: tuple[object, ...], now: float) -> bytes | Deferred | None:
         if self.eap is None:
             return self._reject(pkt, client, b"EAP is not enabled on this server",
                                 c.split_eap(_eap_failure(eap)))
-        from nac.eap.service import NasInfo
-
         calling = pkt.get_str(c.CALLING_STATION_ID)
-        nas = NasInfo(address=host, group=client.group, vendor=client.profile.name,
-                      calling_station_id=calling, nas_port_id=pkt.get_str(c.NAS_PORT_ID))
-        state = pkt.get(c.STATE)
-        service = self.eap
+        nas = self._nas_info(address=host, group=client.group, vendor=client.profile.name,
+                             calling_station_id=calling, nas_port_id=pkt.get_str(c.NAS_PORT_ID))
+        # Rounds run here, on the packet loop: a round is TLS and hashing in C, tens of
+        # microseconds, while a hop to a thread and back cost more than the round (GIL
+        # handoffs, wake-ups). Only slow work (a password hash) leaves, as a Deferred.
+        res = self.eap.handle(state=pkt.get(c.STATE), eap=eap, nas=nas, now=now)
+        if res.action != "slow":
+            reply = self._eap_reply(res, pkt, client, host, normalize_mac(calling), now)
+            if reply is None:
+                self.dedup.put(key, b"", now)  # its retransmission is dropped alike
+            return reply
 
-        def work() -> Any:
-            import time
-
-            return service.handle(state=state, eap=eap, nas=nas, now=time.time())
-
-        def finish(res: Any, when: float) -> bytes | None:
-            reply = self._eap_reply(res, pkt, client, host, normalize_mac(calling), when)
+        def finish(result: Any, when: float) -> bytes | None:
+            done = res.resume(result, when)
+            reply = self._eap_reply(done, pkt, client, host, normalize_mac(calling), when)
             self.dedup.put(key, reply or b"", when)
             return reply
 
-        return Deferred(work=work, finish=finish, key=key, lane="eap")
+        return Deferred(work=res.work, finish=finish, key=key, lane="eap")
 
     def _eap_reply(self, res: Any, pkt: c.Packet, client: NasClient, host: str,
                    mac: str | None, now: float) -> bytes | None:

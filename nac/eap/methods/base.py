@@ -8,7 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from nac.accounts import Account, SecretBox
 from nac.eap.config import EapConfig
@@ -29,11 +29,22 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Slow:
+    """Work too slow for the event loop (a password hash): `work()` is pure and may run in
+    another thread; `resume(result)` continues where the method stopped, back on the
+    thread that runs the conversation."""
+
+    work: Callable[[], Any]
+    resume: Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
-    kind: Literal["request", "success", "failure"]
+    kind: Literal["request", "success", "failure", "slow"]
     data: bytes = b""  # type-data of the next Request
     outcome: Outcome | None = None
     reason: str = ""
+    slow: Slow | None = None  # kind "slow": run slow.work, then slow.resume(result) -> Step
 
 
 def request(data: bytes) -> Step:
@@ -62,8 +73,10 @@ class MethodEnv:
     posture: PostureFactory | None = None
     # The `now` of the handle() call being served: the only clock methods may read.
     now: Callable[[], float] = field(default=lambda: 0.0)
-    # Password check with the service's short-lived memo (scrypt costs ~0.2 s a try).
-    check_password: Callable[[Account, str], bool] = field(
+    # Password check with the service's short-lived memo (scrypt costs ~0.2 s a try). A
+    # service that runs on the event loop answers a Slow (the hash, for a thread) when its
+    # memo does not know the password: the method returns it up, wrapped to resume itself.
+    check_password: Callable[[Account, str], bool | Slow] = field(
         default=lambda account, password: account.check_password(password))
 
 

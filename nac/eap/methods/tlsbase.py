@@ -6,7 +6,7 @@ arrives, when the peer acknowledges our last flight and when there is nothing to
 
 from __future__ import annotations
 
-from nac.eap.methods.base import Method, MethodEnv, Step, fail, request
+from nac.eap.methods.base import Method, MethodEnv, Slow, Step, fail, request
 from nac.eap.tls_engine import Framer, TlsError, TlsSession
 
 
@@ -46,6 +46,17 @@ class TlsMethodBase(Method):
             return fail(str(exc))
         return self._remember(step)
 
+    def _resumable(self, slow: Slow, handshake_out: bytes, app_out: bytes) -> Step:
+        """The round stopped at slow work (a password hash): finish it once that is done."""
+        def resume(result: object) -> Step:
+            try:
+                return self._remember(self._after_app(slow.resume(result), handshake_out,
+                                                      app_out))
+            except TlsError as exc:
+                return fail(str(exc))
+
+        return Step("slow", slow=Slow(slow.work, resume))
+
     def _remember(self, step: Step) -> Step:
         if step.kind == "success" and step.outcome and self.issue_key and self.env.tls:
             self.env.tls.resumption.put(self.issue_key, step.outcome.identity,
@@ -72,13 +83,20 @@ class TlsMethodBase(Method):
             if isinstance(result, Step):
                 return self._final(result, handshake_out)
             app_out = result or b""
+        result: Step | bytes | Slow | None = None
         if self.tls.established:
             plain = self.tls.read_app()
             if plain:
                 result = self.on_app(plain)
-                if isinstance(result, Step):
-                    return self._final(result, handshake_out)
-                app_out += result or b""
+                if isinstance(result, Slow):
+                    return self._resumable(result, handshake_out, app_out)
+        return self._after_app(result, handshake_out, app_out)
+
+    def _after_app(self, result: Step | bytes | None, handshake_out: bytes,
+                   app_out: bytes) -> Step:
+        if isinstance(result, Step):
+            return self._final(result, handshake_out)
+        app_out += result or b""
         if app_out:
             self.tls.write_app(app_out)
         out = handshake_out + self.tls.outgoing()
@@ -116,7 +134,9 @@ class TlsMethodBase(Method):
         Step, or None."""
         return None
 
-    def on_app(self, plain: bytes) -> Step | bytes | None:
+    def on_app(self, plain: bytes) -> Step | bytes | Slow | None:
+        """Application data from the tunnel: a Step, data to send back, a Slow (work for a
+        thread, resuming to one of the others), or None."""
         return fail(f"{self.name}: unexpected application data")
 
     def on_flight_acked(self) -> Step:

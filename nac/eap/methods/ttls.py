@@ -8,7 +8,7 @@ from dataclasses import replace
 from nac.accounts import Account
 from nac.eap import avp, mschap, packet
 from nac.eap.inner import InnerEap
-from nac.eap.methods.base import MethodEnv, Outcome, Step, account_permits, fail, request
+from nac.eap.methods.base import MethodEnv, Outcome, Slow, Step, account_permits, fail, request
 from nac.eap.methods.tlsbase import TlsMethodBase
 
 MAX_PROMPTS = 3  # empty requests sent to nudge a quiet peer into phase 2
@@ -80,7 +80,7 @@ class TtlsMethod(TlsMethodBase):
             return avp.Avp(avp.EAP_MESSAGE, step.data).encode()
         return step
 
-    def on_app(self, plain: bytes) -> Step | bytes | None:
+    def on_app(self, plain: bytes) -> Step | bytes | Slow | None:
         if self.pending is not None:  # the peer acknowledged MS-CHAP2-Success with data
             outcome, self.pending = self.pending, None
             return self._authenticated(outcome)
@@ -114,13 +114,20 @@ class TtlsMethod(TlsMethodBase):
             return None, f"{method}: method not allowed for account"
         return account, ""
 
-    def _pap(self, name: str, password: bytes) -> Step | bytes:
+    def _pap(self, name: str, password: bytes) -> Step | bytes | Slow:
         account, why = self._account(name, "ttls/pap")
         if account is None:
             return fail(why)
         # RFC 5281 11.2.5: the password is NUL-padded to a multiple of 16 octets.
         plain = password.rstrip(b"\x00").decode("utf-8", "replace")
-        if not self.env.check_password(account, plain):
+        verdict = self.env.check_password(account, plain)
+        if isinstance(verdict, Slow):  # the hash runs elsewhere; continue with its verdict
+            return Slow(verdict.work,
+                        lambda result: self._pap_checked(account, verdict.resume(result)))
+        return self._pap_checked(account, verdict)
+
+    def _pap_checked(self, account: Account, ok: bool) -> Step | bytes:
+        if not ok:
             return fail("ttls/pap: wrong password")
         return self._authenticated(Outcome(account.name, account.role, "ttls/pap", self.msk))
 
