@@ -63,7 +63,8 @@ class RecordingCodec:
     def __init__(self) -> None:
         self.seen: list[tuple[int, bytes]] = []
 
-    def posture_messages(self, doc: dict) -> list[tuple[int, bytes]]:
+    def posture_messages(self, doc: dict, *, digest_first: bool = False
+                         ) -> list[tuple[int, bytes]]:
         return [(POSTURE_MESSAGE_TYPE, json.dumps(doc).encode())]
 
     def server_message(self, msg_type: int, data: bytes) -> ServerNews:
@@ -389,3 +390,31 @@ def test_shim_terminates_fast_when_host_ignores_sigchld(
         assert time.monotonic() - started < 1.0
     finally:
         signal.signal(signal.SIGCHLD, previous)
+
+
+@pytest.mark.parametrize("digest_first", [True, False])
+def test_agent_leads_with_its_digest_only_where_the_server_said_so(
+        tmp_path: Path, digest_first: bool) -> None:
+    """A certificate whose server takes digest-only documents: the first message holds the
+    certificate and the posture digest, no inventory; any other: the whole posture."""
+    pytest.importorskip("eap_ext.tnc.posture_attrs")
+    from eap_ext.agent.collectors import collect_posture, posture_digest
+    from eap_ext.agent.hostroot import HostRoot
+
+    root = HostRoot(build_debian_root(tmp_path / "host"), rooted=True)
+    cert = {"token": "cWMxLnRva2Vu", "posture_digest": None,
+            **({"digest_first": True} if digest_first else {})}
+    state.save({"certificate": cert}, tmp_path / "last.json")
+    agent = ImcAgent(lambda token: collect_posture(root, certificate_token=token),
+                     default_codec(), tmp_path / "last.json")
+    (_, msg), = agent.handle(framing.BEGIN, struct.pack("!I", 1))
+    got = decode_posture(msg)
+    full = collect_posture(root, certificate_token="cWMxLnRva2Vu")
+    if digest_first:
+        assert got == {"schema": 1, "digest_only": True,
+                       "certificate": {**full["certificate"], "token": "qc1.token"}}
+        assert full["certificate"]["posture_digest"] == posture_digest(full)
+        assert len(msg) < 300
+    else:
+        assert got["packages"] == full["packages"] and got["certificate"]["token"] == \
+            "cWMxLnRva2Vu"

@@ -257,9 +257,10 @@ def _converse(method: TncMethod, imc: ImcSession) -> tuple[Any, int, int]:
         req = step.data
 
 
-def _method(judge: Judge) -> TncMethod:
+def _method(judge: Judge, digest_first: bool = True) -> TncMethod:
     env = MethodEnv(config=EapConfig(), lookup=lambda _n: None, box=None, identity="demo")
-    return TncMethod(env, Outcome("demo", "default", "ttls/eap-mschapv2"), judge)
+    return TncMethod(env, Outcome("demo", "default", "ttls/eap-mschapv2"), judge,
+                     digest_first=digest_first)
 
 
 def test_certificate_fast_path_carries_no_inventory() -> None:
@@ -285,6 +286,7 @@ def test_refused_certificate_makes_the_server_ask_for_the_inventory() -> None:
     assert [bool(d.get("digest_only")) for d in judge.docs] == [True, False]
     assert judge.docs[1]["packages"] == host["packages"] and method.posture == judge.docs[1]
     assert imc.certificate == b"qc1.new.certificate"
+    assert imc.certificate_data and imc.certificate_data["digest_first"] is True
     assert rounds <= 3 + sent // 1397  # fragments of the two messages, plus acks
     # ~11 bytes a package, base64 in the IF-TNCCS 1.1 XML: far from the ~55 of the IETF form
     assert sent < 20 * len(host["packages"])
@@ -318,3 +320,18 @@ def test_fast_quoting_is_quote(value: str, colon: bool) -> None:
     from urllib.parse import quote
 
     assert packages_compact._q(value, colon) == quote(value, safe=":" if colon else "")
+
+
+def test_without_digest_first_a_digest_only_document_is_never_relied_on() -> None:
+    """Where the server cannot take digest-only documents (it must store whole postures) it
+    asks for the inventory without consulting the certificate first, and its certificates
+    do not invite agents to lead with the digest."""
+    host = _host()
+    judge = Judge(rely=True)
+    method = _method(judge, digest_first=False)
+    imc = ImcSession(host, certificate_only=True)
+    step, _, _ = _converse(method, imc)
+    assert step.kind == "success" and imc.sent_inventory
+    assert [bool(d.get("digest_only")) for d in judge.docs] == [False]
+    assert method.posture is not None and method.posture["packages"] == host["packages"]
+    assert imc.certificate_data is not None and "digest_first" not in imc.certificate_data

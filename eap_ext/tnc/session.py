@@ -446,6 +446,10 @@ class ImvSession(_Base):
     True makes the IMV request every posture attribute first, e.g. when a host sent only
     its quarantine certificate and the server will not rely on it. When the peer sends an
     attribute type again, the newer copy replaces the older one.
+
+    `digest_first` is said in every certificate sent ({"digest_first": true}): the agent
+    may lead with a digest-only document next time. Leave it off where the server cannot
+    take one (it stores the posture it decides on, and needs the inventory for that).
     """
 
     def __init__(self, evaluate: EvaluateFn, *, identity: str | None = None,
@@ -453,12 +457,13 @@ class ImvSession(_Base):
                  pa_vendor: int = IETF_PEN, pa_subtype: int = PaSubtype.OPERATING_SYSTEM,
                  validator_id: int = 1,
                  want_full_posture: Callable[[dict[str, Any]], bool] | None = None,
-                 max_batch: int = 1 << 20) -> None:
+                 digest_first: bool = False, max_batch: int = 1 << 20) -> None:
         super().__init__(protocol, vendor_id, pa_vendor, pa_subtype, max_batch)
         self.evaluate = evaluate
         self.identity = identity
         self.validator_id = validator_id
         self.want_full_posture = want_full_posture
+        self.digest_first = digest_first
         self.collector_id = ANY_VALIDATOR
         self._by_type: dict[tuple[int, int], list[Attribute]] = {}
         self.requested = False
@@ -553,7 +558,8 @@ class ImvSession(_Base):
         if cert is not None:
             results.append(VendorAttribute(
                 VendorAttrType.CERTIFICATE,
-                {"token": base64.b64encode(cert).decode("ascii"), "posture_digest": None},
+                {"token": base64.b64encode(cert).decode("ascii"), "posture_digest": None,
+                 **({"digest_first": True} if self.digest_first else {})},
                 self.vendor_id))
         body = self._pa(results)
         if self.protocol == "tnccs11":

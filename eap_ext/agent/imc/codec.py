@@ -55,7 +55,8 @@ class ServerNews:
 
 
 class PostureCodec(Protocol):
-    def posture_messages(self, doc: dict[str, Any]) -> list[tuple[int, bytes]]: ...
+    def posture_messages(self, doc: dict[str, Any], *,
+                         digest_first: bool = False) -> list[tuple[int, bytes]]: ...
 
     def server_message(self, msg_type: int, data: bytes) -> ServerNews: ...
 
@@ -66,7 +67,8 @@ class FallbackCodec:
     def __init__(self) -> None:
         self._next_id = 1
 
-    def posture_messages(self, doc: dict[str, Any]) -> list[tuple[int, bytes]]:
+    def posture_messages(self, doc: dict[str, Any], *,
+                         digest_first: bool = False) -> list[tuple[int, bytes]]:
         value = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
         attr = struct.pack("!BBHII", 0, NAC_PEN >> 16, NAC_PEN & 0xFFFF,
                            FALLBACK_DOCUMENT_TYPE, 12 + len(value)) + value
@@ -129,15 +131,18 @@ class TncCodec:
         self._next_id += 1
         return POSTURE_MESSAGE_TYPE, msg
 
-    def posture_messages(self, doc: dict[str, Any]) -> list[tuple[int, bytes]]:
-        """The first message: with a quarantine certificate only the certificate and the
-        posture digest (the server asks for the rest if it will not rely on them), else the
-        whole posture with the compact package list and its digest (stated_digest)."""
+    def posture_messages(self, doc: dict[str, Any], *,
+                         digest_first: bool = False) -> list[tuple[int, bytes]]:
+        """The first message: with digest_first (the server's certificate said it takes
+        that) and a certificate, only the certificate and the posture digest (the server
+        asks for the rest if it will not rely on them); else the whole posture with the
+        compact package list and its digest (stated_digest)."""
         from ..collectors import posture_digest
 
         # the digest goes along so the server need not recompute it (nac/posture/digest.py)
         self._last_doc = {**doc, "stated_digest": posture_digest(doc)}
-        first = self._attrs.digest_only_document(doc) or self._last_doc
+        lead = self._attrs.digest_only_document(doc) if digest_first else None
+        first = lead or self._last_doc
         return [self._message(self._attrs.posture_to_attributes(first, vendor_id=NAC_PEN))]
 
     def server_message(self, msg_type: int, data: bytes) -> ServerNews:

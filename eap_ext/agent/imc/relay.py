@@ -42,20 +42,22 @@ class ImcAgent:
     def _record(self, changes: dict[str, Any]) -> None:
         state.update(changes, self.state_file, interface=self.interface)
 
-    def _token(self) -> str | None:
-        last = state.load(self.state_file) or {}
-        cert = last.get("certificate")
-        return cert.get("token") if isinstance(cert, dict) else None
+    def _certificate(self) -> dict[str, Any]:
+        cert = (state.load(self.state_file) or {}).get("certificate")
+        return cert if isinstance(cert, dict) else {}
 
     def handle(self, ftype: int, payload: bytes) -> list[tuple[int, bytes]]:
         """Messages to send in answer to one shim event."""
         if ftype == framing.BEGIN:
             (self.connection,) = struct.unpack("!I", payload[:4])
             self._remediation = []
+            cert = self._certificate()
             state.begin_handshake(self.state_file, self.interface)
-            doc = self.collect(self._token())
+            token = cert.get("token")
+            doc = self.collect(token if isinstance(token, str) else None)
             log.debug("connection %s: sending posture", self.connection)
-            return self.codec.posture_messages(doc)
+            # lead with certificate + digest only where the issuing server said it takes that
+            return self.codec.posture_messages(doc, digest_first=cert.get("digest_first") is True)
         if ftype == framing.STATE:
             conn, new_state = struct.unpack("!II", payload[:8])
             rec = STATE_RECOMMENDATION.get(new_state)

@@ -7,12 +7,16 @@ that authenticated `outcome.identity`, and the IMV is bound to that identity (dr
 A peer that NAKs EAP-TNC (no agent, or PEAP clients) is handled by InnerEap: unknown
 posture, so the policy keeps it in quarantine (draft 5.4.2).
 
-Re-inspection (draft 5.3 step 3): an agent holding a quarantine certificate leads with a
-digest-only document (certificate + digest of its current posture, no inventory). The judge
-sees it first; if its verdict rests on the certificate (it returns no new certificate) that
-verdict stands and the inventory never crosses the tunnel. Otherwise (certificate refused,
-expired, feeds or policy changed, posture changed) the IMV asks for the whole posture and
-the judge decides on that.
+Re-inspection (draft 5.3 step 3), with digest_first: the certificates we issue say so, and
+an agent holding one leads with a digest-only document (certificate + digest of its current
+posture, no inventory). The judge sees it first; if its verdict rests on the certificate (it
+returns no new certificate) that verdict stands and the inventory never crosses the tunnel.
+Otherwise (certificate refused, expired, feeds or policy changed, posture changed) the IMV
+asks for the whole posture and the judge decides on that. The method's posture is then the
+digest-only document: whoever stores postures for re-evaluation must keep the last whole
+one (digest_only documents carry no section). Without digest_first agents send the whole
+posture with their certificate, and a digest-only document is always answered with a
+request for it.
 """
 
 from __future__ import annotations
@@ -44,18 +48,22 @@ class TncMethod(Method):
     name = "tnc"
     type = EAP_TNC
 
-    def __init__(self, env: MethodEnv, outcome: Outcome, judge: PostureJudge) -> None:
+    def __init__(self, env: MethodEnv, outcome: Outcome, judge: PostureJudge, *,
+                 digest_first: bool = False) -> None:
         super().__init__(env)
         self.outcome = outcome
         self.judge = judge
+        self.digest_first = digest_first
         self._certified: Verdict | None = None  # the verdict a certificate carried
         imv = ImvSession(self._evaluate, identity=outcome.identity,
-                         want_full_posture=self._want_full_posture)
+                         want_full_posture=self._want_full_posture, digest_first=digest_first)
         self.server = EapTncServer(imv, max_fragment=INNER_FRAGMENT)
 
     def _want_full_posture(self, doc: dict[str, Any]) -> bool:
         if not is_digest_only(doc):
             return False
+        if not self.digest_first:
+            return True
         verdict = self.judge(doc, self.outcome)
         if verdict[3] is None:
             self._certified = verdict
@@ -84,10 +92,11 @@ class TncMethod(Method):
         return fail(st.reason or "posture handshake failed")
 
 
-def tnc_posture(judge: PostureJudge) -> Callable[[MethodEnv, Outcome], Method | None]:
+def tnc_posture(judge: PostureJudge, *, digest_first: bool = False
+                ) -> Callable[[MethodEnv, Outcome], Method | None]:
     """A PostureFactory for EapService: run EAP-TNC after every tunnel authentication."""
 
     def factory(env: MethodEnv, outcome: Outcome) -> Method | None:
-        return TncMethod(env, outcome, judge)
+        return TncMethod(env, outcome, judge, digest_first=digest_first)
 
     return factory
