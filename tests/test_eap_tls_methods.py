@@ -324,3 +324,37 @@ def test_revocation_while_running_takes_effect_on_reload(tmp_path: Path) -> None
     assert service.reload_crl_if_changed() is True
     res, _ = run_tls(lab, service, TlsPeer(lab, "tls", version="1.3", cert=True))
     assert res.action == "reject" and "revoked" in res.reason
+
+
+@pytest.mark.parametrize("password", ["demo-password", "wrong-password"])
+def test_ttls_pap_password_hash_leaves_the_round_as_slow_work(lab: Lab, password: str) -> None:
+    """With defer_slow (the server's packet loop), a TTLS/PAP password the memo does not
+    know comes back as EapResult("slow"): the hash runs elsewhere, resume() finishes the
+    round; a second conversation with the same good password needs no hash at all."""
+    service = lab.service()
+    service.defer_slow = True
+    slow_rounds = 0
+    original = service.handle
+
+    def driver(**kw):  # type: ignore[no-untyped-def]
+        nonlocal slow_rounds
+        res = original(**kw)
+        if res.action == "slow":
+            slow_rounds += 1
+            assert res.work is not None and res.resume is not None
+            # A retransmission while the hash runs is dropped, not answered twice.
+            again = original(**kw)
+            assert again.action == "drop" and again.reason == "round in progress"
+            res = res.resume(res.work(), kw["now"])
+        return res
+
+    service.handle = driver  # type: ignore[method-assign]
+    res, _ = run_tls(lab, service, TlsPeer(lab, "ttls", version="1.2", inner="pap",
+                                           password=password))
+    assert slow_rounds == 1
+    if password != "demo-password":
+        assert res.action == "reject" and "wrong password" in res.reason
+        return
+    assert res.action == "accept" and res.method == "ttls/pap" and res.identity == "demo"
+    res, _ = run_tls(lab, service, TlsPeer(lab, "ttls", version="1.3", inner="pap"))
+    assert res.action == "accept" and slow_rounds == 1  # the memo knew it this time
