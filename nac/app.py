@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +32,15 @@ REGISTRATION_POLL = 0.5  # seconds: how soon a MAC registered by the CLI takes e
 JOB_LEASE = 30.0  # seconds an enforcement job's claim holds without renewal
 
 
-def metrics_socket(state_dir: Path, worker_id: int) -> Path:
-    """Where worker N of a pool serves its metrics; the supervisor's endpoint sums them."""
-    return state_dir / "run" / f"metrics-w{worker_id}.sock"
+def metrics_socket(state_dir: Path, worker_id: int) -> str:
+    """Where worker N of a pool serves its metrics; the supervisor's endpoint sums them.
+    A file in STATE/run, or an abstract socket named after the state dir when that path
+    is too long for a Unix socket address (108 bytes)."""
+    path = state_dir.resolve() / "run" / f"metrics-w{worker_id}.sock"
+    if len(os.fsencode(path)) < 100:
+        return str(path)
+    digest = hashlib.sha256(os.fsencode(state_dir.resolve())).hexdigest()[:24]
+    return f"\0nac-metrics-{digest}-w{worker_id}"
 
 
 def build_clients(cfg: Config) -> ClientTable:
@@ -197,7 +205,7 @@ class Server:
         if self.worker_id is not None:
             # A worker of a pool: the supervisor serves ADDR:PORT and sums every worker's.
             return await start_metrics(
-                "", 0, path=str(metrics_socket(self.state_dir, self.worker_id)), **sources)
+                "", 0, path=metrics_socket(self.state_dir, self.worker_id), **sources)
         host, port = parse_address(self.cfg.metrics)
         return await start_metrics(host, port, **sources)
 

@@ -298,11 +298,12 @@ async def start_metrics(
         await _handle(src, timeout, r, w)
 
     if path is not None:
-        sock = Path(path)
-        sock.parent.mkdir(parents=True, exist_ok=True)
-        sock.unlink(missing_ok=True)  # left by a worker that was killed
+        if not path.startswith("\0"):  # not an abstract socket: a file
+            sock = Path(path)
+            sock.parent.mkdir(parents=True, exist_ok=True)
+            sock.unlink(missing_ok=True)  # left by a worker that was killed
         server = await asyncio.start_unix_server(handler, path, limit=16384)
-        log.info("metrics for the pool's supervisor on %s", path)
+        log.info("metrics for the pool's supervisor on %r", path)
         return server
     server = await asyncio.start_server(handler, host, port, limit=16384)
     log.info("metrics on http://%s:%d/metrics and /healthz",

@@ -59,8 +59,7 @@ def supervise(worker_argv: list[str], count: int, state_dir: Path,
         host, port = parse_address(metrics)
         # Bound before any worker starts: a taken port fails the start, not a scrape later.
         pool_metrics = PoolMetrics(
-            host, port, sockets=lambda: {i: str(metrics_socket(state_dir, i))
-                                         for i in range(count)},
+            host, port, sockets=lambda: {i: metrics_socket(state_dir, i) for i in range(count)},
             alive=lambda: {i: p.poll() is None for i, p in list(procs.items())})
     for i in range(count):
         start(i)
