@@ -172,3 +172,31 @@ def test_healthz_when_probe_raises() -> None:
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_merge_sums_workers() -> None:
+    """The pool's /metrics: counters and histograms add up, gauges of per-worker things
+    add up, gauges of shared state (the job queue) are reported once."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from nac.metrics import Histogram, merge, render
+
+    def worker(accepts: int, eap: int, latencies: list[float]) -> str:
+        h = Histogram((0.001, 0.01))
+        for v in latencies:
+            h.observe(v)
+        return render({"access_accept": accepts, "drop_malformed": 1},
+                      {"eap_conversations": eap, "jobs_done": 7.0},
+                      {"radius_request_seconds": h}).decode()
+
+    text = merge([worker(3, 2, [0.0005, 0.005]), worker(4, 1, [0.05])]).decode()
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert got[("nac_radius_requests_total", (("code", "access_accept"),))] == 7
+    assert got[("nac_radius_drops_total", (("reason", "malformed"),))] == 2
+    assert got[("nac_eap_conversations", ())] == 3
+    assert got[("nac_enforcement_jobs", (("state", "done"),))] == 7
+    assert got[("nac_radius_request_seconds_bucket", (("le", "0.001"),))] == 1
+    assert got[("nac_radius_request_seconds_bucket", (("le", "0.01"),))] == 2
+    assert got[("nac_radius_request_seconds_bucket", (("le", "+Inf"),))] == 3
+    assert got[("nac_radius_request_seconds_count", ())] == 3
