@@ -10,6 +10,15 @@ distinct (package, version) pairs stay few). Every run starts from a fresh index
 verdict cache, as after a feed change.
 
     python3 bench/feeds.py [--nodes 10000] [--packages 1500] [--advisories 5000] [--workers 2]
+
+With --end-to-end STATE it measures the real path instead: a state dir whose store holds the
+fleet's postures (built through the store on first use, ~2 min for 10k nodes, 3.4 GB), then
+`nac feed import` of one new critical advisory and of its withdrawal, alternately, as
+subprocesses with a switch inventory (so the moved nodes are queued for enforcement):
+wall and CPU per command (medians), and the phases of one in-process re-evaluation.
+--reference also times the old path (every posture decoded) once.
+
+    python3 bench/feeds.py --end-to-end /var/tmp/fleet10k [--runs 3] [--reference]
 """
 
 from __future__ import annotations
@@ -19,10 +28,14 @@ import json
 import multiprocessing as mp
 import os
 import random
+import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,6 +227,146 @@ def run(nodes: int, packages: int, advisories: int, workers: int, seed: int) -> 
     return res
 
 
+# The bench policy: the sample with min_severity "critical", so the synthetic feed (high and
+# lower) leaves the fleet in normal and one critical advisory moves the nodes it hits.
+def bench_policy() -> str:
+    from nac.posture.policy import sample_policy_text
+
+    text = sample_policy_text()
+    assert 'min_severity = "medium"' in text
+    return text.replace('min_severity = "medium"', 'min_severity = "critical"')
+
+
+SWITCHES = ('[[switches]]\nname = "sw1"\naddress = "127.0.0.1"\ndriver = "ssh-linux-bridge"\n'
+            '[switches.ssh]\nusername = "nac"\npassword = "x"\n')
+
+
+def build_state(state: Path, nodes: int, packages: int, advisories: int, seed: int) -> Fleet:
+    """The fleet's postures in a real store (as `nac serve` records them), feeds imported."""
+    from nac.events import DecisionRecord
+    from nac.store import open_store
+
+    rng = random.Random(seed)
+    records = build_advisories(advisories, rng)
+    fleet = build_fleet(nodes, packages, rng)
+    if (state / "nac.db").exists():
+        return fleet
+    state.mkdir(parents=True, exist_ok=True)
+    zpath = state / "feed.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+        for rec in records:
+            zf.writestr(f"{rec['id']}.json", json.dumps(rec))
+    import_path(state / "nac.db", zpath, "bench", "vendor")
+    (state / "policy.toml").write_text(bench_policy())
+    store = open_store(None, state)
+    for k in range(nodes):
+        p = fleet.posture(k)
+        for pkg in p["packages"]:  # as the agent reports them
+            pkg["purl"] = (f"pkg:deb/debian/{pkg['name']}@{pkg['version']}"
+                           "?arch=amd64&distro=debian-12")
+        p["forwarding"] = {"ipv4": False, "ipv6": False, "bridges": []}
+        store.record_decision(DecisionRecord(
+            at=time.time(), mac=node_mac(k), segment="normal", vlan=30, source="posture",
+            reasons=("bench",), identity=f"host{k}", role="default", nas="127.0.0.1",
+            nas_port=f"Gi1/0/{k % 48}", posture=p))
+        if k % 500 == 499:
+            store.flush(timeout=600)
+    store.flush(timeout=600)
+    store.close()
+    return fleet
+
+
+def node_mac(k: int) -> str:
+    return "02:00:" + ":".join(f"{(k >> s) & 255:02x}" for s in (24, 16, 8, 0))
+
+
+def critical_advisory(fleet: Fleet, n: int, wide: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new critical advisory fixed in the newest version (nodes that lag are hit) on the
+    fleet's most common package (wide) or one only one image has (narrow); and its withdrawal."""
+    count = Counter(i for image in fleet.images for i in image)
+    i = count.most_common(1)[0][0] if wide else min(count, key=lambda j: (count[j], j))
+    versions = pkg_versions(i)
+    rec = {
+        "id": f"DSA-BENCH-{n}", "modified": f"2026-01-02T00:00:{n % 60:02d}Z",
+        "published": "2026-01-02T00:00:00Z", "aliases": [], "summary": f"src{i} - critical",
+        "affected": [{"package": {"ecosystem": "Debian:12", "name": f"src{i}"},
+                      "ranges": [{"type": "ECOSYSTEM",
+                                  "events": [{"introduced": "0"}, {"fixed": versions[-1]}]}]}],
+        "database_specific": {"severity": "CRITICAL"},
+    }
+    withdrawn = dict(rec, withdrawn="2026-01-03T00:00:00Z",
+                     modified=f"2026-01-03T00:00:{n % 60:02d}Z")
+    return rec, withdrawn
+
+
+def _cli(args: list[str]) -> tuple[float, float, str]:
+    """(wall s, CPU s of the child, stdout) of one `nac` command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "nac.cli.main", *args], capture_output=True,
+                         text=True, check=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, out.stdout
+
+
+def end_to_end(state: Path, nodes: int, packages: int, advisories: int, seed: int, runs: int,
+               reference: bool) -> dict[str, Any]:
+    from nac.reevaluate import after_change
+
+    res: dict[str, Any] = {"nodes": nodes, "packages_per_node": packages,
+                           "advisories": advisories, "cpus": os.cpu_count(),
+                           "loadavg_at_start": round(os.getloadavg()[0], 2)}
+    t = time.perf_counter()
+    fleet = build_state(state, nodes, packages, advisories, seed)
+    res["build_state_s"] = round(time.perf_counter() - t, 1)
+    res["store_bytes"] = (state / "nac.db").stat().st_size
+    config = state / "bench.toml"
+    config.write_text(SWITCHES)
+    common = ["--state-dir", str(state), "--config", str(config)]
+    # First re-evaluation: every posture decoded and compiled once (what a fresh install or
+    # an upgrade pays); later ones read only postures stored since.
+    wall, cpu, out = _cli(["policy", "apply", str(state / "policy.toml"), "--wait", "0",
+                           *common])
+    res["first_reevaluation"] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                                 "summary": out.strip().splitlines()[-1][:200]}
+    if reference:
+        from nac.reevaluate import reevaluate
+        from nac.runtime import LivePolicy
+        from nac.store import open_store
+
+        store = open_store(None, state)
+        live = LivePolicy(state, state / "nac.db")
+        c, t = time.process_time(), time.perf_counter()
+        report = reevaluate(store, lambda p, r, n, i: live.evaluate(p, r, None, "generic", i),
+                            source="bench")
+        res["reference_decode_every_posture"] = {
+            "wall_s": round(time.perf_counter() - t, 2),
+            "cpu_s": round(time.process_time() - c, 2), "changed": len(report.changes)}
+        store.close()
+    n = int(time.time()) % 100_000
+    for label, wide in (("wide", True), ("narrow", False)):
+        walls, cpus, moved = [], [], []
+        for run in range(runs):
+            for doc in critical_advisory(fleet, n * 10 + run + (0 if wide else 5), wide):
+                path = state / "advisory.json"
+                path.write_text(json.dumps(doc))
+                wall, cpu, out = _cli(["feed", "import", str(path), *common])
+                walls.append(wall)
+                cpus.append(cpu)
+                moved.append(out.strip().splitlines()[1][:120])
+        res[f"feed_import_{label}"] = {
+            "runs": len(walls), "wall_s_median": round(statistics.median(walls), 2),
+            "cpu_s_median": round(statistics.median(cpus), 2),
+            "wall_s": [round(w, 2) for w in walls], "reevaluation": sorted(set(moved))}
+    # Phases of one re-evaluation, in process (nothing changed since: the steady state).
+    report = after_change(state, "bench", config_path=config)
+    res["phases_s_nothing_changed"] = report.seconds
+    res["loadavg_at_end"] = round(os.getloadavg()[0], 2)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=10_000)
@@ -221,8 +374,17 @@ def main() -> None:
     ap.add_argument("--advisories", type=int, default=5_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--end-to-end", type=Path, metavar="STATE",
+                    help="Measure `nac feed import` on a state dir holding the fleet.")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--reference", action="store_true",
+                    help="With --end-to-end: also time the old decode-every-posture path.")
     args = ap.parse_args()
-    res = run(args.nodes, args.packages, args.advisories, args.workers, args.seed)
+    if args.end_to_end is not None:
+        res = end_to_end(args.end_to_end, args.nodes, args.packages, args.advisories,
+                         args.seed, args.runs, args.reference)
+    else:
+        res = run(args.nodes, args.packages, args.advisories, args.workers, args.seed)
     print(json.dumps(res, indent=2))
 
 

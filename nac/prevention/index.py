@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -151,7 +151,9 @@ def _hit(intervals: tuple[_Interval, ...], v: Version) -> tuple[bool, str | None
 
 
 _VERDICT_CACHE_MAX = 2_000_000
-_SOURCE_TRIPLE = itemgetter("source", "source_version", "manager")
+_SOURCE = itemgetter("source")
+_MANAGER = itemgetter("manager")
+_SOURCE_PAIR = itemgetter("source", "source_version")
 
 
 class _NotFast(Exception):
@@ -243,21 +245,34 @@ class VulnIndex:
 
     def _source_keyed(self, pkgs: list[Any], host: tuple[str, str]) -> list[Finding] | None:
         """Hot path for Debian/Ubuntu/Alpine hosts whose packages carry source and
-        source_version (what our agent reports). One C-level pass reads each package's
-        (source, source_version, manager); that triple is the verdict key, decided once per
-        index and then only looked up. Returns None when the list does not fit (other managers,
+        source_version (what our agent reports), in C-level passes. A freshly decoded posture
+        has fresh strings whose hashes are not computed yet, so hash as few as possible: each
+        source once (most have no advisory at all), then (source, source_version) only for
+        the sources an advisory names; that pair is the verdict key, decided once per index
+        and then only looked up. Returns None when the list does not fit (other managers,
         missing or odd fields): the general path handles those."""
+        try:
+            sources = list(map(_SOURCE, pkgs))
+            managers = list(map(_MANAGER, pkgs))
+        except (KeyError, TypeError):
+            return None
+        # list.count compares without hashing; every manager must be a source-keyed one.
+        if sum(map(managers.count, _SOURCE_MANAGERS)) != len(managers):
+            return None
+        if set(map(type, sources)) != {str} or not all(sources):
+            return None
+        named = list(compress(pkgs, map(self._names.__contains__, sources)))
+        if not named:
+            return []
         verdicts = self._host_verdicts.get(host)
         if verdicts is None:
             verdicts = self._host_verdicts[host] = {}
         try:
-            # Warm path: one chained C pass, no intermediate list.
-            found = list(map(verdicts.__getitem__, map(_SOURCE_TRIPLE, pkgs)))
+            found = list(map(verdicts.__getitem__, map(_SOURCE_PAIR, named)))
         except (KeyError, TypeError):
-            # A missing field, an unhashable one, or first sight of a (source, version).
+            # A missing or unhashable version, or first sight of a (source, version).
             try:
-                triples = list(map(_SOURCE_TRIPLE, pkgs))
-                found = [self._triple_verdict(host, verdicts, t) for t in triples]
+                found = [self._pair_verdict(host, verdicts, p) for p in map(_SOURCE_PAIR, named)]
             except (KeyError, TypeError, _NotFast):
                 return None
         out: list[Finding] = []
@@ -266,24 +281,18 @@ class VulnIndex:
             out.extend(verdict)
         return out
 
-    def _triple_verdict(
-        self, host: tuple[str, str], verdicts: dict[Any, tuple[Finding, ...]], triple: Any
+    def _pair_verdict(
+        self, host: tuple[str, str], verdicts: dict[Any, tuple[Finding, ...]], pair: Any
     ) -> tuple[Finding, ...]:
-        cached = verdicts.get(triple)
+        cached = verdicts.get(pair)
         if cached is not None:
             return cached
-        source, version, manager = triple
-        if manager not in _SOURCE_MANAGERS or not isinstance(source, str) or not source:
-            raise _NotFast
+        source, version = pair
         if not isinstance(version, str) or not version:
             raise _NotFast
         if len(verdicts) >= _VERDICT_CACHE_MAX:
             verdicts.clear()  # bounded memory; an index lives for one feed epoch anyway
-        if source in self._names:
-            result = self._verdict(host[0], host[1], source, version)
-        else:
-            result = ()
-        verdicts[triple] = result
+        result = verdicts[pair] = self._verdict(host[0], host[1], source, version)
         return result
 
     def _prefilter(self, pkgs: list[Any]) -> tuple[list[Any], list[Any], set[Any], set[str]]:
