@@ -258,8 +258,11 @@ class Engine:
     def _record(self, d: Decision, pkt: c.Packet, client: NasClient, host: str, now: float,
                 mac: str | None, identity: str | None = None, role: str | None = None,
                 method: str | None = None, posture: dict[str, Any] | None = None) -> None:
-        port_id = pkt.get_str(c.NAS_PORT_ID)
-        number = pkt.get_int(c.NAS_PORT)
+        first = pkt.first
+        raw_id = first.get(c.NAS_PORT_ID)
+        port_id = None if raw_id is None else raw_id.decode("utf-8", "replace")
+        raw_number = first.get(c.NAS_PORT)
+        number = int.from_bytes(raw_number) if raw_number and len(raw_number) == 4 else None
         port = port_id if port_id is not None else (None if number is None else str(number))
         self.on_decision(DecisionRecord(
             at=now, mac=mac, segment=d.segment, vlan=d.vlan, source=d.source,
@@ -267,7 +270,8 @@ class Engine:
             nas=client.name or host, nas_port=port, method=method, role=role, posture=posture,
             nas_port_id=port_id, nas_port_number=number,
         ))
-        self.counters["decision_" + d.segment] += 1
+        counter = _DECISION_COUNTERS.get(d.segment) or "decision_" + d.segment
+        self.counters[counter] += 1
         if log.isEnabledFor(logging.INFO):
             state = pkt.get(c.STATE)
             corr = (state.hex()[:16] if state
@@ -292,12 +296,11 @@ class Engine:
         eap = c.join_eap(pkt)
         if eap is not None:
             return self._eap(pkt, eap, client, host, key, now)
-        user = pkt.get(c.USER_NAME)
-        calling = pkt.get(c.CALLING_STATION_ID)
-        mac = normalize_mac(calling)
+        first = pkt.first
+        user = first.get(c.USER_NAME)
+        mac = normalize_mac(first.get(c.CALLING_STATION_ID))
         if mac is not None and (
-            pkt.get_int(c.SERVICE_TYPE) == c.SERVICE_TYPE_CALL_CHECK
-            or normalize_mac(user) == mac
+            first.get(c.SERVICE_TYPE) == _CALL_CHECK or normalize_mac(user) == mac
         ):
             d = self.authorizer.mab(mac, client.group, client.profile.name)
             self._record(d, pkt, client, host, now, mac, method="mab")
@@ -456,6 +459,10 @@ class Engine:
             session_time=pkt.get_int(c.ACCT_SESSION_TIME),
             terminate_cause=pkt.get_int(c.ACCT_TERMINATE_CAUSE),
         )
+
+
+_CALL_CHECK = c.SERVICE_TYPE_CALL_CHECK.to_bytes(4, "big")
+_DECISION_COUNTERS = {s: "decision_" + s for s in ("quarantine", "isolated", "normal")}
 
 
 def _eap_failure(eap: bytes) -> bytes:
