@@ -337,7 +337,9 @@ class Enforcer:
                             release()
                         released = True
                     jobs = self.queue.claim(free) if free > 0 else []
-                    due = None if jobs else self.queue.next_due()
+                    # A full claim may have left more due jobs: claim again at once.
+                    # Otherwise nothing more is claimable now; wait (one claim per wake-up).
+                    due = None if jobs and len(jobs) >= free else self.queue.next_due()
                 except Exception as exc:  # noqa: BLE001 - store locked, database down, ...
                     failures += 1
                     self.queue_errors += 1
@@ -356,14 +358,16 @@ class Enforcer:
                     t = asyncio.create_task(self._process(job))
                     tasks.add(t)
                     t.add_done_callback(tasks.discard)
-                if jobs:
+                if jobs and len(jobs) >= free:
                     await asyncio.sleep(0)
                     continue
                 # Sleep until woken by a new job, a job finishing, the next due retry or
-                # the poll interval (another process may have queued work).
+                # the poll interval (another process may have queued work). A job already
+                # due but not claimed waits for its port's job in flight: the end of that
+                # one wakes us, so it is no reason to spin.
                 timeout = self.poll_interval
-                if due is not None:
-                    timeout = min(timeout, max(0.0, due - self.queue.clock()))
+                if due is not None and due > self.queue.clock():
+                    timeout = min(timeout, due - self.queue.clock())
                 waiters = [asyncio.create_task(self._wake.wait()),
                            asyncio.create_task(stop.wait())]
                 if tasks:
