@@ -105,12 +105,15 @@ def reevaluate(store: Store, evaluator: Evaluator, *, source: str,
 
 def _record_change(store: Store, planner: Planner | None, report: Report, node: dict[str, Any],
                    d: Decision, source: str, now: float, role: str) -> None:
+    change = _queue_change(store, planner, node, d, source, now)
+    _record_decision(store, node, d, source, now, role, change.reasons)
+    report.changes.append(change)
+
+
+def _queue_change(store: Store, planner: Planner | None, node: dict[str, Any], d: Decision,
+                  source: str, now: float) -> Change:
+    """The node's enforcement job (if its switch is in the inventory), as a Change."""
     reasons = (f"{source} changed: re-evaluated the last posture", *d.reasons)
-    store.record_decision(DecisionRecord(
-        at=now, mac=node["mac"], segment=d.segment, vlan=d.vlan, source=source,
-        reasons=reasons, remediation=d.remediation, identity=node["identity"],
-        nas=node["last_nas"], nas_port=node["last_port"], role=role,
-    ))
     change = Change(node["mac"], node["segment"], d.segment, d.vlan, reasons)
     if planner is not None:
         sess = store.live_session(node["mac"])
@@ -123,9 +126,18 @@ def _record_change(store: Store, planner: Planner | None, report: Report, node: 
         )
         change.job = planner.set_vlan(target, d.vlan, decided_at=now,
                                       reason=f"{source}: {node['segment']} -> {d.segment}")
-    report.changes.append(change)
     log.info("%s: %s -> %s (VLAN %s): %s", node["mac"], node["segment"], d.segment,
              d.vlan, "; ".join(d.reasons))
+    return change
+
+
+def _record_decision(store: Store, node: dict[str, Any], d: Decision, source: str,
+                     now: float, role: str, reasons: tuple[str, ...]) -> None:
+    store.record_decision(DecisionRecord(
+        at=now, mac=node["mac"], segment=d.segment, vlan=d.vlan, source=source,
+        reasons=reasons, remediation=d.remediation, identity=node["identity"],
+        nas=node["last_nas"], nas_port=node["last_port"], role=role,
+    ))
 
 
 # Nodes as the fast path reads them: every column before the posture text (cheap to read).
@@ -247,9 +259,13 @@ def reevaluate_fleet(store: Store, live: LivePolicy, fleet: FleetCache, *, sourc
     live.grace.record_many(graces)
     fleet.save(entries.values(), keep={n["mac"] for n in nodes})
     lap("save")
-    for node, d, role in moved:
-        _record_change(store, planner, report, node, d, source, now, role)
+    # Switch jobs before the decision rows: the enforcer starts on them at once, and the
+    # store's writer (busy with the node rows) does not hold up each enqueue.
+    report.changes = [_queue_change(store, planner, node, d, source, now)
+                      for node, d, _ in moved]
     lap("queue")
+    for (node, d, role), change in zip(moved, report.changes, strict=True):
+        _record_decision(store, node, d, source, now, role, change.reasons)
     store.flush(timeout=600)
     lap("store")
     return report
