@@ -22,6 +22,7 @@ from pathlib import Path
 log = logging.getLogger("nac.workers")
 
 RESTART_BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0  # seconds up after which a worker's death is not part of a crash loop
 
 
 def default_workers() -> int:
@@ -47,8 +48,11 @@ def supervise(worker_argv: list[str], count: int, state_dir: Path,
     failures: dict[int, int] = {}
     next_start: dict[int, float] = {}
 
+    started: dict[int, float] = {}
+
     def start(i: int) -> None:
         procs[i] = subprocess.Popen([*worker_argv, "--worker-id", str(i)])
+        started[i] = time.monotonic()
         log.info("worker %d started (pid %d)", i, procs[i].pid)
 
     pool_metrics = None
@@ -69,13 +73,19 @@ def supervise(worker_argv: list[str], count: int, state_dir: Path,
             rc = p.poll()
             if rc is None or stopping:
                 continue
-            failures[i] = failures.get(i, 0) + 1
-            delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures[i] - 1))
+            now = time.monotonic()
             if i not in next_start:
+                # Once per death: a worker that ran a while starts the backoff afresh, one
+                # that keeps dying at start waits longer each time (no tight crash loop).
+                if now - started.get(i, now) > STABLE_AFTER:
+                    failures[i] = 0
+                failures[i] = failures.get(i, 0) + 1
+                delay = min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures[i] - 1))
                 log.error("worker %d (pid %d) exited with %d; restarting in %.1fs", i, p.pid,
                           rc, delay)
-                next_start[i] = time.monotonic() + delay
-            elif time.monotonic() >= next_start.pop(i):
+                next_start[i] = now + delay
+            elif now >= next_start[i]:
+                del next_start[i]
                 start(i)
     for p in procs.values():
         if p.poll() is None:

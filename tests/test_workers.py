@@ -46,3 +46,34 @@ def test_two_workers_share_the_port_and_keep_eap_flows(tmp_path: Path) -> None:
     finally:
         srv.stop()
     assert "all workers stopped" in srv.log()
+
+
+def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
+    """SIGKILL one worker of two: the supervisor says so once and starts it again after
+    its backoff; the port answers throughout."""
+    import os
+    import signal
+    import time
+
+    srv = start_server(tmp_path, "--workers", "2")
+    mab = ('User-Name = "020000000e01", Calling-Station-Id = "02:00:00:00:0e:01", '
+           "Service-Type = Call-Check, Message-Authenticator = 0x00")
+    try:
+        pids = dict(re.findall(r"worker (\d) started \(pid (\d+)\)", srv.log()))
+        assert set(pids) == {"0", "1"}, srv.log()
+        os.kill(int(pids["1"]), signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        again: list[str] = []
+        while time.monotonic() < deadline:
+            again = re.findall(r"worker 1 started \(pid (\d+)\)", srv.log())
+            if len(again) == 2 and re.search(r"\[w1\].*ready: ", srv.log().split(
+                    f"worker 1 started (pid {again[1]})")[1]):
+                break
+            assert radclient(srv.auth_port, "auth", mab).code == "Access-Accept"
+            time.sleep(0.2)
+        assert len(again) == 2, srv.log()
+        os.kill(int(again[1]), 0)  # the new worker runs
+        assert srv.log().count("worker 1 (pid") == 1  # its death reported once
+        assert radclient(srv.auth_port, "auth", mab).code == "Access-Accept"
+    finally:
+        srv.stop()
