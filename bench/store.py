@@ -83,8 +83,10 @@ def nac_server(state: Path, log_path: Path, workers: int | None,
                     probe.wait_listeners(auth, workers, alive=proc)
                     probe.wait_answers(auth, SECRET, alive=proc)
             except (RuntimeError, TimeoutError) as exc:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"nac serve did not answer: {exc}\n{tail}") from None
+                # The first error lines say why (the supervisor's restart notes come after).
+                lines = log_path.read_text(errors="replace").splitlines()
+                why = "\n".join([ln for ln in lines if "restarting in" not in ln][-40:])
+                raise RuntimeError(f"nac serve did not answer: {exc}\n{why}") from None
             yield proc.pid, auth
         finally:
             family = probe.tree_pids(proc.pid)
