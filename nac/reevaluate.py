@@ -293,7 +293,7 @@ def after_change(state_dir: Path, source: str, *, config_path: Path | None = Non
         for cl in cfg.clients:
             groups[(cl.name or cl.address.split("/")[0])] = (cl.group, cl.vendor)
     planner = load_planner(cfg.switches, db_path, str(config_path)) if cfg else None
-    fleet = fleet_connect(state_dir / "nac.db") if hasattr(store, "_query") else None
+    fleet = fleet_connect(db_path) if hasattr(store, "_query") else None
 
     def evaluator(posture: dict[str, Any], role: str, nas: str | None,
                   identity: str | None) -> Decision:

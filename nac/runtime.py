@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nac.authorize import apply_segment_settings
+from nac.events import DecisionRecord
 from nac.posture.certificate import PREFIX as CERT_PREFIX
 from nac.posture.certificate import CertificateSigner, QuarantineCertificate, certify
 from nac.posture.decision import Decision
@@ -24,6 +25,7 @@ from nac.posture.digest import posture_digest
 from nac.posture.evaluate import FIRST_SEEN_PREFIX, evaluate
 from nac.posture.policy import Policy, PolicyError, active_policy_path, load_policy
 from nac.prevention import cache as feed_cache
+from nac.prevention.fleet import FleetIntake, rule_digest
 from nac.prevention.index import VulnIndex, load_index
 
 log = logging.getLogger("nac.policy")
@@ -185,6 +187,8 @@ class LivePolicy:
         self.signer = CertificateSigner.from_state_dir(state_dir)
         self.grace = GraceBook(db_path)
         self._last: tuple[Any, Any, Any] = (None, None, None)  # posture, index, findings
+        self._intake: FleetIntake | None = None
+        self._soft_rules: tuple[Any, list[tuple[str, Any]]] = (None, [])
         log.info("policy %r (%s), %d rule(s); prevention feeds at epoch %d, %d advisories",
                  self.policy.name, self.source, len(self.policy.rules), self.index.epoch,
                  self.index.advisory_count)
@@ -207,6 +211,23 @@ class LivePolicy:
         except KeyError as exc:
             raise PolicyError("server config", [("segments", str(exc.args[0]))]) from None
         return policy.model_copy(update={"segments": segments})
+
+    def observe(self, rec: DecisionRecord) -> None:
+        """Compile a recorded posture for fleet re-evaluation, off the packet path: the
+        server's on_decision calls this with every decision it stores."""
+        if rec.posture is None or not rec.mac:
+            return
+        if self._intake is None:
+            self._intake = FleetIntake(self.db_path)
+        policy = self.policy
+        if self._soft_rules[0] is not policy:
+            self._soft_rules = (policy, [(rule_digest(r), r) for r in policy.rules
+                                         if r.reads_packages])
+        self._intake.observe(rec.mac, rec.posture, rec.at, self._soft_rules[1])
+
+    def close(self) -> None:
+        if self._intake is not None:
+            self._intake.close()
 
     def evaluate(self, posture: dict[str, Any] | None, role: str, group: str | None,
                  vendor: str, identity: str | None = None, now: float | None = None) -> Decision:

@@ -160,3 +160,58 @@ def test_policy_change_rechecks_software_rules_from_the_posture(tmp_path: Path) 
     assert sorted((c.mac, c.new_segment) for c in report.changes) == expected
     assert report.decoded == 0 and len(expected) > 3
     assert segments(fast) == segments(ref)
+
+
+def test_postures_compiled_at_intake_are_not_decoded_again(tmp_path: Path) -> None:
+    """The server hands every recorded posture to LivePolicy.observe: the re-evaluation after
+    the next feed change then decodes none of them, and decides as the reference does."""
+    ref, fast = tmp_path / "ref", tmp_path / "fast"
+    for state in (ref, fast):
+        build(state, nodes=16)
+        after_change(state, "policy")  # both start from the same evaluated segments
+    live = LivePolicy(fast, fast / "nac.db")
+    at = time.time()
+    for state in (ref, fast):
+        store = open_store(None, state)
+        for k in range(16):  # every host re-authenticates with a new posture
+            rec = DecisionRecord(
+                at=at, mac=mac(k), segment="normal", vlan=30, source="posture",
+                identity=f"host{k}", role="default", nas="127.0.0.1", nas_port=f"Gi1/0/{k}",
+                posture=posture(k + 1))
+            store.record_decision(rec)
+            if state == fast:
+                live.observe(rec)  # what the server's on_decision does
+        store.close()
+    assert live._intake is not None
+    live._intake.flush()
+    live.close()
+    assert live._intake.written == 16
+    for state in (ref, fast):
+        import_path(state / "nac.db", OSV / "DSA-5532-1.json", "debian", "vendor")
+    expected = slow(ref)
+    report = after_change(fast, "feed")
+    assert report.decoded == 0 and report.checked == 16
+    assert sorted((c.mac, c.new_segment) for c in report.changes) == expected and expected
+    assert segments(fast) == segments(ref)
+
+
+def test_two_writers_agree_on_package_ids(tmp_path: Path) -> None:
+    """A CLI re-evaluation and a server's intake compile at the same time: ids each
+    interned on its own are renumbered under the write lock, so every stored entry still
+    names its own packages."""
+    from nac.prevention.fleet import FleetCache
+
+    db = tmp_path / "nac.db"
+    a, b = FleetCache(db), FleetCache(db)
+    ea = a.compile("m:a", posture(0), 1.0, 1.0)
+    eb = b.compile("m:b", posture(3), 2.0, 2.0)  # same ids 0.. for other packages
+    a.save([ea])
+    b.save([eb])
+    for cache in (a, b, FleetCache(db)):
+        entries = cache.load()
+        for m, k in (("m:a", 0), ("m:b", 3)):
+            keys = {cache.table.keys[i] for i in entries[m].compiled.ids}
+            versions = {p["name"]: p["source_version"] for p in posture(k)["packages"]
+                        if p.get("manager") == "dpkg"}
+            assert {(name, ver) for _, _, name, ver in keys if name != "requests"} == {
+                (p, v) for p, v in versions.items() if p != "libssl3"}

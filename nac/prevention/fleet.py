@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
+import threading
+import time
 from array import array
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,8 @@ from typing import Any
 
 from nac.prevention import cache
 from nac.prevention.packages import CompiledPosture, PackageTable, compile_posture
+
+log = logging.getLogger("nac.prevention.fleet")
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS fleet_keys (
@@ -86,19 +92,25 @@ class FleetCache:
             for stmt in SCHEMA:
                 self.conn.execute(stmt)
         self.table = PackageTable()
-        self._saved_keys = 0
+        self._synced = 0  # table ids below this are the file's; above, this process's own
         self._load_keys()
 
     def _load_keys(self) -> None:
         rows = self.conn.execute(
             "SELECT id, base, release, name, version FROM fleet_keys WHERE id >= ? ORDER BY id",
-            (self._saved_keys,)).fetchall()
+            (self._synced,)).fetchall()
         for row in rows:
             if self.table.intern(tuple(row[1:])) != row[0]:  # type: ignore[arg-type]
-                raise RuntimeError("fleet_keys out of step with the package table")
-        self._saved_keys = len(self.table)
+                raise RuntimeError("fleet_keys ids are not dense: drop the fleet_* tables")
+        self._synced = len(self.table)
 
     def load(self) -> dict[str, Entry]:
+        """Every stored entry. Call before compiling: entries compiled and not yet saved
+        are invalid afterwards (the table follows the file's ids again)."""
+        if len(self.table) != self._synced:
+            self.table = PackageTable()
+            self._synced = 0
+        self._load_keys()  # ids other processes added meanwhile
         out: dict[str, Entry] = {}
         rows = self.conn.execute(
             "SELECT mac, posture_at, last_seen, ids, rest, soft FROM fleet_postures")
@@ -112,33 +124,51 @@ class FleetCache:
         return out
 
     def compile(self, mac: str, posture: dict[str, Any], posture_at: float | None,
-                last_seen: float | None) -> Entry:
+                last_seen: float | None, soft_rules: Iterable[tuple[str, Any]] = ()) -> Entry:
+        """An entry for this posture; `soft_rules` (digest, rule) are judged on it now."""
+        soft = {}
+        for digest, rule in soft_rules:
+            outcome = rule.check(posture, None)
+            soft[digest] = [outcome.status, outcome.reason]
         return Entry(mac, posture_at, last_seen, compile_posture(posture, self.table),
-                     split_posture(posture), {}, dirty=True)
+                     split_posture(posture), soft, dirty=True)
 
     def save(self, entries: Iterable[Entry], keep: set[str] | None = None) -> None:
-        """Write the changed entries (and new package keys); with `keep`, forget other MACs."""
-        rows = [(e.mac, e.posture_at, e.last_seen, e.compiled.ids.tobytes(),
-                 json.dumps(e.rest, separators=(",", ":")),
-                 json.dumps(e.soft, separators=(",", ":")))
-                for e in entries if e.dirty]
+        """Write the changed entries (and new package keys); with `keep`, forget other MACs.
+
+        Several processes compile (the CLI, each server worker): package ids interned here
+        since the last sync are given their ids in the file under the write lock, and the
+        entries' id arrays translated, so concurrent writers never disagree."""
+        entries = list(entries)
+        dirty = [e for e in entries if e.dirty]
         conn = self.conn
+        synced = self._synced
         with conn:
             conn.execute("BEGIN IMMEDIATE")
-            # Another process may have saved keys meanwhile: ids are only valid in one order.
-            known = conn.execute("SELECT COUNT(*) FROM fleet_keys").fetchone()[0]
-            if known != self._saved_keys:
-                conn.execute("DELETE FROM fleet_keys")
-                conn.execute("DELETE FROM fleet_postures")  # rebuilt from this process's view
-                self._saved_keys = 0
-                rows = [(e.mac, e.posture_at, e.last_seen, e.compiled.ids.tobytes(),
-                         json.dumps(e.rest, separators=(",", ":")),
-                         json.dumps(e.soft, separators=(",", ":")))
-                        for e in entries]
-            new = self.table.keys[self._saved_keys:]
-            conn.executemany(
-                "INSERT INTO fleet_keys (id, base, release, name, version) VALUES (?, ?, ?, ?, ?)",
-                [(self._saved_keys + i, *k) for i, k in enumerate(new)])
+            foreign = conn.execute(
+                "SELECT id, base, release, name, version FROM fleet_keys WHERE id >= ? "
+                "ORDER BY id", (synced,)).fetchall()
+            in_file = {tuple(r[1:]): r[0] for r in foreign}
+            next_id = synced + len(foreign)
+            remap: dict[int, int] = {}
+            inserts = []
+            for i, key in enumerate(self.table.keys[synced:], start=synced):
+                db_id = in_file.get(key)
+                if db_id is None:
+                    db_id, next_id = next_id, next_id + 1
+                    inserts.append((db_id, *key))
+                remap[i] = db_id
+            conn.executemany("INSERT INTO fleet_keys (id, base, release, name, version) "
+                             "VALUES (?, ?, ?, ?, ?)", inserts)
+            moved = any(k != v for k, v in remap.items())
+            rows = []
+            for e in dirty:
+                ids = e.compiled.ids
+                if moved and e.compiled.max_id >= synced:
+                    ids = array("I", sorted(remap.get(i, i) for i in ids))
+                rows.append((e.mac, e.posture_at, e.last_seen, ids.tobytes(),
+                             json.dumps(e.rest, separators=(",", ":")),
+                             json.dumps(e.soft, separators=(",", ":"))))
             conn.executemany(
                 "INSERT OR REPLACE INTO fleet_postures (mac, posture_at, last_seen, ids, rest, "
                 "soft) VALUES (?, ?, ?, ?, ?, ?)", rows)
@@ -146,12 +176,93 @@ class FleetCache:
                 gone = [(m,) for (m,) in conn.execute("SELECT mac FROM fleet_postures")
                         if m not in keep]
                 conn.executemany("DELETE FROM fleet_postures WHERE mac = ?", gone)
-        self._saved_keys = len(self.table)
-        for e in entries:
+        if foreign or moved:  # the file's order differs from ours: start again from it
+            self.table = PackageTable()
+            self._synced = 0
+            self._load_keys()
+        else:
+            self._synced = len(self.table)
+        for e in dirty:
             e.dirty = False
 
     def close(self) -> None:
         self.conn.close()
+
+
+class FleetIntake:
+    """Compiles postures as the server records them (a background thread, in batches), so
+    the re-evaluation after a feed change finds them compiled instead of decoding them.
+
+    The entry's stamp is the decision's time: the store writes it as the node's posture_at
+    and last_seen. Best effort: whatever is dropped (queue full, write error) the
+    re-evaluation compiles from the store itself."""
+
+    def __init__(self, db_path: Path, *, interval: float = 1.0,
+                 max_pending: int = 20_000) -> None:
+        self.db_path = db_path
+        self.interval = interval
+        self.max_pending = max_pending
+        self._pending: deque[tuple[str, dict[str, Any], float, list[tuple[str, Any]]]] = (
+            deque())
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.written = 0
+        self.dropped = 0
+
+    def observe(self, mac: str, posture: dict[str, Any], at: float,
+                soft_rules: list[tuple[str, Any]] | None = None) -> None:
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        self._pending.append((mac, posture, at, soft_rules or []))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fleet-intake",
+                                            daemon=True)
+            self._thread.start()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything observed so far is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while (self._pending or self._busy) and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.01)
+
+    _busy = False
+
+    def _run(self) -> None:
+        fleet: FleetCache | None = None
+        while not (self._stop and not self._pending):
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if not self._pending:
+                continue
+            self._busy = True
+            try:
+                if fleet is None:
+                    fleet = FleetCache(self.db_path)
+                batch: dict[str, Entry] = {}
+                while self._pending and len(batch) < 1000:
+                    mac, posture, at, soft_rules = self._pending.popleft()
+                    batch[mac] = fleet.compile(mac, posture, at, at, soft_rules)
+                fleet.save(batch.values())
+                self.written += len(batch)
+            except Exception:  # the re-evaluation falls back to the store: log, go on
+                log.exception("fleet intake: could not write compiled postures")
+                if fleet is not None:
+                    fleet.close()
+                fleet = None
+                time.sleep(self.interval)
+            finally:
+                self._busy = False
+        if fleet is not None:
+            fleet.close()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop = True
+            self._wake.set()
+            self._thread.join(timeout=10)
 
 
 def connect(db_path: Path) -> FleetCache | None:
