@@ -335,3 +335,28 @@ def test_without_digest_first_a_digest_only_document_is_never_relied_on() -> Non
     assert [bool(d.get("digest_only")) for d in judge.docs] == [False]
     assert method.posture is not None and method.posture["packages"] == host["packages"]
     assert imc.certificate_data is not None and "digest_first" not in imc.certificate_data
+
+
+def test_zip_bomb_through_the_server_method_leaves_no_posture() -> None:
+    """The EAP method fails, so InnerEap ends the tunnel with unknown posture: quarantine.
+    The judge never sees the document."""
+    from eap_ext.tnc.eap_tnc import Fragmenter, TncFrame
+
+    judge = Judge(rely=False)
+    method = _method(judge)
+    meta = VendorAttribute(VendorAttrType.DOCUMENT_META, {"schema": 1, "rest": {}})
+    bomb = RawAttribute(DEFAULT_VENDOR_ID, VendorAttrType.PACKAGES_COMPACT,
+                        _bomb(64 << 20))
+    batch = _first_batch("tnccs11", wire([meta, bomb]))
+    assert TncFrame.decode(method.start(1)).start
+    frames = Fragmenter(batch, max_fragment=1398)
+    step = method.process(1, frames.next_frame())
+    while not frames.done:
+        assert step.kind == "request"
+        step = method.process(1, frames.next_frame())
+    assert step.kind == "request"  # the PA-TNC Error and recommendation "none"
+    reply = TncFrame.decode(step.data).data
+    msgs = tnccs11.decode_batch(reply).messages
+    assert tnccs11.TnccsRecommendation("none") in msgs
+    step = method.process(1, b"\x01")  # the peer's acknowledgement
+    assert step.kind == "failure" and method.posture is None and not judge.docs
