@@ -8,6 +8,7 @@ eapol_test processes that share the machine.
 
     python3 bench/eap.py                     # N=200, P=8, both servers, TLS 1.2 and 1.3
     python3 bench/eap.py -n 500 -p 16 --only nac
+    python3 bench/eap.py --workers 1          # nac with one worker, FreeRADIUS 2 threads
 """
 
 from __future__ import annotations
@@ -267,6 +268,9 @@ def main() -> None:
     ap.add_argument("--only", choices=["nac", "freeradius"])
     ap.add_argument("--threads", type=int, default=2,
                     help="FreeRADIUS worker threads and nac serve worker processes")
+    ap.add_argument("--workers", type=int,
+                    help="nac serve worker processes, if not --threads (CPU per conversation "
+                         "is lower with one: the conversation rate here is far from a core)")
     args = ap.parse_args()
     if not shutil.which("eapol_test"):
         sys.exit("eapol_test is not installed")
@@ -284,7 +288,8 @@ def main() -> None:
                                              or Path("/usr/sbin/freeradius").exists()):
                 print("freeradius is not installed: skipped")
                 continue
-            server = Server(kind, work, state, args.threads)
+            n = args.workers if (kind == "nac" and args.workers) else args.threads
+            server = Server(kind, work, state, n)
             try:
                 for method in args.methods.split(","):
                     for tls in args.tls.split(","):
