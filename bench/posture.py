@@ -2,7 +2,7 @@
 host inventory of N packages, against FreeRADIUS's PEAP-MSCHAPv2 without posture, same run.
 
     python3 bench/posture.py [-n 40] [--packages 1500] [--parallel 4] [--rounds 3]
-                             [--profile FILE]
+                             [--rsa] [--profile FILE]
 
 eapol_test loads our IMC plug-in (private mount namespace, overlay /etc with its own
 tnc_config; the real /etc is untouched) and reports a Debian 12 host (NAC_AGENT_ROOT) with
@@ -14,7 +14,8 @@ reported:
     ttls, no agent           the same TTLS/EAP-MSCHAPv2 with an empty tnc_config (the
                              peer NAKs EAP-TNC): what the tunnel alone costs
     freeradius peap          FreeRADIUS 3.2 PEAP-MSCHAPv2, TLS 1.2, no posture, the same
-                             server certificate and key as nac
+                             server certificate and key as nac (ECDSA P-256, or RSA-2048
+                             with --rsa, the issue's yardstick)
 
 The number compared is server CPU (utime+stime of the process tree, /proc) per
 conversation; conversations per server CPU-second is its inverse. --profile FILE samples
@@ -135,6 +136,7 @@ def main() -> int:
     ap.add_argument("--packages", type=int, default=1500)
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rsa", action="store_true", help="RSA-2048 server key for both")
     ap.add_argument("--profile", type=Path, help="py-spy collapsed stacks of nac serve")
     args = ap.parse_args()
     keep = os.environ.get("NAC_BENCH_KEEP")  # a directory to keep logs in, for post-mortems
@@ -147,6 +149,10 @@ def main() -> int:
         lib = build_library(work / "nac_imc.so", command=(
             f"PYTHONPATH={ROOT} exec {sys.executable} -m eap_ext.agent imc"))
         state = work / "state"
+        if args.rsa:
+            from nac.pki import init_pki
+
+            init_pki(state, use_rsa=True)  # nac serve keeps a complete PKI it finds
         with contextlib.ExitStack() as stack:
             pid, port = stack.enter_context(mab.nac_server(state, work / "serve.log", 1))
             from nac.pki import PkiPaths
@@ -204,7 +210,8 @@ def main() -> int:
                     print(f"round {rnd + 1}: {label:24} {r['ok']}/{r['n']} ok, "
                           f"{r['cpu_ms_per_conv']:7.2f} ms server CPU per conversation "
                           f"({args.packages} packages)", flush=True)
-    summary: dict = {"packages": args.packages, "n": args.n, "rounds": args.rounds}
+    summary: dict = {"packages": args.packages, "n": args.n, "rounds": args.rounds,
+                     "key": "rsa-2048" if args.rsa else "ecdsa-p256"}
     for label, rs in results.items():
         med = statistics.median(r["cpu_ms_per_conv"] for r in rs)
         summary[label] = {"median_cpu_ms_per_conv": med,
