@@ -195,25 +195,27 @@ class RecordedShell:
     def send_command(self, line: str, **_: object) -> str:
         cmd = line.removesuffix("; echo __rc=$?")
         self.commands.append(cmd)
-        if cmd == "bridge -j vlan show dev swp3":
-            vlans = [{"vlan": vid, **({"flags": f} if f else {})}
-                     for vid, f in sorted(self.vlans.items())]
-            body = json.dumps([{"ifname": "swp3", "vlans": vlans}] if vlans else [])
-            return f"{body}\n__rc=0"
+        out = ""
         for part in cmd.split(" && "):
             words = part.split()
-            if words[:3] != ["bridge", "vlan", "del"] and words[:3] != ["bridge", "vlan", "add"]:
-                return "unknown command\n__rc=127"
-            vid = int(words[words.index("vid") + 1])
-            if words[2] == "del":
-                self.vlans.pop(vid, None)
-            else:
+            if part == "bridge -j vlan show dev swp3":
+                vlans = [{"vlan": vid, **({"flags": f} if f else {})}
+                         for vid, f in sorted(self.vlans.items())]
+                out += json.dumps([{"ifname": "swp3", "vlans": vlans}] if vlans else []) + "\n"
+            elif words[:3] in (["bridge", "vlan", "del"], ["bridge", "vlan", "add"]):
+                vid = int(words[words.index("vid") + 1])
+                if words[2] == "del":
+                    self.vlans.pop(vid, None)
+                    continue
                 flags = (["PVID"] if "pvid" in words else []) + (
                     ["Egress Untagged"] if "untagged" in words else [])
                 if "pvid" in words:  # the kernel keeps one PVID per port
                     self.vlans = {v: [x for x in f if x != "PVID"] for v, f in self.vlans.items()}
                 self.vlans[vid] = flags
-        return "__rc=0"
+            else:
+                return out + "unknown command\n__rc=127"
+        # netmiko strips the prompt: the driver sees the output and the status line.
+        return out + "__rc=0"
 
 
 def test_linux_driver_filtering_mode_on_recorded_output() -> None:
@@ -236,8 +238,8 @@ def test_linux_driver_filtering_mode_on_recorded_output() -> None:
         "bridge -j vlan show dev swp3",
         "bridge -j vlan show dev swp3",
         "bridge vlan del dev swp3 vid 20 && bridge vlan del dev swp3 vid 30 && "
-        "bridge vlan add dev swp3 vid 10 pvid untagged",
-        "bridge -j vlan show dev swp3",  # the read-back proof
+        "bridge vlan add dev swp3 vid 10 pvid untagged && "
+        "bridge -j vlan show dev swp3",  # the read-back proof, in the same line
         "bridge -j vlan show dev swp3",
     ]
     assert shell.vlans == {10: ["PVID", "Egress Untagged"]}
