@@ -15,6 +15,7 @@ from nac.prevention.sync import import_path
 from nac.reevaluate import after_change, reevaluate
 from nac.runtime import LivePolicy
 from nac.store import open_store
+from tests.pg import pg_server, pg_url  # noqa: F401  (pytest fixtures)
 
 OSV = Path(__file__).parent / "data" / "osv"
 POLICY = sample_policy_text() + '''
@@ -60,10 +61,15 @@ def mac(k: int) -> str:
     return f"02:00:00:00:aa:{k:02x}"
 
 
-def build(state: Path, nodes: int = 40) -> None:
+def build(state: Path, nodes: int = 40, store_url: str | None = None) -> None:
     state.mkdir(parents=True)
     (state / "policy.toml").write_text(POLICY)
-    store = open_store(None, state)
+    if store_url is None:
+        store: Any = open_store(None, state)
+    else:
+        from nac.store.postgres import PostgresStore
+
+        store = PostgresStore(store_url, migrate=True)
     now = time.time()
     for k in range(nodes):
         store.record_decision(DecisionRecord(
@@ -215,3 +221,23 @@ def test_two_writers_agree_on_package_ids(tmp_path: Path) -> None:
                         if p.get("manager") == "dpkg"}
             assert {(name, ver) for _, _, name, ver in keys if name != "requests"} == {
                 (p, v) for p, v in versions.items() if p != "libssl3"}
+
+
+def test_postgresql_store_decides_like_sqlite(tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    """Nodes in PostgreSQL, feeds and compiled postures in the state dir's SQLite file."""
+    ref, fast = tmp_path / "ref", tmp_path / "fast"
+    build(ref, nodes=12)
+    build(fast, nodes=12, store_url=pg_url)
+    for state in (ref, fast):
+        import_path(state / "nac.db", OSV / "DSA-5532-1.json", "debian", "vendor")
+    expected = slow(ref)
+    report = after_change(fast, "feed", store_url=pg_url)
+    assert sorted((c.mac, c.new_segment) for c in report.changes) == expected and expected
+    assert report.decoded == 12
+    store = open_store(pg_url, fast)
+    try:
+        got = {n["mac"]: (n["segment"], n["vlan"]) for n in store.list_nodes()}
+    finally:
+        store.close()
+    assert got == segments(ref)
+    assert after_change(fast, "feed", store_url=pg_url).decoded == 0
