@@ -174,6 +174,10 @@ def reevaluate_fleet(store: Store, live: LivePolicy, fleet: FleetCache, *, sourc
     entries = fleet.load()
     lap("read")
 
+    named = list(zip(policy.rules, policy.rule_names, strict=True))
+    soft_rules = [(name, rule, rule_digest(rule)) for rule, name in named
+                  if rule.reads_packages]
+
     # 1. Bring the compiled postures up to date with the stored ones.
     unsure = [n for n in nodes if (e := entries.get(n["mac"])) is None
               or e.last_seen != n["last_seen"]]
@@ -200,16 +204,14 @@ def reevaluate_fleet(store: Store, live: LivePolicy, fleet: FleetCache, *, sourc
                 entries.pop(n["mac"], None)
                 continue
             entries[n["mac"]] = fleet.compile(n["mac"], posture, rows[0]["posture_at"],
-                                              n["last_seen"])
+                                              n["last_seen"],
+                                              [(digest, rule) for _, rule, digest in soft_rules])
             report.decoded += 1
     lap("refresh")
 
     # 2. Evaluate each node from its compiled posture. Each feed rule gets, per package id,
     # only the findings it counts (judged once per id, not once per node).
     index = live.index.with_table(fleet.table) if policy.uses_feeds else None
-    named = list(zip(policy.rules, policy.rule_names, strict=True))
-    soft_rules = [(name, rule, rule_digest(rule)) for rule, name in named
-                  if rule.reads_packages]
     feed_rules: list[tuple[str, Any, list[tuple[Any, ...]]]] = []
     if index is not None:
         by_id = index.verdicts()
@@ -228,13 +230,22 @@ def reevaluate_fleet(store: Store, live: LivePolicy, fleet: FleetCache, *, sourc
         if node["registered_segment"] == held:
             continue
         known: dict[str, Outcome] = {}
-        for name, rule, digest in soft_rules:
-            stored = e.soft.get(digest)
-            if stored is None:  # a rule this node was never checked against: read it once
-                rows = query(_POSTURE_ONE, (node["mac"],))
-                outcome = rule.check(json.loads(rows[0]["posture"]), None)
-                stored = e.soft[digest] = [outcome.status, outcome.reason]
-                e.dirty = True
+        missing = [(digest, rule) for _, rule, digest in soft_rules if digest not in e.soft]
+        if missing:  # rules this node was never checked against (a new policy): read it once
+            rows = query(_POSTURE_ONE, (node["mac"],))
+            try:
+                posture = json.loads(rows[0]["posture"]) if rows else None
+            except (TypeError, ValueError):
+                posture = None
+            if not isinstance(posture, dict):
+                report.unreadable += 1
+                continue
+            for digest, rule in missing:
+                outcome = rule.check(posture, None)
+                e.soft[digest] = [outcome.status, outcome.reason]
+            e.dirty = True
+        for name, _, digest in soft_rules:
+            stored = e.soft[digest]
             known[name] = Outcome(stored[0], stored[1])
         rest = e.rest
         for name, rule, relevant in feed_rules:
