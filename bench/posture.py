@@ -2,7 +2,7 @@
 host inventory of N packages, against FreeRADIUS's PEAP-MSCHAPv2 without posture, same run.
 
     python3 bench/posture.py [-n 40] [--packages 1500] [--parallel 4] [--rounds 3]
-                             [--rsa] [--profile FILE]
+                             [--rsa] [--profile FILE [--profile-gil] [--profile-case C]]
 
 eapol_test loads our IMC plug-in (private mount namespace, overlay /etc with its own
 tnc_config; the real /etc is untouched) and reports a Debian 12 host (NAC_AGENT_ROOT) with
@@ -10,7 +10,9 @@ N installed packages. Cases, alternated round by round on the same machine, medi
 reported:
 
     posture, first contact   the agent has no certificate: the whole posture, compact
-    posture, certificate     the agent leads with its certificate + digest (fast path)
+    posture, certificate     the agent holds a certificate: with digest_first servers it
+                             leads with certificate + digest (no inventory), else the
+                             certificate goes along with the posture (decision reused)
     ttls, no agent           the same TTLS/EAP-MSCHAPv2 with an empty tnc_config (the
                              peer NAKs EAP-TNC): what the tunnel alone costs
     freeradius peap          FreeRADIUS 3.2 PEAP-MSCHAPv2, TLS 1.2, no posture, the same
@@ -19,7 +21,8 @@ reported:
 
 The number compared is server CPU (utime+stime of the process tree, /proc) per
 conversation; conversations per server CPU-second is its inverse. --profile FILE samples
-`nac serve` with py-spy during the posture cases (collapsed stacks). Needs root.
+`nac serve` (tree) with py-spy during the first round of one case (collapsed stacks).
+Needs root.
 """
 
 from __future__ import annotations
@@ -114,14 +117,16 @@ def measure(pid: int, n: int, parallel: int, one: Callable[[int], bool]) -> dict
 
 
 @contextlib.contextmanager
-def py_spy(pid: int, out: Path | None) -> Iterator[None]:
-    """Sample `nac serve` (and its workers) with py-spy while the block runs."""
+def py_spy(pid: int, out: Path | None, gil: bool = False) -> Iterator[None]:
+    """Sample `nac serve` (and its workers) with py-spy while the block runs; gil: only
+    threads holding the GIL (Python work; C that drops the GIL, e.g. OpenSSL, not seen)."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if out is None or not Path(exe).exists():
         yield
         return
     proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--subprocesses", "--format",
-                             "raw", "--rate", "200", "--output", str(out), "--nonblocking"],
+                             "raw", "--rate", "200", "--output", str(out), "--nonblocking",
+                             *(["--gil"] if gil else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
@@ -138,6 +143,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rsa", action="store_true", help="RSA-2048 server key for both")
     ap.add_argument("--profile", type=Path, help="py-spy collapsed stacks of nac serve")
+    ap.add_argument("--profile-gil", action="store_true", help="sample GIL holders only")
+    ap.add_argument("--profile-case", default="posture, first contact",
+                    help="the case sampled (its first round)")
     args = ap.parse_args()
     keep = os.environ.get("NAC_BENCH_KEEP")  # a directory to keep logs in, for post-mortems
     ctx = (contextlib.nullcontext(tempfile.mkdtemp(prefix="nac-posture-", dir=keep)) if keep
@@ -202,9 +210,8 @@ def main() -> int:
                               lambda i: peap_run(peap_conf, fr.port, i)))
             for rnd in range(args.rounds):
                 for label, server, one in cases:
-                    spy = args.profile if (label.startswith("posture, first") and rnd == 0) \
-                        else None
-                    with py_spy(pid, spy):
+                    spy = args.profile if label == args.profile_case and rnd == 0 else None
+                    with py_spy(pid, spy, args.profile_gil):
                         r = measure(server, args.n, args.parallel, one)
                     results.setdefault(label, []).append(r)
                     print(f"round {rnd + 1}: {label:24} {r['ok']}/{r['n']} ok, "
