@@ -31,8 +31,9 @@ DISTRO_MANAGERS = frozenset({"dpkg", "rpm", "apk"})
 SOURCE_MANAGERS = frozenset({"dpkg", "apk"})
 _LANG_MANAGERS = {"pip": PYPI, "pypi": PYPI, "npm": NPM}
 _PURL_TYPES = {"pypi": PYPI, "npm": NPM}
-_SOURCE_TRIPLE = itemgetter("source", "source_version", "manager")
-_FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
+_SOURCE_PAIR = itemgetter("source", "source_version")
+_MANAGER = itemgetter("manager")
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 def language_ecosystem(pkg: dict[str, Any]) -> str | None:
@@ -139,16 +140,18 @@ def _source_keyed(pkgs: list[Any], host: tuple[str, str]) -> list[VerdictKey] | 
     """Usual Debian/Ubuntu/Alpine case in C-level passes: unique (source, source_version)
     keys. None if any package does not fit (then the general loop decides everything)."""
     try:
-        triples = set(map(_SOURCE_TRIPLE, pkgs))
+        managers = list(map(_MANAGER, pkgs))
+        pairs = set(map(_SOURCE_PAIR, pkgs))
     except (KeyError, TypeError):
         return None
-    sources = list(map(_FIRST, triples))
-    versions = list(map(_SECOND, triples))
-    if not set(map(_THIRD, triples)) <= SOURCE_MANAGERS:
+    # list.count compares without hashing each package's manager string.
+    if sum(map(managers.count, SOURCE_MANAGERS)) != len(managers):
         return None
+    sources = list(map(_FIRST, pairs))
+    versions = list(map(_SECOND, pairs))
     if set(map(type, sources)) | set(map(type, versions)) != {str}:
         return None
     if not all(sources) or not all(versions):
         return None
     base, release = host
-    return list(set(zip(repeat(base), repeat(release), sources, versions, strict=False)))
+    return list(zip(repeat(base), repeat(release), sources, versions))
