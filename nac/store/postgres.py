@@ -23,7 +23,7 @@ from psycopg_pool import ConnectionPool
 from nac.events import AccountingRecord, DecisionRecord
 from nac.store.migrations import check_postgres, migrate_postgres
 from nac.store.queries import ReadQueries
-from nac.store.rows import decision_row, node_row, session_row
+from nac.store.rows import decision_row, put_node, session_row
 
 log = logging.getLogger("nac.store")
 
@@ -342,7 +342,7 @@ class PostgresStore(ReadQueries):
     @staticmethod
     def _commit(conn: psycopg.Connection[Any], batch: list[tuple[str, object]]) -> None:
         decisions = []
-        nodes: dict[str, tuple[object, ...]] = {}  # one upsert per MAC per batch, last wins
+        nodes: dict[str, tuple[object, ...]] = {}  # one upsert per MAC per batch
         accts: dict[tuple[str, str], list[object]] = {}
         touches: dict[str, float] = {}
         for kind, rec in batch:
@@ -350,7 +350,7 @@ class PostgresStore(ReadQueries):
                 d: DecisionRecord = rec  # type: ignore[assignment]
                 decisions.append(decision_row(d))
                 if d.mac:
-                    nodes[d.mac] = node_row(d)
+                    put_node(nodes, d.mac, d)
             else:
                 a: AccountingRecord = rec  # type: ignore[assignment]
                 row = session_row(a)

@@ -23,10 +23,18 @@ def decision_row(d: DecisionRecord) -> tuple[object, ...]:
 
 def node_row(d: DecisionRecord) -> tuple[object, ...]:
     """nodes (mac, first_seen, last_seen, segment, vlan, reason, identity, role, last_nas,
-    last_port, posture, posture_at) after this decision."""
-    posture = json.dumps(d.posture) if d.posture is not None else None
+    last_port, posture, posture_at) after this decision.
+
+    A digest-only posture (an agent that proved by its certificate that nothing changed)
+    keeps the whole posture already stored, which re-evaluation after a feed change needs,
+    and dates it as confirmed now."""
+    if d.posture is None:
+        return (d.mac, d.at, d.at, d.segment, d.vlan, "; ".join(d.reasons), d.identity, d.role,
+                d.nas, d.nas_port, None, None)
+    confirmed = d.posture.get("digest_only") is True
+    posture = None if confirmed else json.dumps(d.posture)
     return (d.mac, d.at, d.at, d.segment, d.vlan, "; ".join(d.reasons), d.identity, d.role,
-            d.nas, d.nas_port, posture, d.at if posture else None)
+            d.nas, d.nas_port, posture, d.at)
 
 
 def session_row(a: AccountingRecord) -> tuple[object, ...]:
@@ -38,3 +46,14 @@ def session_row(a: AccountingRecord) -> tuple[object, ...]:
     return (a.nas, a.session_id, a.mac, a.user_name, a.nas_port, a.nas_port_id, a.framed_ip,
             a.framed_ipv6_prefix, started, a.at, stopped, a.input_octets, a.output_octets,
             a.session_time, a.terminate_cause)
+
+
+def put_node(nodes: dict[str, tuple[object, ...]], mac: str, d: DecisionRecord) -> None:
+    """Fold decision `d` into one batch's node rows (one upsert per MAC): the latest decision
+    wins, but a decision without a whole posture keeps the one an earlier decision of the
+    same batch brought, as the store's COALESCE would across batches."""
+    row = node_row(d)
+    earlier = nodes.get(mac)
+    if row[10] is None and earlier is not None and earlier[10] is not None:
+        row = (*row[:10], earlier[10], row[11] if row[11] is not None else earlier[11])
+    nodes[mac] = row
