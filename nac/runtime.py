@@ -214,8 +214,9 @@ class LivePolicy:
 
     def observe(self, rec: DecisionRecord) -> None:
         """Compile a recorded posture for fleet re-evaluation, off the packet path: the
-        server's on_decision calls this with every decision it stores."""
-        if rec.posture is None or not rec.mac:
+        server's on_decision calls this with every decision it stores. A digest-only posture
+        (certificate fast path) changes nothing: the store keeps the whole one it confirms."""
+        if rec.posture is None or not rec.mac or rec.posture.get("digest_only") is True:
             return
         if self._intake is None:
             self._intake = FleetIntake(self.db_path)

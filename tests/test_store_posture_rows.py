@@ -35,7 +35,7 @@ def test_put_node_keeps_the_batch_s_whole_posture() -> None:
     assert json.loads(str(row[10])) == WHOLE and row[11] == 1.0
     put_node(nodes, MAC, _decision(3.0, DIGEST_ONLY))
     row = nodes[MAC]
-    assert json.loads(str(row[10])) == WHOLE and row[11] == 3.0  # confirmed at 3.0
+    assert json.loads(str(row[10])) == WHOLE and row[11] == 1.0  # when it arrived
 
 
 def _check_across_batches(store: Any) -> None:
@@ -47,7 +47,7 @@ def _check_across_batches(store: Any) -> None:
     assert node is not None and node["segment"] == "normal"
     stored = node["posture"]
     assert (json.loads(stored) if isinstance(stored, str) else stored) == WHOLE
-    assert node["posture_at"] == 20.0
+    assert node["posture_at"] == 10.0 and node["last_seen"] == 20.0
     store.record_decision(_decision(30.0, None, "quarantine"))
     store.flush()
     [row] = store.nodes_with_posture()

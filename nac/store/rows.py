@@ -27,14 +27,15 @@ def node_row(d: DecisionRecord) -> tuple[object, ...]:
 
     A digest-only posture (an agent that proved by its certificate that nothing changed)
     keeps the whole posture already stored, which re-evaluation after a feed change needs,
-    and dates it as confirmed now."""
+    and its date (posture_at is when that posture arrived: the fleet cache keys on it)."""
     if d.posture is None:
         return (d.mac, d.at, d.at, d.segment, d.vlan, "; ".join(d.reasons), d.identity, d.role,
                 d.nas, d.nas_port, None, None)
-    confirmed = d.posture.get("digest_only") is True
-    posture = None if confirmed else json.dumps(d.posture)
+    if d.posture.get("digest_only") is True:
+        return (d.mac, d.at, d.at, d.segment, d.vlan, "; ".join(d.reasons), d.identity, d.role,
+                d.nas, d.nas_port, None, None)
     return (d.mac, d.at, d.at, d.segment, d.vlan, "; ".join(d.reasons), d.identity, d.role,
-            d.nas, d.nas_port, posture, d.at)
+            d.nas, d.nas_port, json.dumps(d.posture), d.at)
 
 
 def session_row(a: AccountingRecord) -> tuple[object, ...]:
