@@ -86,7 +86,8 @@ def build_eap(cfg: Config, state_dir: Path, accounts: dict[str, Account], box: S
         log.warning("EAP disabled: %s", exc)
         return None
     pki = ensure_pki(state_dir)
-    posture = tnc_posture(judge) if cfg.eap.posture == "tnc" else None
+    posture = (tnc_posture(judge, digest_first=cfg.eap.posture_digest_first)
+               if cfg.eap.posture == "tnc" else None)
     log.info("EAP posture method: %s", "EAP-TNC inside the tunnel after authentication"
              if posture else "off (tunnel clients are decided without posture)")
     return EapService(config_from_settings(cfg.eap, pki), accounts.get, box, posture=posture)
@@ -216,6 +217,8 @@ class Server:
 
     def on_decision(self, rec: DecisionRecord) -> None:
         self.store.record_decision(rec)
+        # Compile the posture for the next feed change's re-evaluation, in the background.
+        self.live.observe(rec)
         planner = self.planner
         if planner is None or rec.mac is None:
             return
@@ -331,6 +334,7 @@ class Server:
         unpublish(self.state_dir)
         if self.queue is not None:
             self.queue.close()
+        self.live.close()
         self.store.close()
         for lane in (*self.lanes.values(), self._house):
             lane.shutdown(wait=False)

@@ -76,6 +76,10 @@ class EapSettings(_Strict):
     # fails the whole authentication when it has no /etc/tnc_config at all (it NAKs when
     # the file exists without IMCs), so turn it off where hosts carry no agent config.
     posture: Literal["tnc", "off"] = "tnc"
+    # Re-inspection with a valid quarantine certificate: the agent sends the certificate and
+    # its posture digest, the inventory only when asked (draft 5.3 step 3). Off: agents send
+    # the whole (compact) posture every time and the certified decision is still reused.
+    posture_digest_first: bool = True
     certificate: str | None = None  # PEM paths; default: STATE/pki/
     private_key: str | None = None
     ca_certificates: str | None = None
