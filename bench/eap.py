@@ -214,6 +214,11 @@ class Server:
             self.proc = subprocess.Popen([exe, "-f", "-d", str(d)], stdout=log,
                                          stderr=subprocess.STDOUT)
         probe.wait_answers(self.port, SECRET.encode(), 30, alive=self.proc)
+        if kind == "nac":
+            # Every worker bound before the first conversation: a worker that binds later
+            # takes over part of the flows (SO_REUSEPORT rehashes), and conversations in
+            # flight then land where they are unknown.
+            probe.wait_listeners(self.port, threads, alive=self.proc)
 
     def cpu(self) -> float:
         return probe.tree_cpu_seconds(self.proc.pid)
