@@ -105,8 +105,13 @@ class Authorizer:
         vendor: str,
         method: str,
     ) -> Decision:
-        who = f"authenticated {identity!r} by {method} (role {role!r})"
         reg = self.registered.get(mac) if mac else None
+        if reg is None and posture is None and self.evaluator is not None:
+            # The common re-authentication: the same answer as last time, made once.
+            hit = self._no_posture.get((identity, role, group, vendor, method))
+            if hit is not None:
+                return hit
+        who = f"authenticated {identity!r} by {method} (role {role!r})"
         if reg is not None and reg == getattr(self.policy, "isolated_segment", None):
             # An isolation hold (IDS alert or administrator) outranks what the host reports.
             reasons = [who, f"MAC held in segment {reg!r} (IDS alert or administrator)"]
