@@ -11,7 +11,9 @@ Per job it picks the way in, per switch:
 
 The worker loop claims jobs from the durable queue, runs up to ``concurrency`` at once (one
 per switch port at a time, which the queue guarantees), keeps their leases alive, and
-reports success or failure back; the queue does retries, backoff and dead letters.
+reports success or failure back; the queue does retries, backoff and dead letters. It wakes
+at once for a job queued in this process, or in another one (enforcers/wake.py: PostgreSQL
+NOTIFY, a datagram on SQLite); the poll every ``poll_interval`` is the fallback.
 
 The queue itself may fail (SQLite locked by another process, PostgreSQL restarting): the
 loop then logs it, backs off (``queue_backoff`` doubling up to ``queue_backoff_max``) and
@@ -33,6 +35,7 @@ from enforcers.base import DriverError, NetworkDriver
 from enforcers.coa import RETRYABLE_CAUSES, CoaDriver
 from enforcers.inventory import ResolvedPort, Switch
 from enforcers.queue import Job, Queue
+from enforcers.wake import Listener, announce_on
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,10 @@ class Enforcer:
         consecutive failure up to the maximum."""
         self.switches = {s.name: s for s in switches}
         self.queue = queue
+        # The worker loop's own handle on the queue while run() runs (queue.for_worker()).
+        self._worker: Any = None
+        #: the cross-process wake-up listener while run() runs (tests)
+        self.listener: Listener | None = None
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.driver_factory = driver_factory
@@ -90,6 +97,22 @@ class Enforcer:
         self.queue_backoff_max = queue_backoff_max
         #: queue calls that raised since the worker started (tests, metrics)
         self.queue_errors = 0
+
+    @property
+    def queue(self) -> Queue:
+        return self._queue
+
+    @queue.setter
+    def queue(self, queue: Queue) -> None:
+        # Whoever swaps the queue in (the server puts its store's queue here), its
+        # enqueues wake the enforcer of another process too.
+        self._queue = queue
+        announce_on(queue)
+
+    @property
+    def wq(self) -> Any:
+        """The queue as the worker calls it: run()'s own handle, else ``queue``."""
+        return self._worker if self._worker is not None else self._queue
 
     # -- producer side ------------------------------------------------------------------
     def set_vlan(
@@ -267,10 +290,10 @@ class Enforcer:
                 log.exception("job %d: unexpected error", job.id)
                 error = (f"{type(exc).__name__}: {exc}", True)
             if error is None:
-                await self._record(job, "complete", lambda: self.queue.complete(job.id, result))
+                await self._record(job, "complete", lambda: self.wq.complete(job.id, result))
             else:
                 text, retryable = error
-                await self._record(job, "fail", lambda: self.queue.fail(
+                await self._record(job, "fail", lambda: self.wq.fail(
                     job.id, text, retryable=retryable))
         finally:
             keeper.cancel()
@@ -302,7 +325,7 @@ class Enforcer:
         while True:
             await asyncio.sleep(max(0.5, self.queue.lease / 3))
             try:
-                self.queue.extend(job_id)
+                self.wq.extend(job_id)
             except Exception as exc:  # noqa: BLE001 - the next renewal may work
                 self.queue_errors += 1
                 log.warning("job %d: lease renewal failed (%s: %s)", job_id,
@@ -325,21 +348,34 @@ class Enforcer:
         tasks: set[asyncio.Task[Any]] = set()
         failures = 0
         released = False
+        wake = self._wake
+        self.listener = Listener(self._queue, wake.set)
+        try:
+            await self.listener.start()
+        except Exception as exc:  # noqa: BLE001 - the poll still finds every job
+            log.warning("no cross-process wake-up for the enforcer: %s", exc)
         try:
             while not stop.is_set():
+                if self._worker is None:
+                    try:
+                        worker = getattr(self._queue, "for_worker", None)
+                        self._worker = worker() if worker is not None else self._queue
+                    except Exception:  # noqa: BLE001 - locked: try again below, backed off
+                        self._worker = None
+                q = self.wq
                 # Clear before claiming: a job queued from now on sets it again.
                 self._wake.clear()
                 free = self.concurrency - len(tasks)
                 try:
                     if not released:
-                        release = getattr(self.queue, "release_dead_local_claims", None)
+                        release = getattr(q, "release_dead_local_claims", None)
                         if release is not None:  # a restart resumes a dead run's pushes
                             release()
                         released = True
-                    jobs = self.queue.claim(free) if free > 0 else []
+                    jobs = q.claim(free) if free > 0 else []
                     # A full claim may have left more due jobs: claim again at once.
                     # Otherwise nothing more is claimable now; wait (one claim per wake-up).
-                    due = None if jobs and len(jobs) >= free else self.queue.next_due()
+                    due = None if jobs and len(jobs) >= free else q.next_due()
                 except Exception as exc:  # noqa: BLE001 - store locked, database down, ...
                     failures += 1
                     self.queue_errors += 1
@@ -366,8 +402,8 @@ class Enforcer:
                 # due but not claimed waits for its port's job in flight: the end of that
                 # one wakes us, so it is no reason to spin.
                 timeout = self.poll_interval
-                if due is not None and due > self.queue.clock():
-                    timeout = min(timeout, due - self.queue.clock())
+                if due is not None and due > q.clock():
+                    timeout = min(timeout, due - q.clock())
                 waiters = [asyncio.create_task(self._wake.wait()),
                            asyncio.create_task(stop.wait())]
                 if tasks:
@@ -381,6 +417,12 @@ class Enforcer:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             self._wake = None
+            await self.listener.close()
+            self.listener = None
+            if self._worker is not None and self._worker is not self._queue:
+                with contextlib.suppress(Exception):
+                    self._worker.close()
+            self._worker = None
 
     async def drain(self, timeout: float = 60.0) -> None:
         """Run until no job is pending or claimed (tests, CLI one-shot), or timeout."""

@@ -3,7 +3,7 @@
 Semantics:
 - at-least-once: a job leaves the queue only when a worker completes it; a worker that dies
   holding a job loses its lease, and the job goes back to pending when the lease expires
-  (also on restart: ``requeue_expired`` runs before every claim).
+  (also on restart: ``requeue_expired`` runs before a claim, at most once a second).
 - per-port ordering, latest decision wins: a job for a switch+port supersedes older queued
   (pending) jobs for the same switch+port; a job whose decision is older than one already
   queued is recorded as superseded at once. A port never has two jobs claimed at a time.
@@ -250,6 +250,9 @@ class SqlJobQueue:
     claim_lock_clause = ""
     # Errors after which a whole transaction may simply run again (PostgreSQL deadlocks).
     conflicts: tuple[type[BaseException], ...] = ()
+    # Seconds between two requeue_expired sweeps by one claimer: a lease is tens of
+    # seconds, so a sweep per claim (3 UPDATEs) bought nothing but write-lock time.
+    requeue_interval = 1.0
 
     def __init__(self, *, max_attempts: int = 8, base_delay: float = 1.0,
                  max_delay: float = 60.0, lease: float = 30.0, owner: str | None = None,
@@ -260,6 +263,16 @@ class SqlJobQueue:
         self.lease = lease
         self.owner = owner or default_owner()
         self.clock = clock
+        self._swept_at: float | None = None
+        #: run inside each enqueue's transaction (e.g. a PostgreSQL NOTIFY, sent at commit)
+        self.enqueue_hooks: list[Callable[[Exec], object]] = []
+        #: run after each enqueue committed (e.g. a datagram poke to the server's enforcer)
+        self.enqueued_hooks: list[Callable[[], object]] = []
+
+    def for_worker(self) -> SqlJobQueue:
+        """The queue as the enforcer's worker loop should call it (on its event loop): the
+        same queue here; SQLite gives a connection that waits less for a locked file."""
+        return self
 
     # -- what a backend provides ----------------------------------------------------------
     def _tx(self) -> Any:
@@ -348,7 +361,19 @@ class SqlJobQueue:
                              switch, port)
             return job_id
 
-        return int(self._transact(work))
+        def announced(x: Exec) -> int:
+            job_id = work(x)
+            for hook in self.enqueue_hooks:
+                hook(x)
+            return job_id
+
+        job_id = int(self._transact(announced))
+        for after in self.enqueued_hooks:
+            try:
+                after()
+            except Exception as exc:  # noqa: BLE001 - the job is queued; the poll finds it
+                log.debug("job %d queued; wake-up not sent: %s", job_id, exc)
+        return job_id
 
     # -- worker side --------------------------------------------------------------------
     def release_dead_local_claims(self) -> int:
@@ -373,16 +398,18 @@ class SqlJobQueue:
             sql = (f"UPDATE {TABLE} SET lease_expires_at = ? WHERE state = 'claimed' "
                    f"AND id IN ({_marks(len(gone))})")
             self._transact(lambda x: x(sql, (self.clock() - 1, *gone)))
+            self._swept_at = None  # the next claim hands them back, not a second later
             log.info("released %d job(s) claimed by dead processes of this host", len(gone))
         return len(gone)
 
     def requeue_expired(self) -> int:
         """Return claimed jobs whose lease expired to pending (or dead when out of attempts).
 
-        Called before every claim, by any process or server: that is how a dead one's jobs
-        reach a live one.
+        Called before a claim (at most every ``requeue_interval`` seconds), by any process
+        or server: that is how a dead one's jobs reach a live one.
         """
         now = self.clock()
+        self._swept_at = now
 
         def work(x: Exec) -> tuple[int, int]:
             x(_EXPIRED_SUPERSEDED, (now, *_KINDS, *_KINDS))
@@ -398,8 +425,11 @@ class SqlJobQueue:
     def claim(self, limit: int = 1) -> list[Job]:
         """Claim up to ``limit`` due jobs, oldest first, at most one per switch+port across
         every process on the queue, so jobs of one port apply in order."""
-        self.requeue_expired()
         now = self.clock()
+        last = self._swept_at
+        if last is None or not last <= now < last + self.requeue_interval:
+            self.requeue_expired()
+            now = self.clock()  # a job it handed back is due from the sweep's time
 
         def work(x: Exec) -> list[int]:
             rows = x(_CANDIDATES + self.claim_lock_clause, (now, limit * 4)).fetchall()
@@ -423,8 +453,14 @@ class SqlJobQueue:
                     ids.append(int(job_id))
             return ids
 
-        jobs = [self.get(i) for i in self._transact(work)]
-        return [j for j in jobs if j is not None]
+        ids = self._transact(work)
+        if not ids:
+            return []
+        # One read for every claimed row (not one per job): loop-side calls stay short.
+        rows = self._all(f"SELECT {_COLUMNS} FROM {TABLE} WHERE id IN ({_marks(len(ids))})",
+                         ids)
+        by_id = {int(r[0]): Job.from_row(r) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
 
     def extend(self, job_id: int, seconds: float | None = None) -> bool:
         """Renew the lease of a job this owner holds."""
@@ -520,8 +556,13 @@ class JobQueue(SqlJobQueue):
     """The queue over one SQLite database file (or an open connection).
 
     Parameters as SqlJobQueue; synchronous: SQLite's PRAGMA for a file path ("FULL" to
-    survive power loss, at the cost of an fsync per state change).
+    survive power loss, at the cost of an fsync per state change); busy_timeout: seconds a
+    statement waits for another process's write lock before it fails.
     """
+
+    # The worker loop's connection: a claim waits this long for a locked file, then fails
+    # and the enforcer backs off (it runs on the event loop, which must not stall).
+    worker_busy_timeout = 0.1
 
     def __init__(
         self,
@@ -534,20 +575,25 @@ class JobQueue(SqlJobQueue):
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
         synchronous: str = "NORMAL",
+        busy_timeout: float = 10.0,
     ) -> None:
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"bad synchronous mode {synchronous!r}")
         super().__init__(max_attempts=max_attempts, base_delay=base_delay,
                          max_delay=max_delay, lease=lease, owner=owner, clock=clock)
+        self.synchronous = synchronous
+        #: the database file (None when given an open connection): wake-ups key on it
+        self.path: Path | None = None
         if isinstance(db, sqlite3.Connection):
             self.conn = db
         else:
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+            self.path = Path(db)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             # autocommit mode; we group statements in explicit transactions where needed.
-            self.conn = sqlite3.connect(str(db), timeout=10.0, isolation_level=None,
+            self.conn = sqlite3.connect(str(db), timeout=busy_timeout, isolation_level=None,
                                         check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA busy_timeout=10000")
+            self.conn.execute(f"PRAGMA busy_timeout={max(0, int(busy_timeout * 1000))}")
             # WAL + NORMAL: a committed job survives a process crash (the at-least-once
             # promise); only an OS crash or power cut may lose the last commits. FULL
             # would fsync every claim/complete and cost milliseconds per job.
@@ -566,6 +612,17 @@ class JobQueue(SqlJobQueue):
 
     def close(self) -> None:
         self.conn.close()
+
+    def for_worker(self) -> JobQueue:
+        """A second connection to the file, same owner and settings, that waits at most
+        ``worker_busy_timeout`` for the write lock (a producer's 10 s wait would stall the
+        enforcer's event loop). Close it when done."""
+        if self.path is None:
+            return self
+        return JobQueue(self.path, max_attempts=self.max_attempts, base_delay=self.base_delay,
+                        max_delay=self.max_delay, lease=self.lease, owner=self.owner,
+                        clock=self.clock, synchronous=self.synchronous,
+                        busy_timeout=self.worker_busy_timeout)
 
     def _exec(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, tuple(args))

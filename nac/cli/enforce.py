@@ -89,22 +89,17 @@ def _queue(state_dir: Path, store_url: str | None = None):  # noqa: ANN202
 
 
 def _open_queue(state_dir: Path, store_url: str | None):  # noqa: ANN202
-    from enforcers.queue import JobQueue
+    from enforcers.wake import announce_on
+    from nac.enforcement import open_queue
+    from nac.store.migrations import SchemaError
 
-    if store_url is None:
-        return JobQueue(state_dir / "nac.db")
-    if store_url.startswith("sqlite:///"):
-        return JobQueue(Path(store_url[len("sqlite:///"):]))
-    if store_url.startswith(("postgresql://", "postgres://")):
-        from nac.store.migrations import SchemaError
-        from nac.store.pg_jobs import PgJobQueue
-
-        try:
-            return PgJobQueue(store_url)
-        except SchemaError as exc:
-            fail(str(exc))
-    fail(f"unknown store URL {store_url!r}: expected sqlite:///PATH or postgresql://...")
-    raise AssertionError  # unreachable: fail() exits
+    try:
+        queue = open_queue(store_url, state_dir)
+    except (SchemaError, ValueError) as exc:
+        fail(str(exc))
+        raise AssertionError from None  # unreachable: fail() exits
+    announce_on(queue)  # a job queued here starts at once in the running server
+    return queue
 
 
 def _config_option(func):  # noqa: ANN001, ANN202
