@@ -2,12 +2,15 @@
 
 The job queue (enforcers/queue.py) is durable and shared by every process on the store, so
 the CLI (feed sync, policy apply, nodes reinspect), the quarantine monitor and the server
-all enqueue here, and the server's enforcer worker applies the jobs.
+all enqueue here, into the store's queue (``open_queue``: the SQLite file, or PostgreSQL
+with ``--store postgresql://``), and the server's enforcer worker applies the jobs; each
+enqueue wakes it at once (enforcers/wake.py).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 from enforcers.base import DriverError
 from enforcers.enforcer import Enforcer
 from enforcers.inventory import Switch
-from enforcers.queue import JobQueue
+from enforcers.queue import JobQueue, Queue
 from nac.events import DecisionRecord
 
 log = logging.getLogger("nac.enforce")
@@ -62,12 +65,24 @@ def parse_switches(raw: list[dict[str, Any]], source: str) -> tuple[list[Switch]
     return switches, push
 
 
-class Planner:
-    """Turns "node X should be in VLAN V" into a job for the switch that node is on."""
+def open_queue(store_url: str | None, state_dir: Path, **kwargs: Any) -> Any:
+    """The store's job queue (nac.store.open_job_queue): STATE/nac.db, sqlite:///PATH or the
+    PostgreSQL every server shares. Close it when done."""
+    from nac.store import open_job_queue
 
-    def __init__(self, switches: list[Switch], db_path: Path, push_on_auth: set[str]) -> None:
+    return open_job_queue(store_url, state_dir, **kwargs)
+
+
+class Planner:
+    """Turns "node X should be in VLAN V" into a job for the switch that node is on.
+
+    ``queue``: the store's queue (``open_queue``), which the planner then owns and closes;
+    a path opens the SQLite queue in that file."""
+
+    def __init__(self, switches: list[Switch], queue: Queue | Path,
+                 push_on_auth: set[str]) -> None:
         self.switches = switches
-        self.queue = JobQueue(db_path)
+        self.queue: Any = JobQueue(queue) if isinstance(queue, (str, Path)) else queue
         self.enforcer = Enforcer(switches, self.queue)
         self.push_on_auth = push_on_auth
         self._by_key: dict[str, Switch] = {}
@@ -110,9 +125,13 @@ class Planner:
         self.queue.close()
 
 
-def load_planner(switches_raw: list[dict[str, Any]], db_path: Path,
+def load_planner(switches_raw: list[dict[str, Any]], queue: Queue | Path | Callable[[], Any],
                  source: str) -> Planner | None:
+    """The planner of a ``[[switches]]`` inventory, or None without one. ``queue``: a queue,
+    a callable that opens one (called only when there is an inventory), or a SQLite path."""
     if not switches_raw:
         return None
     switches, push = parse_switches(switches_raw, source)
-    return Planner(switches, db_path, push)
+    if callable(queue) and not hasattr(queue, "enqueue"):
+        queue = queue()
+    return Planner(switches, queue, push)
