@@ -23,7 +23,7 @@ from typing import Any
 from nac.events import AccountingRecord, DecisionRecord
 from nac.store.migrations import latest, migrate_sqlite
 from nac.store.queries import ReadQueries
-from nac.store.rows import decision_row, node_row, session_row
+from nac.store.rows import decision_row, put_node, session_row
 
 log = logging.getLogger("nac.store")
 
@@ -379,7 +379,7 @@ def _as_tuple(kind: str, rec: object) -> tuple[object, ...]:
 
 def _commit(conn: sqlite3.Connection, batch: list[tuple[object, ...]]) -> None:
     decisions = []
-    nodes: dict[str, tuple[object, ...]] = {}  # one upsert per MAC per batch, last wins
+    nodes: dict[str, tuple[object, ...]] = {}  # one upsert per MAC per batch
     accts = []
     touches = []
     for item in batch:
@@ -387,7 +387,7 @@ def _commit(conn: sqlite3.Connection, batch: list[tuple[object, ...]]) -> None:
             d = DecisionRecord(*item[1:])  # type: ignore[arg-type]
             decisions.append(decision_row(d))
             if d.mac:
-                nodes[d.mac] = node_row(d)
+                put_node(nodes, d.mac, d)
         elif item[0] == "acct":
             a = AccountingRecord(*item[1:])  # type: ignore[arg-type]
             accts.append(session_row(a))
