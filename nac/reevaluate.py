@@ -287,7 +287,7 @@ def after_change(state_dir: Path, source: str, *, config_path: Path | None = Non
     """Re-evaluate every inspected node under the policy and feeds now in the state dir,
     queueing enforcement through the config's switch inventory (if one is given)."""
     from nac.config import load_config
-    from nac.enforcement import load_planner
+    from nac.enforcement import load_planner, open_queue
     from nac.prevention.fleet import connect as fleet_connect
     from nac.runtime import LivePolicy
     from nac.store import open_store
@@ -295,7 +295,8 @@ def after_change(state_dir: Path, source: str, *, config_path: Path | None = Non
     cfg = load_config(config_path) if config_path else None
     if not (store_url or (cfg and cfg.store)) and not (state_dir / "nac.db").exists():
         return Report()  # no store yet: no node was ever inspected
-    store = open_store(store_url or (cfg.store if cfg else None), state_dir)
+    url = store_url or (cfg.store if cfg else None)
+    store = open_store(url, state_dir)
     db_path = getattr(store, "path", state_dir / "nac.db")
     live = LivePolicy(state_dir, db_path, cfg.policy_file if cfg else None,
                       cfg.segments if cfg else None)
@@ -303,7 +304,10 @@ def after_change(state_dir: Path, source: str, *, config_path: Path | None = Non
     if cfg is not None:
         for cl in cfg.clients:
             groups[(cl.name or cl.address.split("/")[0])] = (cl.group, cl.vendor)
-    planner = load_planner(cfg.switches, db_path, str(config_path)) if cfg else None
+    # The jobs go to the store's queue (PostgreSQL with a PostgreSQL store), where the
+    # server's enforcer takes them.
+    planner = (load_planner(cfg.switches, lambda: open_queue(url, state_dir), str(config_path))
+               if cfg else None)
     fleet = fleet_connect(db_path) if hasattr(store, "_query") else None
 
     def evaluator(posture: dict[str, Any], role: str, nas: str | None,

@@ -119,20 +119,25 @@ def reinspect(mac: str | None, all_nodes: bool, config_path: Path, state_dir: Pa
     import time
 
     from nac.config import ConfigError, load_config
-    from nac.enforcement import Target, load_planner
+    from nac.enforcement import Target, load_planner, open_queue
+    from nac.store.migrations import SchemaError
 
     if bool(mac) == all_nodes:
         fail("give a MAC or --all")
     try:
         cfg = load_config(config_path)
-        planner = load_planner(cfg.switches, _db_path(store_url, state_dir), str(config_path))
-    except (ConfigError, ValueError) as exc:
+        store_url = store_url or cfg.store
+        planner = load_planner(cfg.switches, lambda: open_queue(store_url, state_dir),
+                               str(config_path))
+    except (ConfigError, ValueError, SchemaError) as exc:
         fail(str(exc))
         return
     if planner is None:
         fail(f"{config_path}: no [[switches]] inventory: nothing can re-authenticate a host")
         return
+    click.get_current_context().call_on_close(planner.close)
     store = open_store(store_url, state_dir)
+    click.get_current_context().call_on_close(store.close)
     macs = [_mac(mac)] if mac else [n["mac"] for n in store.list_nodes()]
     queued = 0
     for m in macs:
@@ -155,12 +160,6 @@ def reinspect(mac: str | None, all_nodes: bool, config_path: Path, state_dir: Pa
     click.echo(f"{queued} re-inspection(s) queued; the server's enforcer applies them")
     if mac and not queued:
         raise SystemExit(1)
-
-
-def _db_path(store_url: str | None, state_dir: Path) -> Path:
-    if store_url and store_url.startswith("sqlite:///"):
-        return Path(store_url[len("sqlite:///"):])
-    return state_dir / "nac.db"
 
 
 def register(cli: click.Group) -> None:

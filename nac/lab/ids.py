@@ -82,7 +82,7 @@ class DirectMonitor:
 
     def __init__(self, lab: topo.Lab, note: Callable[[str], None]) -> None:
         from nac.config import load_config
-        from nac.enforcement import load_planner
+        from nac.enforcement import load_planner, open_queue
         from nac.monitor.auth import Authenticator, Credential
         from nac.monitor.intake import Intake
         from nac.runtime import LivePolicy
@@ -92,7 +92,8 @@ class DirectMonitor:
         self.store = open_store(cfg.store, lab.state_dir)
         db_path = getattr(self.store, "path", lab.state_dir / "nac.db")
         live = LivePolicy(lab.state_dir, db_path, cfg.policy_file, cfg.segments)
-        self.planner = load_planner(cfg.switches, db_path, str(lab.config))
+        self.planner = load_planner(cfg.switches, lambda: open_queue(cfg.store, lab.state_dir),
+                                    str(lab.config))
         self.auth = Authenticator([Credential(topo.IDS_NAME, hmac_key=topo.IDS_KEY)])
         self.intake = Intake(self.store, lambda: live.policy, self.planner)
 
