@@ -2,11 +2,16 @@
 
 The kernel hashes each datagram's 4-tuple to one socket, so every packet of a NAS flow
 (one source address and port, as switches and eapol_test use) reaches the same worker and
-an EAP conversation's state stays where it was made. The supervisor prepares shared state
-once (store schema, PKI), starts the workers, restarts one that dies, and stops them all
-on SIGTERM/SIGINT. With --metrics it serves the one /metrics and /healthz of the pool:
-each worker serves its own on a Unix socket in STATE/run, and a scrape of the supervisor
-sums them (nac.metrics.PoolMetrics).
+an EAP conversation's state stays where it was made. The supervisor binds every worker's
+sockets itself and hands them down: a socket that closed with a dead worker would reshuffle
+the reuseport group (the kernel moves the last socket into the freed slot), and every
+conversation in flight on the *surviving* workers would land on a stranger. So a worker's
+sockets outlive it; what arrives while it restarts waits in the socket for its successor.
+
+The supervisor prepares shared state once (store schema, PKI), starts the workers,
+restarts one that dies, and stops them all on SIGTERM/SIGINT. With --metrics it serves the
+one /metrics and /healthz of the pool: each worker serves its own on a Unix socket in
+STATE/run, and a scrape of the supervisor sums them (nac.metrics.PoolMetrics).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,10 +38,23 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def bind_pool(listen: list[tuple[str, int]], count: int) -> list[list[tuple[str, int,
+                                                                           socket.socket]]]:
+    """Every worker's UDP sockets, bound before any worker starts (a taken port fails here)."""
+    from nac.radius.server import bind_udp
+
+    return [[(address, port, bind_udp(address, port, reuse_port=True))
+             for address, port in listen] for _ in range(count)]
+
+
 def supervise(worker_argv: list[str], count: int, state_dir: Path,
-              metrics: str | None = None) -> int:
+              metrics: str | None = None, listen: list[tuple[str, int]] | None = None) -> int:
     """Run `count` workers with `worker_argv` (each gets --worker-id I); returns exit code.
-    metrics: ADDR:PORT of the pool's /metrics and /healthz."""
+    metrics: ADDR:PORT of the pool's /metrics and /healthz. listen: (address, port) of
+    every UDP listener, bound here once per worker and passed down."""
+    from nac.radius.server import LISTEN_FDS
+
+    pool = bind_pool(listen or [], count)
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
@@ -51,7 +70,10 @@ def supervise(worker_argv: list[str], count: int, state_dir: Path,
     started: dict[int, float] = {}
 
     def start(i: int) -> None:
-        procs[i] = subprocess.Popen([*worker_argv, "--worker-id", str(i)])
+        fds = ",".join(f"{a}|{p}|{sock.fileno()}" for a, p, sock in pool[i])
+        procs[i] = subprocess.Popen([*worker_argv, "--worker-id", str(i)],
+                                    pass_fds=[sock.fileno() for _, _, sock in pool[i]],
+                                    env={**os.environ, LISTEN_FDS: fds})
         started[i] = time.monotonic()
         log.info("worker %d started (pid %d)", i, procs[i].pid)
 
@@ -98,6 +120,9 @@ def supervise(worker_argv: list[str], count: int, state_dir: Path,
             p.kill()
     if pool_metrics is not None:
         pool_metrics.close()
+    for socks in pool:
+        for _, _, sock in socks:
+            sock.close()
     log.info("all workers stopped")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -199,6 +200,20 @@ def bind_udp(address: str, port: int, *, reuse_port: bool = False) -> socket.soc
     return sock
 
 
+LISTEN_FDS = "NAC_LISTEN_FDS"  # "address|port|fd,..." : sockets a supervisor bound for us
+
+
+def inherited_sockets() -> dict[tuple[str, int], socket.socket]:
+    """The UDP sockets our supervisor bound for this worker and passed down (nac.workers):
+    a worker that restarts takes over its predecessor's socket, so the kernel's
+    SO_REUSEPORT spread of NAS flows over the workers never changes."""
+    out: dict[tuple[str, int], socket.socket] = {}
+    for item in filter(None, os.environ.pop(LISTEN_FDS, "").split(",")):
+        address, port, fd = item.rsplit("|", 2)
+        out[(address, int(port))] = socket.socket(fileno=int(fd))
+    return out
+
+
 async def serve_udp(
     engine: Engine,
     addresses: list[str],
@@ -214,9 +229,11 @@ async def serve_udp(
     commits = commits or CommitGate(engine)
     commits.loop = loop
     listeners = []
+    inherited = inherited_sockets()
     for address in addresses:
         for port, handler in ((auth_port, engine.handle_auth), (acct_port, engine.handle_acct)):
-            sock = bind_udp(address, port, reuse_port=reuse_port)
+            sock = inherited.pop((address, port), None) or bind_udp(address, port,
+                                                                     reuse_port=reuse_port)
             listener = Listener(sock, handler, engine, lanes or {}, commits, latency)
             listener.start(loop)
             listeners.append(listener)
