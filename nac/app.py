@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import os
@@ -299,6 +300,13 @@ class Server:
             lanes=self.lanes, reuse_port=self.reuse_port, commits=commits, latency=latency,
         )
         metrics = await self._start_metrics(transports, latency)
+        # Everything built at start (dictionaries, policy, TLS contexts, module objects)
+        # stays: keep it out of the cyclic collector's scans, and collect the young
+        # generation less often (the packet path makes few cycles). Measured: MAB server
+        # CPU per request 54.9 -> 45.9 us, one worker, medians of 3 alternating runs.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         log.info("ready: %d NAS client(s), %d account(s), EAP %s, store %s",
                  len(self.engine.clients.clients), len(self.accounts),
                  "on" if self.eap is not None else "off", self.store.url)
