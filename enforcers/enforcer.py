@@ -92,6 +92,7 @@ class Enforcer:
         self.driver_factory = driver_factory
         self._drivers: dict[tuple[str, str], NetworkDriver] = {}
         self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.session_live = session_live or (lambda job: bool(job.mac or job.session_id))
         self.queue_backoff = queue_backoff
         self.queue_backoff_max = queue_backoff_max
@@ -156,8 +157,20 @@ class Enforcer:
         return job_id
 
     def _notify(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        wake, loop = self._wake, self._loop
+        if wake is None or loop is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            wake.set()
+            return
+        # Queued from another thread (the server decides in its lanes): an asyncio.Event
+        # set there would not wake the sleeping loop, and the job would wait for the poll.
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(wake.set)
 
     # -- drivers ------------------------------------------------------------------------
     def _switch(self, name: str) -> Switch:
@@ -349,6 +362,7 @@ class Enforcer:
         failures = 0
         released = False
         wake = self._wake
+        self._loop = asyncio.get_running_loop()
         self.listener = Listener(self._queue, wake.set)
         try:
             await self.listener.start()
@@ -416,7 +430,7 @@ class Enforcer:
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
-            self._wake = None
+            self._wake = self._loop = None
             await self.listener.close()
             self.listener = None
             if self._worker is not None and self._worker is not self._queue:

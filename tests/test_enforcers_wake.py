@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,35 @@ def test_postgres_listener_survives_a_database_restart(tmp_path: Path, pg_server
     finally:
         q.close()
     assert lat < 0.2, lat
+
+
+def test_job_queued_from_another_thread_starts_at_once(tmp_path: Path) -> None:
+    """The server queues pushes from its decision threads, not from the enforcer's loop."""
+    q = JobQueue(tmp_path / "state" / "nac.db")
+    Recorder.applied = []
+    enf = Enforcer([Switch.model_validate(SWITCH)], q, poll_interval=30.0,
+                   driver_factory=lambda sw, kind: Recorder(sw))
+
+    async def go() -> float:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(enf.run(stop))
+        try:
+            await asyncio.sleep(0.3)
+            t0 = time.time()
+            # A plain thread, and a loop asleep meanwhile: nothing else wakes it.
+            threading.Thread(target=enf.set_vlan, args=("sw1", "p1", 20)).start()
+            await asyncio.sleep(2.0)
+            assert Recorder.applied, "job not started"
+            return Recorder.applied[0][2] - t0
+        finally:
+            stop.set()
+            await runner
+            await enf.close()
+
+    try:
+        assert asyncio.run(go()) < 0.2
+    finally:
+        q.close()
 
 
 def test_dead_listener_socket_is_removed(tmp_path: Path) -> None:
