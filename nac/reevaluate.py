@@ -140,14 +140,15 @@ def _record_decision(store: Store, node: dict[str, Any], d: Decision, source: st
     ))
 
 
-# Nodes as the fast path reads them: every column before the posture text (cheap to read).
-_NODES = ("SELECT mac, segment, vlan, role, identity, last_nas, last_port, last_seen, "
-          "registered_segment FROM nodes WHERE posture IS NOT NULL ORDER BY mac")
-# Reading posture_at walks each posture's overflow pages: for every node at once only when
-# many nodes were seen since the last run.
-_POSTURE_AT_ALL = "SELECT mac, posture_at FROM nodes WHERE posture IS NOT NULL"
-_POSTURE_AT_ONE = "SELECT posture_at FROM nodes WHERE mac = ?"
-_POSTURE_ONE = "SELECT posture, posture_at FROM nodes WHERE mac = ?"
+# Nodes with a stored posture, as the fast path reads them (the posture text stays unread).
+_NODES = ("SELECT n.mac, n.segment, n.vlan, n.role, n.identity, n.last_nas, n.last_port, "
+          "n.last_seen, n.registered_segment FROM nodes n "
+          "JOIN node_postures p ON p.mac = n.mac ORDER BY n.mac")
+# When each stored posture arrived: for every node at once when many were seen since the
+# last run, else one by one.
+_POSTURE_AT_ALL = "SELECT mac, posture_at FROM node_postures"
+_POSTURE_AT_ONE = "SELECT posture_at FROM node_postures WHERE mac = ?"
+_POSTURE_ONE = "SELECT posture, posture_at FROM node_postures WHERE mac = ?"
 
 
 def reevaluate_fleet(store: Store, live: LivePolicy, fleet: FleetCache, *, source: str,

@@ -119,7 +119,8 @@ def test_same_rows_as_sqlite(pg_server: PgServer) -> None:  # noqa: F811
     @given(steps)
     def check(items: list[Any]) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("TRUNCATE nodes, node_changes, decisions, sessions RESTART IDENTITY")
+            conn.execute("TRUNCATE nodes, node_postures, node_changes, decisions, sessions "
+                         "RESTART IDENTITY")
         with tempfile.TemporaryDirectory() as d:
             lite = SqliteStore(Path(d) / "nac.db", flush_interval=0.001)
             try:

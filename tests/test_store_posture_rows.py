@@ -1,5 +1,6 @@
 """The stored posture of a node is the last *whole* posture: a digest-only confirmation or a
-decision without posture never replaces it, in either backend, within a batch or across."""
+decision without posture never replaces it, in either backend, within a batch or across; and
+it lives in node_postures, so the many decisions without one never rewrite it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from nac.events import DecisionRecord
 from nac.store import SqliteStore
 from nac.store.postgres import PostgresStore
 from nac.store.rows import put_node
-from tests.pg import PgServer, pg_server, pg_store_url  # noqa: F401  (pytest fixtures)
+from tests.pg import PgServer, pg_server, pg_store_url, pg_url  # noqa: F401  (fixtures)
 
 MAC = "02:00:00:00:00:07"
 WHOLE = {"os": {"id": "debian", "version": "12"}, "packages": [{"name": "openssl",
@@ -28,14 +29,14 @@ def _decision(at: float, posture: dict[str, Any] | None, segment: str = "normal"
 
 def test_put_node_keeps_the_batch_s_whole_posture() -> None:
     nodes: dict[str, tuple[object, ...]] = {}
-    put_node(nodes, MAC, _decision(1.0, WHOLE))
-    put_node(nodes, MAC, _decision(2.0, None, "quarantine"))
-    row = nodes[MAC]
-    assert row[3] == "quarantine"  # the latest decision's segment
-    assert json.loads(str(row[10])) == WHOLE and row[11] == 1.0
-    put_node(nodes, MAC, _decision(3.0, DIGEST_ONLY))
-    row = nodes[MAC]
-    assert json.loads(str(row[10])) == WHOLE and row[11] == 1.0  # when it arrived
+    postures: dict[str, tuple[object, ...]] = {}
+    put_node(nodes, postures, MAC, _decision(1.0, WHOLE))
+    put_node(nodes, postures, MAC, _decision(2.0, None, "quarantine"))
+    assert nodes[MAC][3] == "quarantine"  # the latest decision's segment
+    assert postures[MAC][1] == 1.0 and json.loads(str(postures[MAC][2])) == WHOLE
+    put_node(nodes, postures, MAC, _decision(3.0, DIGEST_ONLY))
+    assert nodes[MAC][2] == 3.0  # last seen
+    assert postures[MAC][1] == 1.0  # the whole posture and when it arrived
 
 
 def _check_across_batches(store: Any) -> None:
@@ -75,5 +76,56 @@ def test_postgres_keeps_the_whole_posture(pg_store_url: str) -> None:  # noqa: F
 @pytest.mark.parametrize("posture", [None, DIGEST_ONLY])
 def test_first_decision_without_whole_posture_stores_none(posture: Any) -> None:
     nodes: dict[str, tuple[object, ...]] = {}
-    put_node(nodes, MAC, _decision(1.0, posture))
-    assert nodes[MAC][10] is None
+    postures: dict[str, tuple[object, ...]] = {}
+    put_node(nodes, postures, MAC, _decision(1.0, posture))
+    assert MAC in nodes and postures == {}
+
+
+def test_sqlite_migration_4_moves_postures_out_of_nodes(tmp_path: Path) -> None:
+    """A store at schema 3 (posture inside nodes) keeps every node's posture and its date."""
+    import sqlite3
+
+    from nac.store.migrations import migrate_sqlite
+
+    path = tmp_path / "nac.db"
+    conn = sqlite3.connect(path)
+    migrate_sqlite(conn, target=3)
+    conn.execute("INSERT INTO nodes (mac, first_seen, last_seen, segment, posture, posture_at) "
+                 "VALUES (?, 1, 5, 'normal', ?, 4)", (MAC, json.dumps(WHOLE)))
+    conn.execute("INSERT INTO nodes (mac, first_seen, last_seen, segment) "
+                 "VALUES ('02:00:00:00:00:08', 1, 2, 'quarantine')")
+    conn.commit()
+    assert migrate_sqlite(conn) == (3, 4)
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(nodes)")]
+    assert "posture" not in cols and "posture_at" not in cols
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        node = store.get_node(MAC)
+        assert node is not None and json.loads(node["posture"]) == WHOLE
+        assert node["posture_at"] == 4.0
+        other = store.get_node("02:00:00:00:00:08")
+        assert other is not None and other["posture"] is None
+        assert [r["mac"] for r in store.nodes_with_posture()] == [MAC]
+    finally:
+        store.close()
+
+
+def test_postgres_migration_4_moves_postures_out_of_nodes(pg_url: str) -> None:  # noqa: F811
+    import psycopg
+
+    from nac.store.migrations import migrate_postgres
+
+    with psycopg.connect(pg_url) as conn:
+        migrate_postgres(conn, target=3)
+        conn.execute("INSERT INTO nodes (mac, first_seen, last_seen, segment, posture, "
+                     "posture_at) VALUES (%s, 1, 5, 'normal', %s, 4)", (MAC, json.dumps(WHOLE)))
+        conn.commit()
+        assert migrate_postgres(conn) == (3, 4)
+    store = PostgresStore(pg_url)
+    try:
+        node = store.get_node(MAC)
+        assert node is not None and json.loads(node["posture"]) == WHOLE
+        assert node["posture_at"] == 4.0
+    finally:
+        store.close()

@@ -10,9 +10,9 @@ stored posture documents of 1,500 packages each takes tens of seconds (most of i
 - `soft`: outcomes of the rules that read the package list themselves (software allow/deny),
   keyed by each rule's own digest, so a policy change that keeps the rule keeps them.
 
-An entry is valid for the node's posture_at. That column sits after the posture text in the
-nodes row, so reading it walks the text's overflow pages: last_seen (before it) is compared
-first, and posture_at is read only for nodes seen since the entry was checked.
+An entry is valid for the node's posture_at (node_postures: when the stored posture arrived).
+The node's last_seen is compared first, and posture_at is read only for nodes seen since the
+entry was checked.
 """
 
 from __future__ import annotations

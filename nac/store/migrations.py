@@ -18,7 +18,8 @@ from typing import Any
 __all__ = [
     "Migration", "POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS", "SchemaError",
     "check_postgres", "jobs_table", "latest", "migrate_postgres", "migrate_sqlite",
-    "postgres_version", "sqlite_version", "table_counts_postgres", "table_counts_sqlite",
+    "postgres_version", "postures_apart", "sqlite_version", "table_counts_postgres",
+    "table_counts_sqlite",
 ]
 
 
@@ -66,6 +67,27 @@ def jobs_table(backend: str) -> list[str]:
         )""",
         f"CREATE INDEX {ine}enforcement_jobs_due ON enforcement_jobs (state, next_attempt_at)",
         f"CREATE INDEX {ine}enforcement_jobs_port ON enforcement_jobs (switch, port, state)",
+    ]
+
+
+def postures_apart(backend: str) -> list[str]:
+    """A node's last whole posture (hundreds of kB with a package inventory) in a table of
+    its own: every decision rewrites the node's row, and a row rewrite copies every column
+    (SQLite rewrites the whole record with its overflow pages), so a fleet re-evaluation
+    moving thousands of nodes was rewriting their inventories; reading posture_at also
+    walked the posture's pages. A posture row changes only when a new posture arrives."""
+    real = "REAL" if backend == "sqlite" else "DOUBLE PRECISION"
+    return [
+        f"""CREATE TABLE node_postures (
+            mac TEXT PRIMARY KEY,
+            posture_at {real} NOT NULL,
+            posture TEXT NOT NULL
+        )""",
+        "INSERT INTO node_postures (mac, posture_at, posture) "
+        "SELECT mac, COALESCE(posture_at, last_seen), posture FROM nodes "
+        "WHERE posture IS NOT NULL",
+        "ALTER TABLE nodes DROP COLUMN posture",
+        "ALTER TABLE nodes DROP COLUMN posture_at",
     ]
 
 
@@ -137,6 +159,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
     )),
     # IF NOT EXISTS: files from before this migration got the table from enforcers/queue.py.
     Migration(3, "enforcement jobs", tuple(jobs_table("sqlite"))),
+    Migration(4, "postures apart from nodes", tuple(postures_apart("sqlite"))),
 ]
 
 # ---- PostgreSQL -----------------------------------------------------------------------
@@ -209,6 +232,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     )),
     # The enforcement queue shared by every server (nac/store/pg_jobs.py).
     Migration(3, "enforcement jobs", tuple(jobs_table("postgresql"))),
+    Migration(4, "postures apart from nodes", tuple(postures_apart("postgresql"))),
 ]
 
 # One fixed key for pg_advisory_lock: "nac store migrate" runs one at a time per database.

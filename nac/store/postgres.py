@@ -31,7 +31,7 @@ log = logging.getLogger("nac.store")
 # record, even pipelined): decisions straight into their table, nodes and sessions into
 # per-connection staging tables, then one upsert each.
 _NODE_COLS = ("mac, first_seen, last_seen, segment, vlan, reason, identity, role, last_nas, "
-              "last_port, posture, posture_at")
+              "last_port")
 _ACCT_COLS = ("nas, acct_session_id, mac, user_name, nas_port, nas_port_id, framed_ip, "
               "framed_ipv6_prefix, started_at, updated_at, stopped_at, input_octets, "
               "output_octets, session_time, terminate_cause")
@@ -57,8 +57,13 @@ ON CONFLICT (mac) DO UPDATE SET
     last_seen = excluded.last_seen, segment = excluded.segment, vlan = excluded.vlan,
     reason = excluded.reason, identity = COALESCE(excluded.identity, nodes.identity),
     role = COALESCE(excluded.role, nodes.role), last_nas = excluded.last_nas,
-    last_port = excluded.last_port, posture = COALESCE(excluded.posture, nodes.posture),
-    posture_at = COALESCE(excluded.posture_at, nodes.posture_at)
+    last_port = excluded.last_port
+"""
+
+# Few per batch (whole postures arrive with inspections only); sorted like the nodes.
+_POSTURE_UPSERT = """
+INSERT INTO node_postures (mac, posture_at, posture) VALUES (%s, %s, %s)
+ON CONFLICT (mac) DO UPDATE SET posture_at = excluded.posture_at, posture = excluded.posture
 """
 
 # One row per (nas, session) per batch (an upsert cannot touch a row twice): the batch's
@@ -343,6 +348,7 @@ class PostgresStore(ReadQueries):
     def _commit(conn: psycopg.Connection[Any], batch: list[tuple[str, object]]) -> None:
         decisions = []
         nodes: dict[str, tuple[object, ...]] = {}  # one upsert per MAC per batch
+        postures: dict[str, tuple[object, ...]] = {}
         accts: dict[tuple[str, str], list[object]] = {}
         touches: dict[str, float] = {}
         for kind, rec in batch:
@@ -350,7 +356,7 @@ class PostgresStore(ReadQueries):
                 d: DecisionRecord = rec  # type: ignore[assignment]
                 decisions.append(decision_row(d))
                 if d.mac:
-                    put_node(nodes, d.mac, d)
+                    put_node(nodes, postures, d.mac, d)
             else:
                 a: AccountingRecord = rec  # type: ignore[assignment]
                 row = session_row(a)
@@ -366,6 +372,8 @@ class PostgresStore(ReadQueries):
             if nodes:
                 _copy(cur, f"COPY nodes_in ({_NODE_COLS}) FROM STDIN", nodes.values())
                 cur.execute(_NODE_UPSERT)
+            if postures:
+                cur.executemany(_POSTURE_UPSERT, [postures[m] for m in sorted(postures)])
             if accts:
                 _copy(cur, f"COPY sessions_in ({_ACCT_COLS}) FROM STDIN", accts.values())
                 cur.execute(_ACCT_UPSERT)

@@ -17,8 +17,17 @@ class ReadQueries:
         return self._query("SELECT * FROM nodes ORDER BY mac")
 
     def get_node(self, mac: str) -> dict[str, Any] | None:
-        rows = self._query("SELECT * FROM nodes WHERE mac = ?", (mac,))
+        """The node with its last whole posture (posture, posture_at; None without one)."""
+        rows = self._query(
+            "SELECT n.*, p.posture, p.posture_at FROM nodes n "
+            "LEFT JOIN node_postures p ON p.mac = n.mac WHERE n.mac = ?", (mac,))
         return rows[0] if rows else None
+
+    def posture_of(self, mac: str) -> tuple[str, float] | None:
+        """(posture JSON, posture_at) of a node's last whole posture."""
+        rows = self._query("SELECT posture, posture_at FROM node_postures WHERE mac = ?",
+                           (mac,))
+        return (rows[0]["posture"], rows[0]["posture_at"]) if rows else None
 
     def count_decisions(self, mac: str | None = None) -> int:
         if mac is None:
@@ -40,8 +49,8 @@ class ReadQueries:
     def nodes_with_posture(self) -> list[dict[str, Any]]:
         """Nodes whose last inspection left a posture: what a policy or feed change re-checks."""
         return self._query(
-            "SELECT mac, segment, vlan, role, identity, last_nas, last_port, posture "
-            "FROM nodes WHERE posture IS NOT NULL ORDER BY mac")
+            "SELECT n.mac, n.segment, n.vlan, n.role, n.identity, n.last_nas, n.last_port, "
+            "p.posture FROM nodes n JOIN node_postures p ON p.mac = n.mac ORDER BY n.mac")
 
     def live_session(self, mac: str) -> dict[str, Any] | None:
         """The node's newest accounting session that has not stopped."""

@@ -23,19 +23,21 @@ def decision_row(d: DecisionRecord) -> tuple[object, ...]:
 
 def node_row(d: DecisionRecord) -> tuple[object, ...]:
     """nodes (mac, first_seen, last_seen, segment, vlan, reason, identity, role, last_nas,
-    last_port, posture, posture_at) after this decision.
-
-    A digest-only posture (an agent that proved by its certificate that nothing changed)
-    keeps the whole posture already stored, which re-evaluation after a feed change needs,
-    and its date (posture_at is when that posture arrived: the fleet cache keys on it)."""
-    if d.posture is None:
-        return (d.mac, d.at, d.at, d.segment, d.vlan, "; ".join(d.reasons), d.identity, d.role,
-                d.nas, d.nas_port, None, None)
-    if d.posture.get("digest_only") is True:
-        return (d.mac, d.at, d.at, d.segment, d.vlan, "; ".join(d.reasons), d.identity, d.role,
-                d.nas, d.nas_port, None, None)
+    last_port) after this decision."""
     return (d.mac, d.at, d.at, d.segment, d.vlan, "; ".join(d.reasons), d.identity, d.role,
-            d.nas, d.nas_port, json.dumps(d.posture), d.at)
+            d.nas, d.nas_port)
+
+
+def posture_row(d: DecisionRecord) -> tuple[object, ...] | None:
+    """node_postures (mac, posture_at, posture) when the decision brought a whole posture.
+
+    None for none, and for a digest-only posture (an agent that proved by its quarantine
+    certificate that nothing changed): the whole posture already stored stays, with its date
+    (posture_at is when that posture arrived: the fleet cache keys on it), because the
+    re-evaluation after a feed change needs it."""
+    if d.posture is None or d.posture.get("digest_only") is True:
+        return None
+    return (d.mac, d.at, json.dumps(d.posture))
 
 
 def session_row(a: AccountingRecord) -> tuple[object, ...]:
@@ -49,12 +51,12 @@ def session_row(a: AccountingRecord) -> tuple[object, ...]:
             a.session_time, a.terminate_cause)
 
 
-def put_node(nodes: dict[str, tuple[object, ...]], mac: str, d: DecisionRecord) -> None:
-    """Fold decision `d` into one batch's node rows (one upsert per MAC): the latest decision
-    wins, but a decision without a whole posture keeps the one an earlier decision of the
-    same batch brought, as the store's COALESCE would across batches."""
-    row = node_row(d)
-    earlier = nodes.get(mac)
-    if row[10] is None and earlier is not None and earlier[10] is not None:
-        row = (*row[:10], earlier[10], row[11] if row[11] is not None else earlier[11])
-    nodes[mac] = row
+
+def put_node(nodes: dict[str, tuple[object, ...]], postures: dict[str, tuple[object, ...]],
+             mac: str, d: DecisionRecord) -> None:
+    """Fold decision `d` into one batch's rows (one upsert per MAC and table): the latest
+    decision's node row, the latest whole posture (a later decision without one keeps it)."""
+    nodes[mac] = node_row(d)
+    row = posture_row(d)
+    if row is not None:
+        postures[mac] = row

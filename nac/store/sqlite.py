@@ -31,14 +31,18 @@ SCHEMA_VERSION = latest("sqlite")  # the tables themselves: nac/store/migrations
 
 _NODE_UPSERT = """
 INSERT INTO nodes (mac, first_seen, last_seen, segment, vlan, reason, identity, role,
-                   last_nas, last_port, posture, posture_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   last_nas, last_port)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (mac) DO UPDATE SET
     last_seen = excluded.last_seen, segment = excluded.segment, vlan = excluded.vlan,
     reason = excluded.reason, identity = COALESCE(excluded.identity, nodes.identity),
     role = COALESCE(excluded.role, nodes.role), last_nas = excluded.last_nas,
-    last_port = excluded.last_port, posture = COALESCE(excluded.posture, nodes.posture),
-    posture_at = COALESCE(excluded.posture_at, nodes.posture_at)
+    last_port = excluded.last_port
+"""
+
+_POSTURE_UPSERT = """
+INSERT INTO node_postures (mac, posture_at, posture) VALUES (?, ?, ?)
+ON CONFLICT (mac) DO UPDATE SET posture_at = excluded.posture_at, posture = excluded.posture
 """
 
 _DECISION_INSERT = """
@@ -380,6 +384,7 @@ def _as_tuple(kind: str, rec: object) -> tuple[object, ...]:
 def _commit(conn: sqlite3.Connection, batch: list[tuple[object, ...]]) -> None:
     decisions = []
     nodes: dict[str, tuple[object, ...]] = {}  # one upsert per MAC per batch
+    postures: dict[str, tuple[object, ...]] = {}
     accts = []
     touches = []
     for item in batch:
@@ -387,7 +392,7 @@ def _commit(conn: sqlite3.Connection, batch: list[tuple[object, ...]]) -> None:
             d = DecisionRecord(*item[1:])  # type: ignore[arg-type]
             decisions.append(decision_row(d))
             if d.mac:
-                put_node(nodes, d.mac, d)
+                put_node(nodes, postures, d.mac, d)
         elif item[0] == "acct":
             a = AccountingRecord(*item[1:])  # type: ignore[arg-type]
             accts.append(session_row(a))
@@ -398,6 +403,8 @@ def _commit(conn: sqlite3.Connection, batch: list[tuple[object, ...]]) -> None:
             conn.executemany(_DECISION_INSERT, decisions)
         if nodes:
             conn.executemany(_NODE_UPSERT, list(nodes.values()))
+        if postures:
+            conn.executemany(_POSTURE_UPSERT, list(postures.values()))
         if accts:
             conn.executemany(_ACCT_UPSERT, accts)
             conn.executemany("UPDATE nodes SET last_seen = MAX(last_seen, ?) WHERE mac = ?",
