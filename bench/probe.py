@@ -30,27 +30,42 @@ def free_udp_ports(count: int) -> list[int]:
 
 
 def wait_answers(port: int, secret: bytes, timeout: float = 20.0,
-                 alive: subprocess.Popen | None = None) -> float:
-    """Send signed MAB Access-Requests to 127.0.0.1:port until one gets a
-    reply with its identifier; return the seconds waited. Gives up early
-    when the server process `alive` has exited."""
+                 alive: subprocess.Popen | None = None, flows: int = 8) -> float:
+    """Send signed MAB Access-Requests to 127.0.0.1:port from `flows` source ports until
+    each has a reply to its latest request; return the seconds waited. Several flows,
+    because a worker pool spreads them over its workers' sockets (bound before the
+    workers start): every worker must be answering. Gives up early when the server
+    process `alive` has exited."""
     start = time.monotonic()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(flows)]
+    try:
+        for s in socks:
+            s.settimeout(0.2)
+        waiting = list(socks)
         i = 0
         while time.monotonic() - start < timeout:
             if alive is not None and alive.poll() is not None:
                 raise RuntimeError(f"the server exited with {alive.returncode} before answering")
-            req = packets.mab_request(i, secret, os.urandom(16))
-            try:
-                s.sendto(req, ("127.0.0.1", port))
-                data = s.recv(4096)
-                if len(data) >= 20 and data[1] == req[1]:
-                    return time.monotonic() - start
-            except (TimeoutError, ConnectionRefusedError):
-                pass
-            i += 1
+            for s in list(waiting):
+                req = packets.mab_request(i % 65536, secret, os.urandom(16))
+                i += 1
+                try:
+                    s.sendto(req, ("127.0.0.1", port))
+                    # Replies to earlier probes may come first (they waited in the socket
+                    # for a worker that started late): read past them.
+                    while True:
+                        data = s.recv(4096)
+                        if len(data) >= 20 and data[1] == req[1]:
+                            waiting.remove(s)
+                            break
+                except (TimeoutError, ConnectionRefusedError):
+                    pass
+            if not waiting:
+                return time.monotonic() - start
             time.sleep(0.05)
+    finally:
+        for s in socks:
+            s.close()
     raise TimeoutError(f"no RADIUS answer on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
