@@ -59,6 +59,18 @@ def segment_of(lab: Lab, name: str) -> str | None:
     return str(row[0]) if row else None
 
 
+def segment_becomes(lab: Lab, name: str, segment: str, timeout: float = 3.0) -> bool:
+    """The node's stored segment is (or within `timeout` becomes) `segment`: the server
+    answers and pushes before its store writer has committed the decision row."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if segment_of(lab, name) == segment:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def tell_decision(lab: Lab, story: Story, name: str) -> None:
     """The server's latest decision for the host, as `nac nodes show` would explain it."""
     row = _query(lab, "SELECT source, segment, vlan, reasons FROM decisions WHERE mac = ? "
@@ -236,8 +248,8 @@ def compliant(lab: Lab, story: Story) -> None:
                 f"host1's port starts in the quarantine VLAN {topo.QUARANTINE}")
     show_reach(lab, story, "host1", corp=False, remediation=False)
     authenticate(lab, story, "host1", topo.NORMAL)
+    story.check(segment_becomes(lab, "host1", "normal"), "posture: compliant -> segment normal")
     tell_decision(lab, story, "host1")
-    story.check(segment_of(lab, "host1") == "normal", "posture: compliant -> segment normal")
     show_reach(lab, story, "host1", corp=True, remediation=False)
 
 
@@ -255,8 +267,8 @@ def vulnerable(lab: Lab, story: Story) -> None:
                                        hostroot.VULNERABLE_OPENSSL)
     story.say(f"host2 runs openssl {hostroot.VULNERABLE_OPENSSL} (was {old})")
     authenticate(lab, story, "host2", topo.ISOLATED, key="isolate")
+    story.check(segment_becomes(lab, "host2", "isolated"), "posture: vulnerable -> isolated")
     tell_decision(lab, story, "host2")
-    story.check(segment_of(lab, "host2") == "isolated", "posture: vulnerable -> isolated")
     status = agent_status(lab, "host2")
     assert isinstance(status, dict)
     story.say("what host2's user sees, `nac-agent status`:")
@@ -295,7 +307,7 @@ def vulnerable(lab: Lab, story: Story) -> None:
     story.measure("fixed_to_normal_s", time.monotonic() - t0)
     story.say(f"switch port {lab.nodes['host2'].port} set to VLAN {topo.NORMAL} over "
               f"{lab.enforcer.upper()} ({t:.2f} s after the EAP-Success)")
-    story.check(segment_of(lab, "host2") == "normal", "posture: updated -> normal")
+    story.check(segment_becomes(lab, "host2", "normal"), "posture: updated -> normal")
     show_reach(lab, story, "host2", corp=True, remediation=False)
 
 
@@ -389,7 +401,7 @@ def advisory(lab: Lab, story: Story) -> None:
               f"{t:.2f} s after the re-evaluation queued it ({total:.2f} s after the import "
               f"command started{applied_note(lab, out)})")
     story.check(t < ENFORCE_BUDGET, f"isolated within {ENFORCE_BUDGET:.0f} s")
-    story.check(segment_of(lab, "host1") == "isolated", "server: host1 -> isolated")
+    story.check(segment_becomes(lab, "host1", "isolated"), "server: host1 -> isolated")
     show_reach(lab, story, "host1", corp=False, remediation=True)
     story.say("the advisory is withdrawn (nac feed remove): host1 goes back")
     remove_lab_feed(lab)
@@ -422,8 +434,8 @@ def ids(lab: Lab, story: Story) -> None:
         story.say(f"switch port swp1 set to VLAN {topo.ISOLATED} over {lab.enforcer.upper()} "
                   f"{t:.2f} s after the alert")
         story.check(t < ENFORCE_BUDGET, f"isolated within {ENFORCE_BUDGET:.0f} s")
+        story.check(segment_becomes(lab, "host1", "isolated"), "server: host1 -> isolated (ids)")
         tell_decision(lab, story, "host1")
-        story.check(segment_of(lab, "host1") == "isolated", "server: host1 -> isolated (ids)")
         show_reach(lab, story, "host1", corp=False, remediation=True)
         story.say(f"the forged alert again: {monitor.post(body, forged)}")
     finally:
@@ -521,7 +533,7 @@ def inflight(lab: Lab, story: Story) -> None:
     story.say(f"dead claim released -> job back to pending -> swp1 set to VLAN "
               f"{topo.ISOLATED} {since_claim:.1f} s after the claim ({after_restart:.1f} s "
               "after the restart)")
-    story.check(segment_of(lab, "host1") == "isolated", "server: host1 -> isolated")
+    story.check(segment_becomes(lab, "host1", "isolated"), "server: host1 -> isolated")
     show_reach(lab, story, "host1", corp=False, remediation=True)
     story.say("the advisory is withdrawn: host1 goes back to normal")
     remove_lab_feed(lab)
