@@ -136,19 +136,19 @@ class Server:
             raise ValueError(str(exc)) from None
         self.authorizer = Authorizer(self.live.policy, self.decide_posture)
         self.eap = build_eap(cfg, state_dir, self.accounts, self.box, self.judge_posture)
-        self.planner = load_planner(cfg.switches, db_path, cfg.source)
         # The job queue lives in the store: with PostgreSQL, one queue for every server
         # (a job is taken by one of them; a dead server's jobs go to another when their
-        # lease expires).
+        # lease expires). The enforcer backs off while that database is away.
+        def open_queue() -> Any:
+            return open_job_queue(cfg.store, state_dir, lease=job_lease)
+
+        self.planner = load_planner(cfg.switches, open_queue, cfg.source)
         self.queue: Any = None
-        if self.planner is not None or cfg.metrics:
-            self.queue = open_job_queue(cfg.store, state_dir, lease=job_lease)
         if self.planner is not None:
-            # The planner opened a SQLite queue on db_path; it enqueues and works the
-            # store's instead (the enforcer backs off while that database is away).
-            self.planner.queue.close()
-            self.planner.queue = self.planner.enforcer.queue = self.queue
+            self.queue = self.planner.queue
             preload_drivers(self.planner.switches)
+        elif cfg.metrics:
+            self.queue = open_queue()
         self.engine = Engine(
             build_clients(cfg), self.authorizer, self.accounts, eap=self.eap,
             on_decision=self.on_decision, on_accounting=self.store.record_accounting,
