@@ -13,6 +13,7 @@ from enforcers.queue import JobQueue
 from nac.events import DecisionRecord
 from nac.store import open_store
 from tests.conftest import ROOT, nac_cmd
+from tests.pg import PgServer, pg_server, pg_store_url  # noqa: F401  (pytest fixtures)
 
 MAC = "02:00:00:00:bb:01"
 
@@ -71,3 +72,36 @@ def test_feed_change_moves_node_and_queues_its_port(tmp_path: Path) -> None:
     assert "isolated -> normal" in out.stdout
     node = json.loads(nac(state, "nodes", "show", MAC, "--json").stdout)
     assert node["node"]["segment"] == "normal" and node["node"]["vlan"] == 30
+
+
+def test_feed_import_and_policy_apply_take_store(tmp_path: Path,
+                                                 pg_store_url: str) -> None:  # noqa: F811
+    """--store postgresql://: the nodes re-evaluated are PostgreSQL's, their new decisions go
+    there, and so does the port's job (nothing in the state dir's SQLite file)."""
+    from nac.store.pg_jobs import PgJobQueue
+
+    state = tmp_path / "state"
+    store = open_store(pg_store_url, state)
+    store.record_decision(DecisionRecord(
+        at=time.time(), mac=MAC, segment="normal", vlan=30, source="posture",
+        reasons=("compliant",), identity="demo", role="default", nas="127.0.0.1",
+        nas_port="Gi1/0/5", posture=posture("3.0.9-1")))
+    store.flush()
+    cfg = tmp_path / "nac.toml"
+    cfg.write_text('[[switches]]\nname = "sw1"\naddress = "127.0.0.1"\n'
+                   'driver = "ssh-linux-bridge"\n[switches.ssh]\nusername = "nac"\n'
+                   'password = "x"\n')
+    out = nac(state, "feed", "import", str(ROOT / "tests/data/osv/DSA-5532-1.json"),
+              "--config", str(cfg), "--store", pg_store_url)
+    assert "1 changed segment" in out.stdout and "normal -> isolated" in out.stdout
+    node = store.get_node(MAC)
+    assert node is not None and node["segment"] == "isolated"
+    (job,) = PgJobQueue(pg_store_url).list_jobs()
+    assert (job.switch, job.port, job.vlan) == ("sw1", "Gi1/0/5", 20)
+    assert not (state / "nac.db").exists() or not JobQueue(state / "nac.db").list_jobs()
+
+    policy = tmp_path / "p.toml"  # the sample policy, applied: it re-checks PostgreSQL's node
+    policy.write_text(nac(state, "policy", "show").stdout)
+    out = nac(state, "policy", "apply", str(policy), "--wait", "0", "--store", pg_store_url)
+    assert "re-evaluated 1 node(s): 0 changed" in out.stdout, out.stdout
+    store.close()

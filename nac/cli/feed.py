@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from nac.cli.common import fail, state_dir_option
+from nac.cli.common import fail, state_dir_option, store_option
 from nac.prevention import cache
 from nac.prevention.cache import FeedSource
 from nac.prevention.fetch import FeedError
@@ -122,7 +122,8 @@ def list_cmd(state_dir: Path) -> None:
         )
 
 
-def _reevaluate(report: SyncReport, state_dir: Path, config_path: Path | None) -> None:
+def _reevaluate(report: SyncReport, state_dir: Path, config_path: Path | None,
+                store_url: str | None = None) -> None:
     """A feed change re-checks every inspected node (draft 6.4.2) and says who moved."""
     if not report.changed:
         return
@@ -130,7 +131,7 @@ def _reevaluate(report: SyncReport, state_dir: Path, config_path: Path | None) -
     from nac.reevaluate import after_change
 
     try:
-        result = after_change(state_dir, "feed", config_path=config_path)
+        result = after_change(state_dir, "feed", config_path=config_path, store_url=store_url)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
         return
@@ -150,8 +151,10 @@ config_option = click.option(
 @feed.command("sync")
 @click.argument("name", required=False)
 @state_dir_option
+@store_option
 @config_option
-def sync_cmd(name: str | None, state_dir: Path, config_path: Path | None) -> None:
+def sync_cmd(name: str | None, state_dir: Path, store_url: str | None,
+             config_path: Path | None) -> None:
     """Fetch, verify and import NAME (default: every source), then re-evaluate nodes."""
     try:
         report = sync(cache.db_path_for(state_dir), name, progress=True)
@@ -159,7 +162,7 @@ def sync_cmd(name: str | None, state_dir: Path, config_path: Path | None) -> Non
         fail(str(exc))
         return
     _print_report(report)
-    _reevaluate(report, state_dir, config_path)
+    _reevaluate(report, state_dir, config_path, store_url)
     if report.errors:
         raise SystemExit(1)
 
@@ -167,8 +170,10 @@ def sync_cmd(name: str | None, state_dir: Path, config_path: Path | None) -> Non
 @feed.command("remove")
 @click.argument("name")
 @state_dir_option
+@store_option
 @config_option
-def remove_cmd(name: str, state_dir: Path, config_path: Path | None) -> None:
+def remove_cmd(name: str, state_dir: Path, store_url: str | None,
+               config_path: Path | None) -> None:
     """Remove source NAME and retract its advisories, then re-evaluate nodes."""
     try:
         report = remove_source(cache.db_path_for(state_dir), name)
@@ -178,7 +183,7 @@ def remove_cmd(name: str, state_dir: Path, config_path: Path | None) -> None:
     click.echo(
         f"removed {name}: {len(report.withdrawn)} advisories retracted; epoch {report.epoch}"
     )
-    _reevaluate(report, state_dir, config_path)
+    _reevaluate(report, state_dir, config_path, store_url)
 
 
 @feed.command("import")
@@ -186,9 +191,10 @@ def remove_cmd(name: str, state_dir: Path, config_path: Path | None) -> None:
 @click.option("--source", "source_name", default="local", show_default=True)
 @click.option("--trust", type=click.Choice(cache.TRUST_LEVELS), default="local", show_default=True)
 @state_dir_option
+@store_option
 @config_option
 def import_cmd(path: Path, source_name: str, trust: str, state_dir: Path,
-               config_path: Path | None) -> None:
+               store_url: str | None, config_path: Path | None) -> None:
     """One-off import of a local OSV file, directory or zip, then re-evaluate nodes."""
     try:
         report = import_path(cache.db_path_for(state_dir), path, source_name, trust, progress=True)
@@ -196,7 +202,7 @@ def import_cmd(path: Path, source_name: str, trust: str, state_dir: Path,
         fail(str(exc))
         return
     _print_report(report)
-    _reevaluate(report, state_dir, config_path)
+    _reevaluate(report, state_dir, config_path, store_url)
 
 
 @feed.command("keygen")

@@ -290,7 +290,9 @@ def _reevaluate(node: dict[str, Any], row: dict[str, Any], state_dir: Path) -> D
 )
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Server config: its switch inventory gets the enforcement jobs.")
-def apply_cmd(file: Path, state_dir: Path, wait: float, config_path: Path | None) -> None:
+@store_option
+def apply_cmd(file: Path, state_dir: Path, wait: float, config_path: Path | None,
+              store_url: str | None) -> None:
     """Validate FILE, install it as STATE/policy.toml (atomically), and re-evaluate every
     inspected node: those whose segment changes are listed and queued for enforcement."""
     loaded = _load_or_exit(file)
@@ -320,7 +322,8 @@ def apply_cmd(file: Path, state_dir: Path, wait: float, config_path: Path | None
     if total:
         click.echo(f"enforced by {done} server process(es)")
     try:
-        result = after_change(state_dir, "policy", config_path=config_path)
+        result = after_change(state_dir, "policy", config_path=config_path,
+                              store_url=store_url)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
         return
