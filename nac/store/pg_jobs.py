@@ -11,7 +11,7 @@ own is how concurrent servers are kept apart:
 - ``enqueue`` takes the same port lock, so "latest decision wins" holds when two servers
   queue for one port at once.
 - a server that dies holding jobs stops renewing their leases; ``requeue_expired`` (run
-  before every claim, by any server) hands them back.
+  before a claim, at most once a second per claimer, by any server) hands them back.
 - a transaction PostgreSQL aborts on a deadlock or serialisation conflict runs again.
 """
 
