@@ -13,7 +13,6 @@ decodes every stored posture and is the reference the fast path is tested agains
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from nac.enforcement import Planner, Target
 from nac.events import DecisionRecord
@@ -87,7 +88,7 @@ def reevaluate(store: Store, evaluator: Evaluator, *, source: str,
             report.checked += 1
             continue
         try:
-            posture = json.loads(node["posture"])
+            posture = orjson.loads(node["posture"])
         except (TypeError, ValueError):
             report.unreadable += 1
             continue
@@ -197,7 +198,7 @@ def reevaluate_fleet(store: Store, live: LivePolicy, fleet: FleetCache, *, sourc
                 continue
             rows = query(_POSTURE_ONE, (n["mac"],))
             try:
-                posture = json.loads(rows[0]["posture"]) if rows else None
+                posture = orjson.loads(rows[0]["posture"]) if rows else None
             except (TypeError, ValueError):
                 posture = None
             if not isinstance(posture, dict):
@@ -235,7 +236,7 @@ def reevaluate_fleet(store: Store, live: LivePolicy, fleet: FleetCache, *, sourc
         if missing:  # rules this node was never checked against (a new policy): read it once
             rows = query(_POSTURE_ONE, (node["mac"],))
             try:
-                posture = json.loads(rows[0]["posture"]) if rows else None
+                posture = orjson.loads(rows[0]["posture"]) if rows else None
             except (TypeError, ValueError):
                 posture = None
             if not isinstance(posture, dict):

@@ -23,7 +23,7 @@ from typing import Any
 from nac.events import AccountingRecord, DecisionRecord
 from nac.store.migrations import latest, migrate_sqlite
 from nac.store.queries import ReadQueries
-from nac.store.rows import decision_row, put_node, session_row
+from nac.store.rows import decision_row, encode_posture, put_node, session_row
 
 log = logging.getLogger("nac.store")
 
@@ -375,9 +375,16 @@ _DECISION_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Deci
 _ACCT_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(AccountingRecord)))
 
 
+_POSTURE_AT = [f.name for f in dataclasses.fields(DecisionRecord)].index("posture")
+
+
 def _as_tuple(kind: str, rec: object) -> tuple[object, ...]:
     if kind == "decision":
-        return ("decision", *_DECISION_FIELDS(rec))
+        fields = _DECISION_FIELDS(rec)
+        if fields[_POSTURE_AT] is not None:  # JSON text pickles for nothing; a dict does not
+            fields = (*fields[:_POSTURE_AT], encode_posture(fields[_POSTURE_AT]),
+                      *fields[_POSTURE_AT + 1:])
+        return ("decision", *fields)
     return ("acct", *_ACCT_FIELDS(rec))
 
 
