@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,8 @@ def test_decisions_nodes_and_audit(store: Any) -> None:
     assert (node["segment"], node["vlan"], node["reason"]) == (
         "isolated", 20, "patch missing; av off")
     # Fields the later decision left out keep their earlier values (COALESCE).
-    assert (node["identity"], node["role"], node["posture"]) == (
-        "alice", "staff", '{"os": "debian"}')
+    assert (node["identity"], node["role"], json.loads(node["posture"])) == (
+        "alice", "staff", {"os": "debian"})
     assert node["first_seen"] == 100.0 and node["posture_at"] == 100.0
     assert store.get_node(OTHER) is None
     assert [n["mac"] for n in store.list_nodes()] == [MAC]
@@ -67,8 +68,8 @@ def test_decisions_nodes_and_audit(store: Any) -> None:
     assert store.count_decisions() == 3 and store.count_decisions(MAC) == 2
 
     posture = store.nodes_with_posture()
-    assert [(p["mac"], p["segment"], p["posture"]) for p in posture] == [
-        (MAC, "isolated", '{"os": "debian"}')]
+    assert [(p["mac"], p["segment"], json.loads(p["posture"])) for p in posture] == [
+        (MAC, "isolated", {"os": "debian"})]
     assert store.healthy()
 
 
