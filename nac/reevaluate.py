@@ -141,15 +141,22 @@ def _record_decision(store: Store, node: dict[str, Any], d: Decision, source: st
     ))
 
 
-# Nodes with a stored posture, as the fast path reads them (the posture text stays unread).
+# Nodes with a stored posture, as the fast path reads them: the posture's date, not its text.
 _NODES = ("SELECT n.mac, n.segment, n.vlan, n.role, n.identity, n.last_nas, n.last_port, "
-          "n.last_seen, n.registered_segment FROM nodes n "
+          "n.last_seen, n.registered_segment, p.posture_at FROM nodes n "
           "JOIN node_postures p ON p.mac = n.mac ORDER BY n.mac")
-# When each stored posture arrived: for every node at once when many were seen since the
-# last run, else one by one.
-_POSTURE_AT_ALL = "SELECT mac, posture_at FROM node_postures"
-_POSTURE_AT_ONE = "SELECT posture_at FROM node_postures WHERE mac = ?"
-_POSTURE_ONE = "SELECT posture, posture_at FROM node_postures WHERE mac = ?"
+
+
+def _stored_posture(store: Store, mac: str) -> tuple[dict[str, Any] | None, float | None]:
+    """A node's stored whole posture, decoded (None if missing or unreadable), and its date."""
+    found = store.posture_of(mac)
+    if found is None:
+        return None, None
+    try:
+        posture = orjson.loads(found[0])
+    except (TypeError, ValueError):
+        return None, found[1]
+    return (posture if isinstance(posture, dict) else None), found[1]
 
 
 def reevaluate_fleet(store: Store, live: LivePolicy, fleet: FleetCache, *, source: str,
@@ -183,32 +190,19 @@ def reevaluate_fleet(store: Store, live: LivePolicy, fleet: FleetCache, *, sourc
     # 1. Bring the compiled postures up to date with the stored ones.
     unsure = [n for n in nodes if (e := entries.get(n["mac"])) is None
               or e.last_seen != n["last_seen"]]
-    if unsure:
-        if len(unsure) > 200:
-            stamps = {r["mac"]: r["posture_at"] for r in query(_POSTURE_AT_ALL)}
-        else:
-            stamps = {}
-            for n in unsure:
-                rows = query(_POSTURE_AT_ONE, (n["mac"],))
-                stamps[n["mac"]] = rows[0]["posture_at"] if rows else None
-        for n in unsure:
-            e = entries.get(n["mac"])
-            if e is not None and e.posture_at == stamps.get(n["mac"]):
-                e.last_seen, e.dirty = n["last_seen"], True  # seen again, same posture
-                continue
-            rows = query(_POSTURE_ONE, (n["mac"],))
-            try:
-                posture = orjson.loads(rows[0]["posture"]) if rows else None
-            except (TypeError, ValueError):
-                posture = None
-            if not isinstance(posture, dict):
-                report.unreadable += 1
-                entries.pop(n["mac"], None)
-                continue
-            entries[n["mac"]] = fleet.compile(n["mac"], posture, rows[0]["posture_at"],
-                                              n["last_seen"],
-                                              [(digest, rule) for _, rule, digest in soft_rules])
-            report.decoded += 1
+    for n in unsure:
+        e = entries.get(n["mac"])
+        if e is not None and e.posture_at == n["posture_at"]:
+            e.last_seen, e.dirty = n["last_seen"], True  # seen again, same posture
+            continue
+        posture, posture_at = _stored_posture(store, n["mac"])
+        if posture is None:
+            report.unreadable += 1
+            entries.pop(n["mac"], None)
+            continue
+        entries[n["mac"]] = fleet.compile(n["mac"], posture, posture_at, n["last_seen"],
+                                          [(digest, rule) for _, rule, digest in soft_rules])
+        report.decoded += 1
     lap("refresh")
 
     # 2. Evaluate each node from its compiled posture. Each feed rule gets, per package id,
@@ -234,12 +228,8 @@ def reevaluate_fleet(store: Store, live: LivePolicy, fleet: FleetCache, *, sourc
         known: dict[str, Outcome] = {}
         missing = [(digest, rule) for _, rule, digest in soft_rules if digest not in e.soft]
         if missing:  # rules this node was never checked against (a new policy): read it once
-            rows = query(_POSTURE_ONE, (node["mac"],))
-            try:
-                posture = orjson.loads(rows[0]["posture"]) if rows else None
-            except (TypeError, ValueError):
-                posture = None
-            if not isinstance(posture, dict):
+            posture, _ = _stored_posture(store, node["mac"])
+            if posture is None:
                 report.unreadable += 1
                 continue
             for digest, rule in missing:

@@ -8,6 +8,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from enforcers.queue import JobQueue
 from nac.events import DecisionRecord
@@ -39,19 +40,30 @@ def nac(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return out
 
 
-def test_feed_change_moves_node_and_queues_its_port(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    store = open_store(None, state)
+def record_compliant(store: Any) -> None:
+    """The node as its last inspection left it: normal, with openssl 3.0.9-1, on Gi1/0/5."""
     store.record_decision(DecisionRecord(
         at=time.time(), mac=MAC, segment="normal", vlan=30, source="posture",
         reasons=("compliant",), identity="demo", role="default", nas="127.0.0.1",
         nas_port="Gi1/0/5", posture=posture("3.0.9-1")))
     store.flush()
-    store.close()
+
+
+def switch_config(tmp_path: Path) -> Path:
+    """A server config whose switch inventory takes the node's port jobs."""
     cfg = tmp_path / "nac.toml"
     cfg.write_text('[[switches]]\nname = "sw1"\naddress = "127.0.0.1"\n'
                    'driver = "ssh-linux-bridge"\n[switches.ssh]\nusername = "nac"\n'
                    'password = "x"\n')
+    return cfg
+
+
+def test_feed_change_moves_node_and_queues_its_port(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = open_store(None, state)
+    record_compliant(store)
+    store.close()
+    cfg = switch_config(tmp_path)
 
     out = nac(state, "feed", "import", str(ROOT / "tests/data/osv/DSA-5532-1.json"),
               "--config", str(cfg))
@@ -82,15 +94,8 @@ def test_feed_import_and_policy_apply_take_store(tmp_path: Path,
 
     state = tmp_path / "state"
     store = open_store(pg_store_url, state)
-    store.record_decision(DecisionRecord(
-        at=time.time(), mac=MAC, segment="normal", vlan=30, source="posture",
-        reasons=("compliant",), identity="demo", role="default", nas="127.0.0.1",
-        nas_port="Gi1/0/5", posture=posture("3.0.9-1")))
-    store.flush()
-    cfg = tmp_path / "nac.toml"
-    cfg.write_text('[[switches]]\nname = "sw1"\naddress = "127.0.0.1"\n'
-                   'driver = "ssh-linux-bridge"\n[switches.ssh]\nusername = "nac"\n'
-                   'password = "x"\n')
+    record_compliant(store)
+    cfg = switch_config(tmp_path)
     out = nac(state, "feed", "import", str(ROOT / "tests/data/osv/DSA-5532-1.json"),
               "--config", str(cfg), "--store", pg_store_url)
     assert "1 changed segment" in out.stdout and "normal -> isolated" in out.stdout
