@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -140,13 +140,15 @@ def bench_freeradius(exe: Path, pkt_file: Path, windows: list[int], args: argpar
 
 
 @contextlib.contextmanager
-def nac_server(state: Path, log_path: Path, workers: int | None) -> Iterator[tuple[int, int]]:
+def nac_server(state: Path, log_path: Path, workers: int | None,
+               extra: Sequence[str] = ()) -> Iterator[tuple[int, int]]:
     """Run `nac serve` on free loopback ports with `state` as its state
-    directory; yields (pid, auth port) once every worker answers."""
+    directory (and `extra` arguments, e.g. a store URL); yields (pid, auth
+    port) once every worker answers."""
     auth, acct = probe.free_udp_ports(2)
     state.mkdir(exist_ok=True)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(nac_command(state, auth, acct, workers), cwd=ROOT,
+        proc = subprocess.Popen([*nac_command(state, auth, acct, workers), *extra], cwd=ROOT,
                                 env=_env(), stdout=log, stderr=subprocess.STDOUT)
         try:
             try:
@@ -161,8 +163,10 @@ def nac_server(state: Path, log_path: Path, workers: int | None) -> Iterator[tup
                 probe.wait_listeners(auth, expected, alive=proc)
                 waited += time.monotonic() - t0 + probe.wait_answers(auth, SECRET, alive=proc)
             except (RuntimeError, TimeoutError) as exc:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"nac serve did not answer: {exc}\n{tail}") from None
+                # The first error lines say why (the supervisor's restart notes come after).
+                lines = log_path.read_text(errors="replace").splitlines()
+                why = "\n".join([ln for ln in lines if "restarting in" not in ln][-40:])
+                raise RuntimeError(f"nac serve did not answer: {exc}\n{why}") from None
             print(f"nac answered after {waited:.1f} s ({probe.udp_listeners(auth)} sockets "
                   f"on port {auth})", file=sys.stderr)
             yield proc.pid, auth
@@ -170,7 +174,7 @@ def nac_server(state: Path, log_path: Path, workers: int | None) -> Iterator[tup
             family = probe.tree_pids(proc.pid)
             proc.terminate()
             try:
-                proc.wait(15)
+                proc.wait(30)  # a PostgreSQL store's last batch may take a while
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)

@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,42 +63,6 @@ def postgres(tmp: Path, durable: bool) -> Iterator[tuple[str, int]]:
         stop_pg(srv)
 
 
-@contextlib.contextmanager
-def nac_server(state: Path, log_path: Path, workers: int | None,
-               extra: list[str]) -> Iterator[tuple[int, int]]:
-    """As bench/mab.py's runner, with extra `nac serve` arguments (the store URL)."""
-    auth, acct = probe.free_udp_ports(2)
-    state.mkdir(exist_ok=True)
-    cmd = [*mab.nac_command(state, auth, acct, workers), *extra]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=mab._env(), stdout=log,
-                                stderr=subprocess.STDOUT)
-        try:
-            try:
-                probe.wait_answers(auth, SECRET, timeout=60, alive=proc)
-                if workers:
-                    probe.wait_listeners(auth, workers, alive=proc)
-                    probe.wait_answers(auth, SECRET, alive=proc)
-            except (RuntimeError, TimeoutError) as exc:
-                # The first error lines say why (the supervisor's restart notes come after).
-                lines = log_path.read_text(errors="replace").splitlines()
-                why = "\n".join([ln for ln in lines if "restarting in" not in ln][-40:])
-                raise RuntimeError(f"nac serve did not answer: {exc}\n{why}") from None
-            yield proc.pid, auth
-        finally:
-            family = probe.tree_pids(proc.pid)
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            for pid in family[1:]:
-                with contextlib.suppress(OSError):
-                    if str(state).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                        os.kill(pid, signal.SIGKILL)
-
-
 def decisions_in(url: str) -> int:
     import psycopg
 
@@ -112,7 +73,7 @@ def decisions_in(url: str) -> int:
 
 def run_nac(exe: Path, args: argparse.Namespace, tmp: Path, name: str, extra: list[str],
             db_pid: int | None = None) -> dict:
-    with nac_server(tmp / name, tmp / f"{name}.log", args.workers, extra) as (pid, auth):
+    with mab.nac_server(tmp / name, tmp / f"{name}.log", args.workers, extra) as (pid, auth):
         warm = mab.warm_up(exe, auth, args.window, args)
         db0 = probe.tree_cpu_seconds(db_pid) if db_pid else 0.0
         r = mab.measure(pid, partial(mab.run_radload, exe, args.pkt_file, auth, args.window,
