@@ -55,12 +55,17 @@ import logging
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from pydantic import ValidationError
 
 from nac.cli.common import fail, state_dir_option, store_option
+
+if TYPE_CHECKING:
+    from enforcers.enforcer import Enforcer
 
 
 def _load_inventory(config: Path | None):  # noqa: ANN202 - lazy imports keep CLI start fast
@@ -149,6 +154,22 @@ def _apply_now(inv, queue, job_id: int, timeout: float) -> None:  # noqa: ANN001
                    + " (left in the queue)")
 
 
+def _submit(inv, queue, queue_it: Callable[[Enforcer], int], what: str,  # noqa: ANN001
+            wait: bool, timeout: float) -> None:
+    """Queue one job through an Enforcer; a refusal (unknown switch or port) is a clean error."""
+    from enforcers.base import DriverError
+    from enforcers.enforcer import Enforcer
+
+    try:
+        job_id = queue_it(Enforcer(inv.switches, queue))
+    except DriverError as exc:
+        fail(str(exc))
+        return
+    click.echo(f"queued job {job_id}: {what}")
+    if wait:
+        _apply_now(inv, queue, job_id, timeout)
+
+
 @click.group("enforce")
 def enforce() -> None:
     """Queue and inspect enforcement jobs (VLAN changes, re-authentication) for switches."""
@@ -170,26 +191,17 @@ def set_vlan(switch: str, port: str, vlan: int, mac: str | None, session_id: str
              reason: str, timeout: float, wait: bool, config: Path | None,
              state_dir: Path, store_url: str | None) -> None:
     """Put PORT of SWITCH in VLAN (PORT: interface name, or NAS-Port number)."""
-    from enforcers.base import DriverError
-    from enforcers.enforcer import Enforcer
 
-    inv = _load_inventory(config)
-    queue = _queue(state_dir, store_url)
-    enf = Enforcer(inv.switches, queue)
     nas_port = int(port) if port.isdigit() else None
-    try:
+
+    def queue_it(enf: Enforcer) -> int:
         if nas_port is not None:
-            job_id = enf.set_vlan(switch, None, vlan, nas_port=nas_port, mac=mac,
-                                  session_id=session_id, reason=reason)
-        else:
-            job_id = enf.set_vlan(switch, port, vlan, mac=mac, session_id=session_id,
-                                  reason=reason)
-    except DriverError as exc:
-        fail(str(exc))
-        return
-    click.echo(f"queued job {job_id}: {switch} {port} -> VLAN {vlan}")
-    if wait:
-        _apply_now(inv, queue, job_id, timeout)
+            return enf.set_vlan(switch, None, vlan, nas_port=nas_port, mac=mac,
+                                session_id=session_id, reason=reason)
+        return enf.set_vlan(switch, port, vlan, mac=mac, session_id=session_id, reason=reason)
+
+    _submit(_load_inventory(config), _queue(state_dir, store_url), queue_it,
+            f"{switch} {port} -> VLAN {vlan}", wait, timeout)
 
 
 @enforce.command("reauth")
@@ -207,9 +219,6 @@ def reauth(mac: str, switch: str | None, session_id: str | None, port: str | Non
            timeout: float, wait: bool, config: Path | None, state_dir: Path,
            store_url: str | None) -> None:
     """Make the switch re-authenticate the host MAC (CoA, or a port bounce)."""
-    from enforcers.base import DriverError
-    from enforcers.enforcer import Enforcer
-
     inv = _load_inventory(config)
     if switch is None:
         coa = [s.name for s in inv.switches if s.coa is not None]
@@ -217,16 +226,10 @@ def reauth(mac: str, switch: str | None, session_id: str | None, port: str | Non
             fail("give --switch (the inventory has "
                  f"{len(coa)} CoA-capable switches)")
         switch = coa[0]
-    queue = _queue(state_dir, store_url)
-    try:
-        job_id = Enforcer(inv.switches, queue).reauth(switch, mac=mac, session_id=session_id,
-                                                      port=port)
-    except DriverError as exc:
-        fail(str(exc))
-        return
-    click.echo(f"queued job {job_id}: re-authenticate {mac} on {switch}")
-    if wait:
-        _apply_now(inv, queue, job_id, timeout)
+    chosen = switch
+    _submit(inv, _queue(state_dir, store_url),
+            lambda enf: enf.reauth(chosen, mac=mac, session_id=session_id, port=port),
+            f"re-authenticate {mac} on {switch}", wait, timeout)
 
 
 @enforce.command("list")
