@@ -135,6 +135,32 @@ def mutate_bytes(data: bytes, rng: random.Random, corpus: list[bytes], max_len: 
     return bytes(buf[:max_len])
 
 
+def mutate_records(data: bytes, rng: random.Random, *, head: int = 0, max_len: int = 4096,
+                   payload: Callable[[bytes, random.Random], bytes] | None = None,
+                   empty_flags: int = 0) -> bytes:
+    """The structure-aware mutation of every record-framed harness: keep the ``head``
+    leading octets (a selector) and the framing, mutate one record: its flags, its payload
+    (``payload`` for a harness's own payload mutation, half the time, else the classic
+    byte mutations), or drop it; now and then the head instead."""
+    front, recs = data[:head].ljust(head, b"\x00"), records(data[head:]) or [(empty_flags, b"")]
+    i = rng.randrange(len(recs))
+    flags, body = recs[i]
+    r = rng.random()
+    if r < 0.15:
+        flags ^= 1 << rng.randrange(5)
+    elif head and r < 0.2:
+        front = rng.randbytes(head)
+    elif r < 0.25 and len(recs) > 1:
+        del recs[i]
+        return front + join_records(recs)
+    elif payload is not None and rng.random() < 0.5:
+        body = payload(body, rng)
+    else:
+        body = mutate_bytes(body, rng, [p for _, p in recs], max_len)
+    recs[i] = (flags, body[:max_len])
+    return front + join_records(recs)
+
+
 # Bugs found and reported but not yet fixed (the fix belongs to another module's owner):
 # harness -> substrings of the crash description. Each has an xfail(strict=True) test in
 # tests/test_fuzz_regressions.py; when that test starts passing, drop the entry here too.

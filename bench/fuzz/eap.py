@@ -13,7 +13,15 @@ from OpenSSL import SSL
 from OpenSSL._util import lib as _lib  # SSL_session_reused has no wrapper
 
 from fuzz import lab
-from fuzz.core import Finding, Harness, Target, join_records, mutate_bytes, records, register
+from fuzz.core import (
+    Finding,
+    Harness,
+    Target,
+    join_records,
+    mutate_records,
+    records,
+    register,
+)
 from nac.eap import avp, packet
 from nac.eap.tls_engine import FLAG_L, FLAG_M, FLAG_S, MAX_MESSAGE, Framer
 
@@ -327,19 +335,7 @@ def _service_seeds() -> Iterator[bytes]:
 
 def _records_mutate(data: bytes, rng: random.Random) -> bytes:
     """Keep the selector octet and the framing; mutate one record (or its flags)."""
-    head, recs = data[:1] or b"\x00", records(data[1:]) or [(0, b"")]
-    i = rng.randrange(len(recs))
-    flags, payload = recs[i]
-    r = rng.random()
-    if r < 0.15:
-        flags ^= 1 << rng.randrange(5)
-    elif r < 0.2:
-        head = bytes((rng.randrange(256),))
-    elif r < 0.25 and len(recs) > 1:
-        del recs[i]
-        return head + join_records(recs)
-    recs[i] = (flags, mutate_bytes(payload, rng, [p for _, p in recs], 4096))
-    return head + join_records(recs)
+    return mutate_records(data, rng, head=1)
 
 
 # --- eap_tunnel ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import random
 from collections.abc import Iterator
 
 from fuzz import lab
-from fuzz.core import Finding, Harness, Target, join_records, records, register
+from fuzz.core import Finding, Harness, Target, join_records, mutate_records, records, register
 from nac.radius import codec as c
 
 ZERO16 = bytes(16)
@@ -271,21 +271,10 @@ def _attr_mutate(packet: bytes, rng: random.Random) -> bytes:
 
 
 def _engine_mutate(data: bytes, rng: random.Random) -> bytes:
-    """Mutate inside one record so the framing (and re-signing) survives."""
-    from fuzz.core import mutate_bytes
-
-    recs = records(data) or [(MODE_AUTH, b"")]
-    i = rng.randrange(len(recs))
-    flags, payload = recs[i]
-    r = rng.random()
-    if r < 0.15:
-        flags ^= 1 << rng.randrange(5)
-    elif r < 0.5:
-        payload = _attr_mutate(payload, rng)
-    else:
-        payload = mutate_bytes(payload, rng, [p for _, p in recs], c.MAX_PACKET)
-    recs[i] = (flags, payload[: c.MAX_PACKET])
-    return join_records(recs)
+    """Mutate inside one record so the framing (and re-signing) survives; half the payload
+    mutations are whole attributes."""
+    return mutate_records(data, rng, max_len=c.MAX_PACKET, payload=_attr_mutate,
+                          empty_flags=MODE_AUTH)
 
 
 register(Harness("radius_decode", "nac.radius.codec.decode: only MalformedPacket; attributes "

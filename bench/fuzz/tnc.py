@@ -131,6 +131,25 @@ BATCH = 1
 STEP_KINDS = ("request", "success", "failure")
 
 
+def _frames(data: bytes, size: int) -> Iterator[bytes]:
+    """The frames a tnc_server/tnc_peer input sends, in order (records of ``BATCH`` framed
+    and fragmented at ``size``)."""
+    for flags, payload in records(data, limit=16):
+        if flags & BATCH:
+            yield from eap_tnc.fragment(payload, max_fragment=size)
+        else:
+            yield payload
+
+
+def _step(st: Any, kinds: tuple[str, ...], size: int) -> Any:
+    """One method step's invariants on either side: a known kind, frames within bounds."""
+    if st.kind not in kinds:
+        raise Finding(f"step kind {st.kind!r}")
+    if st.kind == kinds[0] and len(st.data) > max(size, 6):
+        raise Finding(f"frame of {len(st.data)} over max_fragment {size}")
+    return st
+
+
 def _server_target() -> Target:
     from eap_ext.tnc.eap_method import EapTncServer
     from eap_ext.tnc.session import ImvSession
@@ -141,22 +160,15 @@ def _server_target() -> Target:
         if not srv.start():
             raise Finding("empty Start")
         label = "none"
-        for flags, payload in records(data[1:], limit=16):
-            frames = (eap_tnc.fragment(payload, max_fragment=size)
-                      if flags & BATCH else [payload])
-            for frame in frames:
-                st = srv.process(frame)
-                if st.kind not in STEP_KINDS:
-                    raise Finding(f"step kind {st.kind!r}")
-                if st.kind == "request" and not st.data:
-                    raise Finding("request without Type-Data")
-                if st.kind == "request" and len(st.data) > max(size, 6):
-                    raise Finding(f"frame of {len(st.data)} over max_fragment {size}")
-                label = st.kind + ":" + st.reason[:24]
-                if st.kind != "request":
-                    if srv.process(b"\x01").kind != "failure":
-                        raise Finding("a finished method took more input")
-                    return label
+        for frame in _frames(data[1:], size):
+            st = _step(srv.process(frame), STEP_KINDS, size)
+            if st.kind == "request" and not st.data:
+                raise Finding("request without Type-Data")
+            label = st.kind + ":" + st.reason[:24]
+            if st.kind != "request":
+                if srv.process(b"\x01").kind != "failure":
+                    raise Finding("a finished method took more input")
+                return label
         return label
     return one
 
@@ -188,16 +200,9 @@ def _peer_target() -> Target:
         label = "none"
         if not (data and data[0] & 1):
             peer.process(eap_tnc.start_frame())
-        for flags, payload in records(data[1:], limit=16):
-            frames = (eap_tnc.fragment(payload, max_fragment=size)
-                      if flags & BATCH else [payload])
-            for frame in frames:
-                st = peer.process(frame)
-                if st.kind not in ("response", "failure"):
-                    raise Finding(f"peer step kind {st.kind!r}")
-                if st.kind == "response" and len(st.data) > max(size, 6):
-                    raise Finding(f"frame of {len(st.data)} over max_fragment {size}")
-                label = st.kind + ":" + st.reason[:24]
+        for frame in _frames(data[1:], size):
+            st = _step(peer.process(frame), ("response", "failure"), size)
+            label = st.kind + ":" + st.reason[:24]
         return label
     return one
 
