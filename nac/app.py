@@ -242,7 +242,10 @@ class Server:
                 self.authorizer.registered.pop(mac, None)
             else:
                 self.authorizer.registered[mac] = segment
-        self._reg_seq = seq
+        # Seq 0 asks the store for every registration (a scan of all nodes); once loaded,
+        # with no change recorded yet, -1 asks for every change instead (none, cheaply):
+        # polling with 0 scanned the whole nodes table twice a second.
+        self._reg_seq = seq if seq != 0 else -1
 
     def reload_if_changed(self) -> None:
         try:

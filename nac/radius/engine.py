@@ -259,19 +259,22 @@ class Engine:
                 mac: str | None, identity: str | None = None, role: str | None = None,
                 method: str | None = None, posture: dict[str, Any] | None = None) -> None:
         first = pkt.first
-        raw_id = first.get(c.NAS_PORT_ID)
-        port_id = None if raw_id is None else raw_id.decode("utf-8", "replace")
-        raw_number = first.get(c.NAS_PORT)
-        number = int.from_bytes(raw_number) if raw_number and len(raw_number) == 4 else None
-        port = port_id if port_id is not None else (None if number is None else str(number))
+        raw_id = first.get(87)  # NAS-Port-Id
+        raw_number = first.get(5)  # NAS-Port
+        number = (int.from_bytes(raw_number) if raw_number is not None and len(raw_number) == 4
+                  else None)
+        if raw_id is not None:
+            port_id: str | None = raw_id.decode("utf-8", "replace")
+            port = port_id
+        else:
+            port_id = None
+            port = None if number is None else str(number)
+        # Positional: a slots dataclass built from keywords costs twice as much, per decision.
         self.on_decision(DecisionRecord(
-            at=now, mac=mac, segment=d.segment, vlan=d.vlan, source=d.source,
-            reasons=d.reasons, remediation=d.remediation, identity=identity,
-            nas=client.name or host, nas_port=port, method=method, role=role, posture=posture,
-            nas_port_id=port_id, nas_port_number=number,
+            now, mac, d.segment, d.vlan, d.source, d.reasons, d.remediation, identity,
+            client.name or host, port, method, role, posture, port_id, number,
         ))
-        counter = _DECISION_COUNTERS.get(d.segment) or "decision_" + d.segment
-        self.counters[counter] += 1
+        self.counters[_DECISION_COUNTERS.get(d.segment) or "decision_" + d.segment] += 1
         if log.isEnabledFor(logging.INFO):
             state = pkt.get(c.STATE)
             corr = (state.hex()[:16] if state
