@@ -162,3 +162,49 @@ def test_full_document_states_its_digest(posture: dict) -> None:
     assert posture_digest({**posture, "stated_digest": "ab" * 32}) == "ab" * 32
     assert posture_digest({**posture, "stated_digest": "AB" * 32}) == mine
     assert posture_digest({**posture, "stated_digest": 7}) == mine
+
+
+class _CountingKey:
+    """Wraps a public key to count signature verifications."""
+
+    def __init__(self, key: object) -> None:
+        self.key, self.calls = key, 0
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        self.calls += 1
+        self.key.verify(signature, data)  # type: ignore[attr-defined]
+
+
+def test_signature_checked_once_per_token(tmp_path: Path) -> None:
+    """A token signed or verified once is not verified again (a host presents the same one
+    at every re-authentication); tampered or foreign tokens are still refused, and a
+    token's claims (expiry, digest, feeds) are still checked at every use."""
+    issuer = CertificateSigner.from_state_dir(tmp_path)
+    cert = QuarantineCertificate("n", "m", "i", "d", "normal", 1, "p", NOW, NOW + 60)
+    token = issuer.issue(cert)
+    later = CertificateSigner.from_state_dir(tmp_path)  # a restarted server: same key
+    for signer in (issuer, later):
+        counter = _CountingKey(signer._public)
+        signer._public = counter  # type: ignore[assignment]
+        args = {"posture_digest": "d", "feed_epoch": 1, "policy_digest": "p"}
+        assert signer.verify(token, now=NOW, **args).ok
+        assert signer.verify(token.encode(), now=NOW + 1, **args).ok
+        assert "expired" in signer.verify(token, now=NOW + 60, **args).reason
+        assert "posture changed" in signer.verify(
+            token, now=NOW, **(args | {"posture_digest": "e"})).reason
+        assert counter.calls == (0 if signer is issuer else 1)
+        assert "bad signature" in signer.verify(_tamper(token.encode()), now=NOW, **args).reason
+        assert "bad signature" in signer.verify(_tamper(token.encode()), now=NOW, **args).reason
+        assert counter.calls == (2 if signer is issuer else 3)  # refusals are not cached
+    other = CertificateSigner.from_state_dir(tmp_path / "other")
+    assert "bad signature" in other.verify(token, now=NOW, posture_digest="d", feed_epoch=1,
+                                           policy_digest="p").reason
+
+
+def test_verified_cache_is_bounded(tmp_path: Path) -> None:
+    signer = CertificateSigner(CertificateSigner.from_state_dir(tmp_path)._key, cache_size=3)
+    tokens = [signer.issue(QuarantineCertificate("n", "m", "i", f"d{i}", "normal", 1, "p",
+                                                 NOW, NOW + 60)) for i in range(5)]
+    assert list(signer._verified) == tokens[2:]
+    assert signer.decode(tokens[0]).posture_digest == "d0"  # verified again, kept again
+    assert list(signer._verified) == [*tokens[3:], tokens[0]]
