@@ -1,14 +1,26 @@
 """EAP cost: server CPU-seconds per conversation, `nac serve` against FreeRADIUS 3.2.
 
-Both servers get the same PKI (ours, from `nac pki init`), the same demo account and the same
-real peer: N eapol_test conversations, P at a time, per method (PEAP-MSCHAPv2, EAP-TTLS/PAP)
-and TLS version. The number that matters is the server's CPU time (utime+stime of its process
-tree, /proc) divided by N; wall time and conversations/s are printed too but include the
-eapol_test processes that share the machine.
+Both servers get the same PKI (ours, from `nac pki init`; --rsa for RSA-2048), the same demo
+account and the same real peer: N eapol_test conversations, P at a time, per method
+(PEAP-MSCHAPv2, EAP-TTLS/PAP) and TLS version. The number that matters is the server's CPU
+time (utime+stime of its process tree, /proc) divided by N; wall time and conversations/s are
+printed too but include the eapol_test processes that share the machine.
 
-    python3 bench/eap.py                     # N=200, P=8, both servers, TLS 1.2 and 1.3
-    python3 bench/eap.py -n 500 -p 16 --only nac
-    python3 bench/eap.py --workers 1          # nac with one worker, FreeRADIUS 2 threads
+Both servers run side by side for the whole bench, and each case is measured --rounds times,
+FreeRADIUS and nac in turn (the first of the pair alternates), so that a noisy neighbour
+weighs on both; the summary gives medians and the ratio nac/FreeRADIUS of conversations per
+server CPU-second (above 1: nac is cheaper).
+
+    python3 bench/eap.py                      # N=200, P=8, 3 rounds, TLS 1.2 and 1.3
+    python3 bench/eap.py --workers 1 -n 400   # nac with one worker, FreeRADIUS 2 threads
+    python3 bench/eap.py --rsa                # RSA-2048 certificates instead of ECDSA P-256
+    python3 bench/eap.py --reauth 4           # + 4 re-authentications per peer (resumption)
+    python3 bench/eap.py --only freeradius -n 6 --rounds 1
+
+FreeRADIUS sends the same certificate as nac (auto_chain = no; --fr-auto-chain for its
+default, which appends the CA); its TLS session cache is off (its default) unless --fr-cache
+or --reauth. Before the rounds, one verbose conversation per case and server counts the round
+trips (Access-Challenges) and reads the key exchange group and cipher suite.
 """
 
 from __future__ import annotations
@@ -16,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +48,7 @@ PHASE1 = {"1.2": "tls_disable_tlsv1_3=1",
           "1.3": "tls_disable_tlsv1_0=1 tls_disable_tlsv1_1=1 tls_disable_tlsv1_2=1 "
                  "tls_disable_tlsv1_3=0"}
 METHODS = {"peap-mschapv2": ("PEAP", "auth=MSCHAPV2"), "ttls-pap": ("TTLS", "auth=PAP")}
+KINDS = ("freeradius", "nac")
 
 
 def nac_cmd() -> list[str]:
@@ -41,8 +56,14 @@ def nac_cmd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "nac.cli.main"]
 
 
-def freeradius_conf(d: Path, port: int, pki: Path, threads: int) -> str:
-    """A from-scratch FreeRADIUS 3.2 with the eap module (PEAP, TTLS) and an inner server."""
+def freeradius_conf(d: Path, port: int, pki: Path, threads: int, *, cache: bool = False,
+                    auto_chain: bool = False) -> str:
+    """A from-scratch FreeRADIUS 3.2 with the eap module (PEAP, TTLS) and an inner server.
+
+    auto_chain no: FreeRADIUS sends server.pem as it is (the leaf), as nac does; with yes it
+    appends the CA from ca_file, 0.5 kB more and one more round trip per conversation.
+    cache: TLS session resumption (its cache; in TLS 1.3 it then sends session tickets, as
+    nac always does)."""
     return f"""\
 prefix = /usr
 exec_prefix = /usr
@@ -105,8 +126,10 @@ modules {{
 			tls_min_version = "1.2"
 			tls_max_version = "1.3"
 			ecdh_curve = ""
+			auto_chain = {"yes" if auto_chain else "no"}
 			cache {{
-				enable = no
+				enable = {"yes" if cache else "no"}
+				lifetime = 1
 			}}
 		}}
 		peap {{
@@ -189,7 +212,8 @@ server inner {{
 
 
 class Server:
-    def __init__(self, kind: str, work: Path, pki_state: Path, threads: int) -> None:
+    def __init__(self, kind: str, work: Path, pki_state: Path, threads: int, *,
+                 fr_cache: bool = False, fr_auto_chain: bool = False) -> None:
         self.kind = kind
         self.port, acct = probe.free_udp_ports(2)
         self.proc: subprocess.Popen[bytes]
@@ -206,7 +230,8 @@ class Server:
             for sub in ("log", "run", "radacct", "mods-config"):
                 (d / sub).mkdir(parents=True, exist_ok=True)
             (d / "radiusd.conf").write_text(
-                freeradius_conf(d, self.port, pki_state / "pki", threads))
+                freeradius_conf(d, self.port, pki_state / "pki", threads, cache=fr_cache,
+                                auto_chain=fr_auto_chain))
             exe = shutil.which("freeradius") or "/usr/sbin/freeradius"
             check = subprocess.run([exe, "-XC", "-d", str(d)], capture_output=True, text=True)
             if check.returncode != 0:
@@ -248,33 +273,90 @@ def conf(work: Path, method: str, tls: str, ca: Path) -> Path:
     return path
 
 
-def one(port: int, path: Path) -> bool:
-    r = subprocess.run(["eapol_test", "-c", str(path), "-a127.0.0.1", f"-p{port}",
-                        f"-s{SECRET}", "-t30"], capture_output=True, timeout=90)
-    return r.returncode == 0
+def eapol(port: int, path: Path, reauth: int = 0, i: int = 0,
+          capture: bool = False) -> subprocess.CompletedProcess[str]:
+    # Each peer its own station MAC, as on a real network.
+    mac = ":".join(f"{b:02x}" for b in (2, 0, 0, (i >> 16) & 255, (i >> 8) & 255, i & 255))
+    return subprocess.run(["eapol_test", "-c", str(path), "-a127.0.0.1", f"-p{port}",
+                           f"-s{SECRET}", "-t30", f"-r{reauth}", f"-M{mac}"],
+                          capture_output=capture, text=True, timeout=120,
+                          stdout=None if capture else subprocess.DEVNULL,
+                          stderr=None if capture else subprocess.DEVNULL)
 
 
-def measure(server: Server, path: Path, n: int, parallel: int) -> dict[str, float]:
-    # Warm up outside the measurement (imports, caches, and nac's password memo: one scrypt
-    # per worker, as FreeRADIUS's cleartext password needs none), with as many conversations
-    # in flight as measured so that every worker gets some.
-    with ThreadPoolExecutor(parallel) as pool:
-        list(pool.map(lambda _: one(server.port, path), range(2 * parallel)))
+def one(port: int, path: Path, reauth: int = 0, i: int = 0) -> bool:
+    return eapol(port, path, reauth, i).returncode == 0
+
+
+GROUPS = {0x1D: "X25519", 0x17: "P-256", 0x18: "P-384", 0x19: "P-521", 0x1E: "X448"}
+
+
+def anatomy(port: int, path: Path, reauth: int) -> dict[str, object]:
+    """One verbose conversation (and its re-authentications): round trips and what TLS
+    negotiated, read from eapol_test's debug output."""
+    out = eapol(port, path, reauth, 0xFFFFFF, capture=True).stdout
+    flights = [int(n) for n in re.findall(
+        r"RADIUS message: code=11 \(Access-Challenge\) identifier=\d+ length=(\d+)", out)]
+    info: dict[str, object] = {
+        "ok": "SUCCESS" in out and "MPPE keys OK" in out,
+        "round_trips": len(flights) + out.count("code=2 (Access-Accept)"),
+        "conversations": out.count("code=2 (Access-Accept)"),
+        "resumed": out.count("resumed=1"),
+        "tickets": out.count("new session ticket"),
+    }
+    suite = re.search(r"Server selected cipher suite 0x([0-9a-f]+)", out)
+    info["suite"] = f"0x{suite.group(1)}" if suite else None
+    # The group: TLS 1.3 key_share extension of the ServerHello, or the TLS 1.2
+    # ServerKeyExchange (named curve).
+    hello = re.search(r"Message - hexdump\(len=\d+\): 02 00 .*? 00 33 00 .. (..) (..)", out)
+    ske = re.search(r"Message - hexdump\(len=\d+\): 0c 00 .. .. 03 (..) (..)", out)
+    m = hello or ske
+    info["group"] = GROUPS.get(int(m.group(1) + m.group(2), 16), "?") if m else None
+    return info
+
+
+def measure(server: Server, path: Path, n: int, parallel: int,
+            reauth: int = 0) -> dict[str, float]:
     cpu0, t0 = server.cpu(), time.monotonic()
     with ThreadPoolExecutor(parallel) as pool:
-        ok = sum(pool.map(lambda _: one(server.port, path), range(n)))
+        ok = sum(pool.map(lambda i: one(server.port, path, reauth, i), range(n)))
     wall, cpu = time.monotonic() - t0, server.cpu() - cpu0
-    return {"n": n, "ok": ok, "wall_s": round(wall, 2), "conv_per_s": round(n / wall, 1),
-            "server_cpu_s": round(cpu, 3), "cpu_ms_per_conv": round(1000 * cpu / n, 2)}
+    convs = n * (1 + reauth)
+    return {"n": n, "ok": ok, "conversations": convs, "wall_s": round(wall, 2),
+            "conv_per_s": round(convs / wall, 1), "server_cpu_s": round(cpu, 3),
+            "cpu_ms_per_conv": round(1000 * cpu / convs, 3)}
+
+
+def warm(server: Server, path: Path, parallel: int) -> None:
+    # Outside the measurement: imports, caches, and nac's password memo (one scrypt per
+    # worker, as FreeRADIUS's cleartext password needs none), with as many conversations
+    # in flight as measured so that every worker gets some.
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(lambda i: one(server.port, path, 0, 0xFFF000 + i), range(2 * parallel)))
+
+
+def median(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return round(statistics.median(values), 3) if values else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-n", type=int, default=200, help="conversations per case")
-    ap.add_argument("-p", type=int, default=8, help="conversations in flight")
+    ap.add_argument("-n", type=int, default=200, help="peers (eapol_test runs) per case")
+    ap.add_argument("-p", type=int, default=8, help="peers in flight")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements per case and server")
     ap.add_argument("--tls", default="1.2,1.3")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--only", choices=["nac", "freeradius"])
+    ap.add_argument("--only", choices=KINDS)
+    ap.add_argument("--rsa", action="store_true", help="RSA-2048 PKI instead of ECDSA P-256")
+    ap.add_argument("--reauth", type=int, default=0,
+                    help="re-authentications per peer after its first conversation (TLS "
+                         "session resumption; wpa_supplicant 2.10 resumes TLS 1.3 only); "
+                         "turns FreeRADIUS's session cache on")
+    ap.add_argument("--fr-cache", action="store_true",
+                    help="FreeRADIUS TLS session cache on (nac's resumption is always on)")
+    ap.add_argument("--fr-auto-chain", action="store_true",
+                    help="FreeRADIUS appends the CA to the chain it sends (its default)")
     ap.add_argument("--threads", type=int, default=2,
                     help="FreeRADIUS worker threads and nac serve worker processes")
     ap.add_argument("--workers", type=int,
@@ -283,37 +365,85 @@ def main() -> None:
     args = ap.parse_args()
     if not shutil.which("eapol_test"):
         sys.exit("eapol_test is not installed")
-    kinds = [args.only] if args.only else ["freeradius", "nac"]
-    results = []
+    kinds = [args.only] if args.only else list(KINDS)
+    if "freeradius" in kinds and not (shutil.which("freeradius")
+                                      or Path("/usr/sbin/freeradius").exists()):
+        print("freeradius is not installed: skipped")
+        kinds.remove("freeradius")
+    fr_cache = args.fr_cache or args.reauth > 0
+    cases = [(m, t) for m in args.methods.split(",") for t in args.tls.split(",")]
+    rows: list[dict] = []
+    anatomies: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="nac-bench-eap-") as tmp:
         work = Path(tmp)
         state = work / "state"
-        subprocess.run([*nac_cmd(), "pki", "init", "--state-dir", str(state)], check=True,
-                       capture_output=True)
+        subprocess.run([*nac_cmd(), "pki", "init", "--state-dir", str(state),
+                        *(["--rsa"] if args.rsa else [])], check=True, capture_output=True)
         os.chmod(state / "pki" / "server.key", 0o644)  # FreeRADIUS may run as another user
         ca = state / "pki" / "ca.pem"
-        for kind in kinds:
-            if kind == "freeradius" and not (shutil.which("freeradius")
-                                             or Path("/usr/sbin/freeradius").exists()):
-                print("freeradius is not installed: skipped")
-                continue
-            n = args.workers if (kind == "nac" and args.workers) else args.threads
-            server = Server(kind, work, state, n)
-            try:
-                for method in args.methods.split(","):
-                    for tls in args.tls.split(","):
-                        r = measure(server, conf(work, method, tls, ca), args.n, args.p)
-                        r.update(server=kind, method=method, tls=tls)
-                        results.append(r)
-                        print(f"{kind:10} {method:14} TLS {tls}: {r['ok']}/{r['n']} ok, "
-                              f"{r['cpu_ms_per_conv']:7.2f} ms server CPU/conversation, "
-                              f"{r['conv_per_s']:6.1f} conv/s (wall, with the peers)")
-            finally:
+        servers: dict[str, Server] = {}
+        try:
+            for kind in kinds:
+                n = args.workers if (kind == "nac" and args.workers) else args.threads
+                servers[kind] = Server(kind, work, state, n, fr_cache=fr_cache,
+                                       fr_auto_chain=args.fr_auto_chain)
+            for method, tls in cases:
+                path = conf(work, method, tls, ca)
+                for kind, server in servers.items():
+                    warm(server, path, args.p)
+                    a = anatomy(server.port, path, args.reauth)
+                    anatomies[f"{kind} {method} {tls}"] = a
+                    print(f"{kind:10} {method:14} TLS {tls}: {a['round_trips']} round trips "
+                          f"for {a['conversations']} conversation(s), {a['resumed']} resumed, "
+                          f"{a['tickets']} tickets, group {a['group']}, suite {a['suite']}"
+                          + ("" if a["ok"] else "  (FAILED)"), flush=True)
+            for rnd in range(args.rounds):
+                order = list(servers.items())
+                if rnd % 2:
+                    order.reverse()
+                for method, tls in cases:
+                    path = conf(work, method, tls, ca)
+                    for kind, server in order:
+                        r = measure(server, path, args.n, args.p, args.reauth)
+                        r.update(server=kind, method=method, tls=tls, round=rnd)
+                        rows.append(r)
+                        print(f"round {rnd} {kind:10} {method:14} TLS {tls}: {r['ok']}/{r['n']} "
+                              f"ok, {r['cpu_ms_per_conv']:7.3f} ms server CPU/conversation, "
+                              f"{r['conv_per_s']:6.1f} conv/s (wall, with the peers)",
+                              flush=True)
+        finally:
+            for server in servers.values():
                 server.stop()
+    summary = []
+    for method, tls in cases:
+        entry: dict[str, object] = {"method": method, "tls": tls}
+        for kind in kinds:
+            mine = [r for r in rows if (r["server"], r["method"], r["tls"]) == (kind, method, tls)]
+            entry[kind] = {"cpu_ms_per_conv": median(mine, "cpu_ms_per_conv"),
+                           "runs": [r["cpu_ms_per_conv"] for r in mine],
+                           "failed": sum(r["n"] - r["ok"] for r in mine),
+                           **{k: anatomies.get(f"{kind} {method} {tls}", {}).get(k)
+                              for k in ("round_trips", "group", "suite", "tickets")}}
+        fr, ours = entry.get("freeradius"), entry.get("nac")
+        if isinstance(fr, dict) and isinstance(ours, dict) and ours["cpu_ms_per_conv"]:
+            # Conversations per server CPU-second, nac over FreeRADIUS: the issue's target.
+            entry["ratio"] = round(fr["cpu_ms_per_conv"] / ours["cpu_ms_per_conv"], 3)
+        summary.append(entry)
+    print(f"medians of {args.rounds} (ms of server CPU per conversation"
+          + (f", 1 full + {args.reauth} resumed per peer" if args.reauth else "")
+          + f"; {'RSA-2048' if args.rsa else 'ECDSA P-256'}):")
+    for e in summary:
+        parts = [f"{k} {e[k]['cpu_ms_per_conv']}" for k in kinds]  # type: ignore[index]
+        ratio = f"  conversations per CPU-second nac/FreeRADIUS {e['ratio']:.2f}x" \
+            if "ratio" in e else ""
+        print(f"  {e['method']:14} TLS {e['tls']}: " + ", ".join(parts) + ratio)
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
-    (out / "eap.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps(results))
+    result = {"rsa": args.rsa, "reauth": args.reauth, "fr_cache": fr_cache,
+              "fr_auto_chain": args.fr_auto_chain, "n": args.n, "p": args.p,
+              "summary": summary, "runs": rows}
+    (out / "eap.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
-from OpenSSL._util import lib as _lib  # SSL_session_reused, BIO_get_mem_data: no public wrapper
+from OpenSSL._util import lib as _lib  # the per-round calls: see TlsSession
 
 from nac.eap.config import EapConfig
 
@@ -28,6 +28,11 @@ VERSION_MASK = 0x07
 MAX_MESSAGE = 64 * 1024
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+READ_CHUNK = 16384  # one TLS record's worth of plaintext per SSL_read
+_WANT_READ = _lib.SSL_ERROR_WANT_READ
+_DRAINED = (_lib.SSL_ERROR_WANT_READ, _lib.SSL_ERROR_ZERO_RETURN)
+# Buffers that OpenSSL fills at once need no zeroing first.
+_alloc = _ffi.new_allocator(should_clear_after_alloc=False)
 
 # Key material: TLS 1.2 PRF labels (RFC 5216, RFC 5281, PEAPv0), TLS 1.3 exporter with the
 # EAP type as context (RFC 9190 2.3, RFC 9427 2.1).
@@ -153,59 +158,91 @@ class ResumptionCache:
 
 
 class TlsSession:
-    """One server-side TLS connection fed and drained through memory BIOs."""
+    """One server-side TLS connection fed and drained through memory BIOs.
+
+    pyOpenSSL builds the connection (its verify callback plumbing stays in charge), but the
+    per-round calls go to OpenSSL directly: pyOpenSSL's wrappers raise WantReadError for
+    every "give me more bytes", allocate a 16 KiB buffer per recv and check its callback
+    helpers on every call, which cost more than the record work of a small EAP round. Any
+    outcome other than success or "want read" still goes through pyOpenSSL's error mapping.
+    """
 
     def __init__(self, contexts: TlsContexts, method: str) -> None:
         self.method = method
-        self.conn = SSL.Connection(contexts.context(method), None)
-        self.conn.set_accept_state()
+        conn = SSL.Connection(contexts.context(method), None)
+        conn.set_accept_state()
+        self.conn = conn
+        self._ssl = conn._ssl  # noqa: SLF001
+        self._into = conn._into_ssl  # noqa: SLF001
+        self._from = conn._from_ssl  # noqa: SLF001
+        # EAP-TLS checks the peer in a Python verify callback: pyOpenSSL reports its
+        # failures, so that context takes pyOpenSSL's path for every handshake step.
+        self._fast = conn._context._verify_helper is None  # noqa: SLF001
         self.established = False
 
-    def feed(self, data: bytes) -> bool:
-        """Give the peer's TLS bytes; True when this call completed the handshake."""
+    def _failed(self, result: int, tolerate: tuple[type[SSL.Error], ...]) -> bool:
+        """pyOpenSSL's verdict on a call that neither succeeded nor wants more input:
+        False for the tolerated outcomes, TlsError for the others."""
         try:
-            if data:
-                self.conn.bio_write(data)
-            if self.established:
-                return False
-            self.conn.do_handshake()
-        except SSL.WantReadError:
+            self.conn._raise_ssl_error(self._ssl, result)  # noqa: SLF001
+        except tolerate:
             return False
         except SSL.Error as exc:
             raise TlsError(f"TLS: {_describe(exc)}") from exc
-        self.established = True
-        return True
+        raise TlsError("TLS: call failed without an error")
+
+    def feed(self, data: bytes) -> bool:
+        """Give the peer's TLS bytes; True when this call completed the handshake."""
+        if data and _lib.BIO_write(self._into, data, len(data)) != len(data):
+            raise TlsError("TLS: cannot buffer the peer's data")
+        if self.established:
+            return False
+        ssl = self._ssl
+        result = _lib.SSL_do_handshake(ssl)
+        if result == 1:
+            self.established = True
+            return True
+        if self._fast and _lib.SSL_get_error(ssl, result) == _WANT_READ:
+            return False
+        return self._failed(result, (SSL.WantReadError,))
 
     def read_app(self) -> bytes:
+        ssl = self._ssl
         chunks: list[bytes] = []
+        buf = _alloc("char[]", READ_CHUNK)
         while True:
-            try:
-                chunks.append(self.conn.recv(16384))
-            except (SSL.WantReadError, SSL.ZeroReturnError):
-                break
-            except SSL.Error as exc:
-                raise TlsError(f"TLS: {_describe(exc)}") from exc
-        return b"".join(chunks)
+            n = _lib.SSL_read(ssl, buf, READ_CHUNK)
+            if n > 0:
+                chunks.append(_ffi.buffer(buf, n)[:])
+                continue
+            if _lib.SSL_get_error(ssl, n) not in _DRAINED:
+                self._failed(n, (SSL.WantReadError, SSL.ZeroReturnError))
+            return b"".join(chunks)
 
     def write_app(self, data: bytes) -> None:
-        try:
-            self.conn.sendall(data)
-        except SSL.Error as exc:
-            raise TlsError(f"TLS: {_describe(exc)}") from exc
+        if not data:
+            return
+        # A memory BIO takes everything: SSL_write writes all of it or fails.
+        n = _lib.SSL_write(self._ssl, data, len(data))
+        if n != len(data):
+            self._failed(n, ())
 
     def outgoing(self) -> bytes:
-        # Ask the memory BIO how much it holds and read exactly that: reading 64 KiB
-        # buffers until WantReadError cost two allocations and an exception per call.
-        pending = _lib.BIO_get_mem_data(self.conn._from_ssl, _ffi.new("char**"))  # noqa: SLF001
-        return self.conn.bio_read(pending) if pending > 0 else b""
+        # The memory BIO says how much it holds; read exactly that.
+        pending = _lib.BIO_get_mem_data(self._from, _ffi.NULL)
+        if pending <= 0:
+            return b""
+        buf = _alloc("char[]", pending)
+        n = _lib.BIO_read(self._from, buf, pending)
+        return _ffi.buffer(buf, n)[:] if n > 0 else b""
 
     @property
     def version(self) -> str:
-        return "1.3" if self.conn.get_protocol_version_name() == "TLSv1.3" else "1.2"
+        return "1.3" if _lib.SSL_version(self._ssl) == SSL.TLS1_3_VERSION else "1.2"
 
     @property
     def resumed(self) -> bool:
-        return bool(_lib.SSL_session_reused(self.conn._ssl))  # noqa: SLF001
+        return bool(_lib.SSL_session_reused(self._ssl))
 
     def session_key(self) -> bytes:
         """Names the current TLS session: a hash of its secret (TLS 1.2 master secret; TLS 1.3
