@@ -269,7 +269,7 @@ def _describe(exc: SSL.Error) -> str:
     return str(exc) or type(exc).__name__
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per round, and frozen init is slower
 class Frame:
     kind: str  # "partial" (send an ACK), "ack" (peer acked), "message", "error"
     data: bytes = b""

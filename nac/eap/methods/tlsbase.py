@@ -70,15 +70,18 @@ class TlsMethodBase(Method):
         return self.env.tls.resumption.get(self.resume_key, self.env.now())
 
     def _message(self, data: bytes) -> Step:
-        done_now = self.tls.feed(data)
-        if self.resume_key is None and self.tls.resumed:
+        tls = self.tls
+        handshaking = not tls.established
+        done_now = tls.feed(data)
+        if handshaking and self.resume_key is None and tls.resumed:
             # Read before this handshake issues new tickets, which replace the secret.
-            self.resume_key = self.tls.session_key()
-        handshake_out = self.tls.outgoing()
+            self.resume_key = tls.session_key()
+        handshake_out = tls.outgoing()
         app_out = b""
         if done_now:
-            self.issue_key = self.tls.session_key()
-            self.msk = self.tls.key_material()[:64]
+            if self.env.config.tls_resumption:  # only a resumable session needs its name
+                self.issue_key = tls.session_key()
+            self.msk = tls.key_material()[:64]
             result = self.on_established(bool(handshake_out))
             if isinstance(result, Step):
                 return self._final(result, handshake_out)
