@@ -105,3 +105,55 @@ def test_mac_notations(text: str) -> None:
                                   "aa:bb:cc:dd:ee:ff:00"])
 def test_not_macs(text: str) -> None:
     assert normalize_mac(text) is None
+
+
+def _walked(data: bytes) -> tuple[object, ...]:
+    """decode() by its attribute walk alone (no learned layout): the reference."""
+    saved = dict(c._LAYOUTS)
+    c._LAYOUTS.clear()
+    try:
+        p = c.decode(data)
+        return (p.code, p.ident, p.authenticator, p.attrs, p.ma_offset, p.first)
+    except c.MalformedPacket as exc:
+        return ("malformed", exc.reason)
+    finally:
+        c._LAYOUTS.clear()
+        c._LAYOUTS.update(saved)
+
+
+def _decoded(data: bytes) -> tuple[object, ...]:
+    try:
+        p = c.decode(data)
+        return (p.code, p.ident, p.authenticator, p.attrs, p.ma_offset, p.first)
+    except c.MalformedPacket as exc:
+        return ("malformed", exc.reason)
+
+
+@given(attrs=st.lists(attr, min_size=1, max_size=10), data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_learned_layout_decodes_like_the_walk(attrs: list[tuple[int, bytes]],
+                                               data: st.DataObject) -> None:
+    """A packet of a length seen before is cut by the layout learned from it: every
+    same-length packet, whatever its octets (other values, other types or lengths,
+    broken attributes), decodes exactly as the walk over its attributes would."""
+    raw = c.encode_request(c.ACCESS_REQUEST, 1, SECRET,
+                           b"".join(c.encode_attr(t, v) for t, v in attrs))
+    c._LAYOUTS.pop(len(raw), None)
+    assert _decoded(raw) == _walked(raw)  # learns this length's layout
+    assert len(raw) in c._LAYOUTS
+    assert _decoded(raw) == _walked(raw)  # through the layout
+    # Same length, some octets changed anywhere after the header (types, lengths, values).
+    mutated = bytearray(raw)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(c.HEADER, len(raw) - 1))
+        mutated[i] = data.draw(st.integers(0, 255))
+    assert _decoded(bytes(mutated)) == _walked(bytes(mutated))
+    assert _decoded(raw) == _walked(raw)
+
+
+def test_learned_layout_with_one_attribute() -> None:
+    raw = c.encode_request(c.ACCESS_REQUEST, 1, SECRET, b"")  # just the Message-Authenticator
+    c._LAYOUTS.pop(len(raw), None)
+    first, second = c.decode(raw), c.decode(raw)
+    assert first.attrs == second.attrs == [(c.MESSAGE_AUTHENTICATOR, raw[22:38])]
+    assert second.ma_offset == 22

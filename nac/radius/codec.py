@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import os
 import struct
+from operator import itemgetter
 from typing import Any
 
 try:  # CPython's own MD5: for packet-sized inputs about twice as fast as OpenSSL's EVP
@@ -185,6 +186,13 @@ def decode(data: bytes) -> Packet:
         raise MalformedPacket("truncated")
     if length < n:  # RFC 2865 3: octets beyond Length are padding, ignored
         data = data[:length]
+    layout = _LAYOUTS.get(length)
+    if layout is not None and layout[0](data) == layout[1]:
+        # Same types and lengths, in the same order, as an earlier packet of this length
+        # that the loop below accepted: its values are slices at known offsets, cut in C.
+        # strict=False: a one-attribute layout's getter pads its values with an empty cut.
+        return Packet(data[0], data[1], data[4:20],
+                      list(zip(layout[2], layout[3](data), strict=False)), data, layout[4])
     attrs: Attrs = []
     add = attrs.append
     pos = HEADER
@@ -213,7 +221,33 @@ def decode(data: bytes) -> Packet:
             raise MalformedPacket("attr_overrun")
         add((t, data[pos + 2 : end]))
         pos = end
+    if 0 < len(attrs) <= 32:
+        _learn(data, length, attrs, ma_offset)
     return Packet(data[0], data[1], data[4:20], attrs, data, ma_offset)
+
+
+# Packet length -> (type/length octets getter, their expected values, attribute types,
+# values getter, Message-Authenticator offset). A switch sends one attribute layout per
+# kind of request, so decode() walks the attributes of the first packet of each length
+# in Python and cuts the next ones in C (itemgetter): a MAB request's 7 attributes,
+# 3.6 -> ~1 us. At most one layout per length (4096), the last one seen.
+_LAYOUTS: dict[int, tuple[Any, tuple[int, ...], tuple[int, ...], Any, int]] = {}
+
+
+def _learn(data: bytes, length: int, attrs: Attrs, ma_offset: int) -> None:
+    heads: list[int] = []
+    cuts: list[slice] = []
+    pos = HEADER
+    for _, value in attrs:
+        heads += (pos, pos + 1)
+        cuts.append(slice(pos + 2, pos + 2 + len(value)))
+        pos += 2 + len(value)
+    expected = tuple(data[i] for i in heads)
+    # itemgetter of one index returns the item itself, not a 1-tuple: pad to two.
+    if len(cuts) == 1:
+        cuts.append(slice(0, 0))
+    _LAYOUTS[length] = (itemgetter(*heads), expected, tuple(t for t, _ in attrs),
+                        itemgetter(*cuts), ma_offset)
 
 
 def message_authenticator_ok(

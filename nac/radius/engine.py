@@ -83,6 +83,9 @@ class Engine:
         self.counters: Counter[str] = Counter()
         self._unknown_nas_logged: dict[str, float] = {}
         self._reply_cache: dict[tuple[object, ...], bytes] = {}
+        # (NAS-Port-Id, NAS-Port) octets -> what _record stores: the same few per switch.
+        self._ports: dict[tuple[bytes | None, bytes | None],
+                          tuple[str | None, str | None, int | None]] = {}
         self._pap_ok: dict[tuple[str, bytes], tuple[str, float]] = {}
         # One scrypt per distinct credentials in flight: a burst of the same login after a
         # start (or a cache expiry) waits for the first check instead of repeating it.
@@ -259,16 +262,14 @@ class Engine:
                 mac: str | None, identity: str | None = None, role: str | None = None,
                 method: str | None = None, posture: dict[str, Any] | None = None) -> None:
         first = pkt.first
-        raw_id = first.get(87)  # NAS-Port-Id
-        raw_number = first.get(5)  # NAS-Port
-        number = (int.from_bytes(raw_number) if raw_number is not None and len(raw_number) == 4
-                  else None)
-        if raw_id is not None:
-            port_id: str | None = raw_id.decode("utf-8", "replace")
-            port = port_id
-        else:
-            port_id = None
-            port = None if number is None else str(number)
+        raw = (first.get(87), first.get(5))  # NAS-Port-Id, NAS-Port
+        ports = self._ports.get(raw)
+        if ports is None:
+            ports = _ports(*raw)
+            if len(self._ports) > 65536:  # a switch has a few hundred ports: bounded anyway
+                self._ports.clear()
+            self._ports[raw] = ports
+        port, port_id, number = ports
         # Positional: a slots dataclass built from keywords costs twice as much, per decision.
         self.on_decision(DecisionRecord(
             now, mac, d.segment, d.vlan, d.source, d.reasons, d.remediation, identity,
@@ -296,17 +297,16 @@ class Engine:
 
     def _access_request(self, pkt: c.Packet, client: NasClient, host: str,
                         key: tuple[object, ...], now: float) -> Outcome:
-        eap = c.join_eap(pkt)
-        if eap is not None:
-            return self._eap(pkt, eap, client, host, key, now)
         first = pkt.first
+        if c.EAP_MESSAGE in first:
+            return self._eap(pkt, c.join_eap(pkt) or b"", client, host, key, now)
         user = first.get(c.USER_NAME)
         mac = normalize_mac(first.get(c.CALLING_STATION_ID))
         if mac is not None and (
             first.get(c.SERVICE_TYPE) == _CALL_CHECK or normalize_mac(user) == mac
         ):
             d = self.authorizer.mab(mac, client.group, client.profile.name)
-            self._record(d, pkt, client, host, now, mac, method="mab")
+            self._record(d, pkt, client, host, now, mac, None, None, "mab")
             self.counters["access_accept"] += 1
             return c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret,
                                   self._reply_attrs(d, client))
@@ -468,6 +468,17 @@ class Engine:
 
 _CALL_CHECK = c.SERVICE_TYPE_CALL_CHECK.to_bytes(4, "big")
 _DECISION_COUNTERS = {s: "decision_" + s for s in ("quarantine", "isolated", "normal")}
+
+
+def _ports(raw_id: bytes | None, raw_number: bytes | None) -> tuple[str | None, str | None,
+                                                                      int | None]:
+    """(port for people, NAS-Port-Id, NAS-Port) of a request's two port attributes."""
+    number = (int.from_bytes(raw_number) if raw_number is not None and len(raw_number) == 4
+              else None)
+    if raw_id is not None:
+        port_id = raw_id.decode("utf-8", "replace")
+        return port_id, port_id, number
+    return (None if number is None else str(number)), None, number
 
 
 def _eap_failure(eap: bytes) -> bytes:
