@@ -119,6 +119,53 @@ def test_any_package_list_round_trips_exactly(pkgs: list[Any]) -> None:
         attributes_to_posture(posture_to_attributes(doc)))
 
 
+agent_text = st.text(alphabet="ab+:~.-_%@/ é1\t\n=", max_size=6)
+agent_package = st.builds(
+    lambda n, v, a, s, sv: {"name": n, "version": v, "arch": a, "source": s or n,
+                            "source_version": sv or v, "manager": "dpkg",
+                            "purl": make_purl("deb", "debian", n, v, a, "debian-12")},
+    agent_text, agent_text, st.sampled_from(["amd64", "all", "i386+x", "a:b"]),
+    agent_text, agent_text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(agent_package, max_size=8))
+def test_column_decoding_is_row_decoding(pkgs: list[Any]) -> None:
+    """What the agent sends goes through the column-wise fast path when it can; whichever
+    path decodes it, the packages come back exactly."""
+    raw = packages_compact.encode(pkgs)
+    assert packages_compact.decode(raw) == pkgs
+    header, newline, body = raw.decode().partition("\n")
+    h = json.loads(header)
+    lines = body.split("\n") if newline else []
+    fast = packages_compact._decode_columns(body, lines, h["m"], h["t"])
+    if fast is not None:
+        assert fast == pkgs
+    safe = all(set(p["name"]) <= set("ab+~.-_1")
+               and set(p["version"] + p["source"] + p["source_version"]) <= set("ab+:~.-_1")
+               for p in pkgs)
+    if safe and pkgs:  # the agent's usual packages do take it
+        assert fast is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["{n}", "{v}", "{a}", "{", "}", "x", "{{n}}", "@", "{b}"]),
+                max_size=8).map("".join), st.lists(st.tuples(text, text, text), max_size=3))
+def test_template_expansion_is_str_format(template: str, rows: list[tuple[str, ...]]) -> None:
+    names, versions, arches = ([r[i] for r in rows] for i in range(3))
+    fmt = packages_compact._formatter(template)
+    assert packages_compact._expand_all(template, names, versions, arches) == [
+        fmt(*r) for r in rows]
+
+
+def test_column_decoding_takes_the_real_inventory() -> None:
+    pkgs = debian_packages()
+    raw = packages_compact.encode(pkgs).decode()
+    header, _, body = raw.partition("\n")
+    h = json.loads(header)
+    assert packages_compact._decode_columns(body, body.split("\n"), h["m"], h["t"]) == pkgs
+
+
 @pytest.mark.parametrize("bad", [
     b'{"v":1,"m":[],"t":[]}',
     b'{"v":2,"m":["dpkg"],"t":[]}\na\t1\tall\t\t\t1\tp',          # manager index

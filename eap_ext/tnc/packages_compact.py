@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 from urllib.parse import quote
 
@@ -149,10 +150,76 @@ def decode(raw: bytes) -> Any:
             raise ValueError("compact packages: rows after a non-list value")
         return header["x"]
     managers = _str_list(header.get("m"), "m")
-    formats = [_formatter(t) for t in _str_list(header.get("t"), "t")]
+    templates = _str_list(header.get("t"), "t")
     lines = body.split("\n") if newline else []
     if len(lines) > MAX_PACKAGES:
         raise ValueError(f"compact packages: more than {MAX_PACKAGES} rows")
+    fast = _decode_columns(body, lines, managers, templates)
+    if fast is not None:
+        return fast
+    return _decode_rows(lines, managers, [_formatter(t) for t in templates])
+
+
+# A whole column (tab-joined) of names (no ":") or of versions and arches (":" allowed)
+# whose only character to percent-encode is "+": _q() of each is then a replace.
+_PLUS_COLUMN = re.compile(r"[A-Za-z0-9_.~+\t-]*")
+_PLUS_COLON_COLUMN = re.compile(r"[A-Za-z0-9_.~:+\t-]*")
+
+
+def _plus_quoted(column: list[str], joined: str) -> list[str]:
+    return [x.replace("+", "%2B") for x in column] if "+" in joined else column
+
+
+_FIELD = re.compile(r"(\{[nva]\})")
+
+
+def _expand_all(template: str, names: list[str], versions: list[str],
+                arches: list[str]) -> list[str]:
+    """The template expanded for every row (fields already quoted). The usual template,
+    {n} then {v} then {a} once each and no other brace, goes through an f-string: a third
+    of str.format's time."""
+    parts = _FIELD.split(template)
+    if parts[1::2] == ["{n}", "{v}", "{a}"] and not any("{" in p or "}" in p
+                                                        for p in parts[0::2]):
+        p0, p1, p2, p3 = parts[0::2]
+        return [f"{p0}{n}{p1}{v}{p2}{a}{p3}"
+                for n, v, a in zip(names, versions, arches, strict=True)]
+    return list(map(_formatter(template), names, versions, arches))
+
+
+def _decode_columns(body: str, lines: list[str], managers: list[str],
+                    templates: list[str]) -> list[Any] | None:
+    """What our agent writes for a host: rows only, one manager, template 0 for every purl,
+    nothing to quote but "+". Decoded column by column in C-level passes (one dict per
+    package is the only per-row Python work left): about half the time of _decode_rows.
+    None when the text is anything else; _decode_rows then decides (and raises) row by
+    row."""
+    if not lines or not managers or not templates or body[:1] == "=" or "\n=" in body:
+        return None
+    if set(map(str.count, lines, repeat("\t"))) != {6}:  # 7 fields in every row
+        return None
+    # one flat list of strings (not a list per row: fewer objects for the allocator and
+    # the cyclic GC, which a server decoding 1,500 rows per inspection feels)
+    flat = body.replace("\n", "\t").split("\t")
+    names, versions, arches = flat[0::7], flat[1::7], flat[2::7]
+    srcs, srcvers = flat[3::7], flat[4::7]
+    if flat[5::7].count("") != len(lines) or flat[6::7].count("") != len(lines):
+        return None
+    joined = ["\t".join(names), "\t".join(versions), "\t".join(arches)]
+    if not (_PLUS_COLUMN.fullmatch(joined[0]) and _PLUS_COLON_COLUMN.fullmatch(joined[1])
+            and _PLUS_COLON_COLUMN.fullmatch(joined[2])):
+        return None
+    purls = _expand_all(templates[0], _plus_quoted(names, joined[0]),
+                        _plus_quoted(versions, joined[1]), _plus_quoted(arches, joined[2]))
+    manager = managers[0]
+    return [{"name": n, "version": v, "arch": a, "source": s or n, "source_version": sv or v,
+             "manager": manager, "purl": p}
+            for n, v, a, s, sv, p in zip(names, versions, arches, srcs, srcvers, purls,
+                                         strict=True)]
+
+
+def _decode_rows(lines: list[str], managers: list[str],
+                 formats: list[Callable[..., str]]) -> list[Any]:
     plain_colon = _PLAIN_COLON.fullmatch
     out: list[Any] = []
     append = out.append
