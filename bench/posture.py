@@ -2,14 +2,17 @@
 host inventory of N packages, against FreeRADIUS's PEAP-MSCHAPv2 without posture, same run.
 
     python3 bench/posture.py [-n 40] [--packages 1500] [--parallel 4] [--rounds 3]
-                             [--rsa] [--profile FILE [--profile-gil] [--profile-case C]]
+                             [--rsa] [--cases first,certificate,plain,freeradius]
+                             [--profile FILE [--profile-gil] [--profile-case C]]
 
 eapol_test loads our IMC plug-in (private mount namespace, overlay /etc with its own
 tnc_config; the real /etc is untouched) and reports a Debian 12 host (NAC_AGENT_ROOT) with
 N installed packages. Cases, alternated round by round on the same machine, medians
 reported:
 
-    posture, first contact   the agent has no certificate: the whole posture, compact
+    posture, first contact   the agent has no certificate: the whole posture, compact;
+                             each conversation's host has one package version no other
+                             host has (a new inventory, as a new host brings)
     posture, certificate     the agent holds a certificate: with digest_first servers it
                              leads with certificate + digest (no inventory), else the
                              certificate goes along with the posture (decision reused)
@@ -20,7 +23,12 @@ reported:
                              with --rsa, the issue's yardstick)
 
 The number compared is server CPU (utime+stime of the process tree, /proc) per
-conversation; conversations per server CPU-second is its inverse. --profile FILE samples
+conversation; conversations per server CPU-second is its inverse. Also printed: CPU per
+conversation by thread, and the "idle share": what the server burns with no traffic
+(housekeeping polls, measured before the rounds) times the case's wall time, per
+conversation. A case whose peers are slow (the agent starts a Python process and collects
+1,500 packages) is charged more of it than FreeRADIUS PEAP, whose idle is ~0; the
+headline keeps it in. --profile FILE samples
 `nac serve` (tree) with py-spy during the first round of one case (collapsed stacks).
 Needs root.
 """
@@ -37,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,6 +75,20 @@ def big_root(root: Path, count: int) -> Path:
         f"Description: bench package {i}\n" for i in range(count))
     status.write_text(status.read_text().rstrip("\n") + "\n" + extra)
     return root
+
+
+def host_variant(root: Path, dest: Path, k: int) -> Path:
+    """The host of `root` with one package at a version no other host has: every first
+    contact brings an inventory the server has not seen (no cache keyed by inventory or
+    digest can answer it), as a new host would; the other 1,499 packages are shared, as
+    on hosts installed from one image."""
+    shutil.copytree(root, dest, symlinks=True)
+    status = dest / "var/lib/dpkg/status"
+    text = status.read_text()
+    stanza = "Source: benchsrc0\nVersion: 1.0.0-1\n"
+    assert text.count(stanza) == 1, "bench package 0 not found"
+    status.write_text(text.replace(stanza, f"Source: benchsrc0\nVersion: 1.0.0-1+b{k}\n"))
+    return dest
 
 
 def ttls_run(run_dir: Path, agent_dir: Path, port: int, ca: Path, lib: Path | None,
@@ -108,12 +131,46 @@ def peap_run(conf: Path, port: int, i: int) -> bool:
     return r.returncode == 0
 
 
-def measure(pid: int, n: int, parallel: int, one: Callable[[int], bool]) -> dict:
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds by thread name (comm) over the process tree: where the server's time
+    goes (packet loop, EAP lane, store writer process, fleet intake...)."""
+    out: dict[str, float] = {}
+    for p in probe.tree_pids(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/{p}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            key = "main" if tid == str(p) and p == pid else name
+            out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / probe.CLK_TCK
+    return out
+
+
+def idle_cpu_ms_per_s(pid: int, seconds: float = 5.0) -> float:
+    """What the server burns with no traffic (housekeeping polls), per wall second."""
     cpu0 = probe.tree_cpu_seconds(pid)
+    time.sleep(seconds)
+    return round(1000 * (probe.tree_cpu_seconds(pid) - cpu0) / seconds, 2)
+
+
+def measure(pid: int, n: int, parallel: int, one: Callable[[int], bool]) -> dict:
+    threads0 = thread_cpu(pid)
+    cpu0 = probe.tree_cpu_seconds(pid)
+    t0 = time.monotonic()
     with ThreadPoolExecutor(parallel) as pool:
         ok = sum(pool.map(one, range(1, n + 1)))
+    wall = time.monotonic() - t0
     cpu = probe.tree_cpu_seconds(pid) - cpu0
-    return {"n": n, "ok": ok, "cpu_ms_per_conv": round(1000 * cpu / max(ok, 1), 3)}
+    per = {k: round(1000 * (v - threads0.get(k, 0.0)) / max(ok, 1), 3)
+           for k, v in thread_cpu(pid).items() if v - threads0.get(k, 0.0) > 0}
+    return {"n": n, "ok": ok, "cpu_ms_per_conv": round(1000 * cpu / max(ok, 1), 3),
+            "wall_s": round(wall, 2), "threads_ms_per_conv": per}
 
 
 @contextlib.contextmanager
@@ -146,6 +203,9 @@ def main() -> int:
     ap.add_argument("--profile-gil", action="store_true", help="sample GIL holders only")
     ap.add_argument("--profile-case", default="posture, first contact",
                     help="the case sampled (its first round)")
+    ap.add_argument("--cases", default="first,certificate,plain,freeradius",
+                    help="which cases to run, comma-separated (first, certificate, plain, "
+                         "freeradius)")
     args = ap.parse_args()
     keep = os.environ.get("NAC_BENCH_KEEP")  # a directory to keep logs in, for post-mortems
     ctx = (contextlib.nullcontext(tempfile.mkdtemp(prefix="nac-posture-", dir=keep)) if keep
@@ -184,8 +244,13 @@ def main() -> int:
 
             def first_contact(i: int) -> bool:
                 k = next(seq)
-                return ttls_run(work / f"first-{k}", work / f"first-agent-{k}", port, ca,
-                                lib, root, i)
+                host = host_variant(root, work / f"first-host-{k}", k)
+                try:
+                    return ttls_run(work / f"first-{k}", work / f"first-agent-{k}", port, ca,
+                                    lib, host, i)
+                finally:
+                    if not keep:
+                        shutil.rmtree(host, ignore_errors=True)
 
             def certified(i: int) -> bool:  # station i's agent keeps its certificate
                 return ttls_run(work / f"cert-{next(seq)}", work / f"cert-agent-{i}", port,
@@ -200,33 +265,49 @@ def main() -> int:
                 return ttls_run(work / f"plain-{k}", work / f"plain-agent-{k}", port, ca,
                                 None, root, i)
 
+            wanted = set(args.cases.split(","))
             cases: list[tuple[str, int, Callable[[int], bool]]] = [
-                ("posture, first contact", pid, first_contact),
-                ("posture, certificate", pid, certified),
-                ("ttls, no agent", pid, no_agent)]
-            if fr is not None:
+                (label, pid, one) for key, label, one in (
+                    ("first", "posture, first contact", first_contact),
+                    ("certificate", "posture, certificate", certified),
+                    ("plain", "ttls, no agent", no_agent)) if key in wanted]
+            if fr is not None and "freeradius" in wanted:
                 peap_run(peap_conf, fr.port, 0)
                 cases.append(("freeradius peap", fr.pid,
                               lambda i: peap_run(peap_conf, fr.port, i)))
+            # Housekeeping polls cost CPU per wall second, not per conversation: say how
+            # much, so a case whose peers are slow (the agent collects and encodes its
+            # inventory) can be read without it. The headline figures keep it in.
+            idle = {p: idle_cpu_ms_per_s(p) for p in {server for _, server, _ in cases}}
+            print("idle CPU, ms per second: " + ", ".join(
+                f"{'nac' if p == pid else 'freeradius'} {v}" for p, v in idle.items()))
             for rnd in range(args.rounds):
                 for label, server, one in cases:
                     spy = args.profile if label == args.profile_case and rnd == 0 else None
                     with py_spy(pid, spy, args.profile_gil):
                         r = measure(server, args.n, args.parallel, one)
+                    r["idle_ms_per_conv"] = round(idle[server] * r["wall_s"] / max(r["ok"], 1),
+                                                  3)
                     results.setdefault(label, []).append(r)
                     print(f"round {rnd + 1}: {label:24} {r['ok']}/{r['n']} ok, "
                           f"{r['cpu_ms_per_conv']:7.2f} ms server CPU per conversation "
-                          f"({args.packages} packages)", flush=True)
+                          f"({args.packages} packages; {r['wall_s']} s, idle share "
+                          f"{r['idle_ms_per_conv']} ms)", flush=True)
+                    print("         by thread, ms per conversation: " + ", ".join(
+                        f"{k} {v}" for k, v in sorted(r["threads_ms_per_conv"].items(),
+                                                       key=lambda kv: -kv[1])), flush=True)
     summary: dict = {"packages": args.packages, "n": args.n, "rounds": args.rounds,
                      "key": "rsa-2048" if args.rsa else "ecdsa-p256"}
     for label, rs in results.items():
         med = statistics.median(r["cpu_ms_per_conv"] for r in rs)
         summary[label] = {"median_cpu_ms_per_conv": med,
                           "conv_per_cpu_s": round(1000 / med, 1) if med else None,
+                          "median_idle_ms_per_conv": statistics.median(
+                              r["idle_ms_per_conv"] for r in rs),
                           "ok": sum(r["ok"] for r in rs), "of": sum(r["n"] for r in rs)}
     fr_med = summary.get("freeradius peap", {}).get("median_cpu_ms_per_conv")
     for label in ("posture, first contact", "posture, certificate"):
-        ours = summary[label]["median_cpu_ms_per_conv"]
+        ours = summary.get(label, {}).get("median_cpu_ms_per_conv")
         if fr_med and ours:
             summary[label]["vs_freeradius"] = round(fr_med / ours, 3)  # target >= 0.8
             print(f"{label}: {1000 / ours:.0f} conversations per server CPU-second = "
