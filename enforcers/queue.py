@@ -32,6 +32,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -149,6 +150,11 @@ _INSERT = (
     "attempts, max_attempts, next_attempt_at, decided_at, created_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)"
 )
+_INSERT_WITH_ID = (  # the id taken beforehand from the table's sequence (PgJobQueue)
+    f"INSERT INTO {TABLE} (id, kind, switch, port, vlan, mac, session_id, payload, state, "
+    "attempts, max_attempts, next_attempt_at, decided_at, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)"
+)
 _NEWER_QUEUED = (  # a queued decision for the port taken after this one
     f"SELECT id FROM {TABLE} WHERE switch = ? AND port = ? AND state = 'pending' "
     f"AND kind IN ({_KIND_MARKS}) AND id <> ? AND decided_at > ? "
@@ -214,6 +220,10 @@ _RETRY = (
     f"UPDATE {TABLE} SET state = 'pending', attempts = 0, next_attempt_at = ?, "
     "lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND state <> 'claimed'"
 )
+_RELEASE = (  # claimed, never applied: back to pending at once, the attempt not counted
+    f"UPDATE {TABLE} SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, "
+    "attempts = attempts - 1 WHERE id = ? AND state = 'claimed' AND lease_owner = ?"
+)
 _GET = f"SELECT {_COLUMNS} FROM {TABLE} WHERE id = ?"
 _LIST_ALL = f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY id DESC LIMIT ?"
 _COUNTS = f"SELECT state, COUNT(*) FROM {TABLE} GROUP BY state"
@@ -223,6 +233,31 @@ _LATENCIES = (
     f"SELECT applied_at - decided_at FROM {TABLE} WHERE state = 'done' "
     "AND applied_at IS NOT NULL ORDER BY applied_at DESC LIMIT ?"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job as enqueue() takes it, before it has a row: the INSERT's arguments."""
+
+    kind: str
+    switch: str
+    port: str
+    vlan: int | None
+    mac: str | None
+    session_id: str | None
+    payload: str
+    max_attempts: int
+    created_at: float
+    decided_at: float
+
+    @property
+    def per_port(self) -> bool:
+        return self.kind in PORT_KINDS and bool(self.port)
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.kind, self.switch, self.port, self.vlan, self.mac, self.session_id,
+                self.payload, self.max_attempts, self.created_at, self.decided_at,
+                self.created_at)
 
 
 def _marks(n: int) -> str:
@@ -268,6 +303,9 @@ class SqlJobQueue:
         self.enqueue_hooks: list[Callable[[Exec], object]] = []
         #: run after each enqueue committed (e.g. a datagram poke to the server's enforcer)
         self.enqueued_hooks: list[Callable[[], object]] = []
+        #: wake this process's enforcer, from any thread (enforcers.wake.Listener adds its
+        #: own): called when jobs queued here committed, or an off-loop claim got jobs
+        self.wakers: list[Callable[[], object]] = []
 
     def for_worker(self) -> SqlJobQueue:
         """The queue as the enforcer's worker loop should call it (on its event loop): the
@@ -336,44 +374,60 @@ class SqlJobQueue:
         max_attempts: int | None = None,
     ) -> int:
         """Add a job; returns its id. Supersedes older pending jobs for the same port."""
+        job = self.new_job(kind, switch, port, vlan=vlan, mac=mac, session_id=session_id,
+                           payload=payload, decided_at=decided_at, max_attempts=max_attempts)
+        job_id = int(self._transact(lambda x: self._put_all(x, [(None, job)])[0]))
+        self._enqueued()
+        return job_id
+
+    def new_job(self, kind: str, switch: str, port: str = "", *, vlan: int | None = None,
+                mac: str | None = None, session_id: str | None = None,
+                payload: dict[str, Any] | None = None, decided_at: float | None = None,
+                max_attempts: int | None = None) -> NewJob:
+        """enqueue()'s arguments as the row they make, dated now."""
         now = self.clock()
-        decided = now if decided_at is None else decided_at
-        port = port or ""
-        per_port = kind in PORT_KINDS and bool(port)
+        return NewJob(kind, switch, port or "", vlan, mac, session_id,
+                      json.dumps(payload or {}, sort_keys=True),
+                      max_attempts or self.max_attempts, now,
+                      now if decided_at is None else decided_at)
 
-        def work(x: Exec) -> int:
-            if per_port:
-                self._lock_port(x, switch, port, wait=True)
-            job_id = self._insert(x, _INSERT, (
-                kind, switch, port, vlan, mac, session_id,
-                json.dumps(payload or {}, sort_keys=True),
-                max_attempts or self.max_attempts, now, decided, now))
-            if not per_port:
-                return job_id
-            newer = x(_NEWER_QUEUED, (switch, port, *_KINDS, job_id, decided)).fetchone()
-            if newer is not None:
-                x(_SUPERSEDE_ONE, (newer[0], job_id))
-                log.info("job %d superseded at once by newer job %d", job_id, newer[0])
-            else:
-                n = x(_SUPERSEDE_OLDER, (job_id, switch, port, *_KINDS, job_id)).rowcount
-                if n:
-                    log.info("job %d supersedes %d queued job(s) for %s %s", job_id, n,
-                             switch, port)
+    def _put_all(self, x: Exec, jobs: Sequence[tuple[int | None, NewJob]]) -> list[int]:
+        """Insert jobs (with their id, or None for the table's next) in one transaction, each
+        superseding as enqueue() says; then the enqueue hooks, once. Their ids."""
+        ids = [self._put(x, job, job_id) for job_id, job in jobs]
+        for hook in self.enqueue_hooks:
+            hook(x)
+        return ids
+
+    def _put(self, x: Exec, job: NewJob, job_id: int | None) -> int:
+        switch, port, decided = job.switch, job.port, job.decided_at
+        if job.per_port:
+            self._lock_port(x, switch, port, wait=True)
+        if job_id is None:
+            job_id = self._insert(x, _INSERT, job.args())
+        else:
+            x(_INSERT_WITH_ID, (job_id, *job.args()))
+        if not job.per_port:
             return job_id
+        newer = x(_NEWER_QUEUED, (switch, port, *_KINDS, job_id, decided)).fetchone()
+        if newer is not None:
+            x(_SUPERSEDE_ONE, (newer[0], job_id))
+            log.info("job %d superseded at once by newer job %d", job_id, newer[0])
+        else:
+            n = x(_SUPERSEDE_OLDER, (job_id, switch, port, *_KINDS, job_id)).rowcount
+            if n:
+                log.info("job %d supersedes %d queued job(s) for %s %s", job_id, n, switch,
+                         port)
+        return job_id
 
-        def announced(x: Exec) -> int:
-            job_id = work(x)
-            for hook in self.enqueue_hooks:
-                hook(x)
-            return job_id
-
-        job_id = int(self._transact(announced))
-        for after in self.enqueued_hooks:
+    def _enqueued(self) -> None:
+        """After jobs committed: the hooks that tell other processes, and this process's
+        own waiting enforcer (``wakers``)."""
+        for after in (*self.enqueued_hooks, *self.wakers):
             try:
                 after()
             except Exception as exc:  # noqa: BLE001 - the job is queued; the poll finds it
-                log.debug("job %d queued; wake-up not sent: %s", job_id, exc)
-        return job_id
+                log.debug("job queued; wake-up not sent: %s", exc)
 
     # -- worker side --------------------------------------------------------------------
     def release_dead_local_claims(self) -> int:
@@ -481,6 +535,14 @@ class SqlJobQueue:
                      job.latency or 0.0)
         return True
 
+    def release(self, job_ids: Sequence[int]) -> int:
+        """Hand claimed jobs this owner never applied back to pending at once (a worker
+        stopping with jobs it had claimed ahead); how many went back."""
+        if not job_ids:
+            return 0
+        return int(self._transact(lambda x: sum(
+            int(x(_RELEASE, (job_id, self.owner)).rowcount) for job_id in job_ids)))
+
     def backoff(self, attempts: int) -> float:
         """Delay before attempt ``attempts + 1``."""
         return min(self.max_delay, self.base_delay * (2 ** max(0, attempts - 1)))
@@ -557,7 +619,9 @@ class JobQueue(SqlJobQueue):
 
     Parameters as SqlJobQueue; synchronous: SQLite's PRAGMA for a file path ("FULL" to
     survive power loss, at the cost of an fsync per state change); busy_timeout: seconds a
-    statement waits for another process's write lock before it fails.
+    statement waits for another process's write lock before it fails. defer_enqueue is
+    accepted for PgJobQueue's sake and changes nothing: an enqueue here is a commit to a
+    local file.
     """
 
     # The worker loop's connection: a claim waits this long for a locked file, then fails
@@ -576,6 +640,7 @@ class JobQueue(SqlJobQueue):
         clock: Callable[[], float] = time.time,
         synchronous: str = "NORMAL",
         busy_timeout: float = 10.0,
+        defer_enqueue: bool = False,
     ) -> None:
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"bad synchronous mode {synchronous!r}")
@@ -652,3 +717,166 @@ class JobQueue(SqlJobQueue):
         cur = x(sql, args)
         return int(getattr(cur, "lastrowid", 0) or 0)
 
+
+
+class OffLoopWorker:
+    """The queue as the enforcer's event loop calls it, with every database call made by one
+    thread of its own: a slow or restarting database never stalls the loop (nor the RADIUS
+    answers sharing it). ``queue.for_worker()`` gives it where a call may block (PostgreSQL).
+
+    - ``claim(n)`` returns jobs a background claim already took (at most ``n``), and starts
+      the next one; when that one gets jobs it calls the queue's ``wakers`` (the enforcer's
+      wake-up), so the loop claims again at once. A failed background claim is raised by
+      the next ``claim`` (the enforcer logs it and backs off), once.
+    - ``complete``/``fail``/``extend`` return at once; the thread records them in order,
+      before any later claim (a finished job frees its port first), retrying a failing call
+      for up to one lease (past it the claim is void and the job is applied again).
+    - ``next_due`` answers from the last background claim.
+    - ``close`` waits (a few seconds) for what is still to record, and hands jobs claimed
+      ahead but never given out back to pending.
+    """
+
+    record_backoff = 0.5
+    record_backoff_max = 10.0
+    close_timeout = 5.0
+
+    def __init__(self, queue: SqlJobQueue) -> None:
+        self.queue = queue
+        self.lease = queue.lease
+        self.clock = queue.clock
+        self.owner = queue.owner
+        self._ops: deque[Callable[[], None]] = deque()
+        self._cv = threading.Condition()
+        self._ready: deque[Job] = deque()
+        self._claiming = False
+        self._again = False
+        self._error: BaseException | None = None
+        self._due: float | None = None
+        self._stopping = False
+        #: calls that failed in the background (tests, logs)
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name="enforcer-queue", daemon=True)
+        self._thread.start()
+
+    # -- what the enforcer calls ------------------------------------------------------
+    def claim(self, limit: int = 1) -> list[Job]:
+        with self._cv:
+            if self._error is not None:
+                exc, self._error = self._error, None
+                raise exc
+            out = [self._ready.popleft() for _ in range(min(limit, len(self._ready)))]
+            want = limit - len(out)
+            # A claim asked for while one runs may be about jobs that one cannot see (it
+            # began before they were committed): it wakes the enforcer again when done.
+            self._again = self._claiming
+            if want > 0 and not self._claiming and not self._stopping:
+                self._claiming = True
+                self._ops.append(lambda: self._claim(want))
+                self._cv.notify()
+        return out
+
+    def next_due(self) -> float | None:
+        return self._due
+
+    def complete(self, job_id: int, result: str = "ok", applied_at: float | None = None) -> bool:
+        applied = self.clock() if applied_at is None else applied_at
+        self._submit(f"job {job_id}: recording it done",
+                     lambda: self.queue.complete(job_id, result, applied))
+        return True
+
+    def fail(self, job_id: int, error: str, *, retryable: bool = True) -> str:
+        self._submit(f"job {job_id}: recording its failure",
+                     lambda: self.queue.fail(job_id, error, retryable=retryable))
+        return "recording"
+
+    def extend(self, job_id: int, seconds: float | None = None) -> bool:
+        self._submit(f"job {job_id}: renewing its lease",
+                     lambda: self.queue.extend(job_id, seconds), retry=False)
+        return True
+
+    def release_dead_local_claims(self) -> int:
+        self._submit("releasing dead processes' claims", self.queue.release_dead_local_claims,
+                     retry=False)
+        return 0
+
+    def close(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._ops.append(self._release_ready)
+            self._cv.notify()
+        self._thread.join(self.close_timeout)
+        if self._thread.is_alive():
+            log.error("job queue: %d outcome(s) not recorded at stop; their jobs are applied "
+                      "again when their leases expire", len(self._ops))
+
+    # -- the thread -------------------------------------------------------------------
+    def _submit(self, what: str, call: Callable[[], object], retry: bool = True) -> None:
+        deadline = time.monotonic() + (self.lease if retry else 0.0)
+
+        def op() -> None:
+            delay = self.record_backoff
+            while True:
+                try:
+                    call()
+                    return
+                except Exception as exc:  # noqa: BLE001 - any store error: retry, then log
+                    self.errors += 1
+                    if time.monotonic() + delay > deadline or self._stopping:
+                        log.error("%s failed (%s: %s); giving up", what, type(exc).__name__,
+                                  exc)
+                        return
+                    log.warning("%s failed (%s: %s); retrying in %.1f s", what,
+                                type(exc).__name__, exc, delay)
+                    time.sleep(delay)
+                    delay = min(self.record_backoff_max, delay * 2)
+
+        with self._cv:
+            self._ops.append(op)
+            self._cv.notify()
+
+    def _claim(self, limit: int) -> None:
+        try:
+            jobs = self.queue.claim(limit)
+            due = self.queue.next_due()
+        except Exception as exc:  # noqa: BLE001 - given to the enforcer by the next claim()
+            self.errors += 1
+            with self._cv:
+                self._error, self._claiming = exc, False
+            self._wake()
+            return
+        with self._cv:
+            self._ready.extend(jobs)
+            # Before the enforcer sleeps on it, a retry sooner than it was told wakes it.
+            earlier = due is not None and (self._due is None or due < self._due)
+            self._due, self._claiming = due, False
+            again, self._again = self._again, False
+        if jobs or earlier or again:
+            self._wake()
+
+    def _release_ready(self) -> None:
+        with self._cv:
+            ids = [j.id for j in self._ready]
+            self._ready.clear()
+        if ids:
+            try:
+                self.queue.release(ids)
+            except Exception as exc:  # noqa: BLE001 - their leases expire instead
+                log.warning("job queue: %d job(s) claimed ahead not handed back: %s",
+                            len(ids), exc)
+
+    def _wake(self) -> None:
+        for wake in self.queue.wakers:
+            try:
+                wake()
+            except Exception as exc:  # noqa: BLE001 - the poll still finds the jobs
+                log.debug("enforcer wake-up failed: %s", exc)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._ops:
+                    if self._stopping:
+                        return
+                    self._cv.wait()
+                op = self._ops.popleft()
+            op()

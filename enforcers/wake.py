@@ -120,6 +120,10 @@ class Listener:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Jobs this process queued or claimed off the loop wake the enforcer directly.
+        wakers = getattr(self.queue, "wakers", None)
+        if isinstance(wakers, list):
+            wakers.append(self._wake_threadsafe)
         if _is_pg(self.queue):
             self._task = asyncio.create_task(self._pg_listen(self.queue.pool.conninfo))
             return
@@ -143,6 +147,12 @@ class Listener:
         self.sock, self.path = sock, sock_path
         self._loop.add_reader(sock.fileno(), self._readable)
         self.listening.set()
+
+    def _wake_threadsafe(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self.wake)
 
     def _readable(self) -> None:
         assert self.sock is not None
@@ -184,6 +194,9 @@ class Listener:
                 delay = min(10.0, delay * 2)
 
     async def close(self) -> None:
+        wakers = getattr(self.queue, "wakers", None)
+        if isinstance(wakers, list) and self._wake_threadsafe in wakers:
+            wakers.remove(self._wake_threadsafe)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -215,3 +215,96 @@ def _claims(q: object) -> list[int]:
         return [j.id for j in q.claim(4)]  # type: ignore[attr-defined]
     except Exception:  # still reconnecting
         return []
+
+
+def test_enforcer_loop_runs_on_while_the_database_is_away(own_pg: PgServer) -> None:
+    """The server's queue (defer_enqueue) and the enforcer's worker (for_worker) make no
+    database call on the event loop: with PostgreSQL stopped, pushes queued from the loop and
+    the enforcer's claims leave a 10 ms ticker on time (a synchronous claim or enqueue waited
+    for its connect timeout, 2 s here); once it is back, every job queued meanwhile is
+    applied, under the id enqueue returned."""
+    import asyncio
+
+    from enforcers.enforcer import Enforcer
+    from enforcers.inventory import Switch
+    from nac.store.pg_jobs import PgJobQueue
+    from tests.test_enforcers_wake import SWITCH, Recorder
+
+    url = own_pg.create_database(migrate=True)
+    q = PgJobQueue(url, connect_timeout=2.0, defer_enqueue=True)
+    Recorder.applied = []
+    enf = Enforcer([Switch.model_validate(SWITCH)], q, poll_interval=0.05,
+                   driver_factory=lambda sw, kind: Recorder(sw), queue_backoff=0.05,
+                   queue_backoff_max=0.2)
+
+    async def go() -> tuple[float, list[int]]:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(enf.run(stop))
+        worst = 0.0
+        ids: list[int] = []
+        try:
+            first = enf.set_vlan("sw1", "p0", 20)
+            while not Recorder.applied:
+                await asyncio.sleep(0.01)
+            assert q.get(first).state in ("claimed", "done")  # type: ignore[union-attr]
+            await asyncio.to_thread(own_pg.stop)
+            t_end = time.monotonic() + 3.0
+            last = time.monotonic()
+            n = 0
+            while time.monotonic() < t_end:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                worst = max(worst, now - last)
+                last = now
+                if n < 5:  # decisions keep coming while the database is away
+                    ids.append(enf.set_vlan("sw1", f"p{n + 1}", 30))
+                    n += 1
+            await asyncio.to_thread(own_pg.start)
+            deadline = time.monotonic() + 20
+            while len(Recorder.applied) < 6:
+                assert time.monotonic() < deadline, Recorder.applied
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await runner
+            await enf.close()
+        return worst, ids
+
+    try:
+        worst, ids = asyncio.run(go())
+        assert worst < 0.25, f"the event loop stalled {worst:.3f} s"
+        assert sorted(p for p, _, _ in Recorder.applied) == [f"p{i}" for i in range(6)]
+        wait_for(lambda: all(q.get(i).state == "done" for i in ids))  # type: ignore[union-attr]
+        assert all(i > 0 for i in ids)
+        assert q.write_errors >= 1  # the outbox did wait for the database
+    finally:
+        q.close()
+
+
+def test_deferred_enqueue_keeps_jobs_through_an_outage(own_pg: PgServer) -> None:
+    """enqueue returns at once while the database is down; close() commits what waits once
+    it is back; a job the database refuses is dropped alone, the rest of its batch goes in."""
+    from nac.store.pg_jobs import PgJobQueue
+
+    url = own_pg.create_database(migrate=True)
+    q = PgJobQueue(url, connect_timeout=2.0, defer_enqueue=True)
+    own_pg.stop()
+    try:
+        t0 = time.monotonic()
+        a = q.enqueue("set_vlan", "sw1", "p1", vlan=20, decided_at=1.0)
+        bad = q.enqueue("set_vlan", "sw1", "p2", vlan=20, mac="02\x00")  # text cannot hold NUL
+        b = q.enqueue("set_vlan", "sw1", "p1", vlan=30, decided_at=2.0)
+        assert time.monotonic() - t0 < 0.05
+        assert 0 < a < bad < b
+        with pytest.raises(TimeoutError):
+            q.flush(timeout=0.5)
+    finally:
+        own_pg.start()
+    q.close()  # flushes
+    check = PgJobQueue(url)
+    try:
+        got = {j.id: (j.port, j.vlan, j.state) for j in check.list_jobs()}
+        # Latest decision wins across the batch, as for jobs queued one by one.
+        assert got == {a: ("p1", 20, "superseded"), b: ("p1", 30, "pending")}
+    finally:
+        check.close()

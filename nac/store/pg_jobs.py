@@ -13,12 +13,26 @@ own is how concurrent servers are kept apart:
 - a server that dies holding jobs stops renewing their leases; ``requeue_expired`` (run
   before a claim, at most once a second per claimer, by any server) hands them back.
 - a transaction PostgreSQL aborts on a deadlock or serialisation conflict runs again.
+
+Off the event loop (a database that is slow or restarting must not hold up RADIUS answers):
+
+- ``for_worker()`` gives the enforcer an ``OffLoopWorker``: claims, outcomes and lease
+  renewals run on a thread of its own.
+- ``defer_enqueue=True`` (the server) makes ``enqueue`` return at once: the job gets an id
+  from a reserve taken ahead from the table's sequence and goes to an outbox that a writer
+  thread commits, every job queued meanwhile in one transaction with one NOTIFY. The loss
+  window is the decision rows': a job whose enqueue returned a few milliseconds before a
+  SIGKILL of the server may not be committed. While the database is away the outbox keeps
+  the jobs (up to ``OUTBOX_MAX``) and the writer retries; ``flush()`` waits for it, and
+  ``close()`` flushes. Without the flag (the CLI) ``enqueue`` commits before it returns.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -27,12 +41,19 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
-from enforcers.queue import Exec, SqlJobQueue, format_style
+from enforcers.queue import Exec, NewJob, OffLoopWorker, SqlJobQueue, format_style
 from nac.store.migrations import SchemaError, latest, postgres_version
 
 log = logging.getLogger("enforcers.queue")
 
 JOBS_SCHEMA_VERSION = 3  # the migration that creates the table
+# Job ids a deferring queue holds ready: enough for a long outage's pushes from one server.
+ID_RESERVE = 1024
+OUTBOX_MAX = 100_000  # jobs a deferring queue keeps while the database is away, at most
+# What a row's data earns (a NUL in a text column, ...); anything else is retried.
+_REFUSED = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)
+_TAKE_IDS = ("SELECT nextval(pg_get_serial_sequence('enforcement_jobs', 'id')) "
+             "FROM generate_series(1, %s)")
 
 
 def _port_key(switch: str, port: str) -> str:
@@ -71,6 +92,7 @@ class PgJobQueue(SqlJobQueue):
         clock: Callable[[], float] = time.time,
         pool_size: int = 4,
         connect_timeout: float = 5.0,
+        defer_enqueue: bool = False,
     ) -> None:
         super().__init__(max_attempts=max_attempts, base_delay=base_delay,
                          max_delay=max_delay, lease=lease, owner=owner, clock=clock)
@@ -90,10 +112,133 @@ class PgJobQueue(SqlJobQueue):
             self.close()
             raise SchemaError(f"the PostgreSQL store has schema version {have}; the job queue "
                               f"needs {latest('postgresql')}: run `nac store migrate`")
+        self.defer_enqueue = defer_enqueue
+        self._ids: deque[int] = deque()
+        self._outbox: deque[tuple[int | None, NewJob]] = deque()
+        self._outbox_cv = threading.Condition()
+        self._in_flight = 0  # jobs the writer took from the outbox and has not committed
+        self._closing = False
+        self._writer: threading.Thread | None = None
+        #: commits of deferred jobs that failed and were retried (tests, logs)
+        self.write_errors = 0
+        if defer_enqueue:
+            self._take_ids()
+            self._writer = threading.Thread(target=self._write_loop, name="jobs-writer",
+                                            daemon=True)
+            self._writer.start()
 
     def close(self) -> None:
+        if getattr(self, "_writer", None) is not None:  # (None: closed by __init__'s check)
+            try:
+                self.flush()
+            except TimeoutError:
+                log.error("job queue: %d queued job(s) not committed at close",
+                          len(self._outbox) + self._in_flight)
+            with self._outbox_cv:
+                self._closing = True
+                self._outbox_cv.notify_all()
+            self._writer.join(5.0)  # type: ignore[union-attr]
+            self._writer = None
         if self._own_pool:
             self.pool.close()
+
+    def for_worker(self) -> OffLoopWorker:  # type: ignore[override]
+        return OffLoopWorker(self)
+
+    # -- deferred enqueue -----------------------------------------------------------------
+    def enqueue(self, kind: str, switch: str, port: str = "", *, vlan: int | None = None,
+                mac: str | None = None, session_id: str | None = None,
+                payload: dict[str, Any] | None = None, decided_at: float | None = None,
+                max_attempts: int | None = None) -> int:
+        """As SqlJobQueue.enqueue; with ``defer_enqueue`` it returns before the commit (see
+        the module docstring), and 0 when the id reserve ran out during an outage (the job
+        is queued all the same and gets its id at commit)."""
+        if not self.defer_enqueue:
+            return super().enqueue(kind, switch, port, vlan=vlan, mac=mac,
+                                   session_id=session_id, payload=payload,
+                                   decided_at=decided_at, max_attempts=max_attempts)
+        job = self.new_job(kind, switch, port, vlan=vlan, mac=mac, session_id=session_id,
+                           payload=payload, decided_at=decided_at, max_attempts=max_attempts)
+        with self._outbox_cv:
+            if len(self._outbox) >= OUTBOX_MAX:
+                raise ConnectionError(f"job queue: {OUTBOX_MAX} jobs wait for the database "
+                                      "already")
+            try:
+                job_id: int | None = self._ids.popleft()
+            except IndexError:
+                job_id = None
+            self._outbox.append((job_id, job))
+            self._outbox_cv.notify()
+        return job_id or 0
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every job enqueued so far is committed (deferring queue)."""
+        deadline = time.monotonic() + timeout
+        with self._outbox_cv:
+            while self._outbox or self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._writer is None:
+                    raise TimeoutError("queued jobs still not committed")
+                self._outbox_cv.wait(min(left, 0.05))
+
+    def _take_ids(self) -> None:
+        with self.pool.connection() as conn:
+            rows = _executor(conn)(_TAKE_IDS, (ID_RESERVE,)).fetchall()
+        with self._outbox_cv:
+            self._ids.extend(int(r[0]) for r in rows)
+
+    def _write_loop(self) -> None:
+        delay = 0.1
+        while True:
+            with self._outbox_cv:
+                while not self._outbox and not self._closing:
+                    self._outbox_cv.wait()
+                if not self._outbox:
+                    return
+                batch = list(self._outbox)
+                self._outbox.clear()
+                self._in_flight = len(batch)
+            try:
+                self._commit_jobs(batch)
+            except Exception as exc:  # noqa: BLE001 - the database is away: keep, retry
+                self.write_errors += 1
+                with self._outbox_cv:
+                    self._outbox.extendleft(reversed(batch))
+                    self._in_flight = 0
+                    closing = self._closing
+                log.warning("job queue: %d job(s) not committed yet (%s: %s); retrying in "
+                            "%.1f s", len(batch), type(exc).__name__, exc, delay)
+                if closing and delay >= 2.0:
+                    log.error("job queue: closing with %d job(s) not committed",
+                              len(self._outbox))
+                    return
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            delay = 0.1
+            with self._outbox_cv:
+                self._in_flight = 0
+                self._outbox_cv.notify_all()
+            self._enqueued()
+            if len(self._ids) < ID_RESERVE // 2:
+                try:
+                    self._take_ids()
+                except Exception as exc:  # noqa: BLE001 - jobs queue without ids meanwhile
+                    log.warning("job queue: no job ids taken ahead: %s", exc)
+
+    def _commit_jobs(self, batch: list[tuple[int | None, NewJob]]) -> None:
+        """One transaction for the batch; a job the database refuses (its data, not the
+        connection) is found by committing one at a time, logged and dropped."""
+        try:
+            self._transact(lambda x: self._put_all(x, batch))
+            return
+        except _REFUSED as exc:  # the data's fault, not the connection's: sort it out below
+            if len(batch) == 1:
+                log.error("job queue: job %s for %s %s dropped, the database refuses it: %s",
+                          batch[0][0], batch[0][1].switch, batch[0][1].port, exc)
+                return
+        for one in batch:
+            self._commit_jobs([one])
 
     @contextmanager
     def _tx(self) -> Iterator[Exec]:
