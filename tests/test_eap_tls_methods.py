@@ -163,6 +163,30 @@ def test_tls_garbage_rejected_not_raised(lab: Lab) -> None:
     assert service.live == 0
 
 
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_forged_record_inside_the_tunnel_rejected_not_raised(lab: Lab, version: str) -> None:
+    # Once the handshake is done, records are read straight from OpenSSL: an application
+    # record that fails its AEAD check must end the conversation with a TLS reason.
+    from tests.test_eap_peer import Conversation, identity, nak, response
+
+    service = lab.service()
+    peer = TlsPeer(lab, "peap", version=version)
+    conv = Conversation(service)
+    res = conv.send(identity(1, "anonymous"))
+    req = packet.parse(res.eap or b"")
+    res = conv.send(nak(req.identifier, packet.PEAP)) if req.type != packet.PEAP else res
+    while not peer.established:
+        req = packet.parse(res.eap or b"")
+        res = conv.send(response(req.identifier, packet.PEAP, peer.respond(req.data)))
+        assert res.action == "challenge"
+    req = packet.parse(res.eap or b"")
+    forged = b"\x17\x03\x03\x00\x30" + bytes(range(48))  # application data, bad tag
+    res = conv.send(response(req.identifier, packet.PEAP, b"\x00" + forged))
+    assert res.action == "reject"
+    assert res.reason.startswith("TLS: "), res.reason
+    assert service.live == 0
+
+
 def test_fragment_flood_beyond_limit_fails(lab: Lab) -> None:
     from tests.test_eap_peer import Conversation, identity, nak, response
 
