@@ -584,6 +584,10 @@ class VendorAttribute(Attribute):
     data: Any
     vendor: int = DEFAULT_VENDOR_ID
     noskip: bool = field(default=False, kw_only=True)
+    # PACKAGES_COMPACT as received: the deflated value, ~7 bytes a package where `data` holds
+    # ~600 in Python objects. A server may keep it to rebuild the inventory later
+    # (from_wire) instead of asking the host to send it again.
+    wire: bytes | None = field(default=None, kw_only=True, compare=False, repr=False)
 
     @property
     def vendor_id(self) -> int:
@@ -592,6 +596,12 @@ class VendorAttribute(Attribute):
     @property
     def attr_type(self) -> int:
         return self.kind
+
+    @classmethod
+    def from_wire(cls, kind: int, value: bytes,
+                  vendor: int = DEFAULT_VENDOR_ID) -> VendorAttribute:
+        """Decode a value kept from `wire` again (the same bounds and checks)."""
+        return cls.decode_json(kind, vendor, _Reader(value))
 
     def encode_value(self) -> bytes:
         if self.kind == VendorAttrType.PACKAGES_COMPACT:
@@ -618,7 +628,7 @@ class VendorAttribute(Attribute):
                              f"{bound} bytes, or trailing data", refuse=True)
         if kind == VendorAttrType.PACKAGES_COMPACT:
             try:
-                return cls(kind, packages_compact.decode(raw), vendor)
+                return cls(kind, packages_compact.decode(raw), vendor, wire=bytes(r.data))
             except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
                 raise r.fail(f"vendor attribute {kind}: {exc}") from exc
         try:

@@ -17,6 +17,15 @@ digest-only document: whoever stores postures for re-evaluation must keep the la
 one (digest_only documents carry no section). Without digest_first agents send the whole
 posture with their certificate, and a digest-only document is always answered with a
 request for it.
+
+Posture memory: when the certificate is not relied on only because time, feeds or policy
+moved (every feed sync does that to every host's certificate), the host's posture often has
+not changed. The method keeps, per authenticated identity and stated posture digest, the
+last whole posture that identity reported in its tunnel (the inventory as its deflated
+compact attribute, ~7 bytes a package), and a digest-only document that names one of them is
+judged on it afresh: a new evaluation and a new certificate, without the ~20 EAP round trips
+of the inventory. A digest it does not know (another worker, evicted, changed posture) is
+asked for as before. Only our own agent's documents, which state their digest, are kept.
 """
 
 from __future__ import annotations
@@ -25,9 +34,12 @@ from collections.abc import Callable
 from typing import Any
 
 from eap_ext.tnc.eap_method import EapTncServer
+from eap_ext.tnc.errors import PaTncCodecError
+from eap_ext.tnc.pa_tnc import VendorAttribute, VendorAttrType
 from eap_ext.tnc.posture_attrs import is_digest_only
 from eap_ext.tnc.session import ImvSession
 from nac.eap.methods.base import Method, MethodEnv, Outcome, Step, fail, request
+from nac.posture.digest import stated_digest
 
 EAP_TNC = 38
 # Our EAP-TNC messages go unfragmented: inside the tunnel the TTLS/PEAP layer already cuts
@@ -44,17 +56,81 @@ Verdict = tuple[str, int, list[str], "bytes | None"]
 PostureJudge = Callable[[dict[str, Any], Outcome], Verdict]
 
 
+# Whole postures kept per worker process (see "Posture memory" above): ~10-20 kB each.
+MEMORY_ENTRIES = 4096
+MEMORY_BYTES = 64 << 20
+
+
+class PostureMemory:
+    """(identity, stated digest) -> (posture without packages, deflated compact inventory),
+    bounded by entries and bytes; the least recently used go first."""
+
+    def __init__(self, entries: int = MEMORY_ENTRIES, max_bytes: int = MEMORY_BYTES) -> None:
+        self.entries = entries
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._items: dict[tuple[str, str], tuple[dict[str, Any], bytes]] = {}
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, identity: str, doc: dict[str, Any], attrs: list[Any]) -> None:
+        """Keep `doc` if our agent's compact inventory carried its package list."""
+        digest = stated_digest(doc)
+        if digest is None or is_digest_only(doc):
+            return
+        packages = doc.get("packages")
+        wire = next((a.wire for a in attrs if isinstance(a, VendorAttribute)
+                     and a.kind == VendorAttrType.PACKAGES_COMPACT and a.data is packages), None)
+        if wire is None:
+            return
+        rest = {k: v for k, v in doc.items() if k != "packages"}
+        rest["certificate"] = None  # the one it held then; the next one travels anyway
+        key = (identity, digest)
+        self._drop(key)
+        self._items[key] = (rest, wire)
+        self.size += len(wire)
+        while self._items and (len(self._items) > self.entries or self.size > self.max_bytes):
+            self._drop(next(iter(self._items)))
+
+    def get(self, identity: str, digest: str | None,
+            vendor_id: int) -> dict[str, Any] | None:
+        """The whole posture `identity` reported with this digest, rebuilt; None if unknown."""
+        item = self._items.pop((identity, digest), None) if digest else None
+        if item is None:
+            self.misses += 1
+            return None
+        self._items[(identity, digest)] = item  # most recently used last
+        rest, wire = item
+        try:
+            attr = VendorAttribute.from_wire(VendorAttrType.PACKAGES_COMPACT, wire, vendor_id)
+        except PaTncCodecError:  # it decoded once: cannot happen, but never trust it
+            self._drop((identity, digest))
+            self.misses += 1
+            return None
+        self.hits += 1
+        return {**rest, "packages": attr.data}
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.size -= len(old[1])
+
+
 class TncMethod(Method):
     name = "tnc"
     type = EAP_TNC
 
     def __init__(self, env: MethodEnv, outcome: Outcome, judge: PostureJudge, *,
-                 digest_first: bool = False) -> None:
+                 digest_first: bool = False, memory: PostureMemory | None = None) -> None:
         super().__init__(env)
         self.outcome = outcome
         self.judge = judge
         self.digest_first = digest_first
+        self.memory = memory
         self._certified: Verdict | None = None  # the verdict a certificate carried
+        self._remembered: dict[str, Any] | None = None  # the whole posture a digest named
         imv = ImvSession(self._evaluate, identity=outcome.identity,
                          want_full_posture=self._want_full_posture, digest_first=digest_first)
         self.server = EapTncServer(imv, max_fragment=INNER_FRAGMENT)
@@ -68,13 +144,23 @@ class TncMethod(Method):
         if verdict[3] is None:
             self._certified = verdict
             return False
-        return True  # not relied on: ask for the inventory and judge that
+        if self.memory is not None:  # not relied on, but the posture may be one we know
+            self._remembered = self.memory.get(self.outcome.identity, stated_digest(doc),
+                                               self.server.imv.vendor_id)
+            if self._remembered is not None:
+                return False
+        return True  # ask for the inventory and judge that
 
     def _evaluate(self, doc: dict[str, Any], _identity: str | None) -> Verdict:
+        if self._remembered is not None and is_digest_only(doc):
+            return self.judge(self._remembered, self.outcome)
         if is_digest_only(doc):
             # still digest-only after our request: no inventory, nothing to certify
             return self._certified or ("none", 3, [], None)
-        return self.judge(doc, self.outcome)
+        verdict = self.judge(doc, self.outcome)
+        if self.memory is not None:
+            self.memory.put(self.outcome.identity, doc, self.server.imv.attributes)
+        return verdict
 
     def start(self, ident: int) -> bytes:
         return self.server.start()
@@ -85,18 +171,26 @@ class TncMethod(Method):
             return request(st.data)
         doc = self.server.imv.document
         if st.kind == "success" and doc is not None:
-            if is_digest_only(doc) and self._certified is None:
+            if is_digest_only(doc) and self._remembered is not None:
+                doc = self._remembered  # what was judged: the Access-Accept decides on it
+            elif is_digest_only(doc) and self._certified is None:
                 return fail("digest-only posture without a certificate the server relies on")
             self.posture = doc
             return Step("success", outcome=self.outcome)
         return fail(st.reason or "posture handshake failed")
 
 
-def tnc_posture(judge: PostureJudge, *, digest_first: bool = False
+def tnc_posture(judge: PostureJudge, *, digest_first: bool = False,
+                memory: PostureMemory | None = None
                 ) -> Callable[[MethodEnv, Outcome], Method | None]:
-    """A PostureFactory for EapService: run EAP-TNC after every tunnel authentication."""
+    """A PostureFactory for EapService: run EAP-TNC after every tunnel authentication. With
+    digest_first, whole postures are remembered (one PostureMemory per factory unless one
+    is given) so that an unchanged host whose certificate expired or whose feeds changed
+    is judged again without sending its inventory."""
+    if memory is None and digest_first:
+        memory = PostureMemory()
 
     def factory(env: MethodEnv, outcome: Outcome) -> Method | None:
-        return TncMethod(env, outcome, judge, digest_first=digest_first)
+        return TncMethod(env, outcome, judge, digest_first=digest_first, memory=memory)
 
     return factory
