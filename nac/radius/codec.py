@@ -388,15 +388,15 @@ def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes
 
 def unhide_password(hidden: bytes, secret: bytes, authenticator: bytes) -> bytes | None:
     """Inverse of hide_password; None when the length is not a multiple of 16 (max 128)."""
-    if not hidden or len(hidden) % 16 or len(hidden) > 128:
+    n = len(hidden)
+    if not hidden or n % 16 or n > 128:
         return None
-    out = []
-    prev = authenticator
-    for i in range(0, len(hidden), 16):
-        chunk = hidden[i : i + 16]
-        out.append(_xor(chunk, _md5(secret + prev).digest()))
-        prev = chunk
-    return b"".join(out).rstrip(b"\x00")
+    # The key stream at once (block i is keyed by ciphertext block i-1), then one XOR of
+    # the whole value as integers: every PAP request passes here.
+    stream = _md5(secret + authenticator).digest()
+    if n > 16:
+        stream += b"".join([_md5(secret + hidden[i - 16 : i]).digest() for i in range(16, n, 16)])
+    return (int.from_bytes(hidden) ^ int.from_bytes(stream)).to_bytes(n).rstrip(b"\x00")
 
 
 def mppe_key_attr(

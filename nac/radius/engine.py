@@ -90,7 +90,7 @@ class Engine:
         # One scrypt per distinct credentials in flight: a burst of the same login after a
         # start (or a cache expiry) waits for the first check instead of repeating it.
         self._pap_inflight: dict[tuple[str, bytes, str | None], Future[bool]] = {}
-        self._pap_key = os.urandom(32)
+        self._pap_tagger = hashlib.blake2b(key=os.urandom(32), digest_size=32)
         self._nas_info: Any = None
         if eap is not None:
             from nac.eap.service import NasInfo  # the EAP package is optional
@@ -328,7 +328,9 @@ class Engine:
             return self._reject(pkt, client, REJECT_MESSAGE)
         # A keyed hash names verified credentials in the cache (no password kept);
         # BLAKE2b costs a third of HMAC-SHA256 here.
-        tag = hashlib.blake2b(password, key=self._pap_key, digest_size=32).digest()
+        tagger = self._pap_tagger.copy()  # keyed once: a copy skips the key block
+        tagger.update(password)
+        tag = tagger.digest()
         hit = self._pap_ok.get((user, tag))
         if hit is not None and hit[0] == account.password_hash and now - hit[1] < PAP_CACHE_TTL:
             return self._pap_done(True, pkt, client, host, account, mac, (user, tag), now)
