@@ -185,8 +185,27 @@ class FleetCache:
         for e in dirty:
             e.dirty = False
 
+    def touch(self, rows: list[tuple[float | None, float | None, str, str]]) -> list[str]:
+        """Re-date entries whose posture is unchanged: rows (posture_at, last_seen, mac,
+        stated digest). Only a row still holding a posture with that digest moves (another
+        process may have replaced it meanwhile); returns the MACs that did not."""
+        missed = []
+        with self.conn:
+            for row in rows:
+                cur = self.conn.execute(
+                    "UPDATE fleet_postures SET posture_at = ?, last_seen = ? WHERE mac = ? "
+                    "AND json_extract(rest, '$.stated_digest') = ?", row)
+                if cur.rowcount != 1:
+                    missed.append(row[2])
+        return missed
+
     def close(self) -> None:
         self.conn.close()
+
+
+def _stated(posture: dict[str, Any]) -> str | None:
+    digest = posture.get("stated_digest")
+    return digest if isinstance(digest, str) and len(digest) == 64 else None
 
 
 class FleetIntake:
@@ -209,6 +228,11 @@ class FleetIntake:
         self._thread: threading.Thread | None = None
         self.written = 0
         self.dropped = 0
+        self.touched = 0
+        # mac -> (stated digest, soft rule digests) of the entry this intake last wrote:
+        # a host that reports the same posture again (its certificate went stale with a
+        # feed change, or it leads with no certificate) needs a new date, not a compile
+        self._written: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     def observe(self, mac: str, posture: dict[str, Any], at: float,
                 soft_rules: list[tuple[str, Any]] | None = None) -> None:
@@ -242,11 +266,31 @@ class FleetIntake:
                 if fleet is None:
                     fleet = FleetCache(self.db_path)
                 batch: dict[str, Entry] = {}
-                while self._pending and len(batch) < 1000:
+                same: dict[str, tuple[float, float, str, str]] = {}
+                todo: dict[str, tuple[dict[str, Any], float, list[tuple[str, Any]]]] = {}
+                while self._pending and len(batch) + len(same) < 1000:
                     mac, posture, at, soft_rules = self._pending.popleft()
+                    digest = _stated(posture)
+                    key = (digest, tuple(d for d, _ in soft_rules))
+                    todo[mac] = (posture, at, soft_rules)
+                    if digest is not None and self._written.get(mac) == key:
+                        same[mac] = (at, at, mac, digest)
+                        batch.pop(mac, None)
+                    else:
+                        same.pop(mac, None)
+                        batch[mac] = fleet.compile(mac, posture, at, at, soft_rules)
+                for mac in fleet.touch(list(same.values())):
+                    posture, at, soft_rules = todo[mac]
                     batch[mac] = fleet.compile(mac, posture, at, at, soft_rules)
+                self.touched += len(same) - len(set(same) & set(batch))
                 fleet.save(batch.values())
                 self.written += len(batch)
+                if len(self._written) > 200_000:
+                    self._written.clear()
+                for mac in batch:
+                    digest = _stated(todo[mac][0])
+                    if digest is not None:
+                        self._written[mac] = (digest, tuple(d for d, _ in todo[mac][2]))
             except Exception:  # the re-evaluation falls back to the store: log, go on
                 log.exception("fleet intake: could not write compiled postures")
                 if fleet is not None:
