@@ -2,7 +2,7 @@
 host inventory of N packages, against FreeRADIUS's PEAP-MSCHAPv2 without posture, same run.
 
     python3 bench/posture.py [-n 40] [--packages 1500] [--parallel 4] [--rounds 3]
-                             [--rsa] [--cases first,certificate,plain,freeradius]
+                             [--rsa] [--cases first,certificate,feeds,plain,freeradius]
                              [--profile FILE [--profile-gil] [--profile-case C]]
 
 eapol_test loads our IMC plug-in (private mount namespace, overlay /etc with its own
@@ -15,7 +15,11 @@ reported:
                              host has (a new inventory, as a new host brings)
     posture, certificate     the agent holds a certificate: with digest_first servers it
                              leads with certificate + digest (no inventory), else the
-                             certificate goes along with the posture (decision reused)
+                             certificate goes along with the posture (decision reused);
+                             each station is its own host (one package version its own)
+    certificate, feeds changed  the same stations right after a feed sync (the epoch
+                             bumped): no certificate holds; a server that remembers the
+                             posture a digest names judges it again without the inventory
     ttls, no agent           the same TTLS/EAP-MSCHAPv2 with an empty tnc_config (the
                              peer NAKs EAP-TNC): what the tunnel alone costs
     freeradius peap          FreeRADIUS 3.2 PEAP-MSCHAPv2, TLS 1.2, no posture, the same
@@ -203,9 +207,9 @@ def main() -> int:
     ap.add_argument("--profile-gil", action="store_true", help="sample GIL holders only")
     ap.add_argument("--profile-case", default="posture, first contact",
                     help="the case sampled (its first round)")
-    ap.add_argument("--cases", default="first,certificate,plain,freeradius",
-                    help="which cases to run, comma-separated (first, certificate, plain, "
-                         "freeradius)")
+    ap.add_argument("--cases", default="first,certificate,feeds,plain,freeradius",
+                    help="which cases to run, comma-separated (first, certificate, feeds, "
+                         "plain, freeradius)")
     args = ap.parse_args()
     keep = os.environ.get("NAC_BENCH_KEEP")  # a directory to keep logs in, for post-mortems
     ctx = (contextlib.nullcontext(tempfile.mkdtemp(prefix="nac-posture-", dir=keep)) if keep
@@ -252,9 +256,21 @@ def main() -> int:
                     if not keep:
                         shutil.rmtree(host, ignore_errors=True)
 
+            # certified stations: each its own host (its own posture digest) and agent state
+            cert_hosts = {i: host_variant(root, work / f"cert-host-{i}", 1_000_000 + i)
+                          for i in range(1, args.n + 1)}
+
             def certified(i: int) -> bool:  # station i's agent keeps its certificate
                 return ttls_run(work / f"cert-{next(seq)}", work / f"cert-agent-{i}", port,
-                                ca, lib, root, i)
+                                ca, lib, cert_hosts[i], i)
+
+            def feeds_changed() -> None:
+                """A feed sync: every certificate names an old feed epoch from now on."""
+                from nac.prevention import cache as feed_cache
+
+                with feed_cache.opened(state / "nac.db") as conn:
+                    feed_cache.bump_epoch(conn)
+                time.sleep(2.5)  # the server polls the epoch every second
 
             # warm up both servers, and give every certified station its certificate
             first_contact(0)
@@ -270,6 +286,7 @@ def main() -> int:
                 (label, pid, one) for key, label, one in (
                     ("first", "posture, first contact", first_contact),
                     ("certificate", "posture, certificate", certified),
+                    ("feeds", "certificate, feeds changed", certified),
                     ("plain", "ttls, no agent", no_agent)) if key in wanted]
             if fr is not None and "freeradius" in wanted:
                 peap_run(peap_conf, fr.port, 0)
@@ -284,6 +301,8 @@ def main() -> int:
             for rnd in range(args.rounds):
                 for label, server, one in cases:
                     spy = args.profile if label == args.profile_case and rnd == 0 else None
+                    if label == "certificate, feeds changed":
+                        feeds_changed()  # the same stations re-certify: valid next round
                     with py_spy(pid, spy, args.profile_gil):
                         r = measure(server, args.n, args.parallel, one)
                     r["idle_ms_per_conv"] = round(idle[server] * r["wall_s"] / max(r["ok"], 1),
@@ -306,7 +325,8 @@ def main() -> int:
                               r["idle_ms_per_conv"] for r in rs),
                           "ok": sum(r["ok"] for r in rs), "of": sum(r["n"] for r in rs)}
     fr_med = summary.get("freeradius peap", {}).get("median_cpu_ms_per_conv")
-    for label in ("posture, first contact", "posture, certificate"):
+    for label in ("posture, first contact", "posture, certificate",
+                  "certificate, feeds changed"):
         ours = summary.get(label, {}).get("median_cpu_ms_per_conv")
         if fr_med and ours:
             summary[label]["vs_freeradius"] = round(fr_med / ours, 3)  # target >= 0.8
