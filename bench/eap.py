@@ -20,7 +20,10 @@ server CPU-second (above 1: nac is cheaper).
 FreeRADIUS sends the same certificate as nac (auto_chain = no; --fr-auto-chain for its
 default, which appends the CA); its TLS session cache is off (its default) unless --fr-cache
 or --reauth. Before the rounds, one verbose conversation per case and server counts the round
-trips (Access-Challenges) and reads the key exchange group and cipher suite.
+trips (Access-Challenges) and reads the key exchange group and cipher suite; a second one from
+the same station counts them again (nac offers a station the method it last succeeded with).
+Each case has its own stations (Calling-Station-Id), the same in every round, as stations
+re-authenticating: round 0 is their first contact, the later rounds are re-authentications.
 """
 
 from __future__ import annotations
@@ -291,10 +294,10 @@ def one(port: int, path: Path, reauth: int = 0, i: int = 0) -> bool:
 GROUPS = {0x1D: "X25519", 0x17: "P-256", 0x18: "P-384", 0x19: "P-521", 0x1E: "X448"}
 
 
-def anatomy(port: int, path: Path, reauth: int) -> dict[str, object]:
+def anatomy(port: int, path: Path, reauth: int, station: int) -> dict[str, object]:
     """One verbose conversation (and its re-authentications): round trips and what TLS
     negotiated, read from eapol_test's debug output."""
-    out = eapol(port, path, reauth, 0xFFFFFF, capture=True).stdout
+    out = eapol(port, path, reauth, station, capture=True).stdout
     flights = [int(n) for n in re.findall(
         r"RADIUS message: code=11 \(Access-Challenge\) identifier=\d+ length=(\d+)", out)]
     info: dict[str, object] = {
@@ -315,11 +318,11 @@ def anatomy(port: int, path: Path, reauth: int) -> dict[str, object]:
     return info
 
 
-def measure(server: Server, path: Path, n: int, parallel: int,
-            reauth: int = 0) -> dict[str, float]:
+def measure(server: Server, path: Path, n: int, parallel: int, reauth: int = 0,
+            stations: int = 0) -> dict[str, float]:
     cpu0, t0 = server.cpu(), time.monotonic()
     with ThreadPoolExecutor(parallel) as pool:
-        ok = sum(pool.map(lambda i: one(server.port, path, reauth, i), range(n)))
+        ok = sum(pool.map(lambda i: one(server.port, path, reauth, stations + i), range(n)))
     wall, cpu = time.monotonic() - t0, server.cpu() - cpu0
     convs = n * (1 + reauth)
     return {"n": n, "ok": ok, "conversations": convs, "wall_s": round(wall, 2),
@@ -327,12 +330,18 @@ def measure(server: Server, path: Path, n: int, parallel: int,
             "cpu_ms_per_conv": round(1000 * cpu / convs, 3)}
 
 
-def warm(server: Server, path: Path, parallel: int) -> None:
+def warm(server: Server, path: Path, parallel: int, stations: int = 0xFF0000) -> None:
     # Outside the measurement: imports, caches, and nac's password memo (one scrypt per
     # worker, as FreeRADIUS's cleartext password needs none), with as many conversations
-    # in flight as measured so that every worker gets some.
+    # in flight as measured so that every worker gets some. Stations of their own.
     with ThreadPoolExecutor(parallel) as pool:
-        list(pool.map(lambda i: one(server.port, path, 0, 0xFFF000 + i), range(2 * parallel)))
+        list(pool.map(lambda i: one(server.port, path, 0, stations + 0xF000 + i),
+                      range(2 * parallel)))
+
+
+def station_base(case: int) -> int:
+    """First station number (Calling-Station-Id 02:00:00:xx:xx:xx) of a case."""
+    return (case + 1) << 16
 
 
 def median(rows: list[dict], key: str) -> float | None:
@@ -387,24 +396,31 @@ def main() -> None:
                 n = args.workers if (kind == "nac" and args.workers) else args.threads
                 servers[kind] = Server(kind, work, state, n, fr_cache=fr_cache,
                                        fr_auto_chain=args.fr_auto_chain)
-            for method, tls in cases:
+            for c, (method, tls) in enumerate(cases):
                 path = conf(work, method, tls, ca)
                 for kind, server in servers.items():
-                    warm(server, path, args.p)
-                    a = anatomy(server.port, path, args.reauth)
+                    warm(server, path, args.p, station_base(c))
+                    # The same station twice: nac offers a station the method it last
+                    # succeeded with, so a known TTLS station skips the NAK of PEAP.
+                    a = anatomy(server.port, path, args.reauth, station_base(c) + 0xFFFF)
+                    again = anatomy(server.port, path, args.reauth, station_base(c) + 0xFFFF)
+                    a["round_trips_known_station"] = again["round_trips"]
                     anatomies[f"{kind} {method} {tls}"] = a
                     print(f"{kind:10} {method:14} TLS {tls}: {a['round_trips']} round trips "
-                          f"for {a['conversations']} conversation(s), {a['resumed']} resumed, "
+                          f"({again['round_trips']} for the same station again) for "
+                          f"{a['conversations']} conversation(s), {a['resumed']} resumed, "
                           f"{a['tickets']} tickets, group {a['group']}, suite {a['suite']}"
-                          + ("" if a["ok"] else "  (FAILED)"), flush=True)
+                          + ("" if a["ok"] and again["ok"] else "  (FAILED)"), flush=True)
             for rnd in range(args.rounds):
                 order = list(servers.items())
                 if rnd % 2:
                     order.reverse()
-                for method, tls in cases:
+                for c, (method, tls) in enumerate(cases):
                     path = conf(work, method, tls, ca)
                     for kind, server in order:
-                        r = measure(server, path, args.n, args.p, args.reauth)
+                        # Each case has its own stations, the same ones every round: a
+                        # station re-authenticates with the method it used before.
+                        r = measure(server, path, args.n, args.p, args.reauth, station_base(c))
                         r.update(server=kind, method=method, tls=tls, round=rnd)
                         rows.append(r)
                         print(f"round {rnd} {kind:10} {method:14} TLS {tls}: {r['ok']}/{r['n']} "
@@ -423,7 +439,8 @@ def main() -> None:
                            "runs": [r["cpu_ms_per_conv"] for r in mine],
                            "failed": sum(r["n"] - r["ok"] for r in mine),
                            **{k: anatomies.get(f"{kind} {method} {tls}", {}).get(k)
-                              for k in ("round_trips", "group", "suite", "tickets")}}
+                              for k in ("round_trips", "round_trips_known_station", "group",
+                                        "suite", "tickets")}}
         fr, ours = entry.get("freeradius"), entry.get("nac")
         if isinstance(fr, dict) and isinstance(ours, dict) and ours["cpu_ms_per_conv"]:
             # Conversations per server CPU-second, nac over FreeRADIUS: the issue's target.

@@ -50,6 +50,54 @@ def test_md5_via_nak_accepts(lab: Lab) -> None:
     assert packet.parse(res.eap or b"") == packet.EapPacket(packet.SUCCESS, req.identifier)
 
 
+def _first_proposal(svc: EapService, nas: NasInfo) -> tuple[Conversation, packet.EapPacket]:
+    conv = Conversation(svc, nas=nas)
+    return conv, packet.parse(conv.send(identity(3, "demo")).eap or b"")
+
+
+def _md5_via_nak(svc: EapService, nas: NasInfo, secret: str = PASSWORD) -> str:
+    conv, req = _first_proposal(svc, nas)
+    if req.type != packet.MD5:
+        req = packet.parse(conv.send(nak(req.identifier, packet.MD5)).eap or b"")
+    return conv.send(md5_answer(req, secret)).action
+
+
+def test_station_is_offered_the_method_it_last_succeeded_with(lab: Lab) -> None:
+    svc = lab.service()
+    station = NasInfo("127.0.0.1", None, "generic", "02-00-00-00-00-01", None)
+    same = NasInfo("127.0.0.1", None, "generic", "02:00:00:00:00:01", None)  # other spelling
+    other = NasInfo("127.0.0.1", None, "generic", "02-00-00-00-00-02", None)
+    assert _first_proposal(svc, station)[1].type == packet.PEAP  # nothing known yet
+    assert _md5_via_nak(svc, station, "wrong") == "reject"
+    assert _first_proposal(svc, station)[1].type == packet.PEAP  # a failure teaches nothing
+    assert _md5_via_nak(svc, station) == "accept"
+    conv, req = _first_proposal(svc, same)
+    assert req.type == packet.MD5  # no NAK round this time
+    assert conv.send(md5_answer(req, PASSWORD)).action == "accept"
+    assert _first_proposal(svc, other)[1].type == packet.PEAP
+    # A remembered method no longer allowed is not offered; the station can still NAK.
+    assert _first_proposal(lab.service(methods=["peap", "ttls"]), station)[1].type == \
+        packet.PEAP
+    # Off: every conversation starts with the default proposal.
+    off = lab.service(remember_station_method=False)
+    assert _md5_via_nak(off, station) == "accept"
+    assert _first_proposal(off, station)[1].type == packet.PEAP
+
+
+def test_station_memory_is_bounded(lab: Lab) -> None:
+    svc = lab.service(max_conversations=4)
+    stations = [NasInfo("127.0.0.1", None, "generic", f"02-00-00-00-01-{i:02x}", None)
+                for i in range(6)]
+    for nas in stations:
+        assert _md5_via_nak(svc, nas) == "accept"
+    offered = []
+    for nas in stations:
+        offered.append(_first_proposal(svc, nas)[1].type)
+        svc.expire(5000.0)  # end it: live conversations share the bound
+    # The two oldest were forgotten, the four newest are still offered MD5 first.
+    assert offered == [packet.PEAP] * 2 + [packet.MD5] * 4
+
+
 def test_md5_wrong_password_and_unknown_user(lab: Lab) -> None:
     for who, secret in (("demo", "wrong"), ("nobody", PASSWORD)):
         conv = Conversation(lab.service(default_method="md5"))

@@ -43,6 +43,9 @@ class EapConfig(BaseModel):
     # fails instead of NAKing) is authenticated without posture for this long.
     posture_fallback_seconds: float = Field(3600.0, ge=0)
     server_name: str = "nac"  # MSCHAPv2 authenticator name
+    # Offer a station (Calling-Station-Id) the outer method it last succeeded with first:
+    # a TTLS station then skips the round trip that NAKs the default PEAP proposal.
+    remember_station_method: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> EapConfig:

@@ -120,6 +120,9 @@ class EapService:
         # and stations to authenticate without posture until the given time.
         self._awaiting: dict[str, bytes] = {}
         self._no_posture: dict[str, float] = {}
+        # The outer method each station last succeeded with, when not the default: its next
+        # conversation is offered that method first instead of a proposal it would NAK.
+        self._station_method: dict[str, str] = {}
         # Set by a caller that runs rounds on its event loop: a password the memo does not
         # know then comes back as an EapResult("slow") instead of hashing here.
         self.defer_slow = False
@@ -284,6 +287,10 @@ class EapService:
             return self._end(conv, pkt.identifier, Step("failure", reason="no EAP method allowed"))
         default = self.config.default_method
         first = default if default in conv.allowed else conv.allowed[0]
+        if conv.station is not None and self.config.remember_station_method:
+            known = self._station_method.get(conv.station)
+            if known is not None and known in conv.allowed:
+                first = known
         return self._start(conv, first, pkt.identifier)
 
     def _nak(self, conv: _Conversation, pkt: packet.EapPacket) -> EapResult:
@@ -371,6 +378,8 @@ class EapService:
             if conv.station is not None and conv.station in self._no_posture:
                 # Still without an agent: renew, or every re-authentication would fail once.
                 self._no_posture[conv.station] = self._now + self.config.posture_fallback_seconds
+            if conv.station is not None and conv.method is not None:
+                self._note_method(conv.station, conv.method.name)
             return EapResult(
                 "accept",
                 packet.success(resp_id),
@@ -392,6 +401,15 @@ class EapService:
             reason=step.reason or "authentication failed",
             outer_identity=outer,
         )
+
+    def _note_method(self, station: str, method: str) -> None:
+        known = self._station_method.pop(station, None)
+        if method == self.config.default_method:
+            return  # the default is proposed anyway
+        if known is None:
+            while len(self._station_method) >= self.config.max_conversations:
+                del self._station_method[next(iter(self._station_method))]
+        self._station_method[station] = method  # newest last: the oldest go first
 
     def _check_password(self, account: Account, password: str) -> bool | Slow:
         key = (account.name, account.password_hash or "")
