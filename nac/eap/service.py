@@ -491,6 +491,7 @@ def config_from_settings(settings: object, pki: object | None = None) -> EapConf
         "realm_methods",
         "nas_group_methods",
         "server_name",
+        "remember_station_method",
     ):
         v = g(settings, key, None)
         if v is not None:
