@@ -268,9 +268,10 @@ def main() -> int:
                 """A feed sync: every certificate names an old feed epoch from now on."""
                 from nac.prevention import cache as feed_cache
 
-                with feed_cache.opened(state / "nac.db") as conn:
-                    feed_cache.bump_epoch(conn)
+                with feed_cache.opened(state / "nac.db") as conn, conn:  # commits
+                    epoch = feed_cache.bump_epoch(conn)
                 time.sleep(2.5)  # the server polls the epoch every second
+                print(f"feed epoch now {epoch}", flush=True)
 
             # warm up both servers, and give every certified station its certificate
             first_contact(0)
