@@ -23,3 +23,30 @@ def test_refused_record_does_not_stall_the_batch(tmp_path: Path) -> None:
     st.flush()
     assert st.count_decisions() == 3  # the writer is still alive
     st.close()
+
+
+def test_plain_decisions_give_the_rows_of_rows_py() -> None:
+    """The writer's shortcut for decisions without posture writes exactly the rows that
+    nac/store/rows.py defines for both backends (and is in use: it still agrees)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from nac.store import sqlite as s
+    from nac.store.rows import decision_row, node_row
+
+    assert s._PLAIN_ROWS_OK
+    text = st.none() | st.text(max_size=8)
+    records = st.builds(
+        DecisionRecord, at=st.floats(0, 2e9), mac=st.text(min_size=1, max_size=17),
+        segment=st.text(max_size=10), vlan=st.integers(0, 4094), source=st.text(max_size=8),
+        reasons=st.lists(st.text(max_size=20), max_size=3).map(tuple),
+        remediation=st.lists(st.text(max_size=20), max_size=2).map(tuple),
+        identity=text, nas=text, nas_port=text, method=text, role=text, nas_port_id=text,
+        nas_port_number=st.none() | st.integers(0, 2**32 - 1))
+
+    @given(records)
+    @settings(max_examples=200, deadline=None)
+    def check(rec: DecisionRecord) -> None:
+        assert s._plain_rows(s._as_tuple("decision", rec)) == (decision_row(rec), node_row(rec))
+
+    check()

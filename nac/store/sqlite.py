@@ -25,7 +25,7 @@ from typing import Any
 from nac.events import AccountingRecord, DecisionRecord
 from nac.store.migrations import latest, migrate_sqlite
 from nac.store.queries import ReadQueries
-from nac.store.rows import decision_row, encode_posture, put_node, session_row
+from nac.store.rows import decision_row, encode_posture, json_list, node_row, put_node, session_row
 
 log = logging.getLogger("nac.store")
 
@@ -421,14 +421,48 @@ def _insert(conn: sqlite3.Connection, sql: str, rows: list[tuple[object, ...]]) 
             i = j + size
 
 
+def _plain_rows(item: tuple[Any, ...]) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """(decision row, node row) of a decision without posture, straight from its tuple:
+    the same rows as rows.decision_row/node_row (checked below at import, and by a test),
+    without rebuilding the DecisionRecord: about 0.9 of the writer's ~9 us per record."""
+    (_, at, mac, segment, vlan, source, reasons, remediation, identity, nas, nas_port, method,
+     role, _posture, _port_id, _port_number) = item
+    return ((at, mac, identity, role, nas, nas_port, method, source, segment, vlan,
+             json_list(reasons), json_list(remediation)),
+            (mac, at, at, segment, vlan, "; ".join(reasons), identity, role, nas, nas_port))
+
+
+def _plain_rows_agree() -> bool:
+    """Whether _plain_rows still matches the record's fields and rows.py's columns (a
+    field added to DecisionRecord, a column moved): if not, every record takes the
+    general path, slower but right."""
+    sample = DecisionRecord(*(f"v{i}" if i not in (5, 6) else (f"r{i}", f"s{i}")
+                              for i in range(len(dataclasses.fields(DecisionRecord)))))
+    sample.posture = None
+    try:
+        got = _plain_rows(_as_tuple("decision", sample))
+    except ValueError:
+        return False
+    return got == (decision_row(sample), node_row(sample))
+
+
+_PLAIN_ROWS_OK = _plain_rows_agree()
+
+
 def _commit(conn: sqlite3.Connection, batch: list[tuple[object, ...]]) -> None:
     decisions = []
     nodes: dict[str, tuple[object, ...]] = {}  # one upsert per MAC per batch
     postures: dict[str, tuple[object, ...]] = {}
     accts = []
     touches = []
+    plain = _PLAIN_ROWS_OK
     for item in batch:
         if item[0] == "decision":
+            if plain and item[_POSTURE_AT + 1] is None and item[2]:
+                decision, node = _plain_rows(item)
+                decisions.append(decision)
+                nodes[item[2]] = node  # type: ignore[index]
+                continue
             d = DecisionRecord(*item[1:])  # type: ignore[arg-type]
             decisions.append(decision_row(d))
             if d.mac:
