@@ -78,9 +78,16 @@ def measure(pid: int, run: Callable[[], dict], warm: Callable[[], dict] | None =
         print(f"  warm-up: {w['received']}/{w['sent']} answered, {w['rps']:.0f} req/s",
               file=sys.stderr)
     cpu0 = probe.tree_cpu_seconds(pid)
+    parts0 = cpu_by_role(pid)
     drops0 = probe.udp_rcvbuf_errors()
     result = run()
     cpu = probe.tree_cpu_seconds(pid) - cpu0
+    parts = cpu_by_role(pid)
+    if result["received"] and len(parts) > 1:
+        # where nac's CPU per request goes: event-loop worker(s), store writer(s), supervisor
+        result["server_us_per_req"] = {
+            role: round((t - parts0.get(role, 0.0)) / result["received"] * 1e6, 1)
+            for role, t in sorted(parts.items())}
     # system-wide, so other programs count too; but timeouts together with
     # drops mean a socket buffer overflowed rather than a request got lost
     result["udp_rcvbuf_errors"] = probe.udp_rcvbuf_errors() - drops0
@@ -88,6 +95,35 @@ def measure(pid: int, run: Callable[[], dict], warm: Callable[[], dict] | None =
     result["rps_per_cpu"] = round(result["received"] / cpu, 1) if cpu > 0 else None
     result["server_cores"] = round(cpu / result["seconds"], 2) if result["seconds"] else None
     return result
+
+
+def cpu_by_role(pid: int) -> dict[str, float]:
+    """utime+stime (s) of a server tree by role: for nac, "writer" (the SQLite store's
+    writer processes), "worker" (event loops: the process itself with --workers 1, else
+    the pool's) and "supervisor"; any other server is all "server"."""
+    out: dict[str, float] = {}
+    cmds: dict[int, bytes] = {}
+    for p in probe.tree_pids(pid):
+        try:
+            cmds[p] = Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            continue
+    pool = any(b"--worker-id" in cmd for cmd in cmds.values())
+    for p, cmd in cmds.items():
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"nac.cli" not in cmd and b"writer_main" not in cmd:
+            role = "server"
+        elif b"writer_main" in cmd:
+            role = "writer"
+        elif p == pid and pool:
+            role = "supervisor"
+        else:
+            role = "worker"
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / probe.CLK_TCK
+    return out
 
 
 def nac_command(state_dir: Path, auth_port: int, acct_port: int,
@@ -201,7 +237,9 @@ def line(name: str, r: dict) -> str:
             f"p99 {r['p99_ms']:.2f} ms  accepts {r['accepts']}/{r['sent']}  "
             f"timeouts {r['timeouts']} (UDP drops {r['udp_rcvbuf_errors']})  "
             f"server CPU {r['server_cpu_s']:.2f} s "
-            f"({r['rps_per_cpu'] or 0:.0f} req per CPU-s)  radload CPU {r['client_cpu_s']:.2f} s")
+            f"({r['rps_per_cpu'] or 0:.0f} req per CPU-s)  radload CPU {r['client_cpu_s']:.2f} s"
+            + "".join(f"  {role} {us} us/req"
+                      for role, us in r.get("server_us_per_req", {}).items()))
 
 
 def main() -> int:
