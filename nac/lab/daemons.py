@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .netns import IP, run
+from .netns import IP, run, time_scale
 
 HERE = Path(__file__).resolve().parent
 QBRIDGE_PASS = HERE / "qbridge_pass.py"
@@ -35,8 +35,10 @@ def have(*programs: str) -> str | None:
 
 def _wait_tcp(ns: str, host: str, port: int, timeout: float = 10.0) -> None:
     # Probe from inside the namespace so it works even before routes settle outside.
-    deadline = time.monotonic() + timeout
-    probe = (f"import socket; s=socket.create_connection(({host!r}, {port}), 0.5); "
+    scale = time_scale()
+    deadline = time.monotonic() + timeout * scale
+    # sshd sends its banner only after re-executing itself for the connection.
+    probe = (f"import socket; s=socket.create_connection(({host!r}, {port}), {0.5 * scale}); "
              "print(s.recv(64))")
     while time.monotonic() < deadline:
         r = run([sys.executable, "-c", probe], ns=ns, check=False)
@@ -186,9 +188,9 @@ class SnmpServer:
                f"udp:{self.address}:{self.port}"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * time_scale()
         while time.monotonic() < deadline:
-            r = self.snmpget("1.3.6.1.2.1.1.5.0", check=False, timeout=0.5)
+            r = self.snmpget("1.3.6.1.2.1.1.5.0", check=False, timeout=0.5 * time_scale())
             if r.returncode == 0:
                 return
             if self.proc.poll() is not None:
@@ -211,7 +213,8 @@ class SnmpServer:
             auth = ["-v2c", "-c", self.community]
         cmd = [tool, *auth, "-On", *options, "-t", str(timeout), "-r", "1",
                f"udp:{self.address}:{self.port}", *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=30)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env,
+                              timeout=30 * time_scale())
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
         return proc
@@ -282,7 +285,7 @@ class HostapdDas:
                 [IP, "netns", "exec", self.ns, "hostapd", "-dd", conf],
                 stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         # The DAS socket is opened during setup, before the interface is ENABLED.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * time_scale()
         while time.monotonic() < deadline and self.proc.poll() is None:
             if "AP-ENABLED" in log.read_text(errors="replace"):
                 return

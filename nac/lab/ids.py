@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nac.lab import topology as topo
+from nac.lab.netns import time_scale
 from nac.monitor.auth import signed_headers
 
 FORGED_KEY = b"not-the-monitor-key-at-all-000000"
@@ -61,7 +62,7 @@ class HttpsMonitor:
 
     def post(self, body: bytes, hdrs: dict[str, str]) -> str:
         conn = _NamedHttps(self.lab.server_ip, self.lab.monitor_port,
-                                           timeout=10, context=self.ctx)
+                                           timeout=10 * time_scale(), context=self.ctx)
         try:
             conn.request("POST", "/v1/alerts", body=body,
                          headers={**hdrs, "Content-Type": "application/x-ndjson"})

@@ -36,12 +36,24 @@ BRIDGE = shutil.which("bridge") or "/usr/sbin/bridge"
 
 def run(cmd: Sequence[str], ns: str | None = None, check: bool = True,
         timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
-    """Run a command, inside netns ``ns`` if given."""
+    """Run a command, inside netns ``ns`` if given (``timeout`` stretches by time_scale)."""
     full = [IP, "netns", "exec", ns, *cmd] if ns else list(cmd)
-    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout * time_scale())
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(full)} -> {proc.returncode}: {proc.stderr.strip()}")
     return proc
+
+
+def time_scale() -> float:
+    """How many times slower than real hardware the lab runs: NAC_LAB_TIME_SCALE, default 1.
+
+    The test VM (.ci/vm) sets it when it runs under CPU emulation (qemu TCG, some 10-25x
+    slower): the lab's waits for daemons and its time budgets stretch by it, so a check
+    there fails on what happened, not on how fast the emulator was."""
+    try:
+        return max(1.0, float(os.environ.get("NAC_LAB_TIME_SCALE", "1")))
+    except ValueError:
+        return 1.0
 
 
 def can_use_netns() -> bool:

@@ -17,6 +17,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from nac.lab.netns import time_scale
+
 
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
     """Start ``argv`` detached (own session), output appended to ``log``; its pid."""
@@ -27,7 +29,7 @@ def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) 
                                 start_new_session=True)
     # /proc/PID/cmdline reads empty until the new program is mapped; callers identify
     # their processes by it, so return once it shows.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 5 * time_scale()
     while not _cmdline(proc.pid).strip() and time.monotonic() < deadline:
         if proc.poll() is not None:
             break

@@ -49,7 +49,13 @@ class Story:
 
 def wait_until(cond: Callable[[], object], timeout: float, what: str,
                interval: float = 0.02) -> float:
-    """Poll ``cond`` until true; the seconds it took. Raises ScenarioFailed on timeout."""
+    """Poll ``cond`` until true; the seconds it took. Raises ScenarioFailed on timeout.
+
+    The timeout stretches by the lab's time scale (slow emulated test VMs: netns.time_scale).
+    """
+    from nac.lab.netns import time_scale
+
+    timeout *= time_scale()
     t0 = time.monotonic()
     while True:
         if cond():

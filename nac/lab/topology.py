@@ -35,7 +35,7 @@ from pathlib import Path
 
 from nac.lab import hostroot, procs
 from nac.lab.daemons import start_snmpd, start_sshd
-from nac.lab.netns import IP, LabHost, LabSwitch, create_switch, run
+from nac.lab.netns import IP, LabHost, LabSwitch, create_switch, run, time_scale
 
 # Not under /run: the lab's sshd mounts a private tmpfs over /run (its privilege-separation
 # dir) and must still read its configuration from the lab directory.
@@ -208,6 +208,7 @@ def _free_port_pair(address: str) -> int:
 
 
 def _wait(cond: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+    timeout *= time_scale()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -250,6 +251,8 @@ def server_config(lab: Lab, *, ssh_user: str, ssh_key: Path, snmp_community: str
         "[switches.ssh]",
         f'username = "{ssh_user}"',
         f'key_file = "{ssh_key}"',
+        # The driver's default timeout, stretched in an emulated test VM (netns.time_scale).
+        *([f"timeout = {10 * time_scale():g}"] if time_scale() > 1 else []),
         "[switches.linux_bridge]",
         f'vlan_mode = "{lab.mode}"',
         "[switches.ports]",
@@ -258,7 +261,8 @@ def server_config(lab: Lab, *, ssh_user: str, ssh_key: Path, snmp_community: str
         "",
     ]
     if lab.enforcer == "snmp":
-        lines += ["[switches.snmp]", 'version = "2c"', f'community = "{snmp_community}"', ""]
+        lines += ["[switches.snmp]", 'version = "2c"', f'community = "{snmp_community}"',
+                  *([f"timeout = {2 * time_scale():g}"] if time_scale() > 1 else []), ""]
     if lab.monitor_port:
         lines += ["[monitor]", f'listen = "{lab.server_ip}"', f"port = {lab.monitor_port}", "",
                   "[[monitor.monitors]]", f'name = "{IDS_NAME}"',
@@ -527,7 +531,8 @@ def eap_successes(lab: Lab, name: str) -> int:
 
 def wpa_cli(lab: Lab, name: str, *args: str) -> str:
     r = subprocess.run(["wpa_cli", "-p", str(lab.ctrl_dir(name)), "-i", "eth0", *args],
-                       capture_output=True, text=True, timeout=10, check=False)
+                       capture_output=True, text=True, timeout=10 * time_scale(),
+                       check=False)
     return r.stdout
 
 
