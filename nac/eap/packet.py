@@ -19,7 +19,7 @@ class EapError(ValueError):
     """The bytes are not a well-formed EAP packet."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one or two per round, and frozen init is slower
 class EapPacket:
     code: int
     identifier: int

@@ -58,7 +58,7 @@ class NasInfo:  # who asked
     nas_port_id: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class EapResult:
     action: Literal["challenge", "accept", "reject", "drop", "slow"]
     eap: bytes | None  # the EAP packet for EAP-Message (Request, Success or Failure)

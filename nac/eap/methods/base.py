@@ -38,7 +38,7 @@ class Slow:
     resume: Callable[[Any], Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a few per round, and frozen init costs twice as much
 class Step:
     kind: Literal["request", "success", "failure", "slow"]
     data: bytes = b""  # type-data of the next Request
