@@ -164,11 +164,17 @@ def main() -> int:
     ratio = {}
     if "sqlite" in med and "postgresql" in med:
         s, p = med["sqlite"], med["postgresql"]
+        # SQLite's writer is a process of nac's tree; PostgreSQL's work is the database's:
+        # the whole cost of a request with PostgreSQL is both.
+        total = statistics.median(per_request_us(r) + per_request_us(r, "db_cpu_s")
+                                  for r in runs["postgresql"])
         ratio = {"rps_pg_over_sqlite": round(p["rps"] / s["rps"], 3),
                  "cpu_pg_over_sqlite": round(p["cpu_us_per_request"]
-                                             / s["cpu_us_per_request"], 3)}
+                                             / s["cpu_us_per_request"], 3),
+                 "total_cpu_pg_over_sqlite": round(total / s["cpu_us_per_request"], 3)}
         print(f"PostgreSQL/SQLite: throughput {ratio['rps_pg_over_sqlite']:.3f}, server CPU "
-              f"per request {ratio['cpu_pg_over_sqlite']:.3f} (target: within 20%)")
+              f"per request {ratio['cpu_pg_over_sqlite']:.3f}, with the database's "
+              f"{ratio['total_cpu_pg_over_sqlite']:.3f} (target: throughput within 20%)")
     print(json.dumps({"requests": args.requests, "window": args.window,
                       "workers": args.workers, "pg_durable": args.durable, "median": med,
                       "ratio": ratio, "runs": runs}, sort_keys=True))

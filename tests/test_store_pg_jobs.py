@@ -192,3 +192,44 @@ def test_concurrent_claims_never_share_a_job(jobs_url: str) -> None:
     finally:
         for q in servers:
             q.close()
+
+
+def test_off_loop_worker_claims_ahead_records_in_order_and_hands_back(jobs_url: str) -> None:
+    """for_worker(): claim() never waits for the database (it returns what a background
+    claim took, and the queue's wakers say when there is some); outcomes are recorded in
+    order before the next claim, so a port's next job follows its finished one; close()
+    hands back the jobs it claimed ahead and never gave out, their attempt uncounted."""
+    from nac.store.pg_jobs import PgJobQueue
+
+    q = PgJobQueue(jobs_url, owner="server-a")
+    woken = threading.Event()
+    q.wakers.append(woken.set)
+    first = q.enqueue("set_vlan", "sw1", "p1", vlan=20)
+    other = q.enqueue("set_vlan", "sw1", "p2", vlan=20)
+    w = q.for_worker()
+    woken.clear()  # (the enqueues woke it: jobs queued by this process)
+    try:
+        assert w.claim(2) == []  # the claim runs in the background
+        assert woken.wait(5)
+        (got,) = w.claim(1)
+        assert got.id == first
+        assert w.complete(got.id, "ok") is True  # returns before it is recorded
+        woken.clear()
+        nxt = q.enqueue("set_vlan", "sw1", "p1", vlan=30)
+        assert [j.id for j in w.claim(1)] == [other]  # claimed ahead by the first claim
+        deadline = time.monotonic() + 5
+        while not (ready := w.claim(1)):
+            assert time.monotonic() < deadline
+            woken.wait(0.1)
+        assert [j.id for j in ready] == [nxt]
+        assert q.get(first).state == "done"  # type: ignore[union-attr]
+        extra = q.enqueue("set_vlan", "sw1", "p3", vlan=20)
+        woken.clear()  # (the enqueue's own wake-up)
+        assert w.claim(1) == []
+        assert woken.wait(5)
+    finally:
+        w.close()
+    back = q.get(extra)
+    assert back is not None and (back.state, back.attempts, back.lease_owner) == (
+        "pending", 0, None)
+    q.close()
