@@ -835,23 +835,31 @@ class OffLoopWorker:
             self._cv.notify()
 
     def _claim(self, limit: int) -> None:
-        try:
-            jobs = self.queue.claim(limit)
-            due = self.queue.next_due()
-        except Exception as exc:  # noqa: BLE001 - given to the enforcer by the next claim()
-            self.errors += 1
+        got = 0
+        while True:
+            try:
+                jobs = self.queue.claim(limit - got)
+                due = self.queue.next_due()
+            except Exception as exc:  # noqa: BLE001 - given to the enforcer by the next claim()
+                self.errors += 1
+                with self._cv:
+                    self._error, self._claiming = exc, False
+                self._wake()
+                return
+            got += len(jobs)
             with self._cv:
-                self._error, self._claiming = exc, False
-            self._wake()
+                self._ready.extend(jobs)
+                # Asked for again meanwhile (a wake-up for jobs this claim may have begun
+                # too early to see): claim once more now, rather than via the loop.
+                again, self._again = self._again, False
+                if again and got < limit and not self._stopping:
+                    continue
+                # Before the enforcer sleeps on it, a retry sooner than it was told wakes it.
+                earlier = due is not None and (self._due is None or due < self._due)
+                self._due, self._claiming = due, False
+            if got or earlier:
+                self._wake()
             return
-        with self._cv:
-            self._ready.extend(jobs)
-            # Before the enforcer sleeps on it, a retry sooner than it was told wakes it.
-            earlier = due is not None and (self._due is None or due < self._due)
-            self._due, self._claiming = due, False
-            again, self._again = self._again, False
-        if jobs or earlier or again:
-            self._wake()
 
     def _release_ready(self) -> None:
         with self._cv:
