@@ -232,3 +232,19 @@ def test_unstorable_text_does_not_stop_the_writer(store: Any) -> None:
     store.record_decision(decision(99.0, mac=OTHER))
     store.flush()
     assert store.get_node(OTHER) is not None
+
+
+def test_a_number_in_a_text_field_is_stored_as_its_text(store: Any) -> None:
+    """Decisions go in by binary COPY, which takes only str for text columns: a record whose
+    NAS-Port came as a number is stored with it as text (as the text format did), and the
+    rest of its batch goes in with it."""
+    for i in range(20):
+        store.record_decision(DecisionRecord(
+            at=float(i), mac=f"02:00:00:00:01:{i:02x}", segment="normal", vlan=30,
+            source="mab", reasons=("ok",), nas="sw1",
+            nas_port=7 if i == 5 else "Gi1/0/7"))  # type: ignore[arg-type]
+    store.flush(timeout=30)
+    assert store.count_decisions() == 20
+    assert store.decisions_for("02:00:00:00:01:05")[0]["nas_port"] == "7"
+    assert store.get_node("02:00:00:00:01:05")["last_port"] == "7"  # type: ignore[index]
+    assert store.dropped == 0 and store.last_write_error is None

@@ -161,13 +161,17 @@ def _clean_text(v: str) -> str:
 
 
 def _cleaned(rec: Any) -> Any:
-    """A copy of a record with every string made storable (no NUL, valid UTF-8). The
-    posture needs nothing: json.dumps escapes control characters."""
+    """A copy of a record with every string made storable (no NUL, valid UTF-8), and a
+    value of another type in a text field (a caller's slip: binary COPY refuses it where the
+    text format wrote its str) as its text. The posture needs nothing: json.dumps escapes
+    control characters."""
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(rec):
         v = getattr(rec, f.name)
         if isinstance(v, str):
             changes[f.name] = _clean_text(v)
+        elif v is not None and f.type in ("str", "str | None"):
+            changes[f.name] = _clean_text(str(v))
         elif isinstance(v, tuple):
             changes[f.name] = tuple(_clean_text(x) if isinstance(x, str) else x for x in v)
     return dataclasses.replace(rec, **changes)
