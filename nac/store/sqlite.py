@@ -104,6 +104,8 @@ class SqliteStore(ReadQueries):
         migrate_sqlite(self._conn)
         self._pending: deque[tuple[str, object]] = deque()
         self._wake = threading.Event()
+        self._idle = False  # the feeder thread waits for the next record, not a timer
+        self._urgent = False  # an accounting record waits: hand it over without a pause
         self._stop = False
         self._interval = flush_interval
         self._writer: threading.Thread | None = None  # feeds the writer process
@@ -132,6 +134,8 @@ class SqliteStore(ReadQueries):
         self._queued += 1
         if self._writer is None:
             self._start_writer()
+        elif self._idle:
+            self._wake.set()  # the feeder sleeps until the first record after a lull
 
     def record_accounting(self, rec: AccountingRecord) -> int:
         """Queue an accounting record; returns its ticket: the record is on disk once
@@ -140,6 +144,7 @@ class SqliteStore(ReadQueries):
         self._queued += 1
         if self._writer is None:
             self._start_writer()
+        self._urgent = True
         self._wake.set()  # accounting replies wait for this commit: do not sleep on it
         return self._queued
 
@@ -172,8 +177,19 @@ class SqliteStore(ReadQueries):
         if self._proc is None:
             self._spawn()
         while not (self._stop and not self._pending):
+            if not self._pending and not self._stop:
+                # Idle: sleep until a record comes (record_decision wakes an idle feeder)
+                # instead of polling every interval; once a second still checks the writer.
+                self._idle = True
+                if not self._pending:
+                    self._wake.wait(1.0)
+                self._idle = False
+                if not (self._urgent or self._stop):
+                    self._wake.clear()
+            # Gather a batch for an interval (accounting, flush and close cut it short).
             self._wake.wait(self._interval)
             self._wake.clear()
+            self._urgent = False
             if self._unacked and not self._alive():
                 self._spawn()  # it died with batches in hand: they go to the next one
             while self._pending:
