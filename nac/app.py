@@ -140,7 +140,9 @@ class Server:
         # (a job is taken by one of them; a dead server's jobs go to another when their
         # lease expires). The enforcer backs off while that database is away.
         def open_queue() -> Any:
-            return open_job_queue(cfg.store, state_dir, lease=job_lease)
+            # defer_enqueue: with PostgreSQL a push queued after a decision is committed
+            # by the queue's writer thread, never on the packet loop (SQLite ignores it).
+            return open_job_queue(cfg.store, state_dir, lease=job_lease, defer_enqueue=True)
 
         self.planner = load_planner(cfg.switches, open_queue, cfg.source)
         self.queue: Any = None

@@ -133,9 +133,13 @@ def test_two_servers_one_queue(lab: Lab, pg_server: PgServer,  # noqa: F811
         port = lab.switch.ports[0]
         os.kill(snmpd.pid, signal.SIGSTOP)
         try:
+            before = {j.id for j in queue.list_jobs()}
             mab(a, KNOWN if last[port] == 10 else UNKNOWN, port)
             want = 40 - last[port]  # 10 <-> 30
-            job_id = max(j.id for j in queue.list_jobs())
+            # The server commits a push just after its decision (off its packet loop), with
+            # an id from its own block of the sequence: not necessarily the highest.
+            wait(lambda: {j.id for j in queue.list_jobs()} - before, 5, "the push queued")
+            (job_id,) = {j.id for j in queue.list_jobs()} - before
             wait(lambda: (queue.get(job_id) or queue.list_jobs()[0]).state == "claimed", 15,
                  "the push claimed")
             owner = queue.get(job_id).lease_owner  # type: ignore[union-attr]
