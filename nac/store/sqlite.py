@@ -290,32 +290,33 @@ class SqliteStore(ReadQueries):
     def _read_acks(self, proc: subprocess.Popen[bytes]) -> None:
         """The writer process's reports: one JSON line after each batch or failed try."""
         assert proc.stdout is not None
-        for line in proc.stdout:
-            try:
-                rep = json.loads(line)
-            except ValueError:
-                continue
-            for what, why in rep.get("refused", ()):
-                self.dropped += 1
-                log.error("store: a %s record was refused and set aside: %s", what, why)
-            error = rep.get("error")
-            if error is not None:
-                self.write_errors += 1
-                if self.last_write_error != error:
-                    log.error("store write failed, will retry: %s", error)
-                self.last_write_error = error
-                continue
-            self.last_write_error = None
-            done = int(rep["committed"])
-            with self._unacked_lock:
-                while self._unacked and self._unacked[0][0] <= done:
-                    self._unacked.popleft()
-            if done > self._committed:
-                self._committed = done
-                for cb in self._commit_callbacks:
-                    cb(done)
-        if not self._stop:
-            self._wake.set()  # the writer died: let the feeder start another
+        with proc.stdout:  # closed at the writer's end of file (no stray pipe)
+            for line in proc.stdout:
+                try:
+                    rep = json.loads(line)
+                except ValueError:
+                    continue
+                for what, why in rep.get("refused", ()):
+                    self.dropped += 1
+                    log.error("store: a %s record was refused and set aside: %s", what, why)
+                error = rep.get("error")
+                if error is not None:
+                    self.write_errors += 1
+                    if self.last_write_error != error:
+                        log.error("store write failed, will retry: %s", error)
+                    self.last_write_error = error
+                    continue
+                self.last_write_error = None
+                done = int(rep["committed"])
+                with self._unacked_lock:
+                    while self._unacked and self._unacked[0][0] <= done:
+                        self._unacked.popleft()
+                if done > self._committed:
+                    self._committed = done
+                    for cb in self._commit_callbacks:
+                        cb(done)
+            if not self._stop:
+                self._wake.set()  # the writer died: let the feeder start another
 
     # ---- administrative -----------------------------------------------------------------
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[dict[str, Any]]:
