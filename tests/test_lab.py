@@ -18,6 +18,7 @@ import pytest
 
 from nac.lab import scenarios
 from nac.lab import topology as topo
+from nac.lab.netns import vlan_filtering_supported
 from nac.lab.scenarios import budget
 from nac.lab.story import Story
 
@@ -125,5 +126,9 @@ def test_cli_run_builds_tells_and_takes_down(tmp_path: Path) -> None:
     assert not (lab_dir / "lab.json").exists()
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     tag_line = next(line for line in out.splitlines() if line.startswith("switch labsw"))
+    # The mode the kernel allows (filtering natively, or in test_vlan_filtering_vm's VM).
+    mode = os.environ.get("NAC_LAB_VLAN_MODE") or (
+        "filtering" if vlan_filtering_supported() else "bridge-per-vlan")
+    assert f"bridge br0 ({mode})" in tag_line, tag_line
     ns = tag_line.split("namespace ")[1].split(",")[0]
     assert ns not in left
