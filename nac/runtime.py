@@ -182,6 +182,7 @@ class LivePolicy:
         self.policy_file = Path(policy_file) if policy_file else None
         self.segment_settings = segment_settings or {}
         self._mtime: float | None = None
+        self._epoch_conn: sqlite3.Connection | None = None
         self.policy = self._load_policy()
         self.index: VulnIndex = load_index(db_path)
         self.signer = CertificateSigner.from_state_dir(state_dir)
@@ -293,6 +294,18 @@ class LivePolicy:
             return None
         return v.certificate
 
+    def _feed_epoch(self) -> int:
+        """The feeds' epoch, through one connection kept for these polls (opening one and
+        checking the schema every second cost more than the read)."""
+        if self._epoch_conn is None:
+            self._epoch_conn = feed_cache.connect(self.db_path)
+        try:
+            return feed_cache.get_epoch(self._epoch_conn)
+        except sqlite3.Error:
+            self._epoch_conn.close()
+            self._epoch_conn = None
+            raise
+
     def poll(self) -> list[str]:
         """Reload what changed; returns what did ("policy", "feeds"), [] if nothing."""
         changed = []
@@ -308,11 +321,7 @@ class LivePolicy:
                 log.info("policy reloaded from %s: %r, %d rule(s)", self.source,
                          self.policy.name, len(self.policy.rules))
                 changed.append("policy")
-        conn = feed_cache.connect(self.db_path)
-        try:
-            epoch = feed_cache.get_epoch(conn)
-        finally:
-            conn.close()
+        epoch = self._feed_epoch()
         if epoch != self.index.epoch:
             self.index = load_index(self.db_path)
             log.info("prevention feeds changed: epoch %d, %d advisories", self.index.epoch,
