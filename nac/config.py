@@ -80,6 +80,10 @@ class EapSettings(_Strict):
     # its posture digest, the inventory only when asked (draft 5.3 step 3). Off: agents send
     # the whole (compact) posture every time and the certified decision is still reused.
     posture_digest_first: bool = True
+    # Offer a station (Calling-Station-Id) first the outer method it last succeeded with:
+    # a TTLS station's re-authentication skips the round trip that refuses PEAP.
+    remember_station_method: bool = True
+    tls_resumption: bool = True  # TLS session resumption (tickets / session IDs)
     certificate: str | None = None  # PEM paths; default: STATE/pki/
     private_key: str | None = None
     ca_certificates: str | None = None
