@@ -114,14 +114,14 @@ def test_sqlite_migration_4_moves_postures_out_of_nodes(tmp_path: Path) -> None:
 def test_postgres_migration_4_moves_postures_out_of_nodes(pg_url: str) -> None:  # noqa: F811
     import psycopg
 
-    from nac.store.migrations import migrate_postgres
+    from nac.store.migrations import latest, migrate_postgres
 
     with psycopg.connect(pg_url) as conn:
         migrate_postgres(conn, target=3)
         conn.execute("INSERT INTO nodes (mac, first_seen, last_seen, segment, posture, "
                      "posture_at) VALUES (%s, 1, 5, 'normal', %s, 4)", (MAC, json.dumps(WHOLE)))
         conn.commit()
-        assert migrate_postgres(conn) == (3, 4)
+        assert migrate_postgres(conn) == (3, latest("postgresql"))
     store = PostgresStore(pg_url)
     try:
         node = store.get_node(MAC)
