@@ -179,6 +179,11 @@ class Listener:
                     self.listening.set()
                     if delay > 0.5:
                         log.info("job wake-ups: listening again")
+                        # The database came back: let the queue drop the connections it
+                        # lost before the claim this wake-up starts needs one.
+                        back = getattr(self.queue, "database_back", None)
+                        if back is not None:
+                            await asyncio.to_thread(back)
                     delay = 0.5
                     # Jobs queued while nobody listened: look now.
                     self.wake()
