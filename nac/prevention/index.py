@@ -36,9 +36,10 @@ from nac.prevention.ecosystems import (
 from nac.prevention.packages import (
     DEFAULT_TABLE,
     DISTRO_MANAGERS,
-    SOURCE_MANAGERS,
+    SOURCE_PAIR,
     CompiledPosture,
     PackageTable,
+    all_source_managed,
     package_keys,
 )
 
@@ -60,8 +61,6 @@ class Finding:
 # When two sources carry the same advisory id, the finding names the most trusted one: the
 # operator's own ("local") overrides a vendor, which overrides a community feed.
 _TRUST_ORDER = {"local": 0, "vendor": 1, "community": 2}
-
-_SOURCE_MANAGERS = SOURCE_MANAGERS
 
 # (lo, hi, hi_inclusive, fixed): lo None = from the beginning, hi None = no known end.
 _Interval = tuple[Version | None, Version | None, bool, str | None]
@@ -152,8 +151,6 @@ def _hit(intervals: tuple[_Interval, ...], v: Version) -> tuple[bool, str | None
 
 _VERDICT_CACHE_MAX = 2_000_000
 _SOURCE = itemgetter("source")
-_MANAGER = itemgetter("manager")
-_SOURCE_PAIR = itemgetter("source", "source_version")
 
 
 class _NotFast(Exception):
@@ -253,11 +250,9 @@ class VulnIndex:
         missing or odd fields): the general path handles those."""
         try:
             sources = list(map(_SOURCE, pkgs))
-            managers = list(map(_MANAGER, pkgs))
+            if not all_source_managed(pkgs):
+                return None
         except (KeyError, TypeError):
-            return None
-        # list.count compares without hashing; every manager must be a source-keyed one.
-        if sum(map(managers.count, _SOURCE_MANAGERS)) != len(managers):
             return None
         if set(map(type, sources)) != {str} or not all(sources):
             return None
@@ -268,11 +263,11 @@ class VulnIndex:
         if verdicts is None:
             verdicts = self._host_verdicts[host] = {}
         try:
-            found = list(map(verdicts.__getitem__, map(_SOURCE_PAIR, named)))
+            found = list(map(verdicts.__getitem__, map(SOURCE_PAIR, named)))
         except (KeyError, TypeError):
             # A missing or unhashable version, or first sight of a (source, version).
             try:
-                found = [self._pair_verdict(host, verdicts, p) for p in map(_SOURCE_PAIR, named)]
+                found = [self._pair_verdict(host, verdicts, p) for p in map(SOURCE_PAIR, named)]
             except (KeyError, TypeError, _NotFast):
                 return None
         out: list[Finding] = []

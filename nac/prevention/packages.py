@@ -31,7 +31,7 @@ DISTRO_MANAGERS = frozenset({"dpkg", "rpm", "apk"})
 SOURCE_MANAGERS = frozenset({"dpkg", "apk"})
 _LANG_MANAGERS = {"pip": PYPI, "pypi": PYPI, "npm": NPM}
 _PURL_TYPES = {"pypi": PYPI, "npm": NPM}
-_SOURCE_PAIR = itemgetter("source", "source_version")
+SOURCE_PAIR = itemgetter("source", "source_version")  # a source-keyed package's verdict key
 _MANAGER = itemgetter("manager")
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
@@ -136,16 +136,22 @@ def compile_posture(
     return CompiledPosture(array("I", ids), ids[-1] if ids else -1, table)
 
 
+def all_source_managed(pkgs: list[Any]) -> bool:
+    """Is every package's manager a source-keyed one (dpkg, apk)? KeyError or TypeError for
+    a package without a manager. Hot path: list.count compares without hashing each
+    package's manager string (a freshly decoded posture's strings have no hash yet)."""
+    managers = list(map(_MANAGER, pkgs))
+    return sum(map(managers.count, SOURCE_MANAGERS)) == len(managers)
+
+
 def _source_keyed(pkgs: list[Any], host: tuple[str, str]) -> list[VerdictKey] | None:
     """Usual Debian/Ubuntu/Alpine case in C-level passes: unique (source, source_version)
     keys. None if any package does not fit (then the general loop decides everything)."""
     try:
-        managers = list(map(_MANAGER, pkgs))
-        pairs = set(map(_SOURCE_PAIR, pkgs))
+        if not all_source_managed(pkgs):
+            return None
+        pairs = set(map(SOURCE_PAIR, pkgs))
     except (KeyError, TypeError):
-        return None
-    # list.count compares without hashing each package's manager string.
-    if sum(map(managers.count, SOURCE_MANAGERS)) != len(managers):
         return None
     sources = list(map(_FIRST, pairs))
     versions = list(map(_SECOND, pairs))
