@@ -49,6 +49,15 @@ class DriverError(Exception):
         self.error_cause = error_cause
 
 
+def check_readback(switch: str, port: str, got: int | None, vlan: int) -> None:
+    """The port's VLAN read back from the switch after setting ``vlan``: the switch's own
+    state is the proof, not the command's status. A mismatch is retried (the queue backs
+    off), since a busy switch may apply a change late."""
+    if got != vlan:
+        raise DriverError(f"{switch}: {port} VLAN is {got} after setting {vlan}",
+                          retryable=True, switch=switch)
+
+
 class NotSupportedError(DriverError):
     """The driver cannot perform this operation at all (never retryable)."""
 

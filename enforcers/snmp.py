@@ -53,7 +53,7 @@ from pysnmp.hlapi.v3arch.asyncio import (
 )
 from pysnmp.proto.rfc1905 import NoSuchInstance, NoSuchObject
 
-from enforcers.base import DriverError, NetworkDriver
+from enforcers.base import DriverError, NetworkDriver, check_readback
 from enforcers.inventory import ResolvedPort, SnmpV2c, SnmpV3, Switch
 
 DOT1Q_PVID = "1.3.6.1.2.1.17.7.1.4.5.1.1"
@@ -247,10 +247,7 @@ class SnmpDriver(NetworkDriver):
             await self._move_static(rp, vlan)
         else:
             await self._set((f"{DOT1Q_PVID}.{rp.base_port}", Unsigned32(vlan)))
-        got = await self.get_port_vlan(port)
-        if got != vlan:
-            raise DriverError(f"{self.switch.name}: {port} VLAN is {got} after setting {vlan}",
-                              retryable=True, switch=self.switch.name)
+        check_readback(self.switch.name, port, await self.get_port_vlan(port), vlan)
 
     async def _move_static(self, rp: ResolvedPort, vlan: int) -> None:
         """Generic 802.1Q: join the new VLAN untagged, set PVID, then leave the old VLAN."""

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from enforcers.base import DriverError, NetworkDriver
+from enforcers.base import DriverError, NetworkDriver, check_readback
 from enforcers.inventory import Switch
 
 log = logging.getLogger(__name__)
@@ -330,9 +330,7 @@ class LinuxBridgeDriver(_SshDriver):
             # Read back in the same line (one round trip less): the switch's own state is
             # the proof, not the command's exit code.
             got = self._vlan_of(self._sh(conn, " && ".join([*cmds, self._show(port)])), port)
-            if got != vlan:
-                raise DriverError(f"{self.switch.name}: {port} VLAN is {got} after setting "
-                                  f"{vlan}", retryable=True, switch=self.switch.name)
+            check_readback(self.switch.name, port, got, vlan)
 
         await self._run(change)
 
@@ -396,10 +394,7 @@ class CiscoIosDriver(_SshDriver):
 
         def change(conn: Any) -> None:
             self._configure(conn, port, [f"switchport access vlan {vlan}"])
-            got = self._read_vlan(conn, port)
-            if got != vlan:
-                raise DriverError(f"{self.switch.name}: {port} VLAN is {got} after setting "
-                                  f"{vlan}", retryable=True, switch=self.switch.name)
+            check_readback(self.switch.name, port, self._read_vlan(conn, port), vlan)
 
         await self._run(change)
 
