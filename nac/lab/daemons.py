@@ -61,6 +61,14 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(5)
 
 
+def _spawn_in_ns(ns: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``argv`` inside namespace ``ns``, its output appended to ``log``, in its own session
+    (so _stop can kill the whole group)."""
+    with open(log, "ab") as logf:
+        return subprocess.Popen([IP, "netns", "exec", ns, *argv], stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
 # --------------------------------------------------------------------------- sshd
 @dataclass
 class SshServer:
@@ -89,11 +97,8 @@ class SshServer:
             f"mount --bind {wd}/group /etc/group",
             f"exec /usr/sbin/sshd -D -e -f {wd}/sshd_config",
         ])
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(
-                [IP, "netns", "exec", self.ns, "unshare", "-m", "--propagation", "private",
-                 "sh", "-c", script],
-                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = _spawn_in_ns(self.ns, ["unshare", "-m", "--propagation", "private",
+                                           "sh", "-c", script], self.log)
         try:
             _wait_tcp(self.ns, self.address, self.port)
         except RuntimeError:
@@ -280,10 +285,7 @@ class HostapdDas:
     def start(self) -> None:
         log = self.workdir / "hostapd.log"
         conf = str(self.workdir / "hostapd.conf")
-        with open(log, "ab") as logf:
-            self.proc = subprocess.Popen(
-                [IP, "netns", "exec", self.ns, "hostapd", "-dd", conf],
-                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = _spawn_in_ns(self.ns, ["hostapd", "-dd", conf], log)
         # The DAS socket is opened during setup, before the interface is ENABLED.
         deadline = time.monotonic() + 10 * time_scale()
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -353,11 +355,9 @@ class Supplicant:
 
     def start(self) -> None:
         log = self.workdir / "wpa_supplicant.log"
-        with open(log, "ab") as logf:
-            self.proc = subprocess.Popen(
-                [IP, "netns", "exec", self.ns, "wpa_supplicant", "-D", "wired", "-i",
-                 self.interface, "-c", str(self.workdir / "wpa.conf"), "-dd"],
-                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = _spawn_in_ns(self.ns, ["wpa_supplicant", "-D", "wired", "-i",
+                                           self.interface, "-c", str(self.workdir / "wpa.conf"),
+                                           "-dd"], log)
 
     def stop(self) -> None:
         _stop(self.proc)

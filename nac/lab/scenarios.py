@@ -388,6 +388,14 @@ def mab(lab: Lab, story: Story) -> None:
     nac(lab, "nodes", "set", lab.nodes["host3"].mac, "none")
 
 
+def withdraw_advisory(lab: Lab, story: Story) -> None:
+    """The lab advisory withdrawn (nac feed remove): host1's port back in VLAN 30."""
+    story.say("the advisory is withdrawn (nac feed remove): host1 goes back to normal")
+    remove_lab_feed(lab)
+    wait_until(port_in(lab, "host1", topo.NORMAL), 10, "host1's port back in VLAN 30")
+    show_reach(lab, story, "host1", corp=True, remediation=False)
+
+
 def advisory(lab: Lab, story: Story) -> None:
     """A new advisory while a host is in normal isolates it within 2 s; withdrawn, it returns."""
     remove_lab_feed(lab)
@@ -410,10 +418,7 @@ def advisory(lab: Lab, story: Story) -> None:
     story.check(t < budget(ENFORCE_BUDGET), f"isolated within {budget(ENFORCE_BUDGET):.0f} s")
     story.check(segment_becomes(lab, "host1", "isolated"), "server: host1 -> isolated")
     show_reach(lab, story, "host1", corp=False, remediation=True)
-    story.say("the advisory is withdrawn (nac feed remove): host1 goes back")
-    remove_lab_feed(lab)
-    wait_until(port_in(lab, "host1", topo.NORMAL), 10, "host1's port back in VLAN 30")
-    show_reach(lab, story, "host1", corp=True, remediation=False)
+    withdraw_advisory(lab, story)
 
 
 def ids(lab: Lab, story: Story) -> None:
@@ -481,15 +486,12 @@ def restart(lab: Lab, story: Story) -> None:
     story.say(f"nac serve restarted (ready in {t_ready:.2f} s)")
     t = wait_until(port_in(lab, "host1", topo.ISOLATED), 15, "host1's port in VLAN 20")
     story.measure("restart_to_pending_applied_s", time.monotonic() - t0)
-    story.check(True, f"the pending job completed: swp1 -> VLAN {topo.ISOLATED} "
-                      f"{t:.2f} s after the server was ready")
+    story.say(f"the pending job completed: swp1 -> VLAN {topo.ISOLATED} "
+              f"{t:.2f} s after the server was ready")
     story.check(segment_of(lab, "host2") == "normal", "server: host2 still in segment normal")
     authenticate(lab, story, "host2", topo.NORMAL, key="after_restart")
     show_reach(lab, story, "host2", corp=True, remediation=False)
-    story.say("the advisory is withdrawn: host1 goes back to normal")
-    remove_lab_feed(lab)
-    wait_until(port_in(lab, "host1", topo.NORMAL), 10, "host1's port back in VLAN 30")
-    show_reach(lab, story, "host1", corp=True, remediation=False)
+    withdraw_advisory(lab, story)
 
 
 def _mgmt_link(lab: Lab, state: str) -> None:
@@ -544,10 +546,7 @@ def inflight(lab: Lab, story: Story) -> None:
               "after the restart)")
     story.check(segment_becomes(lab, "host1", "isolated"), "server: host1 -> isolated")
     show_reach(lab, story, "host1", corp=False, remediation=True)
-    story.say("the advisory is withdrawn: host1 goes back to normal")
-    remove_lab_feed(lab)
-    wait_until(port_in(lab, "host1", topo.NORMAL), 10, "host1's port back in VLAN 30")
-    show_reach(lab, story, "host1", corp=True, remediation=False)
+    withdraw_advisory(lab, story)
 
 
 SCENARIOS: dict[str, Callable[[Lab, Story], None]] = {
