@@ -3,7 +3,11 @@
 Each listening socket is read straight from the event loop (`loop.add_reader` and
 `socket.recvfrom` until the socket is empty, up to a batch), not through an asyncio
 DatagramProtocol: that costs a transport and a protocol callback per datagram, measured
-at about a fifth of the whole per-request CPU of a MAB request.
+at about a fifth of the whole per-request CPU of a MAB request. On Linux an IPv4 socket
+is read with one recvmmsg per batch and the batch's replies leave with one sendmmsg
+(nac/radius/mmsg.py): measured, the event-loop worker's CPU per MAB request 20-21.5 ->
+17 us, and the load generator's too (one wake-up per batch of replies instead of one per
+reply). IPv6 sockets, and any platform without the calls, keep recvfrom/sendto.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from concurrent.futures import Executor
 from nac.metrics import Histogram
 from nac.radius.codec import MAX_PACKET
 from nac.radius.engine import AfterCommit, Deferred, Engine
+from nac.radius.mmsg import Mmsg, open_mmsg
 
 log = logging.getLogger("nac.radius")
 
@@ -76,10 +81,88 @@ class Listener:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._backlog: deque[tuple[bytes, tuple]] = deque()  # type: ignore[type-arg]
+        # IPv4 sockets on Linux: a batch is one recvmmsg and its replies one sendmmsg.
+        self._mmsg: Mmsg | None = open_mmsg(sock, BATCH, MAX_PACKET)
+        # source sockaddr (family, port, address as one integer) -> (host, port)
+        self._sources: dict[int, tuple[str, int]] = {}
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        loop.add_reader(self.sock.fileno(), self._readable)
+        loop.add_reader(self.sock.fileno(),
+                        self._readable if self._mmsg is None else self._readable_mmsg)
+
+    def _readable_mmsg(self) -> None:
+        """_readable with one recvmmsg for the batch and one sendmmsg for its replies:
+        the same outcomes, two syscalls (and one wake-up of the peers) a batch."""
+        mm = self._mmsg
+        assert mm is not None
+        try:
+            n = mm.recv()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # e.g. an ICMP error queued on the socket
+            log.debug("socket error: %s", exc)
+            return
+        handler = self.handler
+        sources = self._sources
+        data_view, size, lens, names_q = mm.data, mm.size, mm.lens, mm.names_q
+        stage = mm.stage
+        # Replies wait behind those already queued; the queue cannot grow during the batch
+        # but through this loop, so one look decides where every reply goes.
+        queued = bool(self._backlog)
+        staged: list[tuple[bytes, tuple]] = []  # type: ignore[type-arg]
+        now = time.time()  # one clock read per batch: the batch takes well under a second
+        t0 = time.perf_counter()
+        for i in range(n):
+            off = i * size
+            data = bytes(data_view[off:off + lens[i * 16 + 14]])
+            addr = sources.get(names_q[i * 2])
+            if addr is None:
+                if len(sources) >= 65536:  # NAS addresses and ports: bounded anyway
+                    sources.clear()
+                addr = sources[names_q[i * 2]] = mm.source(i)
+            try:
+                out = handler(data, addr[0], addr[1], now)
+            except Exception:  # a bug must cost one request, never the server
+                self.engine.counters["drop_internal_error"] += 1
+                log.exception("internal error on a request from %s", addr[0])
+                continue
+            if out is None:
+                continue
+            if out.__class__ is bytes:
+                if queued:
+                    self._queue(out, addr)  # type: ignore[arg-type]
+                elif len(out) > size:  # not from the engine (it caps replies): no slot fits
+                    self.send(out, addr)  # type: ignore[arg-type]
+                else:
+                    stage(len(staged), i, out)  # type: ignore[arg-type]
+                    staged.append((out, addr))  # type: ignore[arg-type]
+            elif isinstance(out, Deferred):
+                asyncio.ensure_future(self._deferred(out, addr))
+            elif isinstance(out, AfterCommit):
+                self.commits.wait(out, self, addr)
+        if staged:
+            self._send_staged(mm, staged, t0)
+
+    def _send_staged(self, mm: Mmsg, staged: list[tuple[bytes, tuple]],  # type: ignore[type-arg]
+                     t0: float) -> None:
+        count = len(staged)
+        done = 0
+        while done < count:
+            try:
+                done += mm.send(count, done)
+            except (BlockingIOError, InterruptedError):
+                for data, addr in staged[done:]:  # the kernel's buffer is full: wait
+                    self._queue(data, addr)
+                break
+            except OSError as exc:  # unreachable peer, bad scope id: that reply is lost
+                self.engine.counters["drop_send_error"] += 1
+                log.debug("send to %s failed: %s", staged[done][1][0], exc)
+                done += 1
+        if self.latency is not None:
+            took = time.perf_counter() - t0
+            for _ in range(count):  # as _readable: queued replies too
+                self.latency.observe(took)
 
     def _readable(self) -> None:
         recv = self.sock.recvfrom
