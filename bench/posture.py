@@ -2,7 +2,7 @@
 host inventory of N packages, against FreeRADIUS's PEAP-MSCHAPv2 without posture, same run.
 
     python3 bench/posture.py [-n 40] [--packages 1500] [--parallel 4] [--rounds 3]
-                             [--rsa] [--cases first,certificate,feeds,plain,freeradius]
+                             [--rsa] [--cases first,certificate,feeds,off,plain,freeradius]
                              [--profile FILE [--profile-gil] [--profile-case C]]
 
 eapol_test loads our IMC plug-in (private mount namespace, overlay /etc with its own
@@ -20,14 +20,19 @@ reported:
     certificate, feeds changed  the same stations right after a feed sync (the epoch
                              bumped): no certificate holds; a server that remembers the
                              posture a digest names judges it again without the inventory
-    ttls, no agent           the same TTLS/EAP-MSCHAPv2 with an empty tnc_config (the
-                             peer NAKs EAP-TNC): what the tunnel alone costs
+    ttls, posture off        the same TTLS/EAP-MSCHAPv2 against a second nac server run
+                             with --posture off: the tunnel alone, the baseline that
+                             posture adds to (same peers, same eapol_test set-up)
+    ttls, no agent           the same TTLS/EAP-MSCHAPv2 with an empty tnc_config against
+                             the posture server: wpa_supplicant gives up at EAP-TNC and
+                             its retry runs without posture, so two conversations each
     freeradius peap          FreeRADIUS 3.2 PEAP-MSCHAPv2, TLS 1.2, no posture, the same
                              server certificate and key as nac (ECDSA P-256, or RSA-2048
                              with --rsa, the issue's yardstick)
 
 The number compared is server CPU (utime+stime of the process tree, /proc) per
-conversation; conversations per server CPU-second is its inverse. Also printed: CPU per
+conversation; conversations per server CPU-second is its inverse. EAP round trips (RADIUS
+Access-Requests) per conversation are counted in each peer's eapol_test log. Also printed: CPU per
 conversation by thread, and the "idle share": what the server burns with no traffic
 (housekeeping polls, measured before the rounds) times the case's wall time, per
 conversation. A case whose peers are slow (the agent starts a Python process and collects
@@ -67,6 +72,9 @@ from eap_ext.agent.imc.install import build_library, imc_line  # noqa: E402
 from tests.test_agent_fixtures import build_debian_root  # noqa: E402
 
 SECRET = "testing123"
+# EAP round trips of the conversations of the case being measured (one per Access-Request
+# in eapol_test's log); list.append is atomic, the pool's threads share it
+ROUNDS: list[int] = []
 
 
 def big_root(root: Path, count: int) -> Path:
@@ -124,14 +132,21 @@ def ttls_run(run_dir: Path, agent_dir: Path, port: int, ca: Path, lib: Path | No
     env = {**os.environ, "NAC_AGENT_ROOT": str(root), "NAC_AGENT_STATE_DIR": str(agent_dir)}
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", str(script)],
                        env=env, capture_output=True, timeout=180)
+    with contextlib.suppress(OSError):
+        ROUNDS.append((run_dir / "log").read_text(errors="replace").count(SENT))
     return r.returncode == 0
+
+
+SENT = "Sending RADIUS message to authentication server"
 
 
 def peap_run(conf: Path, port: int, i: int) -> bool:
     mac = f"02:78:00:00:{i >> 8 & 255:02x}:{i & 255:02x}"
     r = subprocess.run(["eapol_test", "-c", str(conf), "-a", "127.0.0.1", "-p", str(port),
                         "-s", SECRET, "-t", "20", "-r", "0", f"-M{mac}"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                       errors="replace")
+    ROUNDS.append(r.stdout.count(SENT))
     return r.returncode == 0
 
 
@@ -164,6 +179,7 @@ def idle_cpu_ms_per_s(pid: int, seconds: float = 5.0) -> float:
 
 
 def measure(pid: int, n: int, parallel: int, one: Callable[[int], bool]) -> dict:
+    ROUNDS.clear()
     threads0 = thread_cpu(pid)
     cpu0 = probe.tree_cpu_seconds(pid)
     t0 = time.monotonic()
@@ -174,7 +190,8 @@ def measure(pid: int, n: int, parallel: int, one: Callable[[int], bool]) -> dict
     per = {k: round(1000 * (v - threads0.get(k, 0.0)) / max(ok, 1), 3)
            for k, v in thread_cpu(pid).items() if v - threads0.get(k, 0.0) > 0}
     return {"n": n, "ok": ok, "cpu_ms_per_conv": round(1000 * cpu / max(ok, 1), 3),
-            "wall_s": round(wall, 2), "threads_ms_per_conv": per}
+            "wall_s": round(wall, 2), "threads_ms_per_conv": per,
+            "rounds": statistics.median(ROUNDS) if ROUNDS else None}
 
 
 @contextlib.contextmanager
@@ -207,9 +224,9 @@ def main() -> int:
     ap.add_argument("--profile-gil", action="store_true", help="sample GIL holders only")
     ap.add_argument("--profile-case", default="posture, first contact",
                     help="the case sampled (its first round)")
-    ap.add_argument("--cases", default="first,certificate,feeds,plain,freeradius",
+    ap.add_argument("--cases", default="first,certificate,feeds,off,freeradius",
                     help="which cases to run, comma-separated (first, certificate, feeds, "
-                         "plain, freeradius)")
+                         "off, plain, freeradius)")
     args = ap.parse_args()
     keep = os.environ.get("NAC_BENCH_KEEP")  # a directory to keep logs in, for post-mortems
     ctx = (contextlib.nullcontext(tempfile.mkdtemp(prefix="nac-posture-", dir=keep)) if keep
@@ -225,8 +242,15 @@ def main() -> int:
             from nac.pki import init_pki
 
             init_pki(state, use_rsa=True)  # nac serve keeps a complete PKI it finds
+        wanted = set(args.cases.split(","))
         with contextlib.ExitStack() as stack:
             pid, port = stack.enter_context(mab.nac_server(state, work / "serve.log", 1))
+            off_pid = off_port = None
+            if "off" in wanted:  # the tunnel alone: a second server, posture off
+                off_state = work / "state-off"
+                shutil.copytree(state / "pki", off_state / "pki")  # same certificates
+                off_pid, off_port = stack.enter_context(mab.nac_server(
+                    off_state, work / "serve-off.log", 1, ["--posture", "off"]))
             from nac.pki import PkiPaths
 
             pki = PkiPaths.under(state)
@@ -282,13 +306,20 @@ def main() -> int:
                 return ttls_run(work / f"plain-{k}", work / f"plain-agent-{k}", port, ca,
                                 None, root, i)
 
-            wanted = set(args.cases.split(","))
+            def posture_off(i: int) -> bool:
+                k = next(seq)
+                return ttls_run(work / f"off-{k}", work / f"off-agent-{k}", off_port, ca,
+                                None, root, i)
+
             cases: list[tuple[str, int, Callable[[int], bool]]] = [
                 (label, pid, one) for key, label, one in (
                     ("first", "posture, first contact", first_contact),
                     ("certificate", "posture, certificate", certified),
                     ("feeds", "certificate, feeds changed", certified),
                     ("plain", "ttls, no agent", no_agent)) if key in wanted]
+            if off_pid is not None:
+                posture_off(0)
+                cases.append(("ttls, posture off", off_pid, posture_off))
             if fr is not None and "freeradius" in wanted:
                 peap_run(peap_conf, fr.port, 0)
                 cases.append(("freeradius peap", fr.pid,
@@ -297,8 +328,9 @@ def main() -> int:
             # much, so a case whose peers are slow (the agent collects and encodes its
             # inventory) can be read without it. The headline figures keep it in.
             idle = {p: idle_cpu_ms_per_s(p) for p in {server for _, server, _ in cases}}
+            names = {pid: "nac", off_pid: "nac (posture off)"}
             print("idle CPU, ms per second: " + ", ".join(
-                f"{'nac' if p == pid else 'freeradius'} {v}" for p, v in idle.items()))
+                f"{names.get(p, 'freeradius')} {v}" for p, v in idle.items()))
             for rnd in range(args.rounds):
                 for label, server, one in cases:
                     spy = args.profile if label == args.profile_case and rnd == 0 else None
@@ -309,8 +341,9 @@ def main() -> int:
                     r["idle_ms_per_conv"] = round(idle[server] * r["wall_s"] / max(r["ok"], 1),
                                                   3)
                     results.setdefault(label, []).append(r)
-                    print(f"round {rnd + 1}: {label:24} {r['ok']}/{r['n']} ok, "
-                          f"{r['cpu_ms_per_conv']:7.2f} ms server CPU per conversation "
+                    print(f"round {rnd + 1}: {label:26} {r['ok']}/{r['n']} ok, "
+                          f"{r['cpu_ms_per_conv']:7.2f} ms server CPU per conversation, "
+                          f"{r['rounds']} EAP rounds "
                           f"({args.packages} packages; {r['wall_s']} s, idle share "
                           f"{r['idle_ms_per_conv']} ms)", flush=True)
                     print("         by thread, ms per conversation: " + ", ".join(
@@ -324,7 +357,11 @@ def main() -> int:
                           "conv_per_cpu_s": round(1000 / med, 1) if med else None,
                           "median_idle_ms_per_conv": statistics.median(
                               r["idle_ms_per_conv"] for r in rs),
-                          "ok": sum(r["ok"] for r in rs), "of": sum(r["n"] for r in rs)}
+                          "ok": sum(r["ok"] for r in rs), "of": sum(r["n"] for r in rs),
+                          "runs": [r["cpu_ms_per_conv"] for r in rs],
+                          "eap_rounds": statistics.median(r["rounds"] for r in rs
+                                                          if r["rounds"] is not None)
+                          if any(r["rounds"] is not None for r in rs) else None}
     fr_med = summary.get("freeradius peap", {}).get("median_cpu_ms_per_conv")
     for label in ("posture, first contact", "posture, certificate",
                   "certificate, feeds changed"):
@@ -333,6 +370,11 @@ def main() -> int:
             summary[label]["vs_freeradius"] = round(fr_med / ours, 3)  # target >= 0.8
             print(f"{label}: {1000 / ours:.0f} conversations per server CPU-second = "
                   f"{fr_med / ours:.2f}x FreeRADIUS PEAP-MSCHAPv2 ({1000 / fr_med:.0f}/s)")
+        off = summary.get("ttls, posture off", {})
+        if ours and off.get("median_cpu_ms_per_conv"):
+            print(f"{label}: {ours - off['median_cpu_ms_per_conv']:.2f} ms and "
+                  f"{(summary[label]['eap_rounds'] or 0) - (off['eap_rounds'] or 0)} EAP "
+                  f"rounds more than the tunnel alone (ttls, posture off)")
     print(json.dumps(summary))
     return 0
 
