@@ -53,6 +53,18 @@ def test_tls_methods_accept_with_matching_msk(lab: Lab, method: str, inner: str,
         assert conv.rounds > 6  # the certificate flights really were fragmented
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_peap_tls12_inner_identity_rides_with_finished(lab: Lab, fast: bool) -> None:
+    # peap_fast_start (default): the inner Identity request goes in the flight that carries
+    # the server's Finished; off, the server waits for the peer's ACK of Finished first.
+    service = lab.service(peap_fast_start=fast)
+    peer = TlsPeer(lab, "peap", version="1.2")
+    res, conv = run_tls(lab, service, peer)
+    assert res.action == "accept", res.reason
+    # Identity, ClientHello, Finished (+ ACK), inner Identity, MSCHAPv2, Success, TLV.
+    assert conv.rounds == (7 if fast else 8)
+
+
 def test_every_request_fits_the_fragment_size(lab: Lab) -> None:
     service = lab.service(fragment_size=300)
     peer = TlsPeer(lab, "tls", version="1.2", fragment=300, cert=True)

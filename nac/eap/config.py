@@ -46,6 +46,11 @@ class EapConfig(BaseModel):
     # Offer a station (Calling-Station-Id) the outer method it last succeeded with first:
     # a TTLS station then skips the round trip that NAKs the default PEAP proposal.
     remember_station_method: bool = True
+    # PEAP over TLS 1.2: send the inner Identity request in the same flight as our Finished
+    # instead of waiting for the peer's ACK of Finished (one round trip fewer; wpa_supplicant
+    # takes application data that follows the handshake). Off: wait for the ACK, as
+    # FreeRADIUS and hostapd do.
+    peap_fast_start: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> EapConfig:

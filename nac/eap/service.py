@@ -492,6 +492,7 @@ def config_from_settings(settings: object, pki: object | None = None) -> EapConf
         "nas_group_methods",
         "server_name",
         "remember_station_method",
+        "peap_fast_start",
     ):
         v = g(settings, key, None)
         if v is not None:

@@ -51,16 +51,21 @@ class PeapMethod(TlsMethodBase):
         self.iid = (self.iid + 1) & 0xFF
         return self.iid
 
-    def _first_inner(self) -> bytes:
+    def _first_inner(self, full: bool = False) -> bytes:
         self.phase = "inner"
-        return self.inner.start(self._next_id())[4:]
+        packet_ = self.inner.start(self._next_id())
+        return packet_ if full else packet_[4:]
 
     def on_established(self, flight_pending: bool) -> Step | bytes | None:
-        if flight_pending and self.tls.version == "1.2":
+        if flight_pending and self.tls.version == "1.2" and not self.env.config.peap_fast_start:
             # Let the peer take our Finished first; inner traffic starts after its ACK.
             self.phase = "wait_ack"
             return None
-        return self._first_inner()
+        # TLS 1.2 with peap_fast_start: the inner Identity request rides behind our Finished
+        # (as TLS 1.3 does anyway), saving the round trip that only acknowledges Finished.
+        # wpa_supplicant reads data that arrives with Finished only with its EAP header
+        # (FreeRADIUS sends the Identity request that way; PEAPv0 peers take either form).
+        return self._first_inner(full=flight_pending and self.tls.version == "1.2")
 
     def on_flight_acked(self) -> Step:
         if self.phase == "wait_ack":
