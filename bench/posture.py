@@ -75,6 +75,8 @@ SECRET = "testing123"
 # EAP round trips of the conversations of the case being measured (one per Access-Request
 # in eapol_test's log); list.append is atomic, the pool's threads share it
 ROUNDS: list[int] = []
+# the peers' phase 2: EAP-MSCHAPv2 (autheap=) or TTLS's own MS-CHAP-V2 AVPs (auth=)
+PHASE2 = ["autheap=MSCHAPV2"]
 
 
 def big_root(root: Path, count: int) -> Path:
@@ -119,7 +121,7 @@ def ttls_run(run_dir: Path, agent_dir: Path, port: int, ca: Path, lib: Path | No
           anonymous_identity="anonymous"
           password="demo-password"
           ca_cert="{ca}"
-          phase2="autheap=MSCHAPV2"
+          phase2="{PHASE2[0]}"
         }}
         """))
     script = run_dir / "run.sh"
@@ -220,6 +222,9 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rsa", action="store_true", help="RSA-2048 server key for both")
+    ap.add_argument("--phase2", default="autheap=MSCHAPV2",
+                    choices=["autheap=MSCHAPV2", "auth=MSCHAPV2"],
+                    help="the stations' TTLS phase 2: EAP-MSCHAPv2 or TTLS-MSCHAPv2 AVPs")
     ap.add_argument("--profile", type=Path, help="py-spy collapsed stacks of nac serve")
     ap.add_argument("--profile-gil", action="store_true", help="sample GIL holders only")
     ap.add_argument("--profile-case", default="posture, first contact",
@@ -228,6 +233,7 @@ def main() -> int:
                     help="which cases to run, comma-separated (first, certificate, feeds, "
                          "off, plain, freeradius)")
     args = ap.parse_args()
+    PHASE2[0] = args.phase2
     keep = os.environ.get("NAC_BENCH_KEEP")  # a directory to keep logs in, for post-mortems
     ctx = (contextlib.nullcontext(tempfile.mkdtemp(prefix="nac-posture-", dir=keep)) if keep
            else tempfile.TemporaryDirectory(prefix="nac-posture-"))
