@@ -65,6 +65,22 @@ def test_peap_tls12_inner_identity_rides_with_finished(lab: Lab, fast: bool) -> 
     assert conv.rounds == (7 if fast else 8)
 
 
+def test_tls13_tickets_only_with_resumption(lab: Lab) -> None:
+    # Without resumption no ticket is sent (OpenSSL would send two useless ones), so TTLS
+    # succeeds on the round that brings the password instead of delivering tickets first.
+    rounds = {}
+    for resumption in (True, False):
+        service = lab.service(tls_resumption=resumption)
+        peer = TlsPeer(lab, "ttls", version="1.3")
+        res, conv = run_tls(lab, service, peer)
+        assert res.action == "accept", res.reason
+        rounds[resumption] = conv.rounds
+        again = TlsPeer(lab, "ttls", version="1.3", resume=peer)
+        res, _ = run_tls(lab, service, again)
+        assert res.action == "accept" and again.resumed() == resumption
+    assert rounds[True] == rounds[False] + 1  # the round that delivers the ticket
+
+
 def test_every_request_fits_the_fragment_size(lab: Lab) -> None:
     service = lab.service(fragment_size=300)
     peer = TlsPeer(lab, "tls", version="1.2", fragment=300, cert=True)

@@ -8,9 +8,13 @@ and its session-id context apart from the other methods'.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import mmap
 import struct
+import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,11 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib  # the per-round calls: see TlsSession
 
 from nac.eap.config import EapConfig
+
+# TLS 1.3 session tickets per full handshake: one is all an EAP peer resumes with (OpenSSL's
+# default is two); none when resumption is off (OpenSSL would still send two, useless ones,
+# and TTLS must deliver them before it may succeed: one round trip more).
+TICKETS_WITH_RESUMPTION = 1
 
 FLAG_L, FLAG_M, FLAG_S = 0x80, 0x40, 0x20
 VERSION_MASK = 0x07
@@ -90,6 +99,7 @@ class TlsContexts:
         else:
             ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
             ctx.set_options(SSL.OP_NO_TICKET)
+        set_num_tickets(ctx, TICKETS_WITH_RESUMPTION if cfg.tls_resumption else 0)
         if method == "tls":
             if not cfg.ca_file:
                 raise ValueError("EAP-TLS needs ca_file to verify client certificates")
@@ -124,6 +134,80 @@ class TlsContexts:
             if not any(_crl_signed_by(crl, ca) for ca in cas):
                 raise ValueError("CRL is not signed by the configured CA")
         self.revoked = frozenset(r.serial_number for r in crl)
+
+
+_NUM_TICKETS: list[Callable[[int, int], int] | None] = []  # found once per process
+
+
+def set_num_tickets(ctx: SSL.Context, count: int) -> bool:
+    """SSL_CTX_set_num_tickets(ctx, count), which the binding pyOpenSSL uses does not export.
+    False where it cannot be reached: OpenSSL then keeps its default of two tickets."""
+    if not _NUM_TICKETS:
+        _NUM_TICKETS.append(_find_num_tickets())
+    setter = _NUM_TICKETS[0]
+    if setter is None:
+        return False
+    return bool(setter(int(_ffi.cast("uintptr_t", ctx._context)), count))  # noqa: SLF001
+
+
+def _find_num_tickets() -> Callable[[int, int], int] | None:
+    """cryptography links OpenSSL statically into its extension module, where
+    SSL_CTX_set_num_tickets is a local symbol: its address is the load address of the module
+    (from the exported PyInit__rust) plus the offset its ELF symbol table gives. The getter
+    must then read OpenSSL's default (2) from a fresh context, or the setter is not used."""
+    try:
+        from cryptography.hazmat.bindings import _rust
+
+        path = _rust.__file__
+        if sys.platform != "linux" or not path:
+            return None
+        names = ("SSL_CTX_set_num_tickets", "SSL_CTX_get_num_tickets", "PyInit__rust")
+        syms = _elf_symbols(path, names)
+        if len(syms) != len(names):
+            return None
+        module = ctypes.CDLL(path)  # already loaded: the same mapping
+        anchor = ctypes.cast(module.PyInit__rust, ctypes.c_void_p).value
+        if anchor is None:
+            return None
+        bias = anchor - syms["PyInit__rust"]
+        setter = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)(
+            bias + syms["SSL_CTX_set_num_tickets"])
+        getter = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p)(
+            bias + syms["SSL_CTX_get_num_tickets"])
+        probe = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ptr = int(_ffi.cast("uintptr_t", probe._context))  # noqa: SLF001
+        if getter(ptr) != 2 or not setter(ptr, 1) or getter(ptr) != 1:
+            return None
+        return lambda ctx, n: int(setter(ctx, n))
+    except (OSError, ValueError, AttributeError, ImportError, struct.error):
+        return None
+
+
+def _elf_symbols(path: str, names: tuple[str, ...]) -> dict[str, int]:
+    """Values of the named symbols in a 64-bit little-endian ELF file's .symtab."""
+    want = {n.encode(): n for n in names}
+    found: dict[str, int] = {}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if m[:4] != b"\x7fELF" or m[4] != 2 or m[5] != 1:
+            return found
+        shoff = struct.unpack_from("<Q", m, 0x28)[0]
+        shentsize, shnum = struct.unpack_from("<HH", m, 0x3A)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", m, shoff + i * shentsize)
+                    for i in range(shnum)]
+        for sec in sections:
+            if sec[1] != 2:  # SHT_SYMTAB
+                continue
+            off, size, link, entsize = sec[4], sec[5], sec[6], sec[9]
+            strings = sections[link][4]
+            for pos in range(off, off + size - entsize + 1, entsize):
+                name_at, _info, _other, _shndx, value = struct.unpack_from("<IBBHQ", m, pos)
+                start = strings + name_at
+                name = m[start:m.find(b"\0", start)]
+                if name in want:
+                    found[want[name]] = value
+                    if len(found) == len(want):
+                        return found
+    return found
 
 
 def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
@@ -247,13 +331,28 @@ class TlsSession:
     def session_key(self) -> bytes:
         """Names the current TLS session: a hash of its secret (TLS 1.2 master secret; TLS 1.3
         resumption PSK of the newest ticket), equal again when the peer resumes it."""
-        return hashlib.sha256(b"nac-resume" + self.conn.master_key()).digest()
+        session = _lib.SSL_get_session(self._ssl)
+        if session == _ffi.NULL:
+            raise TlsError("TLS: no session")
+        buf = _alloc("unsigned char[]", 64)  # TLS master secret 48, TLS 1.3 PSK <= 64
+        n = _lib.SSL_SESSION_get_master_key(session, buf, 64)
+        return hashlib.sha256(b"nac-resume" + _ffi.buffer(buf, n)[:]).digest()
 
     def peer_certificate(self) -> x509.Certificate | None:
         return self.conn.get_peer_certificate(as_cryptography=True)
 
     def export(self, label: bytes, length: int, context: bytes | None = None) -> bytes:
-        return self.conn.export_keying_material(label, length, context)
+        # Straight to OpenSSL, like the per-round calls (pyOpenSSL's wrapper costs more).
+        out = _alloc("unsigned char[]", length)
+        if context is None:
+            ok = _lib.SSL_export_keying_material(self._ssl, out, length, label, len(label),
+                                                 _ffi.NULL, 0, 0)
+        else:
+            ok = _lib.SSL_export_keying_material(self._ssl, out, length, label, len(label),
+                                                 context, len(context), 1)
+        if ok != 1:
+            raise TlsError("TLS: key export failed")
+        return _ffi.buffer(out, length)[:]
 
     def key_material(self) -> bytes:
         """128 octets: MSK (first 64) then EMSK, with the method's label for this version."""
