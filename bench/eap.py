@@ -214,9 +214,33 @@ server inner {{
 """
 
 
+def nac_config(work: Path, resumption: bool) -> Path:
+    """What the embedded default gives the bench (the loopback client, the demo account),
+    plus the [eap] settings the bench varies."""
+    sys.path.insert(0, str(ROOT))
+    from nac.accounts import hash_password, nt_hash
+
+    path = work / "nac.toml"
+    path.write_text(f"""\
+[[clients]]
+address = "127.0.0.1"
+secret = "{SECRET}"
+name = "localhost"
+
+[accounts.demo]
+password_hash = "{hash_password(PASSWORD)}"
+nt_hash = "{nt_hash(PASSWORD).hex()}"
+
+[eap]
+tls_resumption = {"true" if resumption else "false"}
+""")
+    return path
+
+
 class Server:
     def __init__(self, kind: str, work: Path, pki_state: Path, threads: int, *,
-                 fr_cache: bool = False, fr_auto_chain: bool = False) -> None:
+                 fr_cache: bool = False, fr_auto_chain: bool = False,
+                 nac_config: Path | None = None) -> None:
         self.kind = kind
         self.port, acct = probe.free_udp_ports(2)
         self.proc: subprocess.Popen[bytes]
@@ -226,7 +250,8 @@ class Server:
                    str(self.port), "--acct-port", str(acct), "--listen", "127.0.0.1",
                    "--log-level", "warning", "--workers", str(threads),
                    # FreeRADIUS runs no posture method: compare authentication alone.
-                   "--posture", "off"]
+                   "--posture", "off",
+                   *(["--config", str(nac_config)] if nac_config else [])]
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         else:
             d = work / "freeradius"
@@ -364,6 +389,9 @@ def main() -> None:
                          "turns FreeRADIUS's session cache on")
     ap.add_argument("--fr-cache", action="store_true",
                     help="FreeRADIUS TLS session cache on (nac's resumption is always on)")
+    ap.add_argument("--nac-resumption", choices=("on", "off"), default="on",
+                    help="nac's eap.tls_resumption (default on, as shipped; on, TLS 1.3 "
+                         "sends two session tickets, which TTLS delivers before success)")
     ap.add_argument("--fr-auto-chain", action="store_true",
                     help="FreeRADIUS appends the CA to the chain it sends (its default)")
     ap.add_argument("--threads", type=int, default=2,
@@ -391,11 +419,13 @@ def main() -> None:
         os.chmod(state / "pki" / "server.key", 0o644)  # FreeRADIUS may run as another user
         ca = state / "pki" / "ca.pem"
         servers: dict[str, Server] = {}
+        # Off: a config file with what the embedded default has and resumption off.
+        nac_conf = nac_config(work, False) if args.nac_resumption == "off" else None
         try:
             for kind in kinds:
                 n = args.workers if (kind == "nac" and args.workers) else args.threads
                 servers[kind] = Server(kind, work, state, n, fr_cache=fr_cache,
-                                       fr_auto_chain=args.fr_auto_chain)
+                                       fr_auto_chain=args.fr_auto_chain, nac_config=nac_conf)
             for c, (method, tls) in enumerate(cases):
                 path = conf(work, method, tls, ca)
                 for kind, server in servers.items():
@@ -448,7 +478,8 @@ def main() -> None:
         summary.append(entry)
     print(f"medians of {args.rounds} (ms of server CPU per conversation"
           + (f", 1 full + {args.reauth} resumed per peer" if args.reauth else "")
-          + f"; {'RSA-2048' if args.rsa else 'ECDSA P-256'}):")
+          + f"; {'RSA-2048' if args.rsa else 'ECDSA P-256'}; nac resumption "
+          f"{args.nac_resumption}, FreeRADIUS cache {'on' if fr_cache else 'off'}):")
     for e in summary:
         parts = [f"{k} {e[k]['cpu_ms_per_conv']}" for k in kinds]  # type: ignore[index]
         ratio = f"  conversations per CPU-second nac/FreeRADIUS {e['ratio']:.2f}x" \
@@ -457,6 +488,7 @@ def main() -> None:
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     result = {"rsa": args.rsa, "reauth": args.reauth, "fr_cache": fr_cache,
+              "nac_resumption": args.nac_resumption,
               "fr_auto_chain": args.fr_auto_chain, "n": args.n, "p": args.p,
               "summary": summary, "runs": rows}
     (out / "eap.json").write_text(json.dumps(result, indent=1))

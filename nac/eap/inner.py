@@ -52,7 +52,7 @@ class InnerEap:
             full = f"{self.outer}/mschapv2" if self.outer == "peap" else "ttls/eap-mschapv2"
             if not self.env.inner_allowed(full):
                 return fail(f"{full} is not allowed")
-            self.method = MschapV2Method(replace(self.env, identity=self.identity),
+            self.method = MschapV2Method(self.env.with_identity(self.identity),
                                          full_name=full)
             return request(packet.request(ident, self.method.type, self.method.start(ident)))
         if pkt.type == packet.NAK:

@@ -129,6 +129,9 @@ class EapService:
         # handle(), expire() and resumptions may come from different threads (the loop,
         # a housekeeping executor): one at a time.
         self._lock = threading.Lock()
+        # What every conversation's MethodEnv consults, made once rather than per start.
+        self._inner_allowed: Callable[[str], bool] = lambda n: n in self.config.inner_methods
+        self._clock: Callable[[], float] = lambda: self._now
 
     @property
     def live(self) -> int:
@@ -276,7 +279,7 @@ class EapService:
             self._awaiting.pop(conv.station, None)
         if pkt is None:
             return self._challenge(conv, packet.IDENTITY, b"")
-        conv.bytes_in = len(pkt.encode())
+        conv.bytes_in = 5 + len(pkt.data)  # its encoded length
         conv.identifier = pkt.identifier
         return self._identity(conv, pkt, nas)
 
@@ -312,9 +315,9 @@ class EapService:
             self.box,
             conv.identity,
             self.tls,
-            inner_allowed=lambda n: n in self.config.inner_methods,
+            inner_allowed=self._inner_allowed,
             posture=self._posture_for(conv),
-            now=lambda: self._now,
+            now=self._clock,
             check_password=self._check_password,
         )
         try:
@@ -441,10 +444,11 @@ class EapService:
         global list, then the realm's list, then the NAS group's, then the account's own."""
         cfg = self.config
         allowed = [m for m in OUTER_METHODS if m in cfg.methods]
-        realm = identity.rsplit("@", 1)[1].lower() if "@" in identity else None
-        realms = {k.lower(): v for k, v in cfg.realm_methods.items()}
-        if realm is not None and realm in realms:
-            allowed = [m for m in allowed if m in realms[realm]]
+        if "@" in identity and cfg.realm_methods:
+            realm = identity.rsplit("@", 1)[1].lower()
+            realms = {k.lower(): v for k, v in cfg.realm_methods.items()}
+            if realm in realms:
+                allowed = [m for m in allowed if m in realms[realm]]
         if nas.group is not None and nas.group in cfg.nas_group_methods:
             allowed = [m for m in allowed if m in cfg.nas_group_methods[nas.group]]
         account = self.lookup(identity)
