@@ -143,6 +143,36 @@ def test_session_resumption_for_fast_reauthentication(lab: Lab) -> None:
         assert res2.msk == peer_msk(second)
 
 
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_peap_fast_reconnect_skips_the_inner_method(lab: Lab, version: str) -> None:
+    rounds: dict[bool, int] = {}
+    for fast in (True, False):
+        service = lab.service(peap_fast_reconnect=fast)
+        first = TlsPeer(lab, "peap", version=version)
+        assert run_tls(lab, service, first)[0].action == "accept"
+        again = TlsPeer(lab, "peap", version=version, resume=first)
+        res, conv = run_tls(lab, service, again)
+        assert res.action == "accept", res.reason
+        assert _reused(again)
+        assert (res.identity, res.role, res.method) == ("demo", "default", "peap/mschapv2")
+        assert res.msk == peer_msk(again)
+        # The peer answered an MSCHAPv2 challenge only when the inner method ran.
+        assert any(d[:1] == bytes([packet.MSCHAPV2]) for d in again.app_seen) == (not fast)
+        rounds[fast] = conv.rounds
+    assert rounds[True] == rounds[False] - 3  # inner Identity, Challenge, Success
+
+
+def test_peap_fast_reconnect_runs_phase2_when_the_account_is_gone(lab: Lab) -> None:
+    service = lab.service()
+    first = TlsPeer(lab, "peap", version="1.3")
+    assert run_tls(lab, service, first)[0].action == "accept"
+    service.lookup = lambda name: None  # the account was removed since
+    again = TlsPeer(lab, "peap", version="1.3", resume=first)
+    res, _ = run_tls(lab, service, again)
+    assert _reused(again)
+    assert res.action == "reject"  # the inner method ran again and found no account
+
+
 def _reused(peer: TlsPeer) -> bool:
     return peer.resumed()
 

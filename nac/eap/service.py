@@ -497,6 +497,7 @@ def config_from_settings(settings: object, pki: object | None = None) -> EapConf
         "server_name",
         "remember_station_method",
         "peap_fast_start",
+        "peap_fast_reconnect",
     ):
         v = g(settings, key, None)
         if v is not None:

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from nac.eap import packet
 from nac.eap.inner import InnerEap
-from nac.eap.methods.base import MethodEnv, Outcome, Step, fail
+from nac.eap.methods.base import MethodEnv, Outcome, Step, account_permits, fail
 from nac.eap.methods.tlsbase import TlsMethodBase
 
 RESULT_TLV = 3
@@ -57,6 +57,10 @@ class PeapMethod(TlsMethodBase):
         return packet_ if full else packet_[4:]
 
     def on_established(self, flight_pending: bool) -> Step | bytes | None:
+        if self.tls.resumed and self.env.config.peap_fast_reconnect:
+            quick = self._fast_reconnect()
+            if quick is not None:
+                return quick
         if flight_pending and self.tls.version == "1.2" and not self.env.config.peap_fast_start:
             # Let the peer take our Finished first; inner traffic starts after its ACK.
             self.phase = "wait_ack"
@@ -66,6 +70,29 @@ class PeapMethod(TlsMethodBase):
         # wpa_supplicant reads data that arrives with Finished only with its EAP header
         # (FreeRADIUS sends the Identity request that way; PEAPv0 peers take either form).
         return self._first_inner(full=flight_pending and self.tls.version == "1.2")
+
+    def _fast_reconnect(self) -> Step | bytes | None:
+        """The peer resumed a session whose inner authentication we remember: the Result
+        TLV straight away, no inner method (PEAP fast reconnect; the posture method, if any,
+        still runs). None: not remembered or no longer allowed, so phase 2 runs in full."""
+        hit = self.resumed_identity()
+        if hit is None:
+            return None
+        identity, method = hit
+        account = self.env.lookup(identity)
+        if account is None or not account_permits(account, method) \
+                or not self.env.inner_allowed(method):
+            return None
+        self.phase = "inner"
+        step = self.inner.authenticated(self._next_id(),
+                                        Outcome(account.name, account.role, method, self.msk))
+        if step.kind == "request":  # the posture method's first packet
+            return step.data[4:]
+        if step.kind != "success" or step.outcome is None:
+            return step
+        self.outcome = step.outcome
+        self.phase = "result"
+        return result_tlv(self._next_id(), RESULT_SUCCESS)
 
     def on_flight_acked(self) -> Step:
         if self.phase == "wait_ack":
