@@ -28,6 +28,7 @@ from nac.events import DecisionRecord
 from nac.posture.decision import Decision
 from nac.posture.evaluate import evaluate
 from nac.posture.rules import Outcome
+from nac.posture.stored import unpack
 from nac.store.base import Store
 
 if TYPE_CHECKING:
@@ -88,8 +89,8 @@ def reevaluate(store: Store, evaluator: Evaluator, *, source: str,
             report.checked += 1
             continue
         try:
-            posture = orjson.loads(node["posture"])
-        except (TypeError, ValueError):
+            posture = unpack(orjson.loads(node["posture"]))
+        except (TypeError, ValueError):  # StoredPostureError included
             report.unreadable += 1
             continue
         report.checked += 1
@@ -153,8 +154,8 @@ def _stored_posture(store: Store, mac: str) -> tuple[dict[str, Any] | None, floa
     if found is None:
         return None, None
     try:
-        posture = orjson.loads(found[0])
-    except (TypeError, ValueError):
+        posture = unpack(orjson.loads(found[0]))
+    except (TypeError, ValueError):  # StoredPostureError included
         return None, found[1]
     return (posture if isinstance(posture, dict) else None), found[1]
 

@@ -628,7 +628,11 @@ class VendorAttribute(Attribute):
                              f"{bound} bytes, or trailing data", refuse=True)
         if kind == VendorAttrType.PACKAGES_COMPACT:
             try:
-                return cls(kind, packages_compact.decode(raw), vendor, wire=bytes(r.data))
+                packages = packages_compact.decode(raw)
+                wire = bytes(r.data)
+                if isinstance(packages, list):  # the list remembers its deflated form
+                    packages = packages_compact.PackageList(packages, wire)
+                return cls(kind, packages, vendor, wire=wire)
             except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
                 raise r.fail(f"vendor attribute {kind}: {exc}") from exc
         try:

@@ -123,6 +123,36 @@ def encode(packages: Any) -> bytes:
     return "\n".join([header, *lines]).encode("utf-8")
 
 
+class PackageList(list):  # type: ignore[type-arg]
+    """A package list decoded from the compact text, with the deflated bytes it came from
+    (`wire`, ~7 bytes a package where the list holds ~600 in Python objects): whoever keeps
+    the posture (the store, nac/posture/stored.py) can keep those instead of encoding the
+    list again. A change through the list's own methods forgets them (wire None); the
+    package dicts inside are read-only by contract (the server never changes them)."""
+
+    __slots__ = ("wire",)
+
+    def __init__(self, items: Any = (), wire: bytes | None = None) -> None:
+        super().__init__(items)
+        self.wire = wire
+
+
+def _forgetting(name: str) -> Any:
+    method = getattr(list, name)
+
+    def changed(self: PackageList, *args: Any, **kwargs: Any) -> Any:
+        self.wire = None
+        return method(self, *args, **kwargs)
+
+    changed.__name__ = name
+    return changed
+
+
+for _name in ("append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse",
+              "__setitem__", "__delitem__", "__iadd__", "__imul__"):
+    setattr(PackageList, _name, _forgetting(_name))
+
+
 def _str_list(value: Any, what: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
         raise ValueError(f"compact packages: {what} is not a list of strings")
