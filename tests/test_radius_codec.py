@@ -69,6 +69,19 @@ def test_eap_split_join(eap: bytes) -> None:
     assert c.join_eap(c.decode(raw)) == eap
 
 
+@pytest.mark.parametrize("n", [0, 1, 252, 253, 254, 505, 506, 507, 759, 1002, 1265, 4000])
+def test_eap_split_fills_each_attribute_but_the_last(n: int) -> None:
+    eap = bytes(i % 251 for i in range(n))
+    raw = c.split_eap(eap)
+    parts, pos = [], 0
+    while pos < len(raw):
+        assert raw[pos] == c.EAP_MESSAGE
+        parts.append(raw[pos + 2:pos + raw[pos + 1]])
+        pos += raw[pos + 1]
+    assert pos == len(raw) and b"".join(parts) == eap
+    assert [len(p) for p in parts] == [253] * (n // 253) + ([n % 253] if n % 253 else [])
+
+
 @given(pw=st.binary(min_size=1, max_size=128).filter(lambda b: not b.endswith(b"\0")),
        auth=st.binary(min_size=16, max_size=16))
 def test_password_hiding_round_trip(pw: bytes, auth: bytes) -> None:

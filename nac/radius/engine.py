@@ -92,6 +92,7 @@ class Engine:
         self._pap_inflight: dict[tuple[str, bytes, str | None], Future[bool]] = {}
         self._pap_tagger = hashlib.blake2b(key=os.urandom(32), digest_size=32)
         self._nas_info: Any = None
+        self._nas_seen: dict[tuple[object, ...], Any] = {}
         if eap is not None:
             from nac.eap.service import NasInfo  # the EAP package is optional
 
@@ -379,29 +380,41 @@ class Engine:
         if self.eap is None:
             return self._reject(pkt, client, b"EAP is not enabled on this server",
                                 c.split_eap(_eap_failure(eap)))
-        calling = pkt.get_str(c.CALLING_STATION_ID)
-        nas = self._nas_info(address=host, group=client.group, vendor=client.profile.name,
-                             calling_station_id=calling, nas_port_id=pkt.get_str(c.NAS_PORT_ID))
+        first = pkt.first
+        calling = first.get(c.CALLING_STATION_ID)
+        # A conversation's rounds come from one station on one port: its NasInfo is made
+        # once, not every round (the service only reads it).
+        nas_key = (host, client.group, client.profile.name, calling, first.get(c.NAS_PORT_ID))
+        nas = self._nas_seen.get(nas_key)
+        if nas is None:
+            if len(self._nas_seen) >= 4096:
+                self._nas_seen.clear()
+            nas = self._nas_seen[nas_key] = self._nas_info(
+                address=host, group=client.group, vendor=client.profile.name,
+                calling_station_id=pkt.get_str(c.CALLING_STATION_ID),
+                nas_port_id=pkt.get_str(c.NAS_PORT_ID))
         # Rounds run here, on the packet loop: a round is TLS and hashing in C, tens of
         # microseconds, while a hop to a thread and back cost more than the round (GIL
         # handoffs, wake-ups). Only slow work (a password hash) leaves, as a Deferred.
-        res = self.eap.handle(state=pkt.get(c.STATE), eap=eap, nas=nas, now=now)
+        res = self.eap.handle(state=first.get(c.STATE), eap=eap, nas=nas, now=now)
         if res.action != "slow":
-            reply = self._eap_reply(res, pkt, client, host, normalize_mac(calling), now)
+            reply = self._eap_reply(res, pkt, client, host, calling, now)
             if reply is None:
                 self.dedup.put(key, b"", now)  # its retransmission is dropped alike
             return reply
 
         def finish(result: Any, when: float) -> bytes | None:
             done = res.resume(result, when)
-            reply = self._eap_reply(done, pkt, client, host, normalize_mac(calling), when)
+            reply = self._eap_reply(done, pkt, client, host, calling, when)
             self.dedup.put(key, reply or b"", when)
             return reply
 
         return Deferred(work=res.work, finish=finish, key=key, lane="eap")
 
     def _eap_reply(self, res: Any, pkt: c.Packet, client: NasClient, host: str,
-                   mac: str | None, now: float) -> bytes | None:
+                   calling: bytes | None, now: float) -> bytes | None:
+        """The reply to an EAP round; `calling` is the raw Calling-Station-Id, made a MAC
+        only for an Access-Accept (the one reply that records a decision)."""
         if res.action == "drop":
             self._drop("eap_" + (res.reason or "invalid").replace(" ", "_")[:40], host)
             return None
@@ -415,6 +428,7 @@ class Engine:
             log.info("EAP reject from %s (%s): %s", host, who, res.reason)
             return self._reject(pkt, client, (res.reason or "Authentication failed").encode(),
                                 eap_attr)
+        mac = normalize_mac(calling)
         d = self.authorizer.account(res.identity or "", res.role or "default", mac, res.posture,
                                     client.group, client.profile.name, res.method or "eap")
         self._record(d, pkt, client, host, now, mac, res.identity, res.role,
