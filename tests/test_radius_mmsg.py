@@ -161,3 +161,52 @@ def test_failing_send_costs_that_reply_only() -> None:
                                    for i, p in enumerate(payloads) if i != 3]
     assert listener.engine.counters["drop_send_error"] == 1
     senders[0].close()
+
+
+def test_lone_datagrams_take_recvfrom_bunches_take_recvmmsg() -> None:
+    listener = _listener(True)
+    mm = listener._mmsg
+    assert mm is not None
+    real_recv = mm.recv
+    sizes: list[int] = []
+
+    def recv() -> int:
+        sizes.append(real_recv())
+        return sizes[-1]
+
+    mm.recv = recv  # type: ignore[method-assign]
+    sender = _senders(1)[0]
+    port = sender.getsockname()[1]
+
+    async def run() -> list[bytes]:
+        listener.start(asyncio.get_running_loop())
+        target = listener.sock.getsockname()[:2]
+        got: list[bytes] = []
+
+        async def burst(n: int, tag: str) -> None:
+            for i in range(n):
+                sender.sendto(f"{tag}{i}".encode(), target)
+            want = len(got) + n
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                while True:
+                    try:
+                        got.append(sender.recv(65536))
+                    except BlockingIOError:
+                        break
+                if len(got) >= want:
+                    return
+
+        await burst(1, "a")  # one datagram by recvmmsg: the next wake-up reads by recvfrom
+        await burst(1, "b")
+        await burst(5, "c")  # recvfrom finds five: back to recvmmsg
+        await burst(5, "d")
+        listener.close()
+        return got
+
+    got = asyncio.run(run())
+    want = [f"{t}{i}".encode() for t, n in (("a", 1), ("b", 1), ("c", 5), ("d", 5))
+            for i in range(n)]
+    assert got == [_answer(w, "127.0.0.1", port, 0) for w in want]
+    assert sizes == [1, 5]  # "b" and "c" came through recvfrom
+    sender.close()
