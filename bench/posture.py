@@ -3,6 +3,7 @@ host inventory of N packages, against FreeRADIUS's PEAP-MSCHAPv2 without posture
 
     python3 bench/posture.py [-n 40] [--packages 1500] [--parallel 4] [--rounds 3]
                              [--rsa] [--cases first,certificate,feeds,off,plain,freeradius]
+                             [--phase2 autheap=MSCHAPV2|auth=MSCHAPV2]
                              [--profile FILE [--profile-gil] [--profile-case C]]
 
 eapol_test loads our IMC plug-in (private mount namespace, overlay /etc with its own
