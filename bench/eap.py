@@ -19,7 +19,10 @@ server CPU-second (above 1: nac is cheaper).
 
 FreeRADIUS sends the same certificate as nac (auto_chain = no; --fr-auto-chain for its
 default, which appends the CA); its TLS session cache is off (its default) unless --fr-cache
-or --reauth. Before the rounds, one verbose conversation per case and server counts the round
+or --reauth. nac runs as shipped (TLS resumption on: one TLS 1.3 ticket per handshake) unless
+--nac-resumption off. --together measures both servers at the same time, the peers taking
+them in turn, which on a busy machine gives far steadier ratios than one after the other.
+Before the rounds, one verbose conversation per case and server counts the round
 trips (Access-Challenges) and reads the key exchange group and cipher suite; a second one from
 the same station counts them again (nac offers a station the method it last succeeded with).
 Each case has its own stations (Calling-Station-Id), the same in every round, as stations
@@ -355,6 +358,34 @@ def measure(server: Server, path: Path, n: int, parallel: int, reauth: int = 0,
             "cpu_ms_per_conv": round(1000 * cpu / convs, 3)}
 
 
+def measure_together(servers: dict[str, Server], path: Path, n: int, parallel: int,
+                     reauth: int = 0, stations: int = 0,
+                     first: int = 0) -> dict[str, dict[str, float]]:
+    """n conversations per server at the same time: the peers take the servers in turn
+    (P in flight in all), so load from elsewhere on the machine weighs on each alike; each
+    server's CPU per conversation over the same interval. Station i talks to every server."""
+    names = list(servers)
+    k = len(names)
+    cpu0, t0 = {name: s.cpu() for name, s in servers.items()}, time.monotonic()
+
+    def go(i: int) -> tuple[str, bool]:
+        name = names[(i + first) % k]
+        return name, one(servers[name].port, path, reauth, stations + i // k)
+
+    with ThreadPoolExecutor(parallel) as pool:
+        results = list(pool.map(go, range(n * k)))
+    wall = time.monotonic() - t0
+    convs = n * (1 + reauth)
+    out = {}
+    for name, server in servers.items():
+        cpu = server.cpu() - cpu0[name]
+        out[name] = {"n": n, "ok": sum(ok for who, ok in results if who == name),
+                     "conversations": convs, "wall_s": round(wall, 2),
+                     "conv_per_s": round(k * convs / wall, 1), "server_cpu_s": round(cpu, 3),
+                     "cpu_ms_per_conv": round(1000 * cpu / convs, 3)}
+    return out
+
+
 def warm(server: Server, path: Path, parallel: int, stations: int = 0xFF0000) -> None:
     # Outside the measurement: imports, caches, and nac's password memo (one scrypt per
     # worker, as FreeRADIUS's cleartext password needs none), with as many conversations
@@ -392,6 +423,10 @@ def main() -> None:
     ap.add_argument("--nac-resumption", choices=("on", "off"), default="on",
                     help="nac's eap.tls_resumption (default on, as shipped; on, TLS 1.3 "
                          "sends two session tickets, which TTLS delivers before success)")
+    ap.add_argument("--together", action="store_true",
+                    help="measure the servers at the same time, conversations taking them in "
+                         "turn, instead of one after the other: on a busy machine both then "
+                         "see the same neighbours (conv/s is then of all servers together)")
     ap.add_argument("--fr-auto-chain", action="store_true",
                     help="FreeRADIUS appends the CA to the chain it sends (its default)")
     ap.add_argument("--threads", type=int, default=2,
@@ -447,10 +482,14 @@ def main() -> None:
                     order.reverse()
                 for c, (method, tls) in enumerate(cases):
                     path = conf(work, method, tls, ca)
+                    together = measure_together(servers, path, args.n, args.p, args.reauth,
+                                                station_base(c), rnd) \
+                        if args.together else {}
                     for kind, server in order:
                         # Each case has its own stations, the same ones every round: a
                         # station re-authenticates with the method it used before.
-                        r = measure(server, path, args.n, args.p, args.reauth, station_base(c))
+                        r = together.get(kind) or measure(server, path, args.n, args.p,
+                                                          args.reauth, station_base(c))
                         r.update(server=kind, method=method, tls=tls, round=rnd)
                         rows.append(r)
                         print(f"round {rnd} {kind:10} {method:14} TLS {tls}: {r['ok']}/{r['n']} "
@@ -479,7 +518,8 @@ def main() -> None:
     print(f"medians of {args.rounds} (ms of server CPU per conversation"
           + (f", 1 full + {args.reauth} resumed per peer" if args.reauth else "")
           + f"; {'RSA-2048' if args.rsa else 'ECDSA P-256'}; nac resumption "
-          f"{args.nac_resumption}, FreeRADIUS cache {'on' if fr_cache else 'off'}):")
+          f"{args.nac_resumption}, FreeRADIUS cache {'on' if fr_cache else 'off'}"
+          + ("; measured together" if args.together else "") + "):")
     for e in summary:
         parts = [f"{k} {e[k]['cpu_ms_per_conv']}" for k in kinds]  # type: ignore[index]
         ratio = f"  conversations per CPU-second nac/FreeRADIUS {e['ratio']:.2f}x" \
@@ -488,7 +528,7 @@ def main() -> None:
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     result = {"rsa": args.rsa, "reauth": args.reauth, "fr_cache": fr_cache,
-              "nac_resumption": args.nac_resumption,
+              "nac_resumption": args.nac_resumption, "together": args.together,
               "fr_auto_chain": args.fr_auto_chain, "n": args.n, "p": args.p,
               "summary": summary, "runs": rows}
     (out / "eap.json").write_text(json.dumps(result, indent=1))
