@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from eap_ext.agent.imc.install import build_library, imc_line
+from nac.posture.stored import PACKED
 from tests.conftest import ROOT, SECRET, NacServer, nac_cmd, need
 from tests.test_agent_fixtures import build_debian_root
 
@@ -141,6 +143,15 @@ def test_compliant_host_gets_normal(nac_server: NacServer, tmp_path: Path) -> No
     node = json.loads(nac_server.nac("nodes", "show", "02:00:00:00:aa:01", "--json").stdout)
     assert node["node"]["segment"] == "normal"
     assert node["node"]["posture"]["os"]["id"] == "debian"
+    # The store keeps the package list as the deflated bytes the agent sent
+    # (nac/posture/stored.py); the CLI shows the packages themselves.
+    shown = {(p["name"], p["version"]) for p in node["node"]["posture"]["packages"]}
+    assert ("openssl", "3.0.11-1~deb12u2") in shown
+    with sqlite3.connect(nac_server.state_dir / "nac.db") as db:
+        [(raw,)] = db.execute("SELECT posture FROM node_postures WHERE mac = ?",
+                              ("02:00:00:00:aa:01",)).fetchall()
+    stored = json.loads(raw)
+    assert PACKED in stored and "packages" not in stored
 
 
 def test_forwarding_host_is_isolated_and_told_why(nac_server: NacServer,

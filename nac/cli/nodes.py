@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from nac.cli.common import fail, state_dir_option, store_option
 from nac.cli.output import dump_json, fmt_time, table
 from nac.mac import normalize_mac
+from nac.posture.stored import StoredPostureError, unpack
 from nac.store import open_store
 
 
@@ -35,7 +37,7 @@ def list_nodes(state_dir: Path, store_url: str | None, as_json: bool) -> None:
     rows = store.list_nodes()
     if as_json:
         for r in rows:
-            r["posture"] = json.loads(r["posture"]) if r.get("posture") else None
+            r["posture"] = _posture(r.get("posture"))
         dump_json(rows)
         return
     table(
@@ -58,7 +60,7 @@ def show_node(mac: str, state_dir: Path, store_url: str | None, as_json: bool) -
     if node is None:
         fail(f"no node {mac} in {store.url}")
         return
-    node["posture"] = json.loads(node["posture"]) if node.get("posture") else None
+    node["posture"] = _posture(node.get("posture"))
     decisions = store.decisions_for(mac)
     sessions = store.sessions_for(mac)
     if as_json:
@@ -164,3 +166,14 @@ def reinspect(mac: str | None, all_nodes: bool, config_path: Path, state_dir: Pa
 
 def register(cli: click.Group) -> None:
     cli.add_command(nodes)
+
+
+def _posture(text: str | None) -> Any:
+    """A stored posture as JSON output shows it: unpacked (nac/posture/stored.py); a row
+    that does not decode is shown as the error, not fatal to the listing."""
+    if not text:
+        return None
+    try:
+        return unpack(json.loads(text))
+    except (ValueError, StoredPostureError) as exc:
+        return {"error": f"stored posture unreadable: {exc}"}

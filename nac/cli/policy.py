@@ -24,6 +24,7 @@ from nac.posture.policy import (
     load_policy,
     sample_policy_text,
 )
+from nac.posture.stored import unpack
 
 DB_NAME = "nac.db"  # the store and the feed cache share it (nac.store, nac.prevention.cache)
 
@@ -264,7 +265,7 @@ def _reevaluate(node: dict[str, Any], row: dict[str, Any], state_dir: Path) -> D
     if row.get("source") != "posture" or not node.get("posture"):
         return None
     try:
-        posture = json.loads(node["posture"])
+        posture = unpack(json.loads(node["posture"]))
         active = load_active_policy(state_dir)
     except (ValueError, PolicyError):
         return None
