@@ -84,6 +84,11 @@ class EapSettings(_Strict):
     # a TTLS station's re-authentication skips the round trip that refuses PEAP.
     remember_station_method: bool = True
     tls_resumption: bool = True  # TLS session resumption (tickets / session IDs)
+    # PEAP over TLS 1.2: the inner Identity request rides with our Finished (one round trip
+    # fewer). Off for a peer that only reads phase 2 after acknowledging Finished.
+    peap_fast_start: bool = True
+    # PEAP resumption of a remembered session skips the inner method (fast reconnect).
+    peap_fast_reconnect: bool = True
     certificate: str | None = None  # PEM paths; default: STATE/pki/
     private_key: str | None = None
     ca_certificates: str | None = None

@@ -296,5 +296,10 @@ def test_config_from_server_settings(tmp_path: Path) -> None:
     # Empty methods in the server config means every method this server has.
     assert config_from_settings(EapSettings(), pki).methods == ["peap", "ttls", "tls",
                                                                  "mschapv2", "md5"]
+    # The PEAP round-trip savers are on by default, and the server config turns them off.
+    default = config_from_settings(EapSettings(), pki)
+    assert default.peap_fast_start and default.peap_fast_reconnect
+    off = config_from_settings(EapSettings(peap_fast_start=False, peap_fast_reconnect=False), pki)
+    assert not off.peap_fast_start and not off.peap_fast_reconnect
     svc = EapService(cfg, {}.get, None)
     assert svc.allowed_methods("x", NAS) == ["peap", "tls"]
