@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nac.eap import packet
+from nac.eap import avp, packet
 from nac.eap.tls_engine import TLS12_LABELS, TLS13_LABEL
 from nac.pki import revoke
 from tests.test_eap_peer import Lab, TlsPeer, run_tls
@@ -292,6 +292,39 @@ def test_posture_method_runs_inside_the_tunnel(lab: Lab, method: str, inner: str
     assert res.identity == "demo" and res.msk == peer_msk(peer)
     # A peer without a posture agent NAKs: still authenticated, posture unknown.
     assert res.posture == (None if nak else {"report": "firewall=on"})
+
+
+def test_ttls_mschapv2_success_carries_the_posture_request(lab: Lab) -> None:
+    """MS-CHAP2-Success and the posture method's first request travel in one tunnel
+    message (one round trip fewer); without posture, EAP-Success waits for the peer's ack
+    of MS-CHAP2-Success."""
+    from nac.eap.service import EapService
+    from tests.test_eap_peer import fake_posture
+
+    def together(peer: TlsPeer) -> list[tuple[bool, bool]]:
+        seen = []
+        for data in peer.app_seen:
+            avps = avp.parse(data)
+            seen.append((avp.find(avps, avp.MS_CHAP2_SUCCESS, avp.MICROSOFT) is not None,
+                         avp.find(avps, avp.EAP_MESSAGE) is not None))
+        return seen
+
+    rounds = {}
+    for posture in (fake_posture, None):
+        service = EapService(lab.config(), lab.accounts.get, lab.box, posture=posture)
+        peer = TlsPeer(lab, "ttls", inner="mschapv2")
+        res, conv = run_tls(lab, service, peer)
+        assert res.action == "accept", res.reason
+        rounds[posture is not None] = conv.rounds
+        if posture is not None:
+            assert res.posture == {"report": "firewall=on"}
+            assert together(peer) == [(True, True)]
+        else:
+            assert together(peer) == [(True, False)]
+    # The posture round (request, report) takes the place of the ack of MS-CHAP2-Success:
+    # a one-round posture method costs no round at all (it cost one when the request
+    # waited for that ack).
+    assert rounds[True] == rounds[False]
 
 
 def test_rsa_pki_all_tls_methods(tmp_path: Path) -> None:

@@ -154,6 +154,23 @@ def test_compliant_host_gets_normal(nac_server: NacServer, tmp_path: Path) -> No
     assert PACKED in stored and "packages" not in stored
 
 
+def test_ttls_mschapv2_avps_start_posture_with_ms_chap2_success(nac_server: NacServer,
+                                                                tmp_path: Path) -> None:
+    """TTLS's own MS-CHAP-V2: the server sends EAP-TNC's Start with MS-CHAP2-Success, and
+    wpa_supplicant takes both from that one message."""
+    _check()
+    root = build_debian_root(tmp_path / "host")
+    ok, log, run = run_eapol(tmp_path, nac_server, root, phase2="auth=MSCHAPV2")
+    assert ok == 0, log[-3000:]
+    assert vlan(log) == "30", log[-2000:]
+    assert agent_status(run)["recommendation"] == "allow"
+    # EAP-TNC started from the message that carried MS-CHAP2-Success, not after an ack
+    head = log[:log.index("EAP-TTLS: Phase 2 MSCHAPV2 authentication succeeded")]
+    tail = log[len(head):log.index("EAP-TTLS: Processing TNC")]
+    assert "Start TNC after completed non-EAP method" in tail
+    assert "Sending RADIUS message" not in tail
+
+
 def test_forwarding_host_is_isolated_and_told_why(nac_server: NacServer,
                                                    tmp_path: Path) -> None:
     _check()

@@ -27,6 +27,7 @@ class TtlsMethod(TlsMethodBase):
         self.prompts = 0
         self.pending: Outcome | None = None  # MSCHAPv2: success once the peer acks
         self.resumed: Outcome | None = None  # phase 2 skipped: success once the peer acks
+        self.decided: Step | None = None  # what follows MS-CHAP2-Success, already decided
 
     def on_established(self, flight_pending: bool) -> Step | bytes | None:
         if not self.tls.resumed:
@@ -73,6 +74,9 @@ class TtlsMethod(TlsMethodBase):
 
     def _authenticated(self, outcome: Outcome) -> Step | bytes:
         """Inner authentication done: success, or the posture method's first request."""
+        if self.decided is not None:
+            step, self.decided = self.decided, None
+            return step
         self.inner = self.inner or InnerEap(self.env, "ttls")
         self.iid = (self.iid + 1) & 0xFF
         step = self.inner.authenticated(self.iid, outcome)
@@ -147,9 +151,21 @@ class TtlsMethod(TlsMethodBase):
         auth = mschap.authenticator_response(
             account.nt_hash, nt_resp, peer_challenge, challenge, name
         )
-        self.pending = Outcome(account.name, account.role, "ttls/mschapv2", self.msk)
         value = bytes([response[0]]) + auth.encode()
-        return avp.Avp(avp.MS_CHAP2_SUCCESS, value, avp.MICROSOFT).encode()
+        success = avp.Avp(avp.MS_CHAP2_SUCCESS, value, avp.MICROSOFT).encode()
+        outcome = Outcome(account.name, account.role, "ttls/mschapv2", self.msk)
+        if self.env.posture is not None:
+            # The posture method's first request rides with MS-CHAP2-Success: one round trip
+            # fewer (wpa_supplicant's eap_ttls.c starts EAP-TNC from that same message).
+            follow = self._authenticated(outcome)
+            if isinstance(follow, bytes):
+                return success + follow
+            if follow.kind != "success":
+                return follow
+            self.decided = follow  # no posture for this station: succeed on the ack
+        # EAP-Success only after the peer has checked MS-CHAP2-Success (it acks it).
+        self.pending = outcome
+        return success
 
     def _eap(self, raw: bytes) -> Step | bytes:
         try:
