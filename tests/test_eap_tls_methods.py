@@ -473,3 +473,19 @@ def test_ttls_pap_password_hash_leaves_the_round_as_slow_work(lab: Lab, password
     assert res.action == "accept" and res.method == "ttls/pap" and res.identity == "demo"
     res, _ = run_tls(lab, service, TlsPeer(lab, "ttls", version="1.3", inner="pap"))
     assert res.action == "accept" and slow_rounds == 1  # the memo knew it this time
+
+
+def test_a_message_that_fits_goes_in_one_piece_without_length() -> None:
+    """Unfragmented, a TLS message needs no Length field: 4 more bytes in the one piece
+    (fragment_size counts the EAP header, type and flags)."""
+    from nac.eap.tls_engine import FLAG_L, FLAG_M, Framer
+
+    framer = Framer(1020)
+    framer.queue(b"x" * 1014)
+    piece = framer.next_fragment()
+    assert len(piece) + 5 == 1020 and piece[0] == 0 and not framer.sending
+    framer.queue(b"x" * 1015)
+    first = framer.next_fragment()
+    assert first[0] == FLAG_L | FLAG_M and len(first) + 5 <= 1020
+    rest = framer.next_fragment()
+    assert rest[0] == 0 and len(first) - 5 + len(rest) - 1 == 1015 and not framer.sending

@@ -63,3 +63,40 @@ def test_verified_cache_is_bounded(tmp_path: Path) -> None:
     cert = signer.decode(tokens[0])  # verified again, and remembered again
     assert isinstance(cert, QuarantineCertificate) and cert.posture_digest == "d0"
     assert list(signer._verified) == [*tokens[3:], tokens[0]]
+
+
+def test_certified_digests_are_cut_and_still_bind(tmp_path: Path) -> None:
+    """certify() keeps 48 hex digits of the posture digest and 32 of the policy digest (the
+    token crosses the tunnel in the result batch); verify() holds them to the current
+    digests' prefixes, accepts tokens with whole digests, and refuses any other posture."""
+    from nac.posture.certificate import certify
+    from nac.posture.decision import Decision
+    from nac.posture.digest import posture_digest
+
+    signer = CertificateSigner.from_state_dir(tmp_path)
+    posture = {"schema": 1, "os": {"id": "debian", "version_id": "12"}}
+    policy = "ab" * 32
+    decision = Decision(segment="normal", reasons=(), expires=NOW + 600)
+    token = certify(signer, decision, node_id="demo", mac="", identity="demo",
+                    posture=posture, feed_epoch=1, policy_digest=policy, now=NOW).certificate
+    assert token is not None
+    cert = signer.decode(token)
+    assert not isinstance(cert, str)
+    whole = posture_digest(posture)
+    assert (cert.posture_digest, cert.policy_digest) == (whole[:48], policy[:32])
+    assert cert.node_id == ""  # the same as the identity: not said twice
+    args = {"now": NOW, "feed_epoch": 1}
+    assert signer.verify(token, posture_digest=whole, policy_digest=policy, **args)
+    other = posture_digest({**posture, "forwarding": {"ipv4": True}})
+    refused = signer.verify(token, posture_digest=other, policy_digest=policy, **args)
+    assert not refused and "posture changed" in refused.reason
+    refused = signer.verify(token, posture_digest=whole, policy_digest="cd" * 32, **args)
+    assert not refused and "policy changed" in refused.reason
+    # a certificate issued before the cut (whole digests) still holds
+    old = signer.issue(QuarantineCertificate("demo", "", "demo", whole, "normal", 1, policy,
+                                             NOW, NOW + 60))
+    assert signer.verify(old, posture_digest=whole, policy_digest=policy, **args)
+    # a certified digest too short to name anything never matches a whole one
+    short = signer.issue(QuarantineCertificate("", "", "demo", whole[:8], "normal", 1, policy,
+                                               NOW, NOW + 60))
+    assert not signer.verify(short, posture_digest=whole, policy_digest=policy, **args)

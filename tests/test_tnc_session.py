@@ -80,8 +80,8 @@ def test_full_exchange(protocol: str) -> None:
     assert imv.done and not imv.failed and imv.protocol == protocol
     assert imc.done and imc.recommendation == "isolate" and imc.assessment == 2
     assert imc.remediation == REMEDIATION and imc.certificate == CERT
-    assert imc.certificate_data == {"token": base64.b64encode(CERT).decode(),
-                                    "posture_digest": None}
+    # any certificate travels base64-encoded; our "qc1." tokens as they are (below)
+    assert imc.certificate_data == {"token": base64.b64encode(CERT).decode()}
     if protocol == "tnccs11":
         assert len(trace) == 2  # posture, then results + recommendation
         assert all(detect_tnccs(b) == "tnccs11" for b in trace)
@@ -277,3 +277,18 @@ def test_certificate_only_first_batch(protocol: str, trusted: bool) -> None:
     assert imc.sent_inventory is not trusted
     assert len(ev.calls) == 1 and imc.recommendation == "allow"
     assert ev.calls[0][0] == (asked[0] if trusted else posture)
+
+
+def test_our_certificate_tokens_travel_unwrapped() -> None:
+    """A "qc1." token goes into the CERTIFICATE attribute as it is (no base64 around it:
+    the result batch stays in one EAP piece) and the IMC gets the same bytes back."""
+    token = b"qc1.eyJzZWdtZW50Ijoibm9ybWFsIn0.c2lnbmF0dXJl"
+
+    def evaluate(doc: dict, ident: str | None) -> tuple[str, int, list[str], bytes]:
+        return "allow", 0, [], token
+
+    imc = ImcSession(SCHEMA_EXAMPLE)
+    imv = ImvSession(evaluate, identity="alice@example.org", digest_first=True)
+    run(imc, imv)
+    assert imc.certificate == token
+    assert imc.certificate_data == {"token": token.decode(), "digest_first": True}

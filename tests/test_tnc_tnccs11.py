@@ -54,10 +54,12 @@ def test_spelling_matches_what_wpa_supplicant_scans_for() -> None:
                                     TnccsRecommendation("isolate"))).encode().decode()
     # tncc.c finds these with strstr(): the element name followed by a space, BatchId=,
     # the 8-digit upper-case hex Type, and `type=` inside TNCCS-Recommendation.
-    assert wire.startswith('<?xml version="1.0"?>\n<TNCCS-Batch BatchId="2" ')
+    # No XML declaration, schema location or newlines: bytes only, in ~1 kB EAP pieces.
+    assert wire.startswith('<TNCCS-Batch BatchId="2" ')
     assert "<IMC-IMV-Message><Type>00000001</Type><Base64>AQI=</Base64></IMC-IMV-Message>" in wire
-    assert re.search(r'<TNCCS-Recommendation type="isolate">', wire)
-    assert wire.endswith("\n</TNCCS-Batch>")
+    # tncc.c reads the recommendation from ` type=` up to the closing quote
+    assert re.search(r'<TNCCS-Recommendation type="isolate"/>', wire)
+    assert wire.endswith("</TNCCS-Batch>") and "\n" not in wire and "xsi" not in wire
 
 
 def test_decodes_a_batch_as_hostapd_writes_it() -> None:

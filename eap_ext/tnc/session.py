@@ -163,6 +163,27 @@ Event = (AttributesRequested | AssessmentReceived | RemediationReceived
 Result = tuple[bytes | None, list[Event]]
 
 
+def certificate_token(cert: bytes) -> str:
+    """The CERTIFICATE attribute's "token": our ASCII "qc1." tokens as they are (base64 of
+    them cost ~180 bytes, with the result batch's own base64 ~240: a second EAP round for
+    every result with a certificate), any other certificate base64-encoded."""
+    if cert.startswith(b"qc1.") and cert.isascii() and cert.decode("ascii").isprintable():
+        return cert.decode("ascii")
+    return base64.b64encode(cert).decode("ascii")
+
+
+def certificate_bytes(token: object) -> bytes:
+    """The certificate a "token" names (either form of certificate_token); b"" if none."""
+    if not isinstance(token, str):
+        return b""
+    if token.startswith("qc1."):
+        return token.encode("ascii", "replace")
+    try:
+        return base64.b64decode(token, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
 def _remediation_attr(text: str) -> RemediationInstructions:
     if _URI_RE.match(text):
         return RemediationInstructions.uri(text)
@@ -415,12 +436,7 @@ class ImcSession(_Base):
                 events.append(PeerError(f"PA-TNC Error code {a.error_code}"))
             elif (isinstance(a, VendorAttribute) and a.kind == VendorAttrType.CERTIFICATE
                   and isinstance(a.data, dict)):
-                token = a.data.get("token")
-                try:
-                    raw = base64.b64decode(token, validate=True) if isinstance(token, str) \
-                        else b""
-                except (binascii.Error, ValueError):
-                    raw = b""
+                raw = certificate_bytes(a.data.get("token"))
                 self.certificate, self.certificate_data = raw, dict(a.data)
                 events.append(CertificateReceived(raw, dict(a.data)))
         self._add_remediation(remediation, events)
@@ -558,7 +574,7 @@ class ImvSession(_Base):
         if cert is not None:
             results.append(VendorAttribute(
                 VendorAttrType.CERTIFICATE,
-                {"token": base64.b64encode(cert).decode("ascii"), "posture_digest": None,
+                {"token": certificate_token(cert),
                  **({"digest_first": True} if self.digest_first else {})},
                 self.vendor_id))
         body = self._pa(results)

@@ -381,6 +381,7 @@ class Framer:
     def __init__(self, fragment_size: int, version: int = 0) -> None:
         # EAP header 4 + type 1 + flags 1 + length 4.
         self.payload = max(16, fragment_size - 10)
+        self.whole = self.payload + 4  # a message sent in one piece needs no length field
         self.version = version & VERSION_MASK
         self._in = bytearray()
         self._in_total: int | None = None
@@ -401,6 +402,9 @@ class Framer:
         self._out, self._out_pos = data, 0
 
     def next_fragment(self) -> bytes:
+        if self._out_pos == 0 and len(self._out) <= self.whole:
+            self._out_pos = len(self._out)
+            return bytes([self.version]) + self._out
         chunk = self._out[self._out_pos : self._out_pos + self.payload]
         first = self._out_pos == 0
         self._out_pos += len(chunk)
