@@ -53,7 +53,10 @@ def _libc() -> tuple[object, object] | None:
     if not sys.platform.startswith("linux") or not _layout_ok():
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        # PyDLL: the calls keep the GIL. They never block (non-blocking sockets), and a
+        # CDLL call's release and re-take of the GIL hands it to the store feeder or a
+        # timer thread in between, a switch per batch on the packet path.
+        libc = ctypes.PyDLL(None, use_errno=True)
         recv, send = libc.recvmmsg, libc.sendmmsg
     except (OSError, AttributeError):
         return None
