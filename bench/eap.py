@@ -422,7 +422,7 @@ def main() -> None:
                     help="FreeRADIUS TLS session cache on (nac's resumption is always on)")
     ap.add_argument("--nac-resumption", choices=("on", "off"), default="on",
                     help="nac's eap.tls_resumption (default on, as shipped; on, TLS 1.3 "
-                         "sends two session tickets, which TTLS delivers before success)")
+                         "sends one session ticket, off none)")
     ap.add_argument("--together", action="store_true",
                     help="measure the servers at the same time, conversations taking them in "
                          "turn, instead of one after the other: on a busy machine both then "
