@@ -135,8 +135,7 @@ class Listener:
             try:
                 out = handler(data, addr[0], addr[1], now)
             except Exception:  # a bug must cost one request, never the server
-                self.engine.counters["drop_internal_error"] += 1
-                log.exception("internal error on a request from %s", addr[0])
+                self._internal_error(addr[0])
                 continue
             if out is None:
                 continue
@@ -148,10 +147,8 @@ class Listener:
                 else:
                     stage(len(staged), i, out)  # type: ignore[arg-type]
                     staged.append((out, addr))  # type: ignore[arg-type]
-            elif isinstance(out, Deferred):
-                asyncio.ensure_future(self._deferred(out, addr))
-            elif isinstance(out, AfterCommit):
-                self.commits.wait(out, self, addr)
+            else:
+                self._later(out, addr)
         if staged:
             self._send_staged(mm, staged, t0)
 
@@ -199,8 +196,7 @@ class Listener:
             try:
                 out = handler(data, addr[0], addr[1], now)
             except Exception:  # a bug must cost one request, never the server
-                self.engine.counters["drop_internal_error"] += 1
-                log.exception("internal error on a request from %s", addr[0])
+                self._internal_error(addr[0])
                 continue
             if out is None:
                 continue
@@ -218,11 +214,22 @@ class Listener:
                         log.debug("send to %s failed: %s", addr[0], exc)
                 if latency is not None:
                     latency.observe(clock() - t0)
-            elif isinstance(out, Deferred):
-                asyncio.ensure_future(self._deferred(out, addr))
-            elif isinstance(out, AfterCommit):
-                self.commits.wait(out, self, addr)
+            else:
+                self._later(out, addr)
         return BATCH
+
+    def _internal_error(self, host: str) -> None:
+        """A bug in handling one request costs that request, never the server."""
+        self.engine.counters["drop_internal_error"] += 1
+        log.exception("internal error on a request from %s", host)
+
+    def _later(self, out: object, addr: tuple) -> None:  # type: ignore[type-arg]
+        """A reply not ready yet: slow work to finish off the loop (Deferred), or a record
+        to be committed first (AfterCommit). Both read loops hand these here."""
+        if isinstance(out, Deferred):
+            asyncio.ensure_future(self._deferred(out, addr))
+        elif isinstance(out, AfterCommit):
+            self.commits.wait(out, self, addr)
 
     async def _deferred(self, job: Deferred, addr: tuple) -> None:  # type: ignore[type-arg]
         loop = asyncio.get_running_loop()
