@@ -303,3 +303,17 @@ def test_config_from_server_settings(tmp_path: Path) -> None:
     assert not off.peap_fast_start and not off.peap_fast_reconnect
     svc = EapService(cfg, {}.get, None)
     assert svc.allowed_methods("x", NAS) == ["peap", "tls"]
+
+
+def test_method_env_with_identity_keeps_every_other_field() -> None:
+    """with_identity() lists MethodEnv's fields by position (dataclasses.replace costs
+    several times more): a field added to MethodEnv and not to it would be dropped."""
+    from dataclasses import fields, replace
+
+    from nac.eap.config import EapConfig
+    from nac.eap.methods.base import MethodEnv
+
+    values: dict[str, object] = {f.name: object() for f in fields(MethodEnv)}
+    values["config"] = EapConfig()
+    env = MethodEnv(**values)  # type: ignore[arg-type]
+    assert env.with_identity("inner@example") == replace(env, identity="inner@example")
