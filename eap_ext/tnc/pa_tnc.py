@@ -102,7 +102,7 @@ class VendorAttrType(IntEnum):
     INTERFACES = 4          # [{"name", "mac", "ipv4": [...], "ipv6": [...]}] | "unknown"
     OS_DETAILS = 5          # the posture "os" object | "unknown"
     PACKAGE_EXTRA = 6       # per Installed Packages entry: the package minus name/version
-    CERTIFICATE = 7         # {"token": base64, "posture_digest": hex | null} | null
+    CERTIFICATE = 7         # {"token": "qc1..." or base64, "posture_digest"?: hex} | null
     FORWARDING_DETAIL = 8   # {"ipv4", "ipv6", "bridges"} | "unknown"
     LISTENING_DETAIL = 9    # [{"proto", "address", "port"}] | "unknown"
     DOCUMENT_META = 10      # {"schema", "collected_at", "rest": {other top-level keys}}
