@@ -83,6 +83,7 @@ class Engine:
         self.counters: Counter[str] = Counter()
         self._unknown_nas_logged: dict[str, float] = {}
         self._reply_cache: dict[tuple[object, ...], bytes] = {}
+        self._mab_attrs: tuple[object, object, bytes] = (None, None, b"")
         # (NAS-Port-Id, NAS-Port) octets -> what _record stores: the same few per switch.
         self._ports: dict[tuple[bytes | None, bytes | None],
                           tuple[str | None, str | None, int | None]] = {}
@@ -127,22 +128,71 @@ class Engine:
         return client, pkt, key
 
     def handle_auth(self, data: bytes, host: str, port: int, now: float) -> Outcome:
-        got = self._receive(data, host, port, now, (c.ACCESS_REQUEST, c.STATUS_SERVER))
-        if isinstance(got, bytes):
-            return got or None
-        client, pkt, key = got
+        # Every Access-Request passes here: _receive and _authenticate inlined, and a MAB
+        # request answered without leaving (each call saved is ~0.1 us of ~10 a request).
+        client = self.clients.lookup(host)
+        if client is None:
+            self._client(host, now)
+            return None
         try:
-            out = self._authenticate(pkt, client, host, key, now)
+            pkt = c.decode(data)
+        except c.MalformedPacket as exc:
+            self._drop("malformed_" + exc.reason)
+            return None
+        code = pkt.code
+        if code != c.ACCESS_REQUEST and code != c.STATUS_SERVER:
+            self._drop("unexpected_code")
+            return None
+        key = (host, port, pkt.ident, pkt.authenticator)
+        cached = self.dedup.get(key, now)
+        if cached is not None:
+            self.counters["duplicates"] += 1
+            return cached or None
+        try:
+            if code == c.ACCESS_REQUEST and pkt.ma_offset >= 0:
+                if not c.message_authenticator_ok(pkt, client.secret):
+                    self._drop("bad_message_authenticator", host)
+                    return None
+                first = pkt.first
+                calling = first.get(c.CALLING_STATION_ID)
+                if calling is not None and c.EAP_MESSAGE not in first:
+                    mac = normalize_mac(calling)
+                    if mac is not None:
+                        user = first.get(c.USER_NAME)
+                        # The same octets name the same MAC: one normalisation, not two.
+                        if (user == calling or first.get(c.SERVICE_TYPE) == _CALL_CHECK
+                                or normalize_mac(user) == mac):
+                            out: Outcome = self._mab(pkt, client, host, now, mac)
+                            self.dedup.put(key, out, now)  # type: ignore[arg-type]
+                            return out
+                out = self._access_request(pkt, client, host, key, now)
+            else:
+                out = self._authenticate(pkt, client, host, key, now)
         except c.ReplyTooLarge:
             self._drop("reply_too_large", host)
             self.dedup.put(key, b"", now)  # the same request would fail the same way
             return None
-        if isinstance(out, bytes):
-            self.dedup.put(key, out, now)
+        if out.__class__ is bytes:
+            self.dedup.put(key, out, now)  # type: ignore[arg-type]
         elif isinstance(out, Deferred):
             self.dedup.put(key, b"", now)
             out.finish = self._guarded(out.finish, host)
         return out
+
+    def _mab(self, pkt: c.Packet, client: NasClient, host: str, now: float,
+             mac: str) -> bytes:
+        d = self.authorizer.mab(mac, client.group, client.profile.name)
+        self._record(d, pkt, client, host, now, mac, None, None, "mab")
+        self.counters["access_accept"] += 1
+        # Unknown MACs on one switch get one Decision object: its attributes by identity
+        # (the memo keeps both alive, so `is` cannot match a reused id).
+        memo = self._mab_attrs
+        if memo[0] is d and memo[1] is client:
+            attrs = memo[2]
+        else:
+            attrs = self._reply_attrs(d, client)
+            self._mab_attrs = (d, client, attrs)
+        return c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret, attrs)
 
     def _guarded(self, finish: Callable[[Any, float], bytes | None],
                  host: str) -> Callable[[Any, float], bytes | None]:
@@ -258,6 +308,7 @@ class Engine:
 
     def policy_changed(self) -> None:
         self._reply_cache.clear()
+        self._mab_attrs = (None, None, b"")
 
     def _record(self, d: Decision, pkt: c.Packet, client: NasClient, host: str, now: float,
                 mac: str | None, identity: str | None = None, role: str | None = None,
@@ -306,11 +357,7 @@ class Engine:
         if mac is not None and (
             first.get(c.SERVICE_TYPE) == _CALL_CHECK or normalize_mac(user) == mac
         ):
-            d = self.authorizer.mab(mac, client.group, client.profile.name)
-            self._record(d, pkt, client, host, now, mac, None, None, "mab")
-            self.counters["access_accept"] += 1
-            return c.encode_reply(c.ACCESS_ACCEPT, pkt, client.secret,
-                                  self._reply_attrs(d, client))
+            return self._mab(pkt, client, host, now, mac)
         hidden = pkt.get(c.USER_PASSWORD)
         if user is None or hidden is None:
             self.counters["reject_unsupported"] += 1
