@@ -47,6 +47,6 @@ def test_plain_decisions_give_the_rows_of_rows_py() -> None:
     @given(records)
     @settings(max_examples=200, deadline=None)
     def check(rec: DecisionRecord) -> None:
-        assert s._plain_rows(s._as_tuple("decision", rec)) == (decision_row(rec), node_row(rec))
+        assert s._plain_rows(s._decision_fields(rec)) == (decision_row(rec), node_row(rec))
 
     check()

@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from nac.events import AccountingRecord, DecisionRecord
+from nac.store.base import name_os_thread
 from nac.store.migrations import check_postgres, migrate_postgres
 from nac.store.queries import ReadQueries
 from nac.store.rows import decision_row, posture_row, session_row
@@ -277,6 +278,7 @@ class PostgresStore(ReadQueries):
             time.sleep(0.002)
 
     def _write_loop(self) -> None:
+        name_os_thread("nac-store-pg")
         conn: psycopg.Connection[Any] | None = None
         while not (self._stop and not self._pending):
             self._wake.wait(self._interval)
