@@ -95,7 +95,7 @@ def test_sqlite_migration_4_moves_postures_out_of_nodes(tmp_path: Path) -> None:
     conn.execute("INSERT INTO nodes (mac, first_seen, last_seen, segment) "
                  "VALUES ('02:00:00:00:00:08', 1, 2, 'quarantine')")
     conn.commit()
-    assert migrate_sqlite(conn) == (3, 4)
+    assert migrate_sqlite(conn, target=4) == (3, 4)
     cols = [r[1] for r in conn.execute("PRAGMA table_info(nodes)")]
     assert "posture" not in cols and "posture_at" not in cols
     conn.close()

@@ -91,6 +91,12 @@ def postures_apart(backend: str) -> list[str]:
     ]
 
 
+# Migration 2's index on decisions (at) was never read: nothing in nac/ or the CLI asks for
+# decisions by time (they are read by MAC, through decisions_mac, and counted), and ids
+# follow the order decisions were committed in. Every decision paid for it (one more index
+# entry, ~25 bytes a row on disk). A time-range audit query would want it back.
+DROP_DECISIONS_AT = "DROP INDEX IF EXISTS decisions_at"
+
 # ---- SQLite ---------------------------------------------------------------------------
 SQLITE_MIGRATIONS: list[Migration] = [
     Migration(1, "nodes, registrations, decisions, sessions", (
@@ -160,6 +166,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
     # IF NOT EXISTS: files from before this migration got the table from enforcers/queue.py.
     Migration(3, "enforcement jobs", tuple(jobs_table("sqlite"))),
     Migration(4, "postures apart from nodes", tuple(postures_apart("sqlite"))),
+    Migration(5, "no index of decisions by time", (DROP_DECISIONS_AT,)),
 ]
 
 # ---- PostgreSQL -----------------------------------------------------------------------
@@ -239,6 +246,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
     Migration(5, "node rows updated in place", (
         "ALTER TABLE nodes SET (fillfactor = 50)",
     )),
+    Migration(6, "no index of decisions by time", (DROP_DECISIONS_AT,)),
 ]
 
 # One fixed key for pg_advisory_lock: "nac store migrate" runs one at a time per database.
