@@ -82,6 +82,12 @@ class Histogram:
         self.sum += seconds
         self.count += 1
 
+    def observe_many(self, seconds: float, n: int) -> None:
+        """`n` observations of the same value (a batch's replies leave together)."""
+        self.counts[bisect_left(self.bounds, seconds)] += n
+        self.sum += seconds * n
+        self.count += n
+
     def cumulative(self) -> list[tuple[str, float]]:
         """Prometheus buckets: (le, observations <= le), ending with +Inf."""
         out: list[tuple[str, float]] = []

@@ -46,6 +46,17 @@ def test_histogram_buckets() -> None:
     assert h.count == 6 and h.sum == pytest.approx(7.5535)
 
 
+def test_histogram_observe_many_is_n_observations() -> None:
+    one, many = Histogram((0.001, 0.01, 0.1)), Histogram((0.001, 0.01, 0.1))
+    for v, n in ((0.0005, 3), (0.01, 1), (0.05, 64), (2.0, 2)):
+        for _ in range(n):
+            one.observe(v)
+        many.observe_many(v, n)
+    assert many.cumulative() == one.cumulative() == [
+        ("0.001", 3.0), ("0.01", 4.0), ("0.1", 68.0), ("+Inf", 70.0)]
+    assert many.count == one.count == 70 and many.sum == pytest.approx(one.sum)
+
+
 def test_histogram_is_cheap() -> None:
     h = Histogram()
     t = time.perf_counter()

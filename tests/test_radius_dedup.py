@@ -36,3 +36,24 @@ def test_bounded_drops_the_oldest_first() -> None:
     assert cache.get(("h", 1, 999, b""), 0.0) == b"r"  # the newest stay
     assert cache.get(("h", 1, 0, b""), 0.0) is None
     assert len(cache) >= 90
+
+
+def test_get_drops_a_stale_entry_so_add_can_store_without_looking() -> None:
+    cache = DuplicateCache(window=5.0)
+    for i in range(3):
+        cache.put(("h", 1, i, b""), b"r%d" % i, float(i))
+    assert cache.get(("h", 1, 0, b""), 5.5) is None  # stale: gone now
+    assert len(cache) == 2
+    cache.add(("h", 1, 0, b""), b"new", 5.5)  # after get(): the newest, last in order
+    cache.expire(6.5)  # cutoff 1.5: only (h, 1, 1) is older
+    assert len(cache) == 2
+    assert cache.get(("h", 1, 0, b""), 6.5) == b"new"
+    assert cache.get(("h", 1, 2, b""), 6.5) == b"r2"
+
+
+def test_add_is_bounded_too() -> None:
+    cache = DuplicateCache(window=5.0, max_entries=100)
+    for i in range(1000):
+        cache.add(("h", 1, i, b""), b"r", 0.0)
+        assert len(cache) <= 100
+    assert cache.get(("h", 1, 999, b""), 0.0) == b"r"

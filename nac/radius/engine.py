@@ -163,7 +163,7 @@ class Engine:
                         if (user == calling or first.get(c.SERVICE_TYPE) == _CALL_CHECK
                                 or normalize_mac(user) == mac):
                             out: Outcome = self._mab(pkt, client, host, now, mac)
-                            self.dedup.put(key, out, now)  # type: ignore[arg-type]
+                            self.dedup.add(key, out, now)  # type: ignore[arg-type]
                             return out
                 out = self._access_request(pkt, client, host, key, now)
             else:

@@ -95,30 +95,30 @@ class Mmsg:
         names = bytearray(batch * _NAME)
         self.names = memoryview(names)
         self.names_q = self.names.cast("Q")
-        self._names_at = _address(names)
+        self.names_at = _address(names)
         self._sbuf = bytearray(batch * size)
         self._rhdr = bytearray(batch * _HDR)
         self._shdr = bytearray(batch * _HDR)
         self.lens = memoryview(self._rhdr).cast("I")  # msg_len of entry i at [i * 16 + 14]
-        self._shdr_q = memoryview(self._shdr).cast("Q")
+        self.shdr_q = memoryview(self._shdr).cast("Q")
         self._siov = bytearray(batch * _IOV)
-        self._siov_q = memoryview(self._siov).cast("Q")
+        self.siov_q = memoryview(self._siov).cast("Q")
         riov = bytearray(batch * _IOV)
         self._riov = riov
         rbuf_at, sbuf_at = _address(self._rbuf), _address(self._sbuf)
         riov_at, siov_at = _address(riov), _address(self._siov)
         riov_q = memoryview(riov).cast("Q")
         rq, ri = memoryview(self._rhdr).cast("Q"), memoryview(self._rhdr).cast("I")
-        sq, si = self._shdr_q, memoryview(self._shdr).cast("I")
+        sq, si = self.shdr_q, memoryview(self._shdr).cast("I")
         for i in range(batch):
             riov_q[i * 2], riov_q[i * 2 + 1] = rbuf_at + i * size, size
-            self._siov_q[i * 2] = sbuf_at + i * size
-            rq[i * 8], ri[i * 16 + 2] = self._names_at + i * _NAME, _NAME
+            self.siov_q[i * 2] = sbuf_at + i * size
+            rq[i * 8], ri[i * 16 + 2] = self.names_at + i * _NAME, _NAME
             rq[i * 8 + 2], rq[i * 8 + 3] = riov_at + i * _IOV, 1
             si[i * 16 + 2] = _NAME  # the name pointer is set per reply
             sq[i * 8 + 2], sq[i * 8 + 3] = siov_at + i * _IOV, 1
         self._rhdr_at, self._shdr_at = _address(self._rhdr), _address(self._shdr)
-        self._sbuf_view = memoryview(self._sbuf)
+        self.sbuf = memoryview(self._sbuf)  # the send slots
 
     def recv(self) -> int:
         """Datagrams now waiting, up to the batch; OSError (BlockingIOError if none)."""
@@ -129,11 +129,12 @@ class Mmsg:
         return n
 
     def stage(self, j: int, i: int, reply: bytes) -> None:
-        """Reply j of the next send: `reply` to the source of datagram i."""
+        """Reply j of the next send: `reply` to the source of datagram i. (The listener's
+        batch loop does the same inline, through sbuf, siov_q, shdr_q and names_at.)"""
         off = j * self.size
-        self._sbuf_view[off:off + len(reply)] = reply
-        self._siov_q[j * 2 + 1] = len(reply)
-        self._shdr_q[j * 8] = self._names_at + i * _NAME
+        self.sbuf[off:off + len(reply)] = reply
+        self.siov_q[j * 2 + 1] = len(reply)
+        self.shdr_q[j * 8] = self.names_at + i * _NAME
 
     def send(self, count: int, start: int = 0) -> int:
         """Send staged replies start..count-1; how many went (OSError if the first failed)."""
