@@ -489,3 +489,36 @@ def test_a_message_that_fits_goes_in_one_piece_without_length() -> None:
     assert first[0] == FLAG_L | FLAG_M and len(first) + 5 <= 1020
     rest = framer.next_fragment()
     assert rest[0] == 0 and len(first) - 5 + len(rest) - 1 == 1015 and not framer.sending
+
+
+def test_one_piece_takes_only_a_whole_unfragmented_response() -> None:
+    """The round fast path: a response with no L/M flag while nothing is half received or
+    still being sent is the message itself; anything else is left to receive()."""
+    from nac.eap.tls_engine import FLAG_L, FLAG_M, Framer
+
+    framer = Framer(1020)
+    assert framer.one_piece(b"\x00" + b"hello") == b"hello"
+    assert framer.one_piece(b"\x00") is None  # an ACK
+    assert framer.one_piece(bytes([FLAG_L]) + b"\x00\x00\x00\x05hello") is None
+    assert framer.one_piece(bytes([FLAG_M]) + b"hel") is None
+    assert framer.receive(bytes([FLAG_M]) + b"hel").kind == "partial"
+    assert framer.one_piece(b"\x00" + b"lo") is None  # the rest of a fragmented message
+    assert framer.receive(b"\x00" + b"lo").data == b"hello"
+    framer.queue(b"y" * 3000)
+    framer.next_fragment()
+    assert framer.one_piece(b"\x00" + b"data") is None  # we are still sending
+    assert framer.receive(b"\x00" + b"data").kind == "error"
+
+
+@pytest.mark.parametrize("method", ["peap", "ttls", "tls"])
+def test_tunnels_run_without_a_pyopenssl_connection(lab: Lab, method: str) -> None:
+    """PEAP and TTLS make their SSL object directly (no peer to verify); EAP-TLS keeps
+    pyOpenSSL's Connection for its verify callback. Both map OpenSSL's errors alike."""
+    from nac.eap.tls_engine import TlsContexts, TlsError, TlsSession
+
+    contexts = TlsContexts(lab.config())
+    session = TlsSession(contexts, method)
+    assert (session.conn is None) == (method != "tls")
+    assert session.peer_certificate() is None
+    with pytest.raises(TlsError, match="^TLS: "):
+        session.feed(b"\x16\x03\x01\x00\x05garbage-not-a-hello")

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import logging
 import os
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ BY_TYPE = {cls.type: name for name, cls in METHODS.items()}
 TLS_METHODS = ("tls", "peap", "ttls")
 PASSWORD_MEMO = 300.0  # seconds a verified password skips scrypt
 MAX_ROUNDS = 600  # a 64 KiB flight in 300-octet fragments needs ~230
+_RESPONSE_HEAD = struct.Struct("!BBHB")  # code, identifier, length, type
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class EapResult:
     resume: Callable[[Any, float], EapResult] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Conversation:
     state: bytes
     identifier: int  # of the Request we wait an answer to
@@ -207,6 +209,22 @@ class EapService:
     # ------------------------------------------------------------------------------------
     def _handle(self, state: bytes | None, raw: bytes, nas: NasInfo, now: float) -> EapResult:
         conv = self._convs.get(state) if state is not None else None
+        if conv is not None and len(raw) > 4:
+            # Most rounds: the Response to the Request we sent, of our method's type. The
+            # same checks as below, without an EapPacket; anything else takes the long way.
+            code, ident, length, type_ = _RESPONSE_HEAD.unpack_from(raw)
+            method = conv.method
+            if code == packet.RESPONSE and ident == conv.identifier and method is not None \
+                    and type_ == method.type and 5 <= length <= len(raw) and not conv.busy:
+                conv.last_seen = now
+                conv.bytes_in += len(raw)
+                conv.rounds += 1
+                if conv.bytes_in > self.config.max_bytes_per_conversation \
+                        or conv.rounds > MAX_ROUNDS:
+                    return self._end(conv, ident, Step("failure", reason="conversation too big"))
+                conv.last_response = raw
+                conv.nak_allowed = False
+                return self._step(conv, ident, method.process(ident, raw[5:length]))
         if not raw:  # EAP-Start (RFC 3579 2.6.1): ask who is there
             return self._new(nas, now, None)
         try:
@@ -351,7 +369,21 @@ class EapService:
         return EapResult("challenge", reply, conv.state, outer_identity=conv.identity or None)
 
     def _step(self, conv: _Conversation, resp_id: int, step: Step) -> EapResult:
-        if step.kind == "slow":
+        kind = step.kind
+        if kind == "request":  # most rounds
+            method = conv.method
+            assert method is not None
+            ident = conv.identifier = (resp_id + 1) & 0xFF
+            # Without a posture method no conversation can wait on one.
+            if conv.station is not None and self.posture is not None:
+                if getattr(method, "awaiting_posture", False):
+                    self._awaiting[conv.station] = conv.state
+                elif self._awaiting.get(conv.station) == conv.state:
+                    del self._awaiting[conv.station]
+            reply = conv.last_reply = packet.request(ident, method.type, step.data)
+            return EapResult("challenge", reply, conv.state,
+                             outer_identity=conv.identity or None)
+        if kind == "slow":
             assert step.slow is not None
             slow = step.slow
             conv.busy = True
@@ -360,15 +392,6 @@ class EapService:
                 outer_identity=conv.identity or None, work=slow.work,
                 resume=lambda result, now: self._resume(conv, resp_id, slow.resume, result,
                                                         now))
-        if step.kind == "request":
-            assert conv.method is not None
-            conv.identifier = (resp_id + 1) & 0xFF
-            if conv.station is not None:
-                if getattr(conv.method, "awaiting_posture", False):
-                    self._awaiting[conv.station] = conv.state
-                elif self._awaiting.get(conv.station) == conv.state:
-                    del self._awaiting[conv.station]
-            return self._challenge(conv, conv.method.type, step.data)
         return self._end(conv, resp_id, step)
 
     def _end(self, conv: _Conversation, resp_id: int, step: Step) -> EapResult:

@@ -244,31 +244,55 @@ class ResumptionCache:
 class TlsSession:
     """One server-side TLS connection fed and drained through memory BIOs.
 
-    pyOpenSSL builds the connection (its verify callback plumbing stays in charge), but the
-    per-round calls go to OpenSSL directly: pyOpenSSL's wrappers raise WantReadError for
+    The per-round calls go to OpenSSL directly: pyOpenSSL's wrappers raise WantReadError for
     every "give me more bytes", allocate a 16 KiB buffer per recv and check its callback
     helpers on every call, which cost more than the record work of a small EAP round. Any
     outcome other than success or "want read" still goes through pyOpenSSL's error mapping.
+
+    EAP-TLS checks the peer in pyOpenSSL's verify callback, so its connection is a
+    pyOpenSSL Connection. The tunnels (PEAP, TTLS) verify no peer: their SSL object and
+    BIOs are made here, as pyOpenSSL would make them, without the Connection object (its
+    set-up registers it in a weak-value map and copies the context's helpers, once per
+    conversation for nothing).
     """
 
     def __init__(self, contexts: TlsContexts, method: str) -> None:
         self.method = method
-        conn = SSL.Connection(contexts.context(method), None)
-        conn.set_accept_state()
-        self.conn = conn
-        self._ssl = conn._ssl  # noqa: SLF001
-        self._into = conn._into_ssl  # noqa: SLF001
-        self._from = conn._from_ssl  # noqa: SLF001
+        ctx = contexts.context(method)
         # EAP-TLS checks the peer in a Python verify callback: pyOpenSSL reports its
         # failures, so that context takes pyOpenSSL's path for every handshake step.
-        self._fast = conn._context._verify_helper is None  # noqa: SLF001
+        self._fast = ctx._verify_helper is None  # noqa: SLF001
+        self.conn: SSL.Connection | None = None
+        if self._fast:
+            ctx._used = True  # noqa: SLF001  (pyOpenSSL's guard against later changes)
+            ssl = _lib.SSL_new(ctx._context)  # noqa: SLF001
+            if ssl == _ffi.NULL:
+                raise TlsError("TLS: cannot create a connection")
+            ssl = _ffi.gc(ssl, _lib.SSL_free)  # SSL_free frees both BIOs too
+            _lib.SSL_set_mode(ssl, _lib.SSL_MODE_AUTO_RETRY)  # as pyOpenSSL sets it
+            into = _lib.BIO_new(_lib.BIO_s_mem())
+            out = _lib.BIO_new(_lib.BIO_s_mem())
+            if into == _ffi.NULL or out == _ffi.NULL:
+                raise TlsError("TLS: cannot create memory BIOs")
+            _lib.SSL_set_bio(ssl, into, out)
+            _lib.SSL_set_accept_state(ssl)
+            self._ssl, self._into, self._from = ssl, into, out
+            self._errors: object = _ErrorSource(ctx)
+        else:
+            conn = SSL.Connection(ctx, None)
+            conn.set_accept_state()
+            self.conn = conn
+            self._ssl = conn._ssl  # noqa: SLF001
+            self._into = conn._into_ssl  # noqa: SLF001
+            self._from = conn._from_ssl  # noqa: SLF001
+            self._errors = conn
         self.established = False
 
     def _failed(self, result: int, tolerate: tuple[type[SSL.Error], ...]) -> bool:
         """pyOpenSSL's verdict on a call that neither succeeded nor wants more input:
         False for the tolerated outcomes, TlsError for the others."""
         try:
-            self.conn._raise_ssl_error(self._ssl, result)  # noqa: SLF001
+            _RAISE_SSL_ERROR(self._errors, self._ssl, result)
         except tolerate:
             return False
         except SSL.Error as exc:
@@ -339,6 +363,9 @@ class TlsSession:
         return hashlib.sha256(b"nac-resume" + _ffi.buffer(buf, n)[:]).digest()
 
     def peer_certificate(self) -> x509.Certificate | None:
+        # Only EAP-TLS asks for a client certificate, and it has a pyOpenSSL Connection.
+        if self.conn is None:
+            return None
         return self.conn.get_peer_certificate(as_cryptography=True)
 
     def export(self, label: bytes, length: int, context: bytes | None = None) -> bytes:
@@ -359,6 +386,20 @@ class TlsSession:
         if self.version == "1.3":
             return self.export(TLS13_LABEL, 128, bytes([EAP_TYPE_CODE[self.method]]))
         return self.export(TLS12_LABELS[self.method], 128)
+
+
+class _ErrorSource:
+    """What pyOpenSSL's error mapping reads from a Connection: its context (whose callback
+    helpers may hold an exception to re-raise)."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: SSL.Context) -> None:
+        self._context = context
+
+
+# pyOpenSSL's mapping of a failed call to its exceptions, used for our own SSL objects too.
+_RAISE_SSL_ERROR = SSL.Connection._raise_ssl_error  # noqa: SLF001
 
 
 def _describe(exc: SSL.Error) -> str:
@@ -413,6 +454,15 @@ class Framer:
         if first and more:
             return bytes([flags | FLAG_L]) + struct.pack("!I", len(self._out)) + chunk
         return bytes([flags]) + chunk
+
+    def one_piece(self, data: bytes) -> bytes | None:
+        """The TLS message of a response that is one whole unfragmented message (no L or M
+        flag, nothing half-received, nothing of ours still to send): most rounds. None:
+        anything else, for receive()."""
+        if len(data) > 1 and data[0] == self.version and not self._in \
+                and self._out_pos >= len(self._out):
+            return data[1:]
+        return None
 
     def receive(self, data: bytes) -> Frame:
         if not data:

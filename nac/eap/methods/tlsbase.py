@@ -29,6 +29,13 @@ class TlsMethodBase(Method):
         return self.framer.start()
 
     def process(self, ident: int, data: bytes) -> Step:
+        message = self.framer.one_piece(data)
+        if message is not None:  # the common round: no Frame to make
+            try:
+                step = self._message(message)
+            except TlsError as exc:
+                return fail(str(exc))
+            return self._remember(step) if step.kind == "success" else step
         frame = self.framer.receive(data)
         if frame.kind == "error":
             return fail(frame.reason)
