@@ -1,7 +1,7 @@
 """MAB/PAP throughput: our server against FreeRADIUS, same load, same run.
 
     python3 bench/mab.py [--requests N] [--seconds T] [--window W[,W...]] [--mode mab|pap]
-                         [--workers K] [--only freeradius|nac]
+                         [--workers K] [--only freeradius|nac] [--per-socket-window]
 
 Builds N signed Access-Requests once (bench/packets.py), compiles the C
 load generator (bench/radload.c -> bench/out/radload), then for each
@@ -53,11 +53,13 @@ def build_radload() -> Path:
 
 
 def run_radload(exe: Path, pkt_file: Path, port: int, window: int, timeout_ms: int,
-                seconds: float = 0, sockets: int = 0) -> dict:
+                seconds: float = 0, sockets: int = 0, per_socket: bool = False) -> dict:
     cmd = [str(exe), "-f", str(pkt_file), "-h", "127.0.0.1", "-p", str(port),
            "-w", str(window), "-t", str(timeout_ms)]
     if sockets:
         cmd += ["-s", str(sockets)]
+    if per_socket:  # each socket its share of the window (radload -P)
+        cmd += ["-P"]
     if seconds:
         cmd += ["-T", str(seconds)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -79,6 +81,7 @@ def measure(pid: int, run: Callable[[], dict], warm: Callable[[], dict] | None =
               file=sys.stderr)
     cpu0 = probe.tree_cpu_seconds(pid)
     parts0 = cpu_by_role(pid)
+    each0 = worker_cpu(pid)
     drops0 = probe.udp_rcvbuf_errors()
     result = run()
     cpu = probe.tree_cpu_seconds(pid) - cpu0
@@ -88,6 +91,12 @@ def measure(pid: int, run: Callable[[], dict], warm: Callable[[], dict] | None =
         result["server_us_per_req"] = {
             role: round((t - parts0.get(role, 0.0)) / result["received"] * 1e6, 1)
             for role, t in sorted(parts.items())}
+    each = worker_cpu(pid)
+    spent = {p: t - each0.get(p, 0.0) for p, t in each.items()}
+    if len(spent) > 1 and sum(spent.values()) > 0:
+        # how evenly SO_REUSEPORT spread the load generator's sockets over the workers
+        result["worker_cpu_split"] = sorted(
+            (round(t / sum(spent.values()), 2) for t in spent.values()), reverse=True)
     # system-wide, so other programs count too; but timeouts together with
     # drops mean a socket buffer overflowed rather than a request got lost
     result["udp_rcvbuf_errors"] = probe.udp_rcvbuf_errors() - drops0
@@ -126,6 +135,20 @@ def cpu_by_role(pid: int) -> dict[str, float]:
     return out
 
 
+def worker_cpu(pid: int) -> dict[int, float]:
+    """utime+stime (s) of each event-loop worker of a `nac serve --workers N` pool."""
+    out: dict[int, float] = {}
+    for p in probe.tree_pids(pid):
+        try:
+            if b"--worker-id" not in Path(f"/proc/{p}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[p] = (int(fields[11]) + int(fields[12])) / probe.CLK_TCK
+    return out
+
+
 def nac_command(state_dir: Path, auth_port: int, acct_port: int,
                 workers: int | None) -> list[str]:
     # the tree's code, whatever `nac` may be installed
@@ -160,7 +183,8 @@ def warm_up(exe: Path, port: int, window: int,
     first requests pay for lazy set-up, which is not what is measured."""
     if not args.warmup:
         return None
-    return partial(run_radload, exe, args.warmup_file, port, window, 10_000, 0, args.sockets)
+    return partial(run_radload, exe, args.warmup_file, port, window, 10_000, 0, args.sockets,
+                   args.per_socket_window)
 
 
 def bench_freeradius(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Namespace,
@@ -170,7 +194,8 @@ def bench_freeradius(exe: Path, pkt_file: Path, windows: list[int], args: argpar
         (port,) = probe.free_udp_ports(1)
         with freeradius.FreeRadius(tmp / f"freeradius-{w}", port, args.threads) as fr:
             results[w] = measure(fr.pid, partial(run_radload, exe, pkt_file, port, w,
-                                                 args.timeout_ms, args.seconds, args.sockets),
+                                                 args.timeout_ms, args.seconds, args.sockets,
+                                                 args.per_socket_window),
                                  warm_up(exe, port, w, args))
     return results
 
@@ -227,7 +252,8 @@ def bench_nac(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Name
     for w in windows:
         with nac_server(tmp / f"nac-{w}", tmp / f"nac-{w}.log", args.workers) as (pid, auth):
             results[w] = measure(pid, partial(run_radload, exe, pkt_file, auth, w,
-                                              args.timeout_ms, args.seconds, args.sockets),
+                                              args.timeout_ms, args.seconds, args.sockets,
+                                              args.per_socket_window),
                                  warm_up(exe, auth, w, args))
     return results
 
@@ -239,7 +265,9 @@ def line(name: str, r: dict) -> str:
             f"server CPU {r['server_cpu_s']:.2f} s "
             f"({r['rps_per_cpu'] or 0:.0f} req per CPU-s)  radload CPU {r['client_cpu_s']:.2f} s"
             + "".join(f"  {role} {us} us/req"
-                      for role, us in r.get("server_us_per_req", {}).items()))
+                      for role, us in r.get("server_us_per_req", {}).items())
+            + (f"  worker split {'/'.join(map(str, r['worker_cpu_split']))}"
+               if "worker_cpu_split" in r else ""))
 
 
 def main() -> int:
@@ -253,6 +281,11 @@ def main() -> int:
     ap.add_argument("--timeout-ms", type=int, default=2000)
     ap.add_argument("--sockets", type=int, default=16,
                     help="radload source sockets; SO_REUSEPORT spreads them over workers")
+    ap.add_argument("--per-socket-window", action="store_true",
+                    help="each radload socket keeps at most its share of the window "
+                         "outstanding (NASes waiting for their own replies): workers that "
+                         "the kernel's hash gave uneven shares of the sockets each run at "
+                         "their own pace")
     ap.add_argument("--seconds", type=float, default=0,
                     help="stop sending after this long even if requests are left")
     ap.add_argument("--warmup", type=int, default=5000,

@@ -12,8 +12,14 @@
  * turn whose slot for that identifier is free; with more than 256 in
  * flight the extra sockets provide the extra slots.
  *
+ * -P: each socket keeps at most ceil(W / SOCKETS) outstanding, like NASes
+ * that each wait for their own replies. A server whose SO_REUSEPORT workers
+ * got an uneven share of the source ports (the kernel hashes each to one)
+ * then answers each worker's sockets as fast as that worker goes, instead
+ * of the round robin pacing every socket alike by the busiest worker.
+ *
  * Usage: radload -f FILE -h HOST -p PORT [-w W] [-n N] [-T SECONDS]
- *                [-t TIMEOUT_MS] [-s SOCKETS]
+ *                [-t TIMEOUT_MS] [-s SOCKETS] [-P]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -41,6 +47,7 @@ struct slot {
 static struct slot slots[MAX_SOCKS][256];
 static int socks[MAX_SOCKS];
 static int nsocks;
+static long out_per[MAX_SOCKS]; /* outstanding per socket */
 
 static uint64_t now_ns(void)
 {
@@ -101,7 +108,7 @@ static size_t load_packets(const char *path, uint8_t **buf, size_t **offs)
 static void usage(void)
 {
 	fprintf(stderr, "usage: radload -f FILE -h HOST -p PORT [-w W] [-n N] [-T SECONDS]"
-			" [-t TIMEOUT_MS] [-s SOCKETS]\n");
+			" [-t TIMEOUT_MS] [-s SOCKETS] [-P]\n");
 	exit(2);
 }
 
@@ -110,11 +117,11 @@ int main(int argc, char **argv)
 	const char *file = NULL, *host = "127.0.0.1", *port = NULL;
 	long window = 64, total = -1, timeout_ms = 1000;
 	double max_seconds = 0;
-	int opt, want_socks = 0;
+	int opt, want_socks = 0, per_socket = 0;
 	uint8_t *pkts;
 	size_t *offs, npkts;
 
-	while ((opt = getopt(argc, argv, "f:h:p:w:n:T:t:s:")) != -1) {
+	while ((opt = getopt(argc, argv, "f:h:p:w:n:T:t:s:P")) != -1) {
 		switch (opt) {
 		case 'f': file = optarg; break;
 		case 'h': host = optarg; break;
@@ -124,6 +131,7 @@ int main(int argc, char **argv)
 		case 'T': max_seconds = atof(optarg); break;
 		case 't': timeout_ms = atol(optarg); break;
 		case 's': want_socks = atoi(optarg); break;
+		case 'P': per_socket = 1; break;
 		default: usage();
 		}
 	}
@@ -166,6 +174,7 @@ int main(int argc, char **argv)
 			die("connect");
 	}
 	freeaddrinfo(ai);
+	long per_cap = per_socket ? (window + nsocks - 1) / nsocks : window;
 
 	/* grows on demand: with -T, -n may be far above what gets sent */
 	size_t lat_cap = total < (1 << 20) ? (size_t)total : (1 << 20);
@@ -218,7 +227,7 @@ int main(int argc, char **argv)
 
 				if (sl->state == COOLING && sl->t_ns <= t)
 					sl->state = FREE;
-				if (sl->state == FREE) {
+				if (sl->state == FREE && out_per[c] < per_cap) {
 					s = c;
 					break;
 				}
@@ -232,6 +241,7 @@ int main(int argc, char **argv)
 			}
 			slots[s][id].state = BUSY;
 			slots[s][id].t_ns = t;
+			out_per[s]++;
 			outstanding++;
 			sent++;
 		}
@@ -259,6 +269,7 @@ int main(int argc, char **argv)
 					if (sl->state != BUSY)
 						continue; /* late or duplicate reply */
 					sl->state = FREE;
+					out_per[s]--;
 					outstanding--;
 					if ((size_t)received == lat_cap) {
 						lat_cap *= 2;
@@ -290,6 +301,7 @@ int main(int argc, char **argv)
 					if (sl->state == BUSY && t - sl->t_ns > timeout_ns) {
 						sl->state = COOLING;
 						sl->t_ns = t + timeout_ns;
+						out_per[s]--;
 						outstanding--;
 						timeouts++;
 					}
@@ -309,9 +321,9 @@ int main(int argc, char **argv)
 	}
 	printf("{\"sent\": %ld, \"received\": %ld, \"accepts\": %ld, \"rejects\": %ld, "
 	       "\"others\": %ld, \"timeouts\": %ld, \"send_errors\": %ld, \"window\": %ld, "
-	       "\"sockets\": %d, \"seconds\": %.3f, \"rps\": %.1f, \"p50_ms\": %.3f, "
+	       "\"sockets\": %d, \"per_socket\": %d, \"seconds\": %.3f, \"rps\": %.1f, \"p50_ms\": %.3f, "
 	       "\"p99_ms\": %.3f}\n",
 	       sent, received, accepts, rejects, others, timeouts, send_errors, window, nsocks,
-	       seconds, seconds > 0 ? received / seconds : 0.0, p50, p99);
+	       per_socket, seconds, seconds > 0 ? received / seconds : 0.0, p50, p99);
 	return 0;
 }
