@@ -83,7 +83,8 @@ class TlsMethodBase(Method):
         if handshaking and self.resume_key is None and tls.resumed:
             # Read before this handshake issues new tickets, which replace the secret.
             self.resume_key = tls.session_key()
-        handshake_out = tls.outgoing()
+        # Once established, feed() only buffers the peer's bytes: nothing can be out yet.
+        handshake_out = tls.outgoing() if handshaking else b""
         app_out = b""
         if done_now:
             if self.env.config.tls_resumption:  # only a resumable session needs its name
