@@ -154,18 +154,21 @@ class Engine:
                     self._drop("bad_message_authenticator", host)
                     return None
                 first = pkt.first
-                calling = first.get(c.CALLING_STATION_ID)
-                if calling is not None and c.EAP_MESSAGE not in first:
-                    mac = normalize_mac(calling)
-                    if mac is not None:
-                        user = first.get(c.USER_NAME)
-                        # The same octets name the same MAC: one normalisation, not two.
-                        if (user == calling or first.get(c.SERVICE_TYPE) == _CALL_CHECK
-                                or normalize_mac(user) == mac):
-                            out: Outcome = self._mab(pkt, client, host, now, mac)
-                            self.dedup.add(key, out, now)  # type: ignore[arg-type]
-                            return out
-                out = self._access_request(pkt, client, host, key, now)
+                if c.EAP_MESSAGE in first:
+                    out: Outcome = self._eap(pkt, c.join_eap(pkt) or b"", client, host, key,
+                                             now)
+                else:
+                    user = first.get(c.USER_NAME)
+                    calling = first.get(c.CALLING_STATION_ID)
+                    mac = None if calling is None else normalize_mac(calling)
+                    # The same octets name the same MAC: one normalisation, not two.
+                    if mac is not None and (user == calling
+                                            or first.get(c.SERVICE_TYPE) == _CALL_CHECK
+                                            or normalize_mac(user) == mac):
+                        out = self._mab(pkt, client, host, now, mac)
+                        self.dedup.add(key, out, now)  # type: ignore[arg-type]
+                        return out
+                    out = self._not_mab(pkt, client, host, user, mac, key, now)
             else:
                 out = self._authenticate(pkt, client, host, key, now)
         except c.ReplyTooLarge:
@@ -358,6 +361,11 @@ class Engine:
             first.get(c.SERVICE_TYPE) == _CALL_CHECK or normalize_mac(user) == mac
         ):
             return self._mab(pkt, client, host, now, mac)
+        return self._not_mab(pkt, client, host, user, mac, key, now)
+
+    def _not_mab(self, pkt: c.Packet, client: NasClient, host: str, user: bytes | None,
+                 mac: str | None, key: tuple[object, ...], now: float) -> Outcome:
+        """An Access-Request neither EAP nor MAB: PAP, or a reject."""
         hidden = pkt.get(c.USER_PASSWORD)
         if user is None or hidden is None:
             self.counters["reject_unsupported"] += 1
