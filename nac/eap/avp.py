@@ -16,7 +16,7 @@ class AvpError(ValueError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a few per TTLS round, and frozen init is slower
 class Avp:
     code: int
     value: bytes
