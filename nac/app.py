@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import nac.workers
 from nac.accounts import Account, SecretBox, accounts_from_tables, load_accounts_file, make_account
 from nac.authorize import Authorizer
 from nac.config import DEMO_ACCOUNT, Config
@@ -26,6 +27,7 @@ from nac.radius.engine import Engine
 from nac.radius.server import CommitGate, serve_udp
 from nac.runtime import LivePolicy, publish_loaded, unpublish
 from nac.store import open_job_queue, open_store
+from nac.store.sqlite import WRITER_ENV, SqliteStore
 
 log = logging.getLogger("nac")
 
@@ -126,7 +128,9 @@ class Server:
         self.worker_id = worker_id
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = open_store(cfg.store, state_dir)
+        # A worker of a pool on SQLite sends its records to the pool's one writer process.
+        writer = os.environ.pop(WRITER_ENV, None) if worker_id is not None else None
+        self.store = open_store(cfg.store, state_dir, writer=writer)
         self.box = SecretBox(state_dir / "keys" / "accounts.key")
         self.accounts = build_accounts(cfg, state_dir, self.box)
         db_path = getattr(self.store, "path", state_dir / "nac.db")
@@ -356,7 +360,11 @@ class Server:
 def prepare_state(cfg: Config, state_dir: Path) -> None:
     """What workers share and must not race to create: store schema, keys, PKI."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    open_store(cfg.store, state_dir).close()
+    store = open_store(cfg.store, state_dir)
+    store.close()
+    if isinstance(store, SqliteStore):
+        # the pool's workers will share one writer process for it (nac/workers.py)
+        nac.workers.shared_sqlite = store.path
     SecretBox(state_dir / "keys" / "accounts.key")
     try:
         from nac.pki import ensure_pki

@@ -30,6 +30,65 @@ log = logging.getLogger("nac.workers")
 RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # seconds up after which a worker's death is not part of a crash loop
 
+# The SQLite file the pool's workers write (set by nac.app.prepare_state): the supervisor
+# runs one store writer process for all of them. NAC_STORE_WRITERS=each: one per worker.
+shared_sqlite: Path | None = None
+
+
+class SharedWriter:
+    """The pool's one SQLite writer process (nac.store.sqlite._serve_pool). SQLite takes
+    one writer at a time anyway; one process per worker cost each worker its own Python,
+    page cache (re-read after every other writer's commit) and commit per batch: two
+    workers recording 20,000 decisions/s each, the whole CPU per decision was 13.8 us with
+    a writer each, 13.2 shared (medians of 5 alternating runs). Its listening socket is
+    bound here and kept, so a restarted writer takes over the workers' reconnections."""
+
+    def __init__(self, path: Path) -> None:
+        from nac.store.sqlite import shared_writer_socket
+
+        self.path = path
+        self.listener = shared_writer_socket(path)
+        # "@name" for the abstract address "\0name": a NUL cannot travel in the environment
+        name = self.listener.getsockname()
+        self.address = "@" + (name.decode() if isinstance(name, bytes) else name)[1:]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.restart_at: float | None = None
+        self.start()
+
+    def start(self) -> None:
+        from nac.store.sqlite import start_shared_writer
+
+        self.proc = start_shared_writer(self.path, self.listener)
+        self.started = time.monotonic()
+        log.info("store writer started (pid %d)", self.proc.pid)
+
+    def check(self) -> None:
+        """Restart the writer if it died (the workers resend what it had not committed):
+        at once, or after 2 s if it died within 5 s of its start (no tight crash loop)."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if self.restart_at is None:
+            log.error("store writer (pid %d) exited with %s; restarting", self.proc.pid,
+                      self.proc.returncode)
+            self.restart_at = now + (2.0 if now - self.started < 5.0 else 0.0)
+        if now >= self.restart_at:
+            self.restart_at = None
+            self.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """After the workers: the writer commits what it has and exits."""
+        if self.proc is not None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.listener.close()
+
 
 def default_workers() -> int:
     try:
@@ -55,6 +114,9 @@ def supervise(worker_argv: list[str], count: int, state_dir: Path,
     from nac.radius.server import LISTEN_FDS
 
     pool = bind_pool(listen or [], count)
+    writer = None
+    if shared_sqlite is not None and count > 1 and os.environ.get("NAC_STORE_WRITERS") != "each":
+        writer = SharedWriter(shared_sqlite)
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
@@ -70,10 +132,15 @@ def supervise(worker_argv: list[str], count: int, state_dir: Path,
     started: dict[int, float] = {}
 
     def start(i: int) -> None:
+        from nac.store.sqlite import WRITER_ENV
+
         fds = ",".join(f"{a}|{p}|{sock.fileno()}" for a, p, sock in pool[i])
+        env = {**os.environ, LISTEN_FDS: fds}
+        if writer is not None:
+            env[WRITER_ENV] = writer.address
         procs[i] = subprocess.Popen([*worker_argv, "--worker-id", str(i)],
                                     pass_fds=[sock.fileno() for _, _, sock in pool[i]],
-                                    env={**os.environ, LISTEN_FDS: fds})
+                                    env=env)
         started[i] = time.monotonic()
         log.info("worker %d started (pid %d)", i, procs[i].pid)
 
@@ -91,6 +158,8 @@ def supervise(worker_argv: list[str], count: int, state_dir: Path,
         start(i)
     while not stopping:
         time.sleep(0.2)
+        if writer is not None and not stopping:
+            writer.check()
         for i, p in list(procs.items()):
             rc = p.poll()
             if rc is None or stopping:
@@ -118,6 +187,8 @@ def supervise(worker_argv: list[str], count: int, state_dir: Path,
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
+    if writer is not None:
+        writer.stop()
     if pool_metrics is not None:
         pool_metrics.close()
     for socks in pool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +22,11 @@ def test_two_workers_share_the_port_and_keep_eap_flows(tmp_path: Path) -> None:
     need("eapol_test")
     srv = start_server(tmp_path, "--workers", "2")
     try:
+        # start_server returns at the first worker's "ready": a request hashed to the other
+        # worker's socket would wait there for it (a busy machine: longer than radclient)
+        deadline = time.monotonic() + 30
+        while len(re.findall(r"\bready: ", srv.log())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         # Each radclient run is a new source port: the kernel spreads them over both.
         for i in range(24):
             mac = f"02:00:00:00:01:{i:02x}"
@@ -56,7 +62,6 @@ def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
     socket waits there for its successor, so the NAS's retransmissions get an answer)."""
     import os
     import signal
-    import time
 
     srv = start_server(tmp_path, "--workers", "2")
     mab = ('User-Name = "020000000e01", Calling-Station-Id = "02:00:00:00:0e:01", '
@@ -107,7 +112,6 @@ def test_a_restarted_worker_leaves_the_other_workers_flows_in_place(tmp_path: Pa
     import hashlib
     import os
     import signal
-    import time
 
     srv = start_server(tmp_path, "--workers", "2")
     socks = []

@@ -15,16 +15,18 @@ __all__ = ["AccountingRecord", "DecisionRecord", "Store", "SqliteStore", "open_j
            "open_store"]
 
 
-def open_store(url: str | None, state_dir: Path) -> SqliteStore | PostgresStore:
+def open_store(url: str | None, state_dir: Path,
+               writer: str | None = None) -> SqliteStore | PostgresStore:
     """sqlite:///PATH (or None: STATE/nac.db), or postgresql://USER@HOST/DB.
 
     SQLite migrates on open; PostgreSQL raises SchemaError on an older schema (run
     `nac store migrate`). Returns a SqliteStore or a PostgresStore (the Store protocol).
+    writer: a SQLite store's shared writer process (a pool's; see SqliteStore).
     """
     if url is None:
-        return SqliteStore(state_dir / "nac.db")
+        return SqliteStore(state_dir / "nac.db", writer=writer)
     if url.startswith("sqlite:///"):
-        return SqliteStore(Path(url[len("sqlite:///") :]))
+        return SqliteStore(Path(url[len("sqlite:///") :]), writer=writer)
     if url.startswith(("postgresql://", "postgres://")):
         # Imported here: psycopg is needed only by sites that run PostgreSQL.
         from nac.store.postgres import PostgresStore

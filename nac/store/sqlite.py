@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import operator
 import os
 import pickle
+import selectors
 import signal
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -29,6 +33,10 @@ from nac.store.queries import ReadQueries
 from nac.store.rows import decision_row, encode_posture, json_list, node_row, put_node, session_row
 
 log = logging.getLogger("nac.store")
+
+# A pool's supervisor runs one writer process for every worker (nac/workers.py) and tells
+# each worker where it listens by this variable; a server on its own starts its own writer.
+WRITER_ENV = "NAC_STORE_WRITER"
 
 SCHEMA_VERSION = latest("sqlite")  # the tables themselves: nac/store/migrations.py
 
@@ -95,8 +103,13 @@ class SqliteStore(ReadQueries):
     handoffs. The writer process gets the records in pickled batches over a pipe and
     answers with how far it has committed."""
 
-    def __init__(self, path: Path, *, flush_interval: float = 0.05) -> None:
+    def __init__(self, path: Path, *, flush_interval: float = 0.05,
+                 writer: str | None = None) -> None:
+        """writer: the Unix socket address of a writer process shared with other servers
+        of a pool (start_shared_writer; "@name" for an abstract one); None: start a writer
+        process of its own."""
         self.path = path
+        self._writer_address = writer
         self.url = f"sqlite:///{path}"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = connect(path)
@@ -110,7 +123,7 @@ class SqliteStore(ReadQueries):
         self._stop = False
         self._interval = flush_interval
         self._writer: threading.Thread | None = None  # feeds the writer process
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._link: _Link | None = None  # the way to the writer process
         # Batches sent but not acknowledged yet, resent if the writer process dies.
         self._unacked: deque[tuple[int, bytes]] = deque()
         self._unacked_lock = threading.Lock()
@@ -176,7 +189,7 @@ class SqliteStore(ReadQueries):
     def _feed_loop(self) -> None:
         """Hand queued records to the writer process in batches; restart it if it died."""
         name_os_thread("nac-store-feed")
-        if self._proc is None:
+        if self._link is None:
             self._spawn()
         while not (self._stop and not self._pending):
             if not self._pending and not self._stop:
@@ -226,12 +239,8 @@ class SqliteStore(ReadQueries):
                 with self._unacked_lock:
                     self._unacked.append((self._sent, frame))
                 self._send(frame)
-        proc = self._proc
-        if proc is not None and proc.stdin is not None:
-            try:
-                proc.stdin.close()  # the writer commits what it has, then exits
-            except OSError:
-                pass
+        if self._link is not None:
+            self._link.finish()  # the writer commits what it has, then exits (or forgets us)
 
     def _picklable(self, decisions: list[tuple[object, ...]],
                    accts: list[tuple[object, ...]]) -> bytes:
@@ -250,7 +259,7 @@ class SqliteStore(ReadQueries):
         return pickle.dumps(keep, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._link is not None and self._link.alive()
 
     def _send(self, frame: bytes) -> None:
         """Write one batch to the writer process; if it is gone, a new one gets every
@@ -261,57 +270,63 @@ class SqliteStore(ReadQueries):
                     return  # a new one gets every unacknowledged batch, this one too
                 time.sleep(0.5)
                 continue
-            proc = self._proc
-            assert proc is not None
+            link = self._link
+            assert link is not None
             try:
-                assert proc.stdin is not None
-                proc.stdin.write(frame)
-                proc.stdin.flush()
+                link.out.write(frame)
+                link.out.flush()
                 return
             except (OSError, ValueError):
-                log.error("store writer process died (exit %s); starting another",
-                          proc.poll())
-                proc.kill()
-                proc.wait()
+                log.error("store writer process lost (%s); %s", link.why(),
+                          "starting another" if link.proc else "reconnecting")
+                link.kill()
                 if self._spawn() is not None:
                     return  # the new one got every unacknowledged batch, this one too
                 time.sleep(0.5)
 
-    def _spawn(self) -> subprocess.Popen[bytes] | None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])  # where the nac package is
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", "from nac.store.sqlite import writer_main; writer_main()",
-                 str(self.path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        except OSError as exc:
-            log.error("cannot start the store writer process: %s", exc)
-            return None
-        self._proc = proc
-        threading.Thread(target=self._read_acks, args=(proc,), name="store-acks",
+    def _spawn(self) -> _Link | None:
+        """A new way to the writer (its own process, or the pool's shared one), which gets
+        every batch not acknowledged yet."""
+        if self._link is not None:
+            self._link.kill()
+            self._link = None
+        if self._writer_address is not None:
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                address = self._writer_address
+                sock.connect("\0" + address[1:] if address.startswith("@") else address)
+            except OSError as exc:  # the supervisor is restarting it: try again shortly
+                sock.close()
+                log.error("cannot reach the pool's store writer: %s", exc)
+                return None
+            link = _Link(sock.makefile("wb"), sock.makefile("rb"), sock=sock)
+        else:
+            try:
+                proc = subprocess.Popen(_writer_command(self.path), stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=_writer_env())
+            except OSError as exc:
+                log.error("cannot start the store writer process: %s", exc)
+                return None
+            assert proc.stdin is not None and proc.stdout is not None
+            link = _Link(proc.stdin, proc.stdout, proc=proc)
+        self._link = link
+        threading.Thread(target=self._read_acks, args=(link,), name="store-acks",
                          daemon=True).start()
         with self._unacked_lock:
             resend = [frame for _, frame in self._unacked]
-        assert proc.stdin is not None
         try:
             for frame in resend:
-                proc.stdin.write(frame)
-            proc.stdin.flush()
+                link.out.write(frame)
+            link.out.flush()
         except (OSError, ValueError):
             pass  # died again: the next send or wake-up notices
-        return proc
+        return link
 
-    def _read_acks(self, proc: subprocess.Popen[bytes]) -> None:
+    def _read_acks(self, link: _Link) -> None:
         """The writer process's reports: one JSON line after each batch or failed try."""
         name_os_thread("nac-store-acks")
-        assert proc.stdout is not None
-        with proc.stdout:  # closed at the writer's end of file (no stray pipe)
-            for line in proc.stdout:
+        with link.inp:  # closed at the writer's end of file (no stray pipe)
+            for line in link.inp:
                 try:
                     rep = json.loads(line)
                 except ValueError:
@@ -335,8 +350,9 @@ class SqliteStore(ReadQueries):
                     self._committed = done
                     for cb in self._commit_callbacks:
                         cb(done)
-            if not self._stop:
-                self._wake.set()  # the writer died: let the feeder start another
+        link.eof.set()
+        if not self._stop:
+            self._wake.set()  # the writer died: let the feeder start another
 
     # ---- administrative -----------------------------------------------------------------
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[dict[str, Any]]:
@@ -397,13 +413,93 @@ class SqliteStore(ReadQueries):
             self._stop = True
             self._wake.set()
             self._writer.join(timeout=5)
-            if self._proc is not None:
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
+            if self._link is not None and not self._link.wait(timeout=10):
+                self._link.kill()
         self._conn.close()
+
+
+class _Link:
+    """The way to a writer process: the pipes of one of our own, or a Unix socket to the
+    one a pool's supervisor runs for every worker."""
+
+    def __init__(self, out: Any, inp: Any, *, proc: subprocess.Popen[bytes] | None = None,
+                 sock: socket.socket | None = None) -> None:
+        self.out, self.inp, self.proc, self.sock = out, inp, proc, sock
+        self.eof = threading.Event()  # the writer's reports ended: it is gone
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return not self.eof.is_set()
+
+    def why(self) -> str:
+        return f"exit {self.proc.poll()}" if self.proc is not None else "connection lost"
+
+    def finish(self) -> None:
+        """No more batches: our own writer commits what it has and exits; the shared one
+        commits what it has from us and forgets us."""
+        try:
+            if self.sock is not None:
+                self.out.flush()
+                self.sock.shutdown(socket.SHUT_WR)
+            else:
+                self.out.close()
+        except (OSError, ValueError):
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the writer answered its last report within `timeout` seconds."""
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        return self.eof.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            return
+        assert self.sock is not None
+        for f in (self.out, self.sock):
+            try:
+                f.close()
+            except (OSError, ValueError):
+                pass
+
+
+def _writer_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop(WRITER_ENV, None)
+    root = str(Path(__file__).resolve().parents[2])  # where the nac package is
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _writer_command(path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-c", "from nac.store.sqlite import writer_main; writer_main()",
+            str(path), *args]
+
+
+def shared_writer_socket(path: Path) -> socket.socket:
+    """A listening Unix socket for the writer a pool shares (abstract: no file to leave
+    behind; named after this process and the store file). The supervisor keeps it, so a
+    restarted writer takes over the connections waiting in it."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(f"\0nac-store-{os.getpid()}-{digest}")
+    sock.listen(64)
+    return sock
+
+
+def start_shared_writer(path: Path, listener: socket.socket) -> subprocess.Popen[bytes]:
+    """The writer process every worker of a pool sends its records to, through `listener`
+    (shared_writer_socket); it exits once its stdin is closed and every worker is gone."""
+    fd = listener.fileno()
+    return subprocess.Popen(_writer_command(path, "--listen-fd", str(fd)), pass_fds=[fd],
+                            stdin=subprocess.PIPE, env=_writer_env())
 
 
 # ---- the writer process -----------------------------------------------------------------
@@ -531,32 +627,77 @@ def _read_exact(inp: Any, n: int) -> bytes | None:
     return data if data is not None and len(data) == n else None
 
 
-def writer_main() -> None:
-    """The writer process: batches from stdin, a JSON report per batch on stdout; exits
-    when stdin closes (the server stopped, or died: what arrived is still committed)."""
-    # The server stops it by closing the pipe, after its last batch: a Ctrl-C or SIGTERM
-    # to the whole process group must not cut that short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    inp = sys.stdin.buffer
-    out = sys.stdout
-
-    def report(**kw: object) -> None:
-        out.write(json.dumps(kw) + "\n")
-        out.flush()
-
+def _commit_frames(conn: sqlite3.Connection, frames: list[tuple[int, list[Any], list[Any]]],
+                   on_error: Callable[[str], None]) -> list[list[tuple[str, str]]]:
+    """Commit batches (end, decisions, accounting records) in one transaction; a locked,
+    full or read-only database is retried (on_error says why each time); a record the
+    database refuses is set aside and the rest committed. The records refused, per batch."""
+    refused: list[list[tuple[str, str]]] = [[] for _ in frames]
     while True:
         try:
-            conn = connect(Path(sys.argv[1]))
+            if len(frames) == 1:
+                _commit(conn, frames[0][1], frames[0][2])
+            else:
+                _commit(conn, list(chain.from_iterable(f[1] for f in frames)),
+                        list(chain.from_iterable(f[2] for f in frames)))
+        except sqlite3.OperationalError as exc:
+            on_error(str(exc))
+            time.sleep(0.5)
+            continue
+        except Exception:  # a record the database refuses must not stall the rest
+            for out, (_, decisions, accts) in zip(refused, frames, strict=True):
+                for item in decisions:
+                    try:
+                        _commit(conn, [item], [])
+                    except Exception as exc:
+                        out.append(("decision", repr(exc)))
+                for item in accts:
+                    try:
+                        _commit(conn, [], [item])
+                    except Exception as exc:
+                        out.append(("acct", repr(exc)))
+        return refused
+
+
+def _report(write: Callable[[bytes], object], **kw: object) -> None:
+    write((json.dumps(kw) + "\n").encode())
+
+
+def _open_writer_db(path: Path, on_error: Callable[[str], None]) -> sqlite3.Connection:
+    while True:
+        try:
+            conn = connect(path)
             # A bigger page cache (the random-MAC indexes outgrow the 2 MB default) and
             # fewer, larger checkpoints: measured, about a third less CPU per record, most
             # of it system time.
             conn.execute("PRAGMA cache_size=-65536")
             conn.execute("PRAGMA wal_autocheckpoint=5000")
-            break
+            return conn
         except sqlite3.Error as exc:
-            report(error=str(exc))
+            on_error(str(exc))
             time.sleep(0.5)
+
+
+def writer_main() -> None:
+    """The writer process: batches from stdin, a JSON report per batch on stdout; exits
+    when stdin closes (the server stopped, or died: what arrived is still committed).
+    With --listen-fd FD: the writer a pool shares, serving every worker on that listening
+    Unix socket (_serve_pool)."""
+    # The server stops it by closing the pipe, after its last batch: a Ctrl-C or SIGTERM
+    # to the whole process group must not cut that short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if len(sys.argv) > 3 and sys.argv[2] == "--listen-fd":
+        _serve_pool(Path(sys.argv[1]), socket.socket(fileno=int(sys.argv[3])))
+        return
+    inp = sys.stdin.buffer
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    conn = _open_writer_db(Path(sys.argv[1]), lambda e: _report(write, error=e))
     while True:
         head = _read_exact(inp, 4)
         if head is None:
@@ -566,26 +707,78 @@ def writer_main() -> None:
             break
         end = int.from_bytes(body[:8], "big")
         decisions, accts = pickle.loads(body[8:])
-        refused: list[tuple[str, str]] = []
-        while True:
-            try:
-                _commit(conn, decisions, accts)
-            except sqlite3.OperationalError as exc:
-                # Locked, full or read-only: try the same batch again; the server says why.
-                report(error=str(exc))
-                time.sleep(0.5)
-                continue
-            except Exception:  # a record the database refuses must not stall the rest
-                for item in decisions:
-                    try:
-                        _commit(conn, [item], [])
-                    except Exception as exc:
-                        refused.append(("decision", repr(exc)))
-                for item in accts:
-                    try:
-                        _commit(conn, [], [item])
-                    except Exception as exc:
-                        refused.append(("acct", repr(exc)))
-            break
-        report(committed=end, refused=refused)
+        refused = _commit_frames(conn, [(end, decisions, accts)],
+                                 lambda e: _report(write, error=e))
+        _report(write, committed=end, refused=refused[0])
+    conn.close()
+
+
+def _serve_pool(path: Path, listener: socket.socket) -> None:
+    """The writer of a pool: every worker connects (and reconnects) on `listener` and
+    sends its batches as to a writer of its own; what arrived from all of them since the
+    last commit goes in one transaction (one page cache, one commit for the pool instead
+    of one per worker), then each is told how far it is committed. Exits once stdin is
+    closed (the supervisor stopped, or died) and every worker has hung up."""
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, "listen")
+    sel.register(sys.stdin.fileno(), selectors.EVENT_READ, "stdin")
+    clients: dict[socket.socket, bytearray] = {}
+
+    def broadcast(error: str) -> None:
+        for c in list(clients):
+            with contextlib.suppress(OSError):
+                _report(c.sendall, error=error)
+
+    conn = _open_writer_db(path, broadcast)
+    stopping = False
+    while not (stopping and not clients):
+        gone: list[socket.socket] = []
+        for key, _ in sel.select(timeout=1.0):
+            if key.data == "listen":
+                try:
+                    c, _ = listener.accept()
+                except OSError:
+                    continue
+                clients[c] = bytearray()
+                sel.register(c, selectors.EVENT_READ, "client")
+            elif key.data == "stdin":
+                if not os.read(sys.stdin.fileno(), 4096):
+                    stopping = True
+                    sel.unregister(sys.stdin.fileno())
+                    sel.unregister(listener)
+            else:
+                c = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = c.recv(1 << 20)
+                except OSError:
+                    data = b""
+                if data:
+                    clients[c] += data
+                else:
+                    gone.append(c)
+        frames: list[tuple[int, list[Any], list[Any]]] = []
+        owners: list[socket.socket] = []
+        for c, buf in clients.items():
+            while len(buf) >= 4:
+                size = _FRAME.unpack_from(buf)[0]
+                if len(buf) < 4 + size:
+                    break
+                body = bytes(buf[4:4 + size])
+                del buf[:4 + size]
+                decisions, accts = pickle.loads(body[8:])
+                frames.append((int.from_bytes(body[:8], "big"), decisions, accts))
+                owners.append(c)
+        if frames:
+            refused = _commit_frames(conn, frames, broadcast)
+            acks: dict[socket.socket, tuple[int, list[tuple[str, str]]]] = {}
+            for c, (end, _, _), out in zip(owners, frames, refused, strict=True):
+                prev = acks.get(c, (0, []))
+                acks[c] = (max(prev[0], end), prev[1] + out)
+            for c, (end, out) in acks.items():
+                with contextlib.suppress(OSError):
+                    _report(c.sendall, committed=end, refused=out)
+        for c in gone:  # a worker that stopped (or died: it resends to the next writer)
+            sel.unregister(c)
+            c.close()
+            del clients[c]
     conn.close()
