@@ -50,3 +50,45 @@ def test_plain_decisions_give_the_rows_of_rows_py() -> None:
         assert s._plain_rows(s._decision_fields(rec)) == (decision_row(rec), node_row(rec))
 
     check()
+
+
+def test_a_batch_resent_to_a_new_writer_is_not_committed_twice(tmp_path: Path) -> None:
+    """A writer process that committed a batch and died before saying so: the batch comes
+    again to its successor, which acknowledges it without a second copy of its rows."""
+    import json
+    import pickle
+    import subprocess
+
+    from nac.store import sqlite as s
+
+    path = tmp_path / "n.db"
+    SqliteStore(path).close()  # the schema
+
+    def frame(stream: int, end: int, first: int, count: int) -> bytes:
+        recs = [s._decision_fields(DecisionRecord(
+            at=1.0 + i, mac=f"02:00:00:00:0c:{i:02x}", segment="quarantine", vlan=10,
+            source="mab")) for i in range(first, first + count)]
+        body = (stream.to_bytes(8, "big") + end.to_bytes(8, "big")
+                + pickle.dumps((recs, []), protocol=pickle.HIGHEST_PROTOCOL))
+        return s._FRAME.pack(len(body)) + body
+
+    def writer(*frames: bytes) -> list[dict[str, object]]:
+        out = subprocess.run(s._writer_command(path), input=b"".join(frames),
+                             capture_output=True, env=s._writer_env(), timeout=60, check=True)
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    def rows() -> int:
+        st = SqliteStore(path)
+        try:
+            return st.count_decisions()
+        finally:
+            st.close()
+
+    first = frame(7, 3, 0, 3)
+    assert writer(first) == [{"committed": 3, "refused": []}]
+    assert rows() == 3
+    # its successor gets the same batch again, then the next one; another stream's batch
+    # with the same count is its own
+    reports = writer(first, frame(7, 5, 3, 2), frame(8, 3, 10, 3))
+    assert [r["committed"] for r in reports] == [3, 5, 3]
+    assert rows() == 8

@@ -167,6 +167,15 @@ SQLITE_MIGRATIONS: list[Migration] = [
     Migration(3, "enforcement jobs", tuple(jobs_table("sqlite"))),
     Migration(4, "postures apart from nodes", tuple(postures_apart("sqlite"))),
     Migration(5, "no index of decisions by time", (DROP_DECISIONS_AT,)),
+    # How far each server's stream of batches is committed, written with them: the writer
+    # process skips a batch resent after its predecessor committed it (nac/store/sqlite.py).
+    Migration(6, "writer streams", (
+        """CREATE TABLE IF NOT EXISTS store_streams (
+            stream INTEGER PRIMARY KEY,
+            committed INTEGER NOT NULL,
+            at REAL NOT NULL
+        )""",
+    )),
 ]
 
 # ---- PostgreSQL -----------------------------------------------------------------------

@@ -128,6 +128,9 @@ class SqliteStore(ReadQueries):
         self._unacked: deque[tuple[int, bytes]] = deque()
         self._unacked_lock = threading.Lock()
         self._sent = 0
+        # Names this store's batches to the writer, which keeps how far each stream is
+        # committed: a batch resent after a writer died is not committed twice.
+        self._stream = int.from_bytes(os.urandom(8), "big") >> 1
         # Only the event loop enqueues and only the writer commits, so two plain counters
         # tell flush() when everything queued so far is on disk, without a lock per record.
         self._queued = 0
@@ -234,7 +237,8 @@ class SqliteStore(ReadQueries):
                 except Exception:  # a record that cannot travel: set it aside alone
                     payload = self._picklable(decisions, accts)
                 self._sent += taken
-                frame = (_FRAME.pack(len(payload) + 8) + self._sent.to_bytes(8, "big")
+                frame = (_FRAME.pack(len(payload) + 16) + self._stream.to_bytes(8, "big")
+                         + self._sent.to_bytes(8, "big")
                          + payload)
                 with self._unacked_lock:
                     self._unacked.append((self._sent, frame))
@@ -586,8 +590,17 @@ def _plain_rows_agree() -> bool:
 _PLAIN_ROWS_OK = _plain_rows_agree()
 
 
+_STREAM_MARK = """
+INSERT INTO store_streams (stream, committed, at) VALUES (?, ?, ?)
+ON CONFLICT (stream) DO UPDATE SET committed = MAX(committed, excluded.committed),
+    at = excluded.at
+"""
+
+
 def _commit(conn: sqlite3.Connection, batch_decisions: list[tuple[Any, ...]],
-            batch_accts: list[tuple[Any, ...]]) -> None:
+            batch_accts: list[tuple[Any, ...]],
+            marks: dict[int, int] | None = None) -> None:
+    """Commit records in one transaction, with how far each stream is then committed."""
     decisions = []
     nodes: dict[str, tuple[object, ...]] = {}  # one upsert per MAC per batch
     postures: dict[str, tuple[object, ...]] = {}
@@ -620,6 +633,9 @@ def _commit(conn: sqlite3.Connection, batch_decisions: list[tuple[Any, ...]],
             conn.executemany(_ACCT_UPSERT, accts)
             conn.executemany("UPDATE nodes SET last_seen = MAX(last_seen, ?) WHERE mac = ?",
                              touches)
+        if marks:
+            now = time.time()
+            conn.executemany(_STREAM_MARK, [(k, v, now) for k, v in marks.items()])
 
 
 def _read_exact(inp: Any, n: int) -> bytes | None:
@@ -627,35 +643,82 @@ def _read_exact(inp: Any, n: int) -> bytes | None:
     return data if data is not None and len(data) == n else None
 
 
-def _commit_frames(conn: sqlite3.Connection, frames: list[tuple[int, list[Any], list[Any]]],
+class _Streams:
+    """How far each sender's stream of batches is committed (table store_streams, written
+    in the transaction that commits them): a batch resent to a new writer, after the old
+    one committed it but died before saying so, is acknowledged, not committed twice."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.done: dict[int, int] = {}
+        try:
+            with conn:  # streams of servers long gone
+                conn.execute("DELETE FROM store_streams WHERE at < ?", (time.time() - 86400,))
+        except sqlite3.Error:
+            pass  # busy: next time
+
+    def committed(self, stream: int) -> int:
+        done = self.done.get(stream)
+        if done is None:
+            row = self.conn.execute("SELECT committed FROM store_streams WHERE stream = ?",
+                                    (stream,)).fetchone()
+            done = self.done[stream] = int(row[0]) if row else 0
+        return done
+
+
+# A batch as the writer gets it: (stream, end, decisions, accounting records); `end` is
+# the stream's count of records up to and including this batch.
+_Frame = tuple[int, int, list[Any], list[Any]]
+
+
+def _parse(body: bytes) -> _Frame:
+    decisions, accts = pickle.loads(body[16:])
+    return (int.from_bytes(body[:8], "big"), int.from_bytes(body[8:16], "big"), decisions,
+            accts)
+
+
+def _commit_frames(conn: sqlite3.Connection, streams: _Streams, frames: list[_Frame],
                    on_error: Callable[[str], None]) -> list[list[tuple[str, str]]]:
-    """Commit batches (end, decisions, accounting records) in one transaction; a locked,
+    """Commit batches in one transaction (those already committed are skipped); a locked,
     full or read-only database is retried (on_error says why each time); a record the
     database refuses is set aside and the rest committed. The records refused, per batch."""
     refused: list[list[tuple[str, str]]] = [[] for _ in frames]
+    fresh = [f for f in frames if f[1] > streams.committed(f[0])]
+    if not fresh:
+        return refused
+    marks: dict[int, int] = {}
+    for stream, end, _, _ in fresh:
+        marks[stream] = max(end, marks.get(stream, 0))
     while True:
         try:
-            if len(frames) == 1:
-                _commit(conn, frames[0][1], frames[0][2])
+            if len(fresh) == 1:
+                _commit(conn, fresh[0][2], fresh[0][3], marks)
             else:
-                _commit(conn, list(chain.from_iterable(f[1] for f in frames)),
-                        list(chain.from_iterable(f[2] for f in frames)))
+                _commit(conn, list(chain.from_iterable(f[2] for f in fresh)),
+                        list(chain.from_iterable(f[3] for f in fresh)), marks)
         except sqlite3.OperationalError as exc:
             on_error(str(exc))
             time.sleep(0.5)
             continue
         except Exception:  # a record the database refuses must not stall the rest
-            for out, (_, decisions, accts) in zip(refused, frames, strict=True):
-                for item in decisions:
+            for out, frame in zip(refused, frames, strict=True):
+                if frame not in fresh:
+                    continue
+                for item in frame[2]:
                     try:
                         _commit(conn, [item], [])
                     except Exception as exc:
                         out.append(("decision", repr(exc)))
-                for item in accts:
+                for item in frame[3]:
                     try:
                         _commit(conn, [], [item])
                     except Exception as exc:
                         out.append(("acct", repr(exc)))
+            try:
+                _commit(conn, [], [], marks)
+            except sqlite3.Error as exc:  # the records are in; a resend would repeat them
+                on_error(str(exc))
+        streams.done.update(marks)
         return refused
 
 
@@ -698,6 +761,7 @@ def writer_main() -> None:
         out.flush()
 
     conn = _open_writer_db(Path(sys.argv[1]), lambda e: _report(write, error=e))
+    streams = _Streams(conn)
     while True:
         head = _read_exact(inp, 4)
         if head is None:
@@ -705,11 +769,9 @@ def writer_main() -> None:
         body = _read_exact(inp, _FRAME.unpack(head)[0])
         if body is None:
             break
-        end = int.from_bytes(body[:8], "big")
-        decisions, accts = pickle.loads(body[8:])
-        refused = _commit_frames(conn, [(end, decisions, accts)],
-                                 lambda e: _report(write, error=e))
-        _report(write, committed=end, refused=refused[0])
+        frame = _parse(body)
+        refused = _commit_frames(conn, streams, [frame], lambda e: _report(write, error=e))
+        _report(write, committed=frame[1], refused=refused[0])
     conn.close()
 
 
@@ -730,6 +792,7 @@ def _serve_pool(path: Path, listener: socket.socket) -> None:
                 _report(c.sendall, error=error)
 
     conn = _open_writer_db(path, broadcast)
+    streams = _Streams(conn)
     stopping = False
     while not (stopping and not clients):
         gone: list[socket.socket] = []
@@ -756,22 +819,20 @@ def _serve_pool(path: Path, listener: socket.socket) -> None:
                     clients[c] += data
                 else:
                     gone.append(c)
-        frames: list[tuple[int, list[Any], list[Any]]] = []
+        frames: list[_Frame] = []
         owners: list[socket.socket] = []
         for c, buf in clients.items():
             while len(buf) >= 4:
                 size = _FRAME.unpack_from(buf)[0]
                 if len(buf) < 4 + size:
                     break
-                body = bytes(buf[4:4 + size])
+                frames.append(_parse(bytes(buf[4:4 + size])))
                 del buf[:4 + size]
-                decisions, accts = pickle.loads(body[8:])
-                frames.append((int.from_bytes(body[:8], "big"), decisions, accts))
                 owners.append(c)
         if frames:
-            refused = _commit_frames(conn, frames, broadcast)
+            refused = _commit_frames(conn, streams, frames, broadcast)
             acks: dict[socket.socket, tuple[int, list[tuple[str, str]]]] = {}
-            for c, (end, _, _), out in zip(owners, frames, refused, strict=True):
+            for c, (_, end, _, _), out in zip(owners, frames, refused, strict=True):
                 prev = acks.get(c, (0, []))
                 acks[c] = (max(prev[0], end), prev[1] + out)
             for c, (end, out) in acks.items():
