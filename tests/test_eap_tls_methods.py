@@ -522,3 +522,20 @@ def test_tunnels_run_without_a_pyopenssl_connection(lab: Lab, method: str) -> No
     assert session.peer_certificate() is None
     with pytest.raises(TlsError, match="^TLS: "):
         session.feed(b"\x16\x03\x01\x00\x05garbage-not-a-hello")
+
+
+def test_a_proposal_the_peer_naks_makes_no_ssl_object(lab: Lab) -> None:
+    """The SSL object comes with the first response: a TTLS station NAKing the PEAP
+    proposal leaves nothing to build and free; the conversation still succeeds."""
+    from tests.test_eap_peer import Conversation, identity, nak
+
+    service = lab.service(default_method="peap")
+    conv = Conversation(service)
+    res = conv.send(identity(1, "anonymous"))
+    proposed = service._convs[res.state].method  # noqa: SLF001
+    assert proposed is not None and proposed.name == "peap" and proposed.tls is None
+    res = conv.send(nak(packet.parse(res.eap or b"").identifier, packet.TTLS))
+    assert res.action == "challenge"
+    assert service._convs[res.state].method.tls is None  # noqa: SLF001  (TTLS: Start sent)
+    res, _ = run_tls(lab, service, TlsPeer(lab, "ttls", version="1.3", inner="pap"))
+    assert res.action == "accept" and res.method == "ttls/pap"

@@ -18,7 +18,10 @@ class TlsMethodBase(Method):
         super().__init__(env)
         if env.tls is None:
             raise ValueError("TLS methods need a certificate (EapConfig.cert_file/key_file)")
-        self.tls = TlsSession(env.tls, self.tls_name)
+        env.tls.context(self.tls_name)  # ValueError now if this method is not configured
+        # Made by the first response: a proposal the peer NAKs (a station's first contact
+        # with another method in mind) costs no SSL object.
+        self.tls: TlsSession = None  # type: ignore[assignment]
         self.framer = Framer(env.config.fragment_size, self.framer_version)
         self.msk: bytes | None = None
         self.resume_key: bytes | None = None  # the session the peer resumed, if it did
@@ -29,6 +32,9 @@ class TlsMethodBase(Method):
         return self.framer.start()
 
     def process(self, ident: int, data: bytes) -> Step:
+        if self.tls is None:
+            assert self.env.tls is not None
+            self.tls = TlsSession(self.env.tls, self.tls_name)
         message = self.framer.one_piece(data)
         if message is not None:  # the common round: no Frame to make
             try:
