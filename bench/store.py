@@ -77,7 +77,8 @@ def run_nac(exe: Path, args: argparse.Namespace, tmp: Path, name: str, extra: li
         warm = mab.warm_up(exe, auth, args.window, args)
         db0 = probe.tree_cpu_seconds(db_pid) if db_pid else 0.0
         r = mab.measure(pid, partial(mab.run_radload, exe, args.pkt_file, auth, args.window,
-                                     args.timeout_ms, 0, args.sockets), warm)
+                                     args.timeout_ms, 0, args.sockets,
+                                     args.per_socket_window), warm)
         if db_pid:
             r["db_cpu_s"] = round(probe.tree_cpu_seconds(db_pid) - db0, 3)
     return r
@@ -87,7 +88,8 @@ def run_freeradius(exe: Path, args: argparse.Namespace, tmp: Path, n: int) -> di
     (port,) = probe.free_udp_ports(1)
     with freeradius.FreeRadius(tmp / f"freeradius-{n}", port, args.threads) as fr:
         return mab.measure(fr.pid, partial(mab.run_radload, exe, args.pkt_file, port,
-                                           args.window, args.timeout_ms, 0, args.sockets),
+                                           args.window, args.timeout_ms, 0, args.sockets,
+                                           args.per_socket_window),
                            mab.warm_up(exe, port, args.window, args))
 
 
@@ -110,6 +112,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="FreeRADIUS worker threads")
     ap.add_argument("--timeout-ms", type=int, default=2000)
     ap.add_argument("--sockets", type=int, default=16)
+    ap.add_argument("--per-socket-window", action="store_true",
+                    help="as bench/mab.py: each radload socket keeps its share of the window")
     ap.add_argument("--warmup", type=int, default=5000)
     ap.add_argument("--pg-test-settings", dest="durable", action="store_false",
                     help="PostgreSQL with fsync off (as the tests run it); default: durable")
