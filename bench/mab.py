@@ -183,8 +183,9 @@ def warm_up(exe: Path, port: int, window: int,
     first requests pay for lazy set-up, which is not what is measured."""
     if not args.warmup:
         return None
+    # getattr: other benches (store.py) pass their own argument namespaces here
     return partial(run_radload, exe, args.warmup_file, port, window, 10_000, 0, args.sockets,
-                   args.per_socket_window)
+                   getattr(args, "per_socket_window", False))
 
 
 def bench_freeradius(exe: Path, pkt_file: Path, windows: list[int], args: argparse.Namespace,
