@@ -45,9 +45,17 @@ conversation by thread, and the "idle share": what the server burns with no traf
 (housekeeping polls, measured before the rounds) times the case's wall time, per
 conversation. A case whose peers are slow (the agent starts a Python process and collects
 1,500 packages) is charged more of it than FreeRADIUS PEAP, whose idle is ~0; the
-headline keeps it in. --profile FILE samples
-`nac serve` (tree) with py-spy during the first round of one case (collapsed stacks).
-Needs root.
+headline keeps it in; the summary also gives each case without it ("less idle"). --profile
+FILE samples `nac serve` (tree) with py-spy during the first round of one case (collapsed
+stacks). Needs root.
+
+What the target is judged on (issue #4: at least 0.8x FreeRADIUS PEAP-MSCHAPv2 without
+posture, conversations per server CPU-second): "posture, certificate", the re-inspection
+of a host that holds its certificate, against FreeRADIUS PEAP back to back. That is the
+steady state (Session-Timeout 3600 s: almost every posture conversation of a known fleet is
+one). The paced yardstick (frpaced) is printed beside it, like with like; first contact (a
+host the server has never seen, an inventory no cache holds) and "feeds changed" (once per
+feed sync per host) are reported too, never folded into the headline.
 """
 
 from __future__ import annotations
@@ -181,11 +189,24 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def tree_cpu_ns(pid: int) -> int:
+    """CPU ns of the process tree's live threads (schedstat: ns, not 10 ms ticks; a thread
+    that exits takes its time along, so only for spans in which none does, like idle)."""
+    total = 0
+    for p in probe.tree_pids(pid):
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += int(Path(f"/proc/{p}/task/{tid}/schedstat").read_text().split()[0])
+    return total
+
+
 def idle_cpu_ms_per_s(pid: int, seconds: float = 5.0) -> float:
-    """What the server burns with no traffic (housekeeping polls), per wall second."""
-    cpu0 = probe.tree_cpu_seconds(pid)
+    """What the server burns with no traffic (housekeeping polls), per wall second. In ns
+    (schedstat): at ~1 ms/s, 5 s of 10 ms ticks read as 0 or 2 ms/s."""
+    cpu0 = tree_cpu_ns(pid)
     time.sleep(seconds)
-    return round(1000 * (probe.tree_cpu_seconds(pid) - cpu0) / seconds, 2)
+    return round((tree_cpu_ns(pid) - cpu0) / 1e6 / seconds, 3)
 
 
 def settle(pid: int, quiet_ms_per_s: float = 4.0, limit: float = 30.0) -> None:
@@ -395,6 +416,9 @@ def main() -> int:
     for label, rs in results.items():
         med = statistics.median(r["cpu_ms_per_conv"] for r in rs)
         summary[label] = {"median_cpu_ms_per_conv": med,
+                          # housekeeping charged over the case's wall time, taken out
+                          "median_cpu_ms_per_conv_less_idle": statistics.median(
+                              r["cpu_ms_per_conv"] - r["idle_ms_per_conv"] for r in rs),
                           "conv_per_cpu_s": round(1000 / med, 1) if med else None,
                           "median_idle_ms_per_conv": statistics.median(
                               r["idle_ms_per_conv"] for r in rs),
@@ -425,6 +449,14 @@ def main() -> int:
             print(f"{label}: {ours - off['median_cpu_ms_per_conv']:.2f} ms and "
                   f"{(summary[label]['eap_rounds'] or 0) - (off['eap_rounds'] or 0)} EAP "
                   f"rounds more than the tunnel alone (ttls, posture off)")
+    judged = summary.get("posture, certificate", {})
+    if judged.get("vs_freeradius") is not None:
+        print(f"target (>= 0.8x, judged on the re-inspection with certificate vs FreeRADIUS "
+              f"PEAP back to back): {judged['vs_freeradius']:.2f}x"
+              + (f"; paced {judged['vs_freeradius_paced']:.2f}x"
+                 if judged.get("vs_freeradius_paced") is not None else "")
+              + f"; less idle share {judged['median_cpu_ms_per_conv_less_idle']:.2f} ms "
+              f"vs {fr_med:.2f} ms")
     print(json.dumps(summary))
     return 0
 
