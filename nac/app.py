@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import nac.workers
 from nac.accounts import Account, SecretBox, accounts_from_tables, load_accounts_file, make_account
 from nac.authorize import Authorizer
 from nac.config import DEMO_ACCOUNT, Config
@@ -357,20 +356,21 @@ class Server:
             lane.shutdown(wait=False)
 
 
-def prepare_state(cfg: Config, state_dir: Path) -> None:
-    """What workers share and must not race to create: store schema, keys, PKI."""
+def prepare_state(cfg: Config, state_dir: Path) -> Path | None:
+    """What workers share and must not race to create: store schema, keys, PKI. Returns
+    the SQLite file the pool's workers will write through one shared writer process
+    (nac/workers.py), or None for a store without one (PostgreSQL)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(cfg.store, state_dir)
     store.close()
-    if isinstance(store, SqliteStore):
-        # the pool's workers will share one writer process for it (nac/workers.py)
-        nac.workers.shared_sqlite = store.path
+    shared_sqlite = store.path if isinstance(store, SqliteStore) else None
     SecretBox(state_dir / "keys" / "accounts.key")
     try:
         from nac.pki import ensure_pki
     except ImportError:
-        return
+        return shared_sqlite
     ensure_pki(state_dir)
+    return shared_sqlite
 
 
 def run_server(cfg: Config, state_dir: Path, *, reuse_port: bool = False,

@@ -30,11 +30,6 @@ log = logging.getLogger("nac.workers")
 RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # seconds up after which a worker's death is not part of a crash loop
 
-# The SQLite file the pool's workers write (set by nac.app.prepare_state): the supervisor
-# runs one store writer process for all of them. NAC_STORE_WRITERS=each: one per worker.
-shared_sqlite: Path | None = None
-
-
 class SharedWriter:
     """The pool's one SQLite writer process (nac.store.sqlite._serve_pool). SQLite takes
     one writer at a time anyway; one process per worker cost each worker its own Python,
@@ -107,10 +102,13 @@ def bind_pool(listen: list[tuple[str, int]], count: int) -> list[list[tuple[str,
 
 
 def supervise(worker_argv: list[str], count: int, state_dir: Path,
-              metrics: str | None = None, listen: list[tuple[str, int]] | None = None) -> int:
+              metrics: str | None = None, listen: list[tuple[str, int]] | None = None,
+              shared_sqlite: Path | None = None) -> int:
     """Run `count` workers with `worker_argv` (each gets --worker-id I); returns exit code.
     metrics: ADDR:PORT of the pool's /metrics and /healthz. listen: (address, port) of
-    every UDP listener, bound here once per worker and passed down."""
+    every UDP listener, bound here once per worker and passed down. shared_sqlite: the
+    SQLite file the workers write; the supervisor runs one store writer process for all of
+    them (NAC_STORE_WRITERS=each in the environment: one per worker instead)."""
     from nac.radius.server import LISTEN_FDS
 
     pool = bind_pool(listen or [], count)

@@ -116,11 +116,12 @@ def serve(config_path: Path | None, state_dir: Path, store_url: str | None,
         return
     try:
         if count > 1 and worker_id is None:
-            prepare_state(cfg, state_dir)
+            shared_sqlite = prepare_state(cfg, state_dir)
             log.info("starting %d worker processes on the same ports", count)
             listen = [(a, p) for a in cfg.listen for p in (cfg.auth_port, cfg.acct_port)]
             raise SystemExit(supervise(worker_argv(sys.argv[1:]), count, state_dir,
-                                       metrics=cfg.metrics, listen=listen))
+                                       metrics=cfg.metrics, listen=listen,
+                                       shared_sqlite=shared_sqlite))
         run_server(cfg, state_dir, reuse_port=reuse_port, worker_id=worker_id,
                    job_lease=job_lease)
     except OSError as exc:
