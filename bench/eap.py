@@ -4,7 +4,9 @@ Both servers get the same PKI (ours, from `nac pki init`; --rsa for RSA-2048), t
 account and the same real peer: N eapol_test conversations, P at a time, per method
 (PEAP-MSCHAPv2, EAP-TTLS/PAP) and TLS version. The number that matters is the server's CPU
 time (utime+stime of its process tree, /proc) divided by N; wall time and conversations/s are
-printed too but include the eapol_test processes that share the machine.
+printed too but include the eapol_test processes that share the machine. The part spent in
+the server's child processes is shown apart (nac: the store's writer process, which commits a
+decision row per conversation; FreeRADIUS has none).
 
 Both servers run side by side for the whole bench, and each case is measured --rounds times,
 FreeRADIUS and nac in turn (the first of the pair alternates), so that a noisy neighbour
@@ -279,6 +281,11 @@ class Server:
     def cpu(self) -> float:
         return probe.tree_cpu_seconds(self.proc.pid)
 
+    def helpers_cpu(self) -> float:
+        """CPU of the server's child processes only (nac: the store's writer process with
+        one worker; FreeRADIUS has none): what the bench pays for besides the packet path."""
+        return sum(probe.tree_cpu_seconds(p) for p in probe._children(self.proc.pid))  # noqa: SLF001
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -348,14 +355,16 @@ def anatomy(port: int, path: Path, reauth: int, station: int) -> dict[str, objec
 
 def measure(server: Server, path: Path, n: int, parallel: int, reauth: int = 0,
             stations: int = 0) -> dict[str, float]:
-    cpu0, t0 = server.cpu(), time.monotonic()
+    cpu0, helpers0, t0 = server.cpu(), server.helpers_cpu(), time.monotonic()
     with ThreadPoolExecutor(parallel) as pool:
         ok = sum(pool.map(lambda i: one(server.port, path, reauth, stations + i), range(n)))
     wall, cpu = time.monotonic() - t0, server.cpu() - cpu0
+    helpers = server.helpers_cpu() - helpers0
     convs = n * (1 + reauth)
     return {"n": n, "ok": ok, "conversations": convs, "wall_s": round(wall, 2),
             "conv_per_s": round(convs / wall, 1), "server_cpu_s": round(cpu, 3),
-            "cpu_ms_per_conv": round(1000 * cpu / convs, 3)}
+            "cpu_ms_per_conv": round(1000 * cpu / convs, 3),
+            "helpers_ms_per_conv": round(1000 * helpers / convs, 3)}
 
 
 def measure_together(servers: dict[str, Server], path: Path, n: int, parallel: int,
@@ -367,6 +376,7 @@ def measure_together(servers: dict[str, Server], path: Path, n: int, parallel: i
     names = list(servers)
     k = len(names)
     cpu0, t0 = {name: s.cpu() for name, s in servers.items()}, time.monotonic()
+    helpers0 = {name: s.helpers_cpu() for name, s in servers.items()}
 
     def go(i: int) -> tuple[str, bool]:
         name = names[(i + first) % k]
@@ -379,10 +389,12 @@ def measure_together(servers: dict[str, Server], path: Path, n: int, parallel: i
     out = {}
     for name, server in servers.items():
         cpu = server.cpu() - cpu0[name]
+        helpers = server.helpers_cpu() - helpers0[name]
         out[name] = {"n": n, "ok": sum(ok for who, ok in results if who == name),
                      "conversations": convs, "wall_s": round(wall, 2),
                      "conv_per_s": round(k * convs / wall, 1), "server_cpu_s": round(cpu, 3),
-                     "cpu_ms_per_conv": round(1000 * cpu / convs, 3)}
+                     "cpu_ms_per_conv": round(1000 * cpu / convs, 3),
+                     "helpers_ms_per_conv": round(1000 * helpers / convs, 3)}
     return out
 
 
@@ -493,7 +505,8 @@ def main() -> None:
                         r.update(server=kind, method=method, tls=tls, round=rnd)
                         rows.append(r)
                         print(f"round {rnd} {kind:10} {method:14} TLS {tls}: {r['ok']}/{r['n']} "
-                              f"ok, {r['cpu_ms_per_conv']:7.3f} ms server CPU/conversation, "
+                              f"ok, {r['cpu_ms_per_conv']:7.3f} ms server CPU/conversation "
+                              f"({r['helpers_ms_per_conv']:.3f} in child processes), "
                               f"{r['conv_per_s']:6.1f} conv/s (wall, with the peers)",
                               flush=True)
         finally:
@@ -505,6 +518,7 @@ def main() -> None:
         for kind in kinds:
             mine = [r for r in rows if (r["server"], r["method"], r["tls"]) == (kind, method, tls)]
             entry[kind] = {"cpu_ms_per_conv": median(mine, "cpu_ms_per_conv"),
+                           "helpers_ms_per_conv": median(mine, "helpers_ms_per_conv"),
                            "runs": [r["cpu_ms_per_conv"] for r in mine],
                            "failed": sum(r["n"] - r["ok"] for r in mine),
                            **{k: anatomies.get(f"{kind} {method} {tls}", {}).get(k)
@@ -521,7 +535,9 @@ def main() -> None:
           f"{args.nac_resumption}, FreeRADIUS cache {'on' if fr_cache else 'off'}"
           + ("; measured together" if args.together else "") + "):")
     for e in summary:
-        parts = [f"{k} {e[k]['cpu_ms_per_conv']}" for k in kinds]  # type: ignore[index]
+        parts = [f"{k} {e[k]['cpu_ms_per_conv']}"  # type: ignore[index]
+                 + (f" ({e[k]['helpers_ms_per_conv']} in child processes)"  # type: ignore[index]
+                    if e[k]["helpers_ms_per_conv"] else "") for k in kinds]  # type: ignore[index]
         ratio = f"  conversations per CPU-second nac/FreeRADIUS {e['ratio']:.2f}x" \
             if "ratio" in e else ""
         print(f"  {e['method']:14} TLS {e['tls']}: " + ", ".join(parts) + ratio)
