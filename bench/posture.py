@@ -5,7 +5,8 @@ host inventory of N packages, against FreeRADIUS's PEAP-MSCHAPv2 without posture
                              [--rsa] [--pace S]
                              [--cases first,certificate,feeds,off,plain,freeradius,frpaced]
                              [--phase2 autheap=MSCHAPV2|auth=MSCHAPV2]
-                             [--profile FILE [--profile-gil] [--profile-case C]]
+                             [--profile FILE [--profile-gil] [--profile-case C]
+                              [--profile-rate HZ]]
 
 eapol_test loads our IMC plug-in (private mount namespace, overlay /etc with its own
 tnc_config; the real /etc is untouched) and reports a Debian 12 host (NAC_AGENT_ROOT) with
@@ -93,6 +94,7 @@ SECRET = "testing123"
 ROUNDS: list[int] = []
 # the peers' phase 2: EAP-MSCHAPv2 (autheap=) or TTLS's own MS-CHAP-V2 AVPs (auth=)
 PHASE2 = ["autheap=MSCHAPV2"]
+PROFILE_RATE = [200]  # py-spy samples per second (--profile-rate)
 
 
 def big_root(root: Path, count: int) -> Path:
@@ -248,7 +250,8 @@ def py_spy(pid: int, out: Path | None, gil: bool = False) -> Iterator[None]:
         yield
         return
     proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--subprocesses", "--format",
-                             "raw", "--rate", "200", "--output", str(out), "--nonblocking",
+                             "raw", "--rate", str(PROFILE_RATE[0]), "--output", str(out),
+                             "--nonblocking",
                              *(["--gil"] if gil else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -270,6 +273,9 @@ def main() -> int:
                     help="the stations' TTLS phase 2: EAP-MSCHAPv2 or TTLS-MSCHAPv2 AVPs")
     ap.add_argument("--profile", type=Path, help="py-spy collapsed stacks of nac serve")
     ap.add_argument("--profile-gil", action="store_true", help="sample GIL holders only")
+    ap.add_argument("--profile-rate", type=int, default=200,
+                    help="py-spy samples per second (a re-inspection is ~4 ms of CPU: at "
+                         "200/s, 40 of them give ~30 samples)")
     ap.add_argument("--profile-case", default="posture, first contact",
                     help="the case sampled (its first round)")
     ap.add_argument("--pace", type=float, default=0.5,
@@ -280,6 +286,7 @@ def main() -> int:
                          "off, plain, freeradius, frpaced)")
     args = ap.parse_args()
     PHASE2[0] = args.phase2
+    PROFILE_RATE[0] = args.profile_rate
     keep = os.environ.get("NAC_BENCH_KEEP")  # a directory to keep logs in, for post-mortems
     ctx = (contextlib.nullcontext(tempfile.mkdtemp(prefix="nac-posture-", dir=keep)) if keep
            else tempfile.TemporaryDirectory(prefix="nac-posture-"))
