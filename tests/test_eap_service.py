@@ -317,3 +317,14 @@ def test_method_env_with_identity_keeps_every_other_field() -> None:
     values["config"] = EapConfig()
     env = MethodEnv(**values)  # type: ignore[arg-type]
     assert env.with_identity("inner@example") == replace(env, identity="inner@example")
+
+
+def test_outcome_with_msk_keeps_every_other_field() -> None:
+    """with_msk() lists Outcome's fields by position, like with_identity() above."""
+    from dataclasses import fields, replace
+
+    from nac.eap.methods.base import Outcome
+
+    values: dict[str, object] = {f.name: object() for f in fields(Outcome)}
+    out = Outcome(**values)  # type: ignore[arg-type]
+    assert out.with_msk(b"k" * 64) == replace(out, msk=b"k" * 64)

@@ -27,6 +27,11 @@ class Outcome:
     msk: bytes | None = None  # 64 octets when the method derives keys
     posture: dict | None = None  # what a posture method inside the tunnel reported
 
+    def with_msk(self, msk: bytes | None) -> Outcome:
+        """The inner method's outcome with the tunnel's keys (PEAP, TTLS); built directly,
+        as dataclasses.replace costs several times more, once per tunnel."""
+        return Outcome(self.identity, self.role, self.method, msk, self.posture)
+
 
 @dataclass(frozen=True, slots=True)
 class Slow:

@@ -130,7 +130,6 @@ class PeapMethod(TlsMethodBase):
             return step
         o = step.outcome
         assert o is not None
-        # Built directly: dataclasses.replace costs several times more, once per tunnel.
-        self.outcome = Outcome(o.identity, o.role, o.method, self.msk, o.posture)
+        self.outcome = o.with_msk(self.msk)
         self.phase = "result"
         return result_tlv(self._next_id(), RESULT_SUCCESS)

@@ -3,8 +3,6 @@ EAP-MSCHAPv2 (EAP-Message AVPs). The client speaks first inside the tunnel."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from nac.accounts import Account
 from nac.eap import avp, mschap, packet
 from nac.eap.inner import InnerEap
@@ -181,4 +179,4 @@ class TtlsMethod(TlsMethodBase):
         if step.kind == "failure":
             return step
         assert step.outcome is not None
-        return Step("success", outcome=replace(step.outcome, msk=self.msk))
+        return Step("success", outcome=step.outcome.with_msk(self.msk))
