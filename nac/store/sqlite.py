@@ -196,11 +196,12 @@ class SqliteStore(ReadQueries):
             self._spawn()
         while not (self._stop and not self._pending):
             if not self._pending and not self._stop:
-                # Idle: sleep until a record comes (record_decision wakes an idle feeder)
-                # instead of polling every interval; once a second still checks the writer.
+                # Idle: sleep until a record comes (record_decision wakes an idle feeder),
+                # the writer dies (the ack reader wakes it) or close(); no timer, so an
+                # idle server's feeder costs nothing.
                 self._idle = True
                 if not self._pending:
-                    self._wake.wait(1.0)
+                    self._wake.wait()
                 self._idle = False
                 if not (self._urgent or self._stop):
                     self._wake.clear()
