@@ -264,7 +264,8 @@ class Engine:
             self._pap_ok.clear()
 
     def expire_eap(self, now: float) -> int:
-        """Purge idle EAP conversations and pick up a changed CRL; run it in the EAP lane."""
+        """Purge idle EAP conversations and pick up a changed CRL (from housekeeping, on the
+        loop that runs the EAP rounds)."""
         if self.eap is None:
             return 0
         reload_crl = getattr(self.eap, "reload_crl_if_changed", None)
