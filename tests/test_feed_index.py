@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from eap_ext.tnc import packages_compact
 from nac.prevention import cache
 from nac.prevention.index import Finding, VulnIndex, load_index, refresh
 from nac.prevention.packages import PackageTable, compile_posture
@@ -303,6 +304,22 @@ def test_fast_path_agrees_with_general_path(tmp_path: Path) -> None:
         compiled = load_index(db).findings_compiled(compile_posture(posture(pkgs)))
         assert {(f.advisory_id, f.installed, f.fixed) for f in compiled} == a
         assert len(compiled) == len(a)
+        # What the agent's compact inventory decodes to: the same packages, matched and
+        # compiled from the decoder's source columns instead of the dicts (some binNMUs:
+        # a source version apart from the binary's).
+        for k, p in enumerate(pkgs):
+            if k % 5 == 0:
+                pkgs[k] = {**deb(p["name"], p["version"] + "b1", p["source"]),
+                           "source_version": p["source_version"]}
+        decoded = packages_compact.decode(packages_compact.encode(pkgs))
+        assert decoded == pkgs and decoded.columns is not None
+        a = {(f.advisory_id, f.installed, f.fixed) for f in load_index(db).findings(posture(pkgs))}
+        from_columns = load_index(db).findings(posture(decoded))
+        assert {(f.advisory_id, f.installed, f.fixed) for f in from_columns} == a
+        assert len(from_columns) == len(a)
+        table = PackageTable()
+        assert (compile_posture(posture(decoded), table).ids
+                == compile_posture(posture(list(pkgs)), table).ids)
         total += len(a)
     assert total > 30  # the comparison was not vacuous
 

@@ -141,6 +141,9 @@ def test_column_decoding_is_row_decoding(pkgs: list[Any]) -> None:
     fast = packages_compact._decode_columns(body, lines, h["m"], h["t"])
     if fast is not None:
         assert fast == pkgs
+        # the columns the server's package matching reads instead of the dicts
+        assert fast.columns == ("dpkg", [p["source"] for p in pkgs],
+                                [p["source_version"] for p in pkgs])
     safe = all(set(p["name"]) <= set("ab+~.-_1")
                and set(p["version"] + p["source"] + p["source_version"]) <= set("ab+:~.-_1")
                for p in pkgs)
@@ -156,6 +159,16 @@ def test_template_expansion_is_str_format(template: str, rows: list[tuple[str, .
     fmt = packages_compact._formatter(template)
     assert packages_compact._expand_all(template, names, versions, arches) == [
         fmt(*r) for r in rows]
+
+
+def test_a_changed_package_list_forgets_its_wire_and_columns() -> None:
+    pkgs = debian_packages()[:20]
+    attr = VendorAttribute(VendorAttrType.PACKAGES_COMPACT, pkgs, DEFAULT_VENDOR_ID)
+    decoded = decode_message(wire([attr])).attributes[0].data
+    assert decoded == pkgs and decoded.wire is not None and decoded.columns is not None
+    assert decoded.columns[1] == [p["source"] for p in pkgs]
+    decoded.append(dict(pkgs[0], source="other"))
+    assert decoded.wire is None and decoded.columns is None
 
 
 def test_column_decoding_takes_the_real_inventory() -> None:

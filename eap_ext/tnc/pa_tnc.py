@@ -630,7 +630,9 @@ class VendorAttribute(Attribute):
             try:
                 packages = packages_compact.decode(raw)
                 wire = bytes(r.data)
-                if isinstance(packages, list):  # the list remembers its deflated form
+                if isinstance(packages, packages_compact.PackageList):
+                    packages.wire = wire  # the list remembers its deflated form
+                elif isinstance(packages, list):
                     packages = packages_compact.PackageList(packages, wire)
                 return cls(kind, packages, vendor, wire=wire)
             except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included

@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from itertools import repeat
+from itertools import compress, repeat
+from operator import not_
 from typing import Any
 from urllib.parse import quote
 
@@ -127,14 +128,23 @@ class PackageList(list):  # type: ignore[type-arg]
     """A package list decoded from the compact text, with the deflated bytes it came from
     (`wire`, ~7 bytes a package where the list holds ~600 in Python objects): whoever keeps
     the posture (the store, nac/posture/stored.py) can keep those instead of encoding the
-    list again. A change through the list's own methods forgets them (wire None); the
-    package dicts inside are read-only by contract (the server never changes them)."""
+    list again. `columns`, when the text was our agent's usual rows (one manager): that
+    manager and every package's source and source_version, in order, as the decoder already
+    had them; whoever matches packages by source (nac/prevention) reads two lists instead
+    of two keys of 1,500 dicts. A change through the list's own methods forgets both (None);
+    the package dicts inside are read-only by contract (the server never changes them)."""
 
-    __slots__ = ("wire",)
+    __slots__ = ("wire", "columns")
 
-    def __init__(self, items: Any = (), wire: bytes | None = None) -> None:
+    def __init__(self, items: Any = (), wire: bytes | None = None,
+                 columns: SourceColumns | None = None) -> None:
         super().__init__(items)
         self.wire = wire
+        self.columns = columns
+
+
+# (manager of every package, sources, source_versions): see PackageList.columns
+SourceColumns = tuple[str, list[str], list[str]]
 
 
 def _forgetting(name: str) -> Any:
@@ -142,6 +152,7 @@ def _forgetting(name: str) -> Any:
 
     def changed(self: PackageList, *args: Any, **kwargs: Any) -> Any:
         self.wire = None
+        self.columns = None
         return method(self, *args, **kwargs)
 
     changed.__name__ = name
@@ -219,6 +230,26 @@ def _expand_all(template: str, names: list[str], versions: list[str],
     return list(map(_formatter(template), names, versions, arches))
 
 
+def _or_column(column: list[str], fallback: list[str]) -> list[str]:
+    """The column with each empty field replaced by the fallback's (an empty source or
+    source_version means "as name / version"), in C-level passes but for the fields that
+    differ from the majority (a few binNMU source versions, a few unnamed sources)."""
+    empty = column.count("")
+    if not empty:
+        return column
+    if empty == len(column):
+        return fallback
+    if empty * 2 > len(column):
+        out = list(fallback)
+        for i in compress(range(len(column)), column):
+            out[i] = column[i]
+    else:
+        out = list(column)
+        for i in compress(range(len(column)), map(not_, column)):
+            out[i] = fallback[i]
+    return out
+
+
 def _decode_columns(body: str, lines: list[str], managers: list[str],
                     templates: list[str]) -> list[Any] | None:
     """What our agent writes for a host: rows only, one manager, template 0 for every purl,
@@ -244,10 +275,14 @@ def _decode_columns(body: str, lines: list[str], managers: list[str],
     purls = _expand_all(templates[0], _plus_quoted(names, joined[0]),
                         _plus_quoted(versions, joined[1]), _plus_quoted(arches, joined[2]))
     manager = managers[0]
-    return [{"name": n, "version": v, "arch": a, "source": s or n, "source_version": sv or v,
-             "manager": manager, "purl": p}
-            for n, v, a, s, sv, p in zip(names, versions, arches, srcs, srcvers, purls,
-                                         strict=True)]
+    sources = _or_column(srcs, names)
+    source_versions = _or_column(srcvers, versions)
+    return PackageList(
+        [{"name": n, "version": v, "arch": a, "source": s, "source_version": sv,
+          "manager": manager, "purl": p}
+         for n, v, a, s, sv, p in zip(names, versions, arches, sources, source_versions,
+                                      purls, strict=True)],
+        columns=(manager, sources, source_versions))
 
 
 def _decode_rows(lines: list[str], managers: list[str],

@@ -41,6 +41,7 @@ from nac.prevention.packages import (
     PackageTable,
     all_source_managed,
     package_keys,
+    source_columns,
 )
 
 
@@ -248,26 +249,36 @@ class VulnIndex:
         the sources an advisory names; that pair is the verdict key, decided once per index
         and then only looked up. Returns None when the list does not fit (other managers,
         missing or odd fields): the general path handles those."""
-        try:
-            sources = list(map(_SOURCE, pkgs))
-            if not all_source_managed(pkgs):
+        columns = source_columns(pkgs)
+        if columns is not None:  # the decoder's own columns (our agent's usual rows)
+            sources, versions = columns
+            named = list(compress(zip(sources, versions, strict=True),
+                                  map(self._names.__contains__, sources)))
+        else:
+            try:
+                sources = list(map(_SOURCE, pkgs))
+                if not all_source_managed(pkgs):
+                    return None
+            except (KeyError, TypeError):
                 return None
-        except (KeyError, TypeError):
-            return None
-        if set(map(type, sources)) != {str} or not all(sources):
-            return None
-        named = list(compress(pkgs, map(self._names.__contains__, sources)))
+            if set(map(type, sources)) != {str} or not all(sources):
+                return None
+            try:
+                named = list(map(SOURCE_PAIR, compress(pkgs, map(self._names.__contains__,
+                                                                  sources))))
+            except (KeyError, TypeError):
+                return None
         if not named:
             return []
         verdicts = self._host_verdicts.get(host)
         if verdicts is None:
             verdicts = self._host_verdicts[host] = {}
         try:
-            found = list(map(verdicts.__getitem__, map(SOURCE_PAIR, named)))
+            found = list(map(verdicts.__getitem__, named))
         except (KeyError, TypeError):
             # A missing or unhashable version, or first sight of a (source, version).
             try:
-                found = [self._pair_verdict(host, verdicts, p) for p in map(SOURCE_PAIR, named)]
+                found = [self._pair_verdict(host, verdicts, p) for p in named]
             except (KeyError, TypeError, _NotFast):
                 return None
         out: list[Finding] = []
