@@ -273,6 +273,11 @@ class LivePolicy:
                         policy_digest=self.policy.digest, now=now)
         return d
 
+    def certificate_holds(self, posture: dict[str, Any], identity: str,
+                          now: float | None = None) -> bool:
+        """Would decide() reuse the certificate this posture presents (same checks)?"""
+        return self._reuse(posture, identity, time.time() if now is None else now) is not None
+
     def _reuse(self, posture: dict[str, Any] | None, identity: str,
                now: float) -> QuarantineCertificate | None:
         cert = posture.get("certificate") if isinstance(posture, dict) else None

@@ -327,3 +327,39 @@ def test_grace_survives_a_restart_and_expires_on_time(tmp_path: Path) -> None:
     assert decide(live, fixed, NOW + 2 * HOUR).segment == "normal"
     d = decide(LivePolicy(state, db), routing, NOW + 3 * HOUR)
     assert d.segment == "normal" and float(d.extra["first_seen.no-forwarding"]) == NOW + 3 * HOUR
+
+
+def test_certificate_holds_says_what_decide_reuses(tmp_path: Path) -> None:
+    """The EAP-TNC method asks certificate_holds() before judging a digest-only document
+    (a stale certificate then skips the judge): it must agree with decide()'s reuse."""
+    from eap_ext.tnc.posture_attrs import digest_only_document
+    from nac.app import prepare_state
+    from nac.config import embedded
+    from nac.posture.digest import posture_digest
+    from nac.prevention import cache as feed_cache
+    from nac.runtime import LivePolicy
+
+    state = tmp_path / "state"
+    prepare_state(embedded(), state)
+    live = LivePolicy(state, state / "nac.db")
+    doc = {"schema": 1, "os": {"family": "linux", "id": "debian", "version_id": "12"},
+           "firewall": "active", "packages": []}
+    doc["stated_digest"] = posture_digest(doc)
+    issued = live.decide(doc, identity="alice", role="default", group=None, vendor="generic",
+                         certify_it=True)
+    assert issued.certificate is not None
+    digest_only = digest_only_document(dict(doc, certificate={
+        "token": issued.certificate.decode(), "posture_digest": doc["stated_digest"]}))
+    assert digest_only is not None and digest_only.get("digest_only") is True
+
+    def reused(who: str) -> bool:
+        d = live.decide(digest_only, identity=who, role="default", group=None,
+                        vendor="generic", certify_it=True)
+        return d.source == "certificate" and d.certificate is None
+
+    assert live.certificate_holds(digest_only, "alice") and reused("alice")
+    assert not live.certificate_holds(digest_only, "mallory") and not reused("mallory")
+    with feed_cache.opened(state / "nac.db") as conn, conn:
+        feed_cache.bump_epoch(conn)
+    assert "feeds" in live.poll()
+    assert not live.certificate_holds(digest_only, "alice") and not reused("alice")

@@ -131,3 +131,56 @@ def test_without_digest_first_nothing_is_remembered() -> None:
     a, b = shared(env, Outcome("demo", "default", "ttls")), shared(env, Outcome("x", "d", "t"))
     assert isinstance(a, TncMethod) and isinstance(b, TncMethod)
     assert a.memory is not None and a.memory is b.memory  # one per server process
+
+
+class Relying(Judge):
+    """Relies on the certificate a digest-only document presents (no new one for it)."""
+
+    def __call__(self, doc: dict[str, Any], outcome: Outcome) -> tuple:
+        if doc.get("digest_only"):
+            self.docs.append(doc)
+            return "allow", 0, [], None
+        return super().__call__(doc, outcome)
+
+
+def test_a_stale_certificate_skips_the_judge_of_the_digest_only_document() -> None:
+    memory, judge, doc = PostureMemory(), Relying(), host()
+    converse(method(judge, memory), ImcSession(doc))
+    env = MethodEnv(config=EapConfig(), lookup=lambda _n: None, box=None, identity="demo")
+    outcome = Outcome("demo", "default", "ttls/eap-mschapv2")
+    asked: list[dict[str, Any]] = []
+
+    def stale(d: dict[str, Any], _o: Outcome) -> bool:
+        asked.append(d)
+        return False
+
+    judged = len(judge.docs)
+    m = TncMethod(env, outcome, judge, digest_first=True, memory=memory, holds=stale)
+    imc = ImcSession(doc, certificate_only=True)
+    kind, rounds = converse(m, imc)
+    assert kind == "success" and rounds == 2 and not imc.sent_inventory
+    assert len(asked) == 1 and asked[0]["digest_only"]
+    # only the remembered whole posture was judged (a new certificate), not the digest-only
+    (remembered,) = judge.docs[judged:]
+    assert "digest_only" not in remembered and m.posture is remembered
+    assert imc.certificate is not None and imc.certificate.startswith(b"qc1.new.")
+
+    # A certificate that holds: the judge's verdict on the digest-only document stands.
+    judged = len(judge.docs)
+    m = TncMethod(env, outcome, judge, digest_first=True, memory=memory,
+                  holds=lambda _d, _o: True)
+    imc = ImcSession(doc, certificate_only=True)
+    kind, rounds = converse(m, imc)
+    assert kind == "success" and not imc.sent_inventory and imc.recommendation == "allow"
+    (digest_only,) = judge.docs[judged:]
+    assert digest_only["digest_only"] and m.posture == digest_only
+
+    # Unknown posture, stale certificate: the inventory is asked for and judged.
+    other = host("9.9")
+    judged = len(judge.docs)
+    m = TncMethod(env, outcome, judge, digest_first=True, memory=memory, holds=stale)
+    imc = ImcSession(other, certificate_only=True)
+    kind, _ = converse(m, imc)
+    assert kind == "success" and imc.sent_inventory
+    (whole,) = judge.docs[judged:]
+    assert whole["packages"] == other["packages"] and m.posture is whole

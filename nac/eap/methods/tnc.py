@@ -54,6 +54,10 @@ INNER_FRAGMENT = 8192
 # host presented (nothing new to certify); a fresh evaluation comes with a new one.
 Verdict = tuple[str, int, list[str], "bytes | None"]
 PostureJudge = Callable[[dict[str, Any], Outcome], Verdict]
+# (digest-only document, outcome) -> does the certificate it presents still hold (the judge
+# would reuse it)? Lets a stale certificate skip the judge: judging a document without
+# sections only evaluates and certifies what is then thrown away.
+CertificateHolds = Callable[[dict[str, Any], Outcome], bool]
 
 
 # Whole postures kept per worker process (see "Posture memory" above): ~10-20 kB each.
@@ -123,10 +127,12 @@ class TncMethod(Method):
     type = EAP_TNC
 
     def __init__(self, env: MethodEnv, outcome: Outcome, judge: PostureJudge, *,
-                 digest_first: bool = False, memory: PostureMemory | None = None) -> None:
+                 digest_first: bool = False, memory: PostureMemory | None = None,
+                 holds: CertificateHolds | None = None) -> None:
         super().__init__(env)
         self.outcome = outcome
         self.judge = judge
+        self.holds = holds
         self.digest_first = digest_first
         self.memory = memory
         self._certified: Verdict | None = None  # the verdict a certificate carried
@@ -140,10 +146,11 @@ class TncMethod(Method):
             return False
         if not self.digest_first:
             return True
-        verdict = self.judge(doc, self.outcome)
-        if verdict[3] is None:
-            self._certified = verdict
-            return False
+        if self.holds is None or self.holds(doc, self.outcome):
+            verdict = self.judge(doc, self.outcome)
+            if verdict[3] is None:  # the judge relies on the certificate: that verdict stands
+                self._certified = verdict
+                return False
         if self.memory is not None:  # not relied on, but the posture may be one we know
             self._remembered = self.memory.get(self.outcome.identity, stated_digest(doc),
                                                self.server.imv.vendor_id)
@@ -181,16 +188,19 @@ class TncMethod(Method):
 
 
 def tnc_posture(judge: PostureJudge, *, digest_first: bool = False,
-                memory: PostureMemory | None = None
+                memory: PostureMemory | None = None, holds: CertificateHolds | None = None
                 ) -> Callable[[MethodEnv, Outcome], Method | None]:
     """A PostureFactory for EapService: run EAP-TNC after every tunnel authentication. With
     digest_first, whole postures are remembered (one PostureMemory per factory unless one
     is given) so that an unchanged host whose certificate expired or whose feeds changed
-    is judged again without sending its inventory."""
+    is judged again without sending its inventory. With `holds`, a digest-only document
+    goes to the judge only when its certificate holds (else the judge evaluates and
+    certifies a document without sections for nothing)."""
     if memory is None and digest_first:
         memory = PostureMemory()
 
     def factory(env: MethodEnv, outcome: Outcome) -> Method | None:
-        return TncMethod(env, outcome, judge, digest_first=digest_first, memory=memory)
+        return TncMethod(env, outcome, judge, digest_first=digest_first, memory=memory,
+                         holds=holds)
 
     return factory
