@@ -77,7 +77,7 @@ def build_accounts(cfg: Config, state_dir: Path, box: SecretBox) -> dict[str, Ac
 
 
 def build_eap(cfg: Config, state_dir: Path, accounts: dict[str, Account], box: SecretBox,
-              judge: Any) -> Any:
+              judge: Any, holds: Any = None) -> Any:
     """The EAP service, with the PKI the embedded default creates on first start, and the
     posture method (EAP-TNC) run inside tunnels after authentication."""
     try:
@@ -88,7 +88,7 @@ def build_eap(cfg: Config, state_dir: Path, accounts: dict[str, Account], box: S
         log.warning("EAP disabled: %s", exc)
         return None
     pki = ensure_pki(state_dir)
-    posture = (tnc_posture(judge, digest_first=cfg.eap.posture_digest_first)
+    posture = (tnc_posture(judge, digest_first=cfg.eap.posture_digest_first, holds=holds)
                if cfg.eap.posture == "tnc" else None)
     log.info("EAP posture method: %s", "EAP-TNC inside the tunnel after authentication"
              if posture else "off (tunnel clients are decided without posture)")
@@ -138,7 +138,8 @@ class Server:
         except PolicyError as exc:
             raise ValueError(str(exc)) from None
         self.authorizer = Authorizer(self.live.policy, self.decide_posture)
-        self.eap = build_eap(cfg, state_dir, self.accounts, self.box, self.judge_posture)
+        self.eap = build_eap(cfg, state_dir, self.accounts, self.box, self.judge_posture,
+                             self.posture_certificate_holds)
         # The job queue lives in the store: with PostgreSQL, one queue for every server
         # (a job is taken by one of them; a dead server's jobs go to another when their
         # lease expires). The enforcer backs off while that database is away.
@@ -180,6 +181,11 @@ class Server:
         policy = self.live.policy
         return (recommendation(policy, d.segment), assessment(policy, d.segment),
                 list(d.remediation), d.certificate)
+
+    def posture_certificate_holds(self, posture: dict[str, Any], outcome: Any) -> bool:
+        """Whether a digest-only posture's certificate would be relied on (EAP-TNC asks
+        before judging it: a stale one goes to the posture memory or the inventory)."""
+        return self.live.certificate_holds(posture, outcome.identity)
 
     async def _start_metrics(self, transports: list[Any], latency: Any) -> Any:
         if not self.cfg.metrics:
