@@ -101,7 +101,11 @@ def test_feed_import_and_policy_apply_take_store(tmp_path: Path,
     assert "1 changed segment" in out.stdout and "normal -> isolated" in out.stdout
     node = store.get_node(MAC)
     assert node is not None and node["segment"] == "isolated"
-    (job,) = PgJobQueue(pg_store_url).list_jobs()
+    queue = PgJobQueue(pg_store_url)
+    try:
+        (job,) = queue.list_jobs()
+    finally:
+        queue.close()  # its pool, else collected by one of its own threads (a warning)
     assert (job.switch, job.port, job.vlan) == ("sw1", "Gi1/0/5", 20)
     assert not (state / "nac.db").exists() or not JobQueue(state / "nac.db").list_jobs()
 
