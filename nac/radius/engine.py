@@ -128,8 +128,9 @@ class Engine:
         return client, pkt, key
 
     def handle_auth(self, data: bytes, host: str, port: int, now: float) -> Outcome:
-        # Every Access-Request passes here: _receive and _authenticate inlined, and a MAB
-        # request answered without leaving (each call saved is ~0.1 us of ~10 a request).
+        # Every Access-Request passes here: _receive inlined and the request sorted into
+        # EAP, MAB or PAP in place; a MAB request is answered without leaving (each call
+        # saved is ~0.1 us of ~10 a request).
         client = self.clients.lookup(host)
         if client is None:
             self._client(host, now)
@@ -149,9 +150,13 @@ class Engine:
             self.counters["duplicates"] += 1
             return cached or None
         try:
-            if code == c.ACCESS_REQUEST and pkt.ma_offset >= 0:
-                if not c.message_authenticator_ok(pkt, client.secret):
-                    self._drop("bad_message_authenticator", host)
+            if code == c.ACCESS_REQUEST:
+                if pkt.ma_offset >= 0:
+                    if not c.message_authenticator_ok(pkt, client.secret):
+                        self._drop("bad_message_authenticator", host)
+                        return None
+                elif client.require_message_authenticator or c.EAP_MESSAGE in pkt.first:
+                    self._drop("missing_message_authenticator", host)
                     return None
                 first = pkt.first
                 if c.EAP_MESSAGE in first:
@@ -170,7 +175,7 @@ class Engine:
                         return out
                     out = self._not_mab(pkt, client, host, user, mac, key, now)
             else:
-                out = self._authenticate(pkt, client, host, key, now)
+                out = self._status_server(pkt, client, host)
         except c.ReplyTooLarge:
             self._drop("reply_too_large", host)
             self.dedup.put(key, b"", now)  # the same request would fail the same way
@@ -207,18 +212,8 @@ class Engine:
                 return None
         return run
 
-    def _authenticate(self, pkt: c.Packet, client: NasClient, host: str,
-                      key: tuple[object, ...], now: float) -> Outcome:
-        if pkt.code == c.ACCESS_REQUEST:
-            if pkt.ma_offset >= 0:
-                if not c.message_authenticator_ok(pkt, client.secret):
-                    self._drop("bad_message_authenticator", host)
-                    return None
-            elif client.require_message_authenticator or c.EAP_MESSAGE in pkt.first:
-                self._drop("missing_message_authenticator", host)
-                return None
-            return self._access_request(pkt, client, host, key, now)
-        # Status-Server (RFC 5997)
+    def _status_server(self, pkt: c.Packet, client: NasClient, host: str) -> bytes | None:
+        """Status-Server (RFC 5997): signed, and answered with an empty Access-Accept."""
         if not c.message_authenticator_ok(pkt, client.secret):
             self._drop("bad_message_authenticator", host)
             return None
@@ -350,19 +345,6 @@ class Engine:
         return c.encode_reply(
             c.ACCESS_REJECT, pkt, client.secret, extra + c.encode_attr(c.REPLY_MESSAGE, message)
         )
-
-    def _access_request(self, pkt: c.Packet, client: NasClient, host: str,
-                        key: tuple[object, ...], now: float) -> Outcome:
-        first = pkt.first
-        if c.EAP_MESSAGE in first:
-            return self._eap(pkt, c.join_eap(pkt) or b"", client, host, key, now)
-        user = first.get(c.USER_NAME)
-        mac = normalize_mac(first.get(c.CALLING_STATION_ID))
-        if mac is not None and (
-            first.get(c.SERVICE_TYPE) == _CALL_CHECK or normalize_mac(user) == mac
-        ):
-            return self._mab(pkt, client, host, now, mac)
-        return self._not_mab(pkt, client, host, user, mac, key, now)
 
     def _not_mab(self, pkt: c.Packet, client: NasClient, host: str, user: bytes | None,
                  mac: str | None, key: tuple[object, ...], now: float) -> Outcome:
