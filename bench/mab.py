@@ -81,6 +81,7 @@ def measure(pid: int, run: Callable[[], dict], warm: Callable[[], dict] | None =
               file=sys.stderr)
     cpu0 = probe.tree_cpu_seconds(pid)
     parts0 = cpu_by_role(pid)
+    threads0 = cpu_by_thread(pid)
     each0 = worker_cpu(pid)
     drops0 = probe.udp_rcvbuf_errors()
     result = run()
@@ -91,6 +92,13 @@ def measure(pid: int, run: Callable[[], dict], warm: Callable[[], dict] | None =
         result["server_us_per_req"] = {
             role: round((t - parts0.get(role, 0.0)) / result["received"] * 1e6, 1)
             for role, t in sorted(parts.items())}
+    if result["received"]:
+        # per thread name, user and kernel time: which thread pays for what
+        threads = cpu_by_thread(pid)
+        result["thread_us_per_req"] = {
+            name: [round((u - threads0.get(name, (0.0, 0.0))[0]) / result["received"] * 1e6, 1),
+                   round((k - threads0.get(name, (0.0, 0.0))[1]) / result["received"] * 1e6, 1)]
+            for name, (u, k) in sorted(threads.items())}
     each = worker_cpu(pid)
     spent = {p: t - each0.get(p, 0.0) for p, t in each.items()}
     if len(spent) > 1 and sum(spent.values()) > 0:
@@ -132,6 +140,30 @@ def cpu_by_role(pid: int) -> dict[str, float]:
         else:
             role = "worker"
         out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / probe.CLK_TCK
+    return out
+
+
+def cpu_by_thread(pid: int) -> dict[str, tuple[float, float]]:
+    """(utime, stime) in seconds of a server tree's threads, summed by process role and
+    thread name ("worker/store-feeder"), so user and kernel time per thread show."""
+    roles: dict[int, str] = {}
+    for p in probe.tree_pids(pid):
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            continue
+        roles[p] = "writer" if b"writer_main" in cmd else "main" if p == pid else "worker"
+    out: dict[str, tuple[float, float]] = {}
+    for p, role in roles.items():
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                comm = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            u, k = out.get(f"{role}/{comm}", (0.0, 0.0))
+            out[f"{role}/{comm}"] = (u + int(fields[11]) / probe.CLK_TCK,
+                                     k + int(fields[12]) / probe.CLK_TCK)
     return out
 
 
