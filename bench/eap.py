@@ -278,13 +278,13 @@ class Server:
             # flight then land where they are unknown.
             probe.wait_listeners(self.port, threads, alive=self.proc)
 
-    def cpu(self) -> float:
-        return probe.tree_cpu_seconds(self.proc.pid)
+    def cpu(self) -> probe.CpuMark:
+        return probe.cpu_mark(self.proc.pid)
 
-    def helpers_cpu(self) -> float:
+    def helpers_cpu(self) -> list[probe.CpuMark]:
         """CPU of the server's child processes only (nac: the store's writer process with
         one worker; FreeRADIUS has none): what the bench pays for besides the packet path."""
-        return sum(probe.tree_cpu_seconds(p) for p in probe._children(self.proc.pid))  # noqa: SLF001
+        return [probe.cpu_mark(p) for p in probe._children(self.proc.pid)]  # noqa: SLF001
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -292,6 +292,13 @@ class Server:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def helpers_between(a: list[probe.CpuMark], b: list[probe.CpuMark]) -> float:
+    """CPU seconds of the child processes between two readings (pairs by position: the
+    children are the same unless one was replaced, and then its ticks count from zero)."""
+    return sum(probe.cpu_between(x, y)[0] for x, y in zip(a, b, strict=False)) + sum(
+        y.ticks_s for y in b[len(a):])
 
 
 def conf(work: Path, method: str, tls: str, ca: Path) -> Path:
@@ -358,12 +365,13 @@ def measure(server: Server, path: Path, n: int, parallel: int, reauth: int = 0,
     cpu0, helpers0, t0 = server.cpu(), server.helpers_cpu(), time.monotonic()
     with ThreadPoolExecutor(parallel) as pool:
         ok = sum(pool.map(lambda i: one(server.port, path, reauth, stations + i), range(n)))
-    wall, cpu = time.monotonic() - t0, server.cpu() - cpu0
-    helpers = server.helpers_cpu() - helpers0
+    wall = time.monotonic() - t0
+    cpu, cpu_from = probe.cpu_between(cpu0, server.cpu())
+    helpers = helpers_between(helpers0, server.helpers_cpu())
     convs = n * (1 + reauth)
     return {"n": n, "ok": ok, "conversations": convs, "wall_s": round(wall, 2),
-            "conv_per_s": round(convs / wall, 1), "server_cpu_s": round(cpu, 3),
-            "cpu_ms_per_conv": round(1000 * cpu / convs, 3),
+            "conv_per_s": round(convs / wall, 1), "server_cpu_s": round(cpu, 4),
+            "cpu_ms_per_conv": round(1000 * cpu / convs, 3), "cpu_from": cpu_from,
             "helpers_ms_per_conv": round(1000 * helpers / convs, 3)}
 
 
@@ -388,12 +396,12 @@ def measure_together(servers: dict[str, Server], path: Path, n: int, parallel: i
     convs = n * (1 + reauth)
     out = {}
     for name, server in servers.items():
-        cpu = server.cpu() - cpu0[name]
-        helpers = server.helpers_cpu() - helpers0[name]
+        cpu, cpu_from = probe.cpu_between(cpu0[name], server.cpu())
+        helpers = helpers_between(helpers0[name], server.helpers_cpu())
         out[name] = {"n": n, "ok": sum(ok for who, ok in results if who == name),
                      "conversations": convs, "wall_s": round(wall, 2),
-                     "conv_per_s": round(k * convs / wall, 1), "server_cpu_s": round(cpu, 3),
-                     "cpu_ms_per_conv": round(1000 * cpu / convs, 3),
+                     "conv_per_s": round(k * convs / wall, 1), "server_cpu_s": round(cpu, 4),
+                     "cpu_ms_per_conv": round(1000 * cpu / convs, 3), "cpu_from": cpu_from,
                      "helpers_ms_per_conv": round(1000 * helpers / convs, 3)}
     return out
 
@@ -507,7 +515,8 @@ def main() -> None:
                         print(f"round {rnd} {kind:10} {method:14} TLS {tls}: {r['ok']}/{r['n']} "
                               f"ok, {r['cpu_ms_per_conv']:7.3f} ms server CPU/conversation "
                               f"({r['helpers_ms_per_conv']:.3f} in child processes), "
-                              f"{r['conv_per_s']:6.1f} conv/s (wall, with the peers)",
+                              f"{r['conv_per_s']:6.1f} conv/s (wall, with the peers), "
+                              f"CPU from {r['cpu_from']}",
                               flush=True)
         finally:
             for server in servers.values():

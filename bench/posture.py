@@ -191,24 +191,12 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-def tree_cpu_ns(pid: int) -> int:
-    """CPU ns of the process tree's live threads (schedstat: ns, not 10 ms ticks; a thread
-    that exits takes its time along, so only for spans in which none does, like idle)."""
-    total = 0
-    for p in probe.tree_pids(pid):
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    total += int(Path(f"/proc/{p}/task/{tid}/schedstat").read_text().split()[0])
-    return total
-
-
 def idle_cpu_ms_per_s(pid: int, seconds: float = 5.0) -> float:
     """What the server burns with no traffic (housekeeping polls), per wall second. In ns
     (schedstat): at ~1 ms/s, 5 s of 10 ms ticks read as 0 or 2 ms/s."""
-    cpu0 = tree_cpu_ns(pid)
+    cpu0 = probe.tree_cpu_ns(pid)
     time.sleep(seconds)
-    return round((tree_cpu_ns(pid) - cpu0) / 1e6 / seconds, 3)
+    return round((probe.tree_cpu_ns(pid) - cpu0) / 1e6 / seconds, 3)
 
 
 def settle(pid: int, quiet_ms_per_s: float = 4.0, limit: float = 30.0) -> None:
@@ -226,13 +214,13 @@ def measure(pid: int, n: int, parallel: int, one: Callable[[int], bool]) -> dict
     ROUNDS.clear()
     threads0 = thread_cpu(pid)
     cpu0 = probe.tree_cpu_seconds(pid)
-    ns0 = tree_cpu_ns(pid)
+    ns0 = probe.tree_cpu_ns(pid)
     t0 = time.monotonic()
     with ThreadPoolExecutor(parallel) as pool:
         ok = sum(pool.map(one, range(1, n + 1)))
     wall = time.monotonic() - t0
     cpu = probe.tree_cpu_seconds(pid) - cpu0
-    ns_cpu = (tree_cpu_ns(pid) - ns0) / 1e9
+    ns_cpu = (probe.tree_cpu_ns(pid) - ns0) / 1e9
     # 40 conversations of FreeRADIUS PEAP are 4-6 clock ticks of 10 ms: +-20%. The live
     # threads' ns (schedstat) are exact, unless a thread exited during the run (its time
     # left with it): then the two disagree by more than a tick or two per process, and the
