@@ -256,6 +256,30 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         "ALTER TABLE nodes SET (fillfactor = 50)",
     )),
     Migration(6, "no index of decisions by time", (DROP_DECISIONS_AT,)),
+    # One site policy for every server on the database (nac/store/pg_policy.py): each
+    # `nac policy apply --store` adds a version (the history stays); each server says which
+    # digest it enforces, so `nac policy apply --wait` can name the ones that did not follow.
+    Migration(7, "site policy", (
+        """CREATE TABLE site_policy (
+            version BIGSERIAL PRIMARY KEY,
+            name TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            text TEXT NOT NULL,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            applied_by_host TEXT NOT NULL,
+            applied_by_user TEXT NOT NULL
+        )""",
+        """CREATE TABLE site_policy_servers (
+            server TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            state_dir TEXT NOT NULL,
+            digest TEXT,
+            version BIGINT,
+            loaded_at TIMESTAMPTZ,
+            seen_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+    )),
 ]
 
 # One fixed key for pg_advisory_lock: "nac store migrate" runs one at a time per database.
