@@ -55,6 +55,10 @@ class EapConfig(BaseModel):
     # Result TLV at once, no inner Identity and MSCHAPv2 (three round trips fewer). Off: the
     # inner method runs again on every resumption.
     peap_fast_reconnect: bool = True
+    # PEAP peer that NAKs the posture method (no EAP-TNC agent): ask for its Statement of
+    # Health (MS-SOH, wpa_supplicant phase1 "tnc=soh2") and judge that. Off by default: a
+    # peer without SoH pays one more round trip (its NAK), 8 -> 9 per PEAP conversation.
+    peap_soh: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> EapConfig:

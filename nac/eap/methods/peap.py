@@ -2,24 +2,34 @@
 
 Inner packets travel without their 4-octet EAP header, except EAP-TLV (type 33), which the
 server uses to report the result (Result TLV) before the outer EAP-Success. Crypto binding is
-optional for wpa_supplicant and not offered, so the MSK is the TLS key material."""
+optional for wpa_supplicant and not offered, so the MSK is the TLS key material.
+
+Statement of Health (nac/eap/soh.py): when the posture method was offered after the inner
+authentication and the peer NAKed it (no EAP-TNC agent), the server asks for an SoH
+([MS-PEAP] SoH EAP Extensions Method); an answer becomes the posture the policy judges and
+gets its SoH Response with the Result TLV. A NAK or a malformed SoH leaves the posture
+unknown, as without SoH (EapConfig.peap_soh turns the request off)."""
 
 from __future__ import annotations
 
+import logging
 import struct
 
-from nac.eap import packet
+from nac.eap import packet, soh
 from nac.eap.inner import InnerEap
 from nac.eap.methods.base import MethodEnv, Outcome, Step, account_permits, fail
 from nac.eap.methods.tlsbase import TlsMethodBase
+
+log = logging.getLogger(__name__)
 
 RESULT_TLV = 3
 RESULT_SUCCESS, RESULT_FAILURE = 1, 2
 
 
-def result_tlv(ident: int, status: int) -> bytes:
-    # Mandatory bit | Result TLV, length 2, status.
-    return packet.request(ident, packet.TLV, struct.pack("!HHH", 0x8000 | RESULT_TLV, 2, status))
+def result_tlv(ident: int, status: int, extra: bytes = b"") -> bytes:
+    # Mandatory bit | Result TLV, length 2, status; `extra`: further TLVs (SoH Response).
+    return packet.request(ident, packet.TLV,
+                          struct.pack("!HHH", 0x8000 | RESULT_TLV, 2, status) + extra)
 
 
 def parse_result(data: bytes) -> int | None:
@@ -96,11 +106,23 @@ class PeapMethod(TlsMethodBase):
     def on_flight_acked(self) -> Step:
         if self.phase == "wait_ack":
             return self.send_app(self._first_inner())
+        if self.phase == "soh":  # acknowledged, not answered: no SoH, as a NAK says
+            result = self._soh(None)
+            assert isinstance(result, bytes)
+            return self.send_app(result)
         return fail("PEAP: unexpected acknowledgement")
+
+    @property
+    def awaiting_posture(self) -> bool:
+        # The SoH request counts as the posture method's: a peer that gives up there (fails
+        # instead of NAKing) gets the service's fallback to no posture, as for EAP-TNC.
+        return self.phase == "soh" or super().awaiting_posture
 
     def on_app(self, plain: bytes) -> Step | bytes | None:
         if self.phase == "inner":
             return self._inner(plain)
+        if self.phase == "soh":
+            return self._soh(plain)
         if self.phase == "result":
             try:
                 pkt = packet.parse(plain)
@@ -131,5 +153,36 @@ class PeapMethod(TlsMethodBase):
         o = step.outcome
         assert o is not None
         self.outcome = o.with_msk(self.msk)
+        if pkt.type == packet.NAK and o.posture is None and self.env.config.peap_soh:
+            # The peer refused the posture method: no agent. Ask for its SoH instead.
+            self.phase = "soh"
+            return soh.soh_request()
         self.phase = "result"
         return result_tlv(self._next_id(), RESULT_SUCCESS)
+
+    def _soh(self, plain: bytes | None) -> bytes:
+        """The peer's answer to the SoH request: its SoH, a NAK or (None) a bare
+        acknowledgement. Only a well-formed SoH becomes the posture; the Result TLV
+        follows either way (and carries our SoH Response to an SoH)."""
+        assert self.outcome is not None
+        data = plain or b""
+        if len(data) >= 5 and data[0] == packet.RESPONSE \
+                and int.from_bytes(data[2:4], "big") == len(data):
+            data = data[4:]  # sent with its EAP header (wpa_supplicant does)
+        extra = b""
+        if plain is None or data[:1] == bytes([packet.NAK]) or soh.is_expanded_nak(data):
+            log.info("PEAP %s: no Statement of Health (the peer %s the request)",
+                     self.outcome.identity, "acknowledged" if plain is None else "NAKed")
+        else:
+            try:
+                statement = soh.parse_soh(soh.parse_soh_response(data))
+            except soh.SohError as exc:
+                log.warning("PEAP %s: malformed Statement of Health, posture unknown: %s",
+                            self.outcome.identity, exc)
+            else:
+                o = self.outcome
+                self.outcome = Outcome(o.identity, o.role, o.method, o.msk,
+                                       soh.posture_of(statement))
+                extra = soh.soh_response_tlv(soh.build_sohr(statement))
+        self.phase = "result"
+        return result_tlv(self._next_id(), RESULT_SUCCESS, extra)
