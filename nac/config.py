@@ -89,6 +89,9 @@ class EapSettings(_Strict):
     peap_fast_start: bool = True
     # PEAP resumption of a remembered session skips the inner method (fast reconnect).
     peap_fast_reconnect: bool = True
+    # PEAP peer without an EAP-TNC agent: ask for its Statement of Health (MS-SOH) and judge
+    # that. Off by default: every PEAP peer without SoH pays one round trip more (its NAK).
+    peap_soh: bool = False
     certificate: str | None = None  # PEM paths; default: STATE/pki/
     private_key: str | None = None
     ca_certificates: str | None = None

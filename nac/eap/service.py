@@ -525,6 +525,7 @@ def config_from_settings(settings: object, pki: object | None = None) -> EapConf
         "remember_station_method",
         "peap_fast_start",
         "peap_fast_reconnect",
+        "peap_soh",
     ):
         v = g(settings, key, None)
         if v is not None:
