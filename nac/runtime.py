@@ -3,6 +3,11 @@
 `nac policy apply` writes STATE/policy.toml and `nac feed sync` bumps the feed epoch in the
 store; the server notices either within a poll interval and swaps in the new one without
 touching conversations in flight (a swap is one attribute assignment on the loop thread).
+
+On a PostgreSQL store the policy is the site's: `nac policy apply --store postgresql://...`
+publishes a version in the database (nac/store/pg_policy.py), and every server's site
+policy thread writes the newest one to its STATE/policy.toml, which the poll above installs.
+Once the database has a version, it wins over the local file and the config's policy_file.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ import base64
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nac.authorize import apply_segment_settings
 from nac.events import DecisionRecord
@@ -23,10 +29,21 @@ from nac.posture.certificate import CertificateSigner, QuarantineCertificate, ce
 from nac.posture.decision import Decision
 from nac.posture.digest import posture_digest
 from nac.posture.evaluate import FIRST_SEEN_PREFIX, evaluate
-from nac.posture.policy import Policy, PolicyError, active_policy_path, load_policy
+from nac.posture.policy import (
+    ACTIVE_POLICY_FILE,
+    Policy,
+    PolicyError,
+    active_policy_path,
+    install_policy_text,
+    load_policy,
+    loads_policy,
+)
 from nac.prevention import cache as feed_cache
 from nac.prevention.fleet import FleetIntake, rule_digest
 from nac.prevention.index import VulnIndex, load_index
+
+if TYPE_CHECKING:
+    from nac.store.pg_policy import SiteFollower, SiteVersion
 
 log = logging.getLogger("nac.policy")
 
@@ -174,15 +191,38 @@ class GraceBook:
             log.warning("could not persist grace periods: %s", exc)
 
 
+# LivePolicy's store_url when the caller does not pass one: the store `nac serve` was given
+# through the environment (NAC_STORE, which --store also reads).
+FROM_ENV = "from the environment"
+
+
+def site_store(store_url: str | None) -> str | None:
+    """The URL whose site policy to follow: a PostgreSQL store's; None for SQLite."""
+    if store_url and store_url.startswith(("postgresql://", "postgres://")):
+        return store_url
+    return None
+
+
 class LivePolicy:
     def __init__(self, state_dir: Path, db_path: Path, policy_file: str | None = None,
-                 segment_settings: dict[str, Any] | None = None) -> None:
+                 segment_settings: dict[str, Any] | None = None,
+                 store_url: str | None = FROM_ENV) -> None:
         self.state_dir = state_dir
         self.db_path = db_path
         self.policy_file = Path(policy_file) if policy_file else None
         self.segment_settings = segment_settings or {}
         self._mtime: float | None = None
         self._epoch_conn: sqlite3.Connection | None = None
+        if store_url is FROM_ENV:
+            store_url = os.environ.get("NAC_STORE")
+        self.site_url = site_store(store_url)
+        self.site: SiteVersion | None = None  # the version installed in STATE/policy.toml
+        self._site_lock = threading.Lock()  # the site thread and the loop both install
+        self._local_edit: str | None = None  # digest of a policy file the site did not publish
+        self._follower: SiteFollower | None = None
+        self.file_digest = ""  # of the policy file in force; set by _load_policy
+        if self.site_url is not None:
+            self._take_site_policy()
         self.policy = self._load_policy()
         self.index: VulnIndex = load_index(db_path)
         self.signer = CertificateSigner.from_state_dir(state_dir)
@@ -196,7 +236,114 @@ class LivePolicy:
 
     @property
     def path(self) -> Path | None:
+        if self.site is not None:  # the database's policy, mirrored in the state dir
+            return self.state_dir / ACTIVE_POLICY_FILE
         return self.policy_file or active_policy_path(self.state_dir)
+
+    # ---- the site policy of a PostgreSQL store ----------------------------------------
+    def _take_site_policy(self) -> None:
+        """At start: the newest site version, if the database has one, replaces the local
+        policy (a server started after `nac policy apply --store` enforces it at once)."""
+        import psycopg
+
+        from nac.store import pg_policy
+        from nac.store.postgres import redact
+
+        assert self.site_url is not None
+        try:
+            with pg_policy.connect(self.site_url) as conn:
+                newest = pg_policy.newest(conn)
+        except psycopg.Error as exc:
+            log.warning("site policy: cannot read it from %s at start (%s); enforcing %s "
+                        "until the database answers", redact(self.site_url),
+                        str(exc).strip(), self.source)
+            return
+        if newest is None:
+            log.info("site policy: none published in %s yet; enforcing %s (this server's "
+                     "own) until `nac policy apply --store` publishes one",
+                     redact(self.site_url), self.source)
+            return
+        self.install_site(newest)
+
+    def install_site(self, version: SiteVersion) -> bool:
+        """Make a site version this server's policy: validated, then written to
+        STATE/policy.toml, which poll() installs. Runs on the site policy thread (or at
+        start); False, with the reason logged, if this server refuses it."""
+        try:
+            parsed = loads_policy(version.text, f"site policy version {version.version}")
+        except PolicyError as exc:  # e.g. published by a newer nac with keys this one lacks
+            log.error("site policy version %d refused by this server, keeping %s: %s",
+                      version.version, self.describe_loaded(), exc)
+            return False
+        if self.site is None:
+            local = self.policy_file or active_policy_path(self.state_dir)
+            try:
+                local_digest = (load_policy(local) if local else Policy.sample()).digest
+            except PolicyError:
+                local_digest = "unreadable"
+            if local_digest != parsed.digest:
+                why = ("the config's policy_file " if local == self.policy_file and local
+                       else "this server's own policy ")
+                log.warning("site policy: %s%s (digest %s) differs from the database's "
+                            "%s: the database's wins (once a site policy is published, "
+                            "`nac policy apply FILE --store URL` changes it for every server)",
+                            why, local or "(the embedded sample)", local_digest[:16],
+                            version.describe())
+        elif self.site.version != version.version:
+            log.info("%s published; installing it", version.describe())
+        with self._site_lock:
+            # The version first, then the file: a poll that reads the new file between the
+            # two would take it for a local edit and keep the old policy.
+            self.site = version
+            target, written = install_policy_text(self.state_dir,
+                                                  version.text.encode("utf-8"))
+        if written:
+            log.info("%s written to %s", version.describe(), target)
+        return True
+
+    def _site_tick(self) -> None:
+        """Each site thread poll, after it installed any newer version: a policy file the
+        loop found that is not the site's was edited here; put the site's back."""
+        site, edit = self.site, self._local_edit
+        if edit is None or site is None:
+            return
+        self._local_edit = None
+        if edit == site.digest:  # a version this thread had not seen yet: the loop takes it
+            return
+        path = self.state_dir / ACTIVE_POLICY_FILE
+        log.error("site policy: %s was changed on this server (digest %s); ignored, this "
+                  "server keeps %s and puts it back (publish a change for every server "
+                  "with `nac policy apply FILE --store URL`)", path, edit[:16],
+                  site.describe())
+        with self._site_lock:
+            install_policy_text(self.state_dir, site.text.encode("utf-8"))
+
+    def loaded(self) -> tuple[str | None, int | None]:
+        """(digest enforced, the site version it is, if it is one): the heartbeat's."""
+        site = self.site
+        digest = self.file_digest
+        return digest, (site.version if site is not None and site.digest == digest else None)
+
+    def describe_loaded(self) -> str:
+        site = self.site
+        if site is not None and site.digest == self.file_digest:
+            return site.describe()
+        if not self.file_digest:  # at start, before the first load
+            return self.source
+        return f"{self.source} (digest {self.file_digest[:16]})"
+
+    def follow_site(self) -> None:
+        """Start the thread that follows the site policy and reports what this server
+        enforces (servers only: a CLI re-evaluation reads the site policy once)."""
+        if self.site_url is None or self._follower is not None:
+            return
+        from nac.store.pg_policy import SiteFollower
+
+        site = self.site
+        self._follower = SiteFollower(
+            self.site_url, self.state_dir, self.install_site, self.loaded,
+            seen=site.version if site is not None else None, on_tick=self._site_tick)
+        self._follower.start()
 
     @property
     def source(self) -> str:
@@ -204,8 +351,10 @@ class LivePolicy:
 
     def _load_policy(self) -> Policy:
         path = self.path
+        # The time before the text: a file replaced between the two is read again.
+        mtime = path.stat().st_mtime if path else None
         policy = load_policy(path) if path else Policy.sample()
-        self._mtime = path.stat().st_mtime if path else None
+        self._mtime = mtime
         self.file_digest = policy.digest  # what `nac policy apply` computes from the file
         try:
             segments = apply_segment_settings(policy.segments, self.segment_settings)
@@ -230,6 +379,9 @@ class LivePolicy:
     def close(self) -> None:
         if self._intake is not None:
             self._intake.close()
+        if self._follower is not None:
+            self._follower.close()
+            self._follower = None
 
     def evaluate(self, posture: dict[str, Any] | None, role: str, group: str | None,
                  vendor: str, identity: str | None = None, now: float | None = None) -> Decision:
@@ -314,18 +466,32 @@ class LivePolicy:
     def poll(self) -> list[str]:
         """Reload what changed; returns what did ("policy", "feeds"), [] if nothing."""
         changed = []
+        # The first poll is a server's (housekeeping calls it; a CLI never does).
+        self.follow_site()
         path = self.path
         mtime = path.stat().st_mtime if path and path.exists() else None
         if mtime != self._mtime:
+            previous = (self.policy, self.file_digest)
             try:
                 self.policy = self._load_policy()
             except (PolicyError, OSError) as exc:
                 self._mtime = mtime  # report a bad file once, keep enforcing the last good one
                 log.error("new policy rejected, keeping the previous one: %s", exc)
             else:
-                log.info("policy reloaded from %s: %r, %d rule(s)", self.source,
-                         self.policy.name, len(self.policy.rules))
-                changed.append("policy")
+                site = self.site  # read after the file: the site thread sets it first
+                if site is not None and self.file_digest != site.digest:
+                    # Not the site's policy: edited here, or a version another worker of
+                    # this state dir installed before this one's site thread saw it. The
+                    # site thread tells which (it knows the newest version); until then the
+                    # policy stays, and the file is read again at the next poll.
+                    self._local_edit = self.file_digest
+                    self.policy, self.file_digest = previous
+                    self._mtime = None
+                else:
+                    log.info("policy reloaded from %s: %r, %d rule(s)%s", self.source,
+                             self.policy.name, len(self.policy.rules),
+                             f" ({site.describe()})" if site is not None else "")
+                    changed.append("policy")
         epoch = self._feed_epoch()
         if epoch != self.index.epoch:
             self.index = load_index(self.db_path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import sys
 import time
@@ -16,17 +15,25 @@ from nac.cli.common import fail, state_dir_option, store_option
 from nac.posture.decision import Decision
 from nac.posture.evaluate import VulnIndexLike, evaluate
 from nac.posture.policy import (
-    ACTIVE_POLICY_FILE,
     Policy,
     PolicyError,
     active_policy_path,
+    install_policy_text,
     load_active_policy,
     load_policy,
+    loads_policy,
     sample_policy_text,
 )
 from nac.posture.stored import unpack
 
 DB_NAME = "nac.db"  # the store and the feed cache share it (nac.store, nac.prevention.cache)
+
+
+def site_store(store_url: str | None) -> str | None:
+    """A PostgreSQL store's URL (its policy is the site's), None for SQLite."""
+    from nac.runtime import site_store as pick  # imported late: the CLI starts faster
+
+    return pick(store_url)
 
 
 def _load_or_exit(path: Path) -> Any:
@@ -104,9 +111,25 @@ def check_cmd(file: Path) -> None:
 @click.option(
     "--normalized", is_flag=True, help="Print the parsed policy with defaults, not the file."
 )
-def show_cmd(state_dir: Path, config_path: Path | None, normalized: bool) -> None:
+@store_option
+def show_cmd(state_dir: Path, config_path: Path | None, normalized: bool,
+             store_url: str | None) -> None:
     """Print the active policy as TOML: the config's policy_file, else the one last applied
-    to the state dir (STATE/policy.toml), else the built-in sample."""
+    to the state dir (STATE/policy.toml), else the built-in sample. With a PostgreSQL
+    --store: the site policy's newest version, once one is published (which servers
+    enforce it: `nac policy status`)."""
+    site = site_store(store_url)
+    if site is not None:
+        text = _site_text(site)
+        if text is not None:
+            try:
+                click.echo(loads_policy(text, "site policy").to_toml() if normalized
+                           else text, nl=False)
+            except PolicyError as exc:
+                fail(str(exc))
+            return
+        click.echo("no site policy published in the store yet: the state dir's policy",
+                   err=True)
     path = active_policy_path(state_dir)
     if config_path is not None:
         from nac.config import ConfigError, load_config
@@ -131,6 +154,21 @@ def show_cmd(state_dir: Path, config_path: Path | None, normalized: bool) -> Non
         click.echo(path.read_text("utf-8"), nl=False)
     except OSError as exc:
         fail(f"{path}: cannot read the policy file: {exc.strerror or exc}")
+
+
+def _site_text(url: str) -> str | None:
+    import psycopg
+
+    from nac.store import pg_policy
+    from nac.store.postgres import redact
+
+    try:
+        with pg_policy.connect(url) as conn:
+            newest = pg_policy.newest(conn)
+    except psycopg.Error as exc:
+        fail(f"cannot read the site policy of {redact(url)}: {str(exc).strip()}")
+        return None
+    return newest.text if newest is not None else None
 
 
 @policy.command("test")
@@ -295,34 +333,39 @@ def _reevaluate(node: dict[str, Any], row: dict[str, Any], state_dir: Path) -> D
 def apply_cmd(file: Path, state_dir: Path, wait: float, config_path: Path | None,
               store_url: str | None) -> None:
     """Validate FILE, install it as STATE/policy.toml (atomically), and re-evaluate every
-    inspected node: those whose segment changes are listed and queued for enforcement."""
+    inspected node: those whose segment changes are listed and queued for enforcement.
+
+    With a PostgreSQL --store it becomes the site's policy: a new version in the database,
+    which every server on it installs within a second (and a server started later at
+    start); --wait then waits for every live server of the site."""
     loaded = _load_or_exit(file)
     text = file.read_bytes()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    target = state_dir / ACTIVE_POLICY_FILE
-    tmp = state_dir / f".{ACTIVE_POLICY_FILE}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)  # readers see the old file or the new one, never half of one
-    click.echo(
-        f"{file}: ok (digest {loaded.digest[:16]}); installed as {target}; "
-        "the running server reloads it within a second"
-    )
+    site = site_store(store_url or _config_store(config_path))
+    published = _publish_site(site, text, loaded) if site is not None else None
+    target, _ = install_policy_text(state_dir, text)
+    if published is None:
+        click.echo(
+            f"{file}: ok (digest {loaded.digest[:16]}); installed as {target}; "
+            "the running server reloads it within a second"
+        )
     from nac.config import ConfigError
     from nac.reevaluate import after_change
     from nac.runtime import wait_until_enforced
 
-    done, total = wait_until_enforced(state_dir, loaded.digest, timeout=wait)
-    if total and done < total:
-        fail(
-            f"only {done} of {total} server process(es) enforce it after {wait:g} s; "
-            "the others keep the previous policy (see the server log)"
-        )
-    if total:
-        click.echo(f"enforced by {done} server process(es)")
+    behind: list[Any] = []
+    if site is not None:
+        behind = _wait_site(site, loaded.digest, wait)
+    else:
+        done, total = wait_until_enforced(state_dir, loaded.digest, timeout=wait)
+        if total and done < total:
+            fail(
+                f"only {done} of {total} server process(es) enforce it after {wait:g} s; "
+                "the others keep the previous policy (see the server log)"
+            )
+        if total:
+            click.echo(f"enforced by {done} server process(es)")
     try:
+        # Nodes are the site's: re-evaluated once, here, not by every server.
         result = after_change(state_dir, "policy", config_path=config_path,
                               store_url=store_url)
     except (ConfigError, ValueError) as exc:
@@ -333,6 +376,116 @@ def apply_cmd(file: Path, state_dir: Path, wait: float, config_path: Path | None
         job = f", job {ch.job}" if ch.job else ""
         click.echo(f"  {ch.mac}: {ch.old_segment or '-'} -> {ch.new_segment} (VLAN {ch.vlan}"
                    f"{job}): {'; '.join(ch.reasons[1:]) or ch.reasons[0]}")
+    if behind:
+        names = "; ".join(f"{s.server} (enforces {_server_policy(s)})" for s in behind)
+        fail(f"{len(behind)} live server process(es) do not enforce it after {wait:g} s "
+             f"(see their logs): {names}")
+
+
+def _config_store(config_path: Path | None) -> str | None:
+    """The config's store URL, when --store is not given (what after_change uses too)."""
+    if config_path is None:
+        return None
+    from nac.config import ConfigError, load_config
+
+    try:
+        return load_config(config_path).store
+    except ConfigError as exc:
+        fail(str(exc))
+        return None
+
+
+def _publish_site(url: str, text: bytes, loaded: Policy) -> Any:
+    """A new site policy version in the PostgreSQL store, or exit 1 saying why not."""
+    import psycopg
+
+    from nac.store import pg_policy
+    from nac.store.postgres import redact
+
+    try:
+        version = pg_policy.publish(url, text.decode("utf-8"), loaded.name, loaded.digest)
+    except psycopg.errors.UndefinedTable:
+        fail(f"the store {redact(url)} has no site policy table: run `nac store migrate "
+             "--store URL` once, then apply again (nothing was published)")
+    except psycopg.Error as exc:
+        fail(f"cannot publish the site policy in {redact(url)}: {str(exc).strip()} "
+             "(nothing was published)")
+    click.echo(f"ok (digest {loaded.digest[:16]}); published as {version.describe()} in "
+               f"{redact(url)}; every server on it installs it within a second")
+    return version
+
+
+def _server_policy(s: Any) -> str:
+    if s.digest is None:
+        return "nothing yet"
+    return f"version {s.version}" if s.version is not None else f"digest {s.digest[:16]}"
+
+
+def _wait_site(url: str, digest: str, wait: float) -> list[Any]:
+    """Wait for every live server on the store; returns those that did not follow."""
+    import psycopg
+
+    from nac.store import pg_policy
+
+    try:
+        ok, behind = pg_policy.wait_for_servers(url, digest, wait)
+    except psycopg.Error as exc:
+        click.echo(f"warning: cannot tell which servers enforce it: {str(exc).strip()}",
+                   err=True)
+        return []
+    if ok:
+        click.echo(f"enforced by {len(ok)} server process(es): "
+                   + ", ".join(s.server for s in ok))
+    elif not behind:
+        click.echo("no live server on this store yet: each installs it at start")
+    return behind
+
+
+@policy.command("status")
+@store_option
+@click.option("--history", "limit", type=int, default=10, show_default=True,
+              help="How many versions of the site policy to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_cmd(store_url: str | None, limit: int, as_json: bool) -> None:
+    """The site policy of a PostgreSQL store: its versions (who applied what, when) and
+    the version each server enforces."""
+    import psycopg
+
+    from nac.store import pg_policy
+    from nac.store.postgres import redact
+
+    url = site_store(store_url)
+    if url is None:
+        fail("nac policy status needs a PostgreSQL --store (a SQLite store's server "
+             "enforces its state dir's policy: `nac policy show`)")
+        return
+    try:
+        versions = pg_policy.history(url, limit)
+        with pg_policy.connect(url) as conn:
+            servers = pg_policy.servers(conn)
+    except psycopg.Error as exc:
+        fail(f"cannot read the site policy of {redact(url)}: {str(exc).strip()}")
+        return
+    if as_json:
+        click.echo(json.dumps({
+            "versions": [{"version": v.version, "name": v.name, "digest": v.digest,
+                          "applied_at": v.applied_at.isoformat(),
+                          "applied_by": f"{v.applied_by_user}@{v.applied_by_host}"}
+                         for v in versions],
+            "servers": [{"server": s.server, "host": s.host, "pid": s.pid,
+                         "state_dir": s.state_dir, "digest": s.digest, "version": s.version,
+                         "live": s.live, "seen_seconds_ago": round(s.age, 1)}
+                        for s in servers]}, indent=2))
+        return
+    if not versions:
+        click.echo(f"{redact(url)}: no site policy published yet (servers enforce their own)")
+    else:
+        click.echo(f"{redact(url)}: {versions[0].describe()}")
+        for v in versions[1:]:
+            click.echo(f"  earlier: {v.describe()}")
+    for s in servers:
+        state = "live" if s.live else f"not heard from for {s.age:.0f} s"
+        click.echo(f"server {s.server}: enforces {_server_policy(s)} ({state})")
 
 
 def register(cli: click.Group) -> None:

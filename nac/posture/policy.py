@@ -9,6 +9,8 @@ prints.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import tomllib
 from functools import cached_property
 from importlib import resources
@@ -183,6 +185,30 @@ def active_policy_path(state_dir: Path) -> Path | None:
     """STATE/policy.toml if an administrator installed one, else None (the sample applies)."""
     path = Path(state_dir) / ACTIVE_POLICY_FILE
     return path if path.is_file() else None
+
+
+def install_policy_text(state_dir: Path, data: bytes) -> tuple[Path, bool]:
+    """Write `data` (a validated policy) as STATE/policy.toml, atomically: a server polling
+    the file reads the old one or the new one, never half of one. Returns (path, written);
+    a file that already holds these bytes is left alone (its mtime would make every server
+    process on the state dir reload for nothing)."""
+    state_dir = Path(state_dir)
+    target = state_dir / ACTIVE_POLICY_FILE
+    try:
+        if target.read_bytes() == data:
+            return target, False
+    except OSError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # Per process and thread: two writers (a CLI, a server's site policy thread) never
+    # share a temporary file.
+    tmp = state_dir / f".{ACTIVE_POLICY_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    return target, True
 
 
 def load_active_policy(state_dir: Path) -> Policy:
