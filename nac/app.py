@@ -291,6 +291,11 @@ class Server:
                 self.apply_registrations(*got)
             except Exception as exc:  # the store may be briefly locked or down
                 log.warning("could not read registrations: %s", exc)
+            if local:
+                try:
+                    self.store.poll()  # the writer's reports nothing waited for
+                except Exception:  # must not end housekeeping
+                    log.exception("store poll failed")
             if tick % 2 == 0:
                 now = time.time()
                 self.engine.expire(now)
@@ -314,7 +319,13 @@ class Server:
         publish_loaded(self.state_dir, self.live.file_digest)
         latency = request_histogram()
         commits = CommitGate(self.engine)
-        if hasattr(self.store, "on_commit"):
+        if hasattr(self.store, "attach"):
+            # The SQLite store hands its records over from this loop and reads the
+            # writer's acks on it: replies waiting for a commit are released right there
+            # (progress() would hop through call_soon_threadsafe from a store thread).
+            self.store.attach(loop)
+            self.store.on_commit(commits._release)
+        elif hasattr(self.store, "on_commit"):
             self.store.on_commit(commits.progress)
         transports = await serve_udp(
             self.engine, self.cfg.listen, self.cfg.auth_port, self.cfg.acct_port,

@@ -108,3 +108,51 @@ def test_a_killed_shared_writer_is_restarted_and_nothing_is_lost(tmp_path: Path)
         srv.stop()
     decisions, nodes = stored(srv)
     assert (decisions, nodes) == (30, 30)  # none lost, none twice
+
+
+def test_a_server_s_own_writer_stopped_then_killed_loses_nothing(tmp_path: Path) -> None:
+    """One server, its own writer: the loop hands records over without feeder or acks
+    thread. A writer stopped (SIGSTOP) then killed is replaced without any further request
+    (housekeeping notices), and every batch it had not committed is resent; a stopped
+    writer holds an Accounting-Response back (it waits for its commit), not the Accepts."""
+    srv = start_server(tmp_path)
+    try:
+        wait_for(lambda: "ready: " in srv.log())
+        (first,) = writers(srv)
+        for i in range(5):
+            mab(srv, i)
+        wait_for(lambda: stored(srv) == (5, 5))
+        os.kill(first, signal.SIGSTOP)
+        for i in range(5, 10):  # answered, their rows not committed
+            mab(srv, i)
+        time.sleep(0.3)
+        assert stored(srv) == (5, 5)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: len(writers(srv)) == 1 and writers(srv) != [first])
+        wait_for(lambda: stored(srv) == (10, 10))
+        (second,) = writers(srv)
+        os.kill(second, signal.SIGSTOP)
+        try:
+            acct = radclient(srv.acct_port, "acct",
+                             'Acct-Status-Type = Start, Acct-Session-Id = "S-1", '
+                             'Calling-Station-Id = "02:00:00:00:0d:01", '
+                             "NAS-IP-Address = 127.0.0.1", timeout=1, retries=1)
+            assert acct.code is None, acct.raw  # not committed: not acknowledged
+        finally:
+            os.kill(second, signal.SIGCONT)
+        for i in range(10, 15):
+            mab(srv, i)
+        acct = radclient(srv.acct_port, "acct",
+                         'Acct-Status-Type = Start, Acct-Session-Id = "S-2", '
+                         'Calling-Station-Id = "02:00:00:00:0d:02", '
+                         "NAS-IP-Address = 127.0.0.1", timeout=2, retries=2)
+        assert acct.code == "Accounting-Response", acct.raw
+    finally:
+        srv.stop()
+    assert stored(srv) == (15, 15)  # none lost, none twice
+    conn = sqlite3.connect(srv.state_dir / "nac.db")
+    try:
+        sessions = {r[0] for r in conn.execute("SELECT acct_session_id FROM sessions")}
+    finally:
+        conn.close()
+    assert sessions == {"S-1", "S-2"}  # the unanswered one was still recorded
