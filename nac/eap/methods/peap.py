@@ -7,8 +7,9 @@ optional for wpa_supplicant and not offered, so the MSK is the TLS key material.
 Statement of Health (nac/eap/soh.py): when the posture method was offered after the inner
 authentication and the peer NAKed it (no EAP-TNC agent), the server asks for an SoH
 ([MS-PEAP] SoH EAP Extensions Method); an answer becomes the posture the policy judges and
-gets its SoH Response with the Result TLV. A NAK or a malformed SoH leaves the posture
-unknown, as without SoH (EapConfig.peap_soh turns the request off)."""
+gets its SoH Response with the Result TLV. A NAK, a bare acknowledgement or a malformed SoH
+leaves the posture unknown, as without SoH (EapConfig.peap_soh, off by default: a peer
+without SoH pays a round trip for its NAK)."""
 
 from __future__ import annotations
 
@@ -107,9 +108,7 @@ class PeapMethod(TlsMethodBase):
         if self.phase == "wait_ack":
             return self.send_app(self._first_inner())
         if self.phase == "soh":  # acknowledged, not answered: no SoH, as a NAK says
-            result = self._soh(None)
-            assert isinstance(result, bytes)
-            return self.send_app(result)
+            return self.send_app(self._soh(None))
         return fail("PEAP: unexpected acknowledgement")
 
     @property
