@@ -492,14 +492,21 @@ def test_a_message_that_fits_goes_in_one_piece_without_length() -> None:
 
 
 def test_one_piece_takes_only_a_whole_unfragmented_response() -> None:
-    """The round fast path: a response with no L/M flag while nothing is half received or
-    still being sent is the message itself; anything else is left to receive()."""
+    """The round fast path: a response with no M flag, and no L flag or one announcing
+    exactly the octets that follow (wpa_supplicant's ClientHello and Finished), while
+    nothing is half received or still being sent is the message itself; anything else is
+    left to receive()."""
     from nac.eap.tls_engine import FLAG_L, FLAG_M, Framer
 
     framer = Framer(1020)
     assert framer.one_piece(b"\x00" + b"hello") == b"hello"
     assert framer.one_piece(b"\x00") is None  # an ACK
-    assert framer.one_piece(bytes([FLAG_L]) + b"\x00\x00\x00\x05hello") is None
+    assert framer.one_piece(bytes([FLAG_L]) + b"\x00\x00\x00\x05hello") == b"hello"
+    for length in (0, 4, 6, 2**32 - 1):  # a length that is not what follows: receive()
+        assert framer.one_piece(bytes([FLAG_L]) + length.to_bytes(4, "big") + b"hello") is None
+    assert framer.one_piece(bytes([FLAG_L]) + b"\x00\x00\x00\x00") is None  # empty body
+    assert framer.one_piece(bytes([FLAG_L | FLAG_M]) + b"\x00\x00\x00\x05hel") is None
+    assert framer.one_piece(bytes([FLAG_L]) + b"\x00\x00") is None  # truncated length
     assert framer.one_piece(bytes([FLAG_M]) + b"hel") is None
     assert framer.receive(bytes([FLAG_M]) + b"hel").kind == "partial"
     assert framer.one_piece(b"\x00" + b"lo") is None  # the rest of a fragmented message

@@ -456,12 +456,18 @@ class Framer:
         return bytes([flags]) + chunk
 
     def one_piece(self, data: bytes) -> bytes | None:
-        """The TLS message of a response that is one whole unfragmented message (no L or M
-        flag, nothing half-received, nothing of ours still to send): most rounds. None:
-        anything else, for receive()."""
-        if len(data) > 1 and data[0] == self.version and not self._in \
-                and self._out_pos >= len(self._out):
-            return data[1:]
+        """The TLS message of a response that is one whole unfragmented message (no M flag,
+        no L flag or one announcing exactly the octets that follow, nothing half-received,
+        nothing of ours still to send): most rounds. None: anything else, for receive()."""
+        if len(data) > 1 and not self._in and self._out_pos >= len(self._out):
+            flags = data[0]
+            if flags == self.version:
+                return data[1:]
+            # wpa_supplicant sets L on whole messages too (ClientHello, Finished): a length
+            # equal to what follows is one piece as well.
+            if flags == self.version | FLAG_L and len(data) > 5 \
+                    and int.from_bytes(data[1:5]) == len(data) - 5:
+                return data[5:]
         return None
 
     def receive(self, data: bytes) -> Frame:
