@@ -171,7 +171,8 @@ def test_servers_follow_the_site_policy(pg_server: PgServer, tmp_path: Path,  # 
                     str(cli_state), "--wait", "2")
             assert r.returncode == 1, r.stdout + r.stderr
             assert "1 live server process(es) do not enforce it" in r.stderr, r.stderr
-            assert f":{b.state_dir}:{b.proc.pid} (enforces version 1)" in r.stderr, r.stderr
+            named = f":{b.state_dir}:{b.proc.pid} (enforces version 1, last heard"
+            assert named in r.stderr, r.stderr
             assert {mab_vlan(a) for _ in range(8)} == {"120"} and mab_vlan(c) == "120"
         finally:
             os.kill(b.proc.pid, signal.SIGCONT)
@@ -239,3 +240,27 @@ def test_live_policy_takes_the_site_version_at_start(
     other.mkdir()
     assert LivePolicy(other, other / "nac.db", str(own), store_url=None).policy.name == "own"
     assert LivePolicy(other, other / "nac.db", str(own)).policy.name == "site"
+
+    # The site thread: a NOTIFY brings a new version at once; after a database restart it
+    # reconnects and catches up on the version published while it was away.
+    live = LivePolicy(state, state / "nac.db", str(own), store_url=url)
+    live.follow_site()
+    try:
+        v3 = policy_with_vlan(tmp_path / "v3.toml", 150, "site-v3")
+        t0 = time.monotonic()
+        pg_policy.publish(url, v3.read_text(), "site-v3", load_policy(v3).digest)
+        assert wait_for(lambda: live.site is not None and live.site.version == 3, 5.0)
+        print(f"site thread installed a published version after {time.monotonic() - t0:.3f} s")
+        assert live.poll() == ["policy"] and live.policy.segments["quarantine"].vlan == 150
+        with psycopg.connect(url) as conn:  # its heartbeat names the version it enforces
+            assert wait_for(lambda: conn.execute(
+                "SELECT version FROM site_policy_servers").fetchall() == [(3,)], 5.0)
+        pg_server.restart()
+        v4 = policy_with_vlan(tmp_path / "v4.toml", 160, "site-v4")
+        pg_policy.publish(url, v4.read_text(), "site-v4", load_policy(v4).digest)
+        assert wait_for(lambda: live.site is not None and live.site.version == 4, 10.0)
+        assert live.poll() == ["policy"] and live.policy.segments["quarantine"].vlan == 160
+    finally:
+        live.close()
+    with psycopg.connect(url) as conn:  # a clean stop leaves the servers' table
+        assert conn.execute("SELECT count(*) FROM site_policy_servers").fetchone() == (0,)

@@ -377,7 +377,8 @@ def apply_cmd(file: Path, state_dir: Path, wait: float, config_path: Path | None
         click.echo(f"  {ch.mac}: {ch.old_segment or '-'} -> {ch.new_segment} (VLAN {ch.vlan}"
                    f"{job}): {'; '.join(ch.reasons[1:]) or ch.reasons[0]}")
     if behind:
-        names = "; ".join(f"{s.server} (enforces {_server_policy(s)})" for s in behind)
+        names = "; ".join(f"{s.server} (enforces {_server_policy(s)}, last heard from "
+                          f"{s.age:.1f} s ago)" for s in behind)
         fail(f"{len(behind)} live server process(es) do not enforce it after {wait:g} s "
              f"(see their logs): {names}")
 

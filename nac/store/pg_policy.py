@@ -13,8 +13,10 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,8 +27,10 @@ from psycopg.rows import dict_row
 
 log = logging.getLogger("nac.policy")
 
-POLL = 0.5  # seconds between a server's looks at the newest version (and its heartbeat)
-LIVE = 5.0  # a server not heard from for this long is not waited for (stopped or away)
+CHANNEL = "nac_site_policy"  # NOTIFY'd by publish: servers learn of a version at once
+POLL = 0.5  # seconds between a server's looks at what it has loaded (no database call)
+HEARTBEAT = 2.5  # seconds between a server's reports when nothing changed
+LIVE = 10.0  # a server not heard from for this long is not waited for (stopped or away)
 CONNECT_TIMEOUT = 3  # seconds: a database away must not hold a poll for long
 
 
@@ -94,12 +98,13 @@ def publish(url: str, text: str, name: str, digest: str) -> SiteVersion:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (a container's numeric uid)
         user = str(os.getuid())
-    with connect(url) as conn:
+    with connect(url) as conn, conn.transaction():
         row = conn.execute(
             "INSERT INTO site_policy (name, digest, text, applied_by_host, applied_by_user) "
             "VALUES (%s, %s, %s, %s, %s) RETURNING version, name, digest, text, applied_at, "
             "applied_by_host, applied_by_user",
             (name, digest, text, socket.gethostname(), user)).fetchone()
+        conn.execute(f"NOTIFY {CHANNEL}")  # delivered at commit, to every listening server
     version = _version(row)
     assert version is not None
     return version
@@ -127,8 +132,6 @@ def wait_for_servers(url: str, digest: str, timeout: float,
                      ) -> tuple[list[ServerRow], list[ServerRow]]:
     """Wait until every live server enforces `digest`: (following, not following) at the
     end. A server that stops reporting meanwhile drops out of both (it is gone)."""
-    import time
-
     sleep = sleep or time.sleep
     deadline = time.monotonic() + timeout
     with connect(url) as conn:
@@ -142,12 +145,14 @@ def wait_for_servers(url: str, digest: str, timeout: float,
 
 
 class SiteFollower:
-    """A thread that watches the newest site policy version for one server process.
+    """A thread that follows the newest site policy version for one server process.
 
-    Every POLL seconds: the newest version number (one index read); when it grew, the
-    version's text goes to `on_version` (the server validates and installs it); then the
-    heartbeat row says which digest `loaded()` reports. A database away is retried at the
-    next poll; the server keeps enforcing what it has. Never runs on the packet loop.
+    It LISTENs on CHANNEL, so a published version reaches it at once; the version's text
+    goes to `on_version` (the server validates and installs it). The heartbeat row says
+    which digest `loaded()` reports: at once when that changes (looked at every POLL
+    seconds, in memory), else every HEARTBEAT seconds. Polling the table every half second
+    instead cost an idle server ~1 ms/s of CPU and PostgreSQL ~0.8 ms/s. A database away
+    is retried every POLL; the server keeps enforcing what it has. Never on the packet loop.
     """
 
     def __init__(self, url: str, state_dir: os.PathLike[str] | str,
@@ -166,6 +171,9 @@ class SiteFollower:
         self._stop = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
         self._failing = False
+        self._notified = True  # read the newest version: first round, after a NOTIFY
+        self._reported: tuple[str | None, int | None] | None = None
+        self._reported_at = 0.0
         self._thread = threading.Thread(target=self._run, name="nac-site-policy",
                                         daemon=True)
 
@@ -191,22 +199,52 @@ class SiteFollower:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.tick()
-            self._stop.wait(self.poll)
+            conn = self._conn
+            if conn is None:
+                self._stop.wait(self.poll)
+                continue
+            try:
+                # Sleeps in select() until the server sends something (a NOTIFY) or the
+                # timeout: no query while idle. Not conn.notifies(timeout=): psycopg wakes
+                # every 0.1 s inside it, which doubled an idle server's CPU.
+                readable, _, _ = select.select([conn.fileno()], [], [], self.poll)
+                if readable:
+                    if any(True for _ in conn.notifies(timeout=0)):
+                        self._notified = True
+                    else:  # readable without a NOTIFY: the connection may have closed
+                        conn.execute("SELECT 1")
+            except (psycopg.Error, OSError, ValueError):
+                self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._notified = True  # NOTIFYs sent while disconnected are lost: look once
 
     def tick(self) -> None:
+        """One round: a newer version if notified, a local edit, the heartbeat if due."""
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = connect(self.url)
+                self._conn.execute(f"LISTEN {CHANNEL}")
+                self._notified = True
             conn = self._conn
-            top = newest_version(conn)
-            if top is not None and (self.seen is None or top > self.seen):
-                got = newest(conn)
-                if got is not None:
-                    self.on_version(got)
-                    self.seen = got.version
+            if self._notified:
+                self._notified = False
+                top = newest_version(conn)
+                if top is not None and (self.seen is None or top > self.seen):
+                    got = newest(conn)
+                    if got is not None:
+                        self.on_version(got)
+                        self.seen = got.version
             if self.on_tick is not None:
                 self.on_tick()
-            digest, version = self.loaded()
+            loaded = self.loaded()
+            now = time.monotonic()
+            if loaded == self._reported and now - self._reported_at < HEARTBEAT:
+                return
+            digest, version = loaded
             conn.execute(
                 "INSERT INTO site_policy_servers (server, host, pid, state_dir, digest, "
                 "version, loaded_at, seen_at) VALUES (%s, %s, %s, %s, %s, %s, now(), now()) "
@@ -216,6 +254,7 @@ class SiteFollower:
                 "digest = EXCLUDED.digest, version = EXCLUDED.version",
                 (self.server, socket.gethostname(), os.getpid(), self.state_dir, digest,
                  version))
+            self._reported, self._reported_at = loaded, now
             if self._failing:
                 log.info("site policy: the database %s answers again", _redact(self.url))
                 self._failing = False
@@ -224,9 +263,7 @@ class SiteFollower:
                 log.warning("site policy: cannot read %s (keeping the policy loaded): %s",
                             _redact(self.url), str(exc).strip())
                 self._failing = True
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._drop()
         except Exception:  # a bug in on_version must not end the thread silently
             log.exception("site policy: follower tick failed")
 
