@@ -295,8 +295,8 @@ class LivePolicy:
             # The version first, then the file: a poll that reads the new file between the
             # two would take it for a local edit and keep the old policy.
             self.site = version
-            target, written = install_policy_text(self.state_dir,
-                                                  version.text.encode("utf-8"))
+            target, written = install_policy_text(
+                self.state_dir, version.text.encode("utf-8"), force=False)
         if written:
             log.info("%s written to %s", version.describe(), target)
         return True
@@ -316,7 +316,7 @@ class LivePolicy:
                   "with `nac policy apply FILE --store URL`)", path, edit[:16],
                   site.describe())
         with self._site_lock:
-            install_policy_text(self.state_dir, site.text.encode("utf-8"))
+            install_policy_text(self.state_dir, site.text.encode("utf-8"), force=False)
 
     def loaded(self) -> tuple[str | None, int | None]:
         """(digest enforced, the site version it is, if it is one): the heartbeat's."""

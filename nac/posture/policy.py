@@ -187,15 +187,17 @@ def active_policy_path(state_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def install_policy_text(state_dir: Path, data: bytes) -> tuple[Path, bool]:
+def install_policy_text(state_dir: Path, data: bytes,
+                        force: bool = True) -> tuple[Path, bool]:
     """Write `data` (a validated policy) as STATE/policy.toml, atomically: a server polling
-    the file reads the old one or the new one, never half of one. Returns (path, written);
-    a file that already holds these bytes is left alone (its mtime would make every server
-    process on the state dir reload for nothing)."""
+    the file reads the old one or the new one, never half of one. Returns (path, written).
+    Unless forced (`nac policy apply` always writes: servers reload), a file that already
+    holds these bytes is left alone: each worker's site policy thread installs the same
+    version, and a new mtime would make every worker reload it again."""
     state_dir = Path(state_dir)
     target = state_dir / ACTIVE_POLICY_FILE
     try:
-        if target.read_bytes() == data:
+        if not force and target.read_bytes() == data:
             return target, False
     except OSError:
         pass
