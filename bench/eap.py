@@ -29,6 +29,15 @@ trips (Access-Challenges) and reads the key exchange group and cipher suite; a s
 the same station counts them again (nac offers a station the method it last succeeded with).
 Each case has its own stations (Calling-Station-Id), the same in every round, as stations
 re-authenticating: round 0 is their first contact, the later rounds are re-authentications.
+
+    python3 bench/eap.py --replay 200 --thrash 0,4,16
+
+--replay runs no server and no eapol_test: the conversations go through Engine.handle_auth in
+this process (RADIUS decode, Message-Authenticator, duplicate cache, EAP service, reply),
+the repository's test peer (tests/test_eap_peer.py) answering between rounds, and reports
+the thread CPU of the server side per conversation, all of it and the EAP service's part.
+--thrash writes that many MB of memory between rounds (what the 8 eapol_test peers do to
+the caches live): the same code then costs what it costs in the live server.
 """
 
 from __future__ import annotations
@@ -425,6 +434,122 @@ def median(rows: list[dict], key: str) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
+class _ReplayPeer:
+    """One in-process conversation's client: the test peer's TLS (pyOpenSSL over memory
+    BIOs) behind RADIUS Access-Requests signed as a NAS signs them."""
+
+    def __init__(self, lab: object, method: str, tls: str, station: int) -> None:
+        from tests.test_eap_peer import TlsPeer
+
+        self.peer = TlsPeer(lab, method, version=tls)  # type: ignore[arg-type]
+        self.mac = "-".join(f"{b:02X}" for b in (2, 0, 0, (station >> 16) & 255,
+                                                   (station >> 8) & 255, station & 255))
+        self.ident = 0
+
+    def request(self, eap: bytes, state: bytes | None) -> bytes:
+        from nac.radius import codec as c
+
+        attrs = (c.encode_attr(c.USER_NAME, b"anonymous")
+                 + c.encode_attr(c.CALLING_STATION_ID, self.mac.encode())
+                 + c.encode_attr(c.NAS_PORT, (7).to_bytes(4, "big")) + c.split_eap(eap)
+                 + (c.encode_attr(c.STATE, state) if state else b""))
+        self.ident = (self.ident + 1) & 0xFF
+        return c.encode_request(c.ACCESS_REQUEST, self.ident, SECRET.encode(), attrs)
+
+    def answer(self, eap: bytes) -> bytes:
+        from nac.eap import packet
+        from tests.test_eap_peer import nak, response
+
+        req = packet.parse(eap)
+        if req.type != self.peer.type:  # the default proposal differs: NAK to ours
+            return nak(req.identifier, self.peer.type)
+        return response(req.identifier, self.peer.type, self.peer.respond(req.data))
+
+
+def replay(methods: list[str], versions: list[str], n: int, rounds: int,
+           thrash: list[int]) -> list[dict[str, object]]:
+    """In-process conversations through Engine.handle_auth; thread CPU of the server side
+    per conversation, with `mb` MB of memory written between rounds (0: warm caches)."""
+    sys.path.insert(0, str(ROOT))
+    from nac.authorize import Authorizer
+    from nac.eap.service import EapService
+    from nac.radius import codec as c
+    from nac.radius.clients import ClientTable, NasClient, profile
+    from nac.radius.engine import Deferred, Engine
+    from tests.test_eap_peer import Lab, identity
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from fuzz import lab as flab
+
+    lab = Lab(Path(tempfile.mkdtemp(prefix="nac-bench-eap-replay-")))
+    service = lab.service()  # posture off, resumption on: as the bench's nac serve
+    clients = ClientTable([NasClient(network="127.0.0.1", secret=SECRET.encode(), name="nas",
+                                     profile=profile("generic"), group=None,
+                                     require_message_authenticator=True)])
+    engine = Engine(clients, Authorizer(flab.sample_policy(), flab.evaluator()), lab.accounts,
+                    eap=service, on_decision=lambda r: None)
+    spent = {"service": 0.0}
+    handle = EapService.handle
+    clock = time.thread_time
+
+    def timed(self: EapService, **kw: object) -> object:
+        t = clock()
+        try:
+            return handle(self, **kw)  # type: ignore[arg-type]
+        finally:
+            spent["service"] += clock() - t
+
+    service.handle = timed.__get__(service)  # type: ignore[method-assign]
+    junk = bytearray(max(thrash) << 20)
+    pattern = memoryview(bytes(range(256)) * (max(thrash) << 6))  # made once: no mmap a round
+
+    def conversation(method: str, tls: str, station: int, mb: int) -> tuple[float, int]:
+        peer = _ReplayPeer(lab, method, tls, station)
+        eap, state, cpu, rounds = identity(7, "anonymous"), None, 0.0, 0
+        while True:
+            data = peer.request(eap, state)
+            if mb:  # one write per cache line: the caches hold others' data afterwards
+                junk[:mb << 20:64] = pattern[:mb << 14]
+            t = clock()
+            out = engine.handle_auth(data, "127.0.0.1", 40000 + station % 1000, flab.NOW)
+            if isinstance(out, Deferred):  # a password hash (warm-up: then memoised)
+                out = out.finish(out.work(), flab.NOW)
+            cpu += clock() - t
+            rounds += 1
+            reply = c.decode(out) if isinstance(out, bytes) else None
+            if reply is None or reply.code != c.ACCESS_CHALLENGE:
+                if reply is None or reply.code != c.ACCESS_ACCEPT:
+                    raise RuntimeError(f"{method} TLS {tls}: conversation failed")
+                return cpu, rounds
+            state = reply.get(c.STATE)
+            eap = peer.answer(c.join_eap(reply) or b"")
+
+    rows: list[dict[str, object]] = []
+    station = 0
+    for method in methods:
+        kind = METHODS[method][0].lower()
+        for tls in versions:
+            for i in range(20):  # warm-up: imports, TLS contexts, the password memo
+                conversation(kind, tls, 0xF00000 + i, 0)
+            for rnd in range(rounds):
+                for mb in thrash if rnd % 2 == 0 else thrash[::-1]:
+                    total, spent["service"] = 0.0, 0.0
+                    for _ in range(n):
+                        station += 1
+                        cpu, rounds_per_conv = conversation(kind, tls, station, mb)
+                        total += cpu
+                    row = {"method": method, "tls": tls, "thrash_mb": mb, "round": rnd,
+                           "rounds_per_conv": rounds_per_conv,
+                           "us_per_conv": round(total / n * 1e6, 1),
+                           "service_us_per_conv": round(spent["service"] / n * 1e6, 1)}
+                    rows.append(row)
+                    print(f"replay round {rnd} {method:14} TLS {tls} thrash {mb:3} MB: "
+                          f"{row['us_per_conv']:7.1f} us/conversation server side "
+                          f"(EAP service {row['service_us_per_conv']:.1f}), "
+                          f"{rounds_per_conv} rounds", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=200, help="peers (eapol_test runs) per case")
@@ -454,7 +579,28 @@ def main() -> None:
     ap.add_argument("--workers", type=int,
                     help="nac serve worker processes, if not --threads (CPU per conversation "
                          "is lower with one: the conversation rate here is far from a core)")
+    ap.add_argument("--replay", type=int, metavar="N",
+                    help="no servers: N in-process conversations per case, round and "
+                         "--thrash level through Engine.handle_auth (see above)")
+    ap.add_argument("--thrash", default="0,4,16",
+                    help="with --replay: MB of memory written between rounds, per level")
     args = ap.parse_args()
+    if args.replay:
+        levels = [int(x) for x in args.thrash.split(",")]
+        rows = replay(args.methods.split(","), args.tls.split(","), args.replay,
+                      args.rounds, levels)
+        print(f"medians of {args.rounds} (us of server-side thread CPU per conversation, "
+              "in process; EAP service part in brackets):")
+        for method in args.methods.split(","):
+            for tls in args.tls.split(","):
+                parts = []
+                for mb in levels:
+                    mine = [r for r in rows if (r["method"], r["tls"], r["thrash_mb"])
+                            == (method, tls, mb)]
+                    parts.append(f"thrash {mb} MB {median(mine, 'us_per_conv')} "
+                                 f"({median(mine, 'service_us_per_conv')})")
+                print(f"  {method:14} TLS {tls}: " + ", ".join(parts))
+        return
     if not shutil.which("eapol_test"):
         sys.exit("eapol_test is not installed")
     kinds = [args.only] if args.only else list(KINDS)
