@@ -508,8 +508,9 @@ class SqliteStore(ReadQueries):
         """Commit a few records on the loop itself, when nothing is in the writer's hands
         (so nothing committed there can come after them): a lone decision's commit is then
         one small transaction here, warm, instead of a writer process woken with cold
-        caches (~0.4 ms of CPU) and its ack. The stream's mark goes in the same
-        transaction, as the writer's would: a later resend stays exact. Every 64th such
+        caches (~0.4 ms of CPU) and its ack. No stream mark (one page fewer): only a
+        batch the writer had not acknowledged is ever resent, none is now, and every
+        later batch's mark is past these records anyway. Every 64th such
         batch goes to the writer all the same: its commit checkpoints the WAL when due
         (wal_autocheckpoint), which the loop never does. False: not committed (locked,
         failing, or the writer's turn), the writer gets them."""
@@ -521,7 +522,7 @@ class SqliteStore(ReadQueries):
         end = self._sent + taken
         try:
             conn.execute("BEGIN IMMEDIATE")
-            _commit(conn, decisions, accts, {self._stream: end})  # type: ignore[arg-type]
+            _commit(conn, decisions, accts)  # type: ignore[arg-type]
         except Exception as exc:  # the writer retries, reports and sets aside as usual
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
