@@ -169,3 +169,30 @@ def test_a_server_s_own_writer_stopped_then_killed_loses_nothing(tmp_path: Path)
     finally:
         conn.close()
     assert sessions == {"S-1", "S-2"}  # the unanswered one was still recorded
+
+
+def test_a_writer_each_and_every_decision_is_a_row(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """NAC_STORE_WRITERS=each: every worker its own writer; decisions made while another
+    connection holds the write lock go to them (the loops cannot commit) and land too."""
+    monkeypatch.setenv("NAC_STORE_WRITERS", "each")
+    srv = start_server(tmp_path, "--workers", "2")
+    try:
+        wait_for(lambda: len(re.findall(r"\bready: ", srv.log())) == 2)
+        assert len(writers(srv)) == 2, srv.log()
+        for i in range(8):
+            mab(srv, i)
+        wait_for(lambda: stored(srv) == (8, 8))
+        lock = sqlite3.connect(srv.state_dir / "nac.db", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(8, 16):
+                mab(srv, i)
+            assert stored(srv) == (8, 8)
+        finally:
+            lock.rollback()
+            lock.close()
+        wait_for(lambda: stored(srv) == (16, 16))
+    finally:
+        srv.stop()
+    assert stored(srv) == (16, 16)
