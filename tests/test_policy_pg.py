@@ -251,7 +251,9 @@ def test_live_policy_takes_the_site_version_at_start(
         pg_policy.publish(url, v3.read_text(), "site-v3", load_policy(v3).digest)
         assert wait_for(lambda: live.site is not None and live.site.version == 3, 5.0)
         print(f"site thread installed a published version after {time.monotonic() - t0:.3f} s")
-        assert live.poll() == ["policy"] and live.policy.segments["quarantine"].vlan == 150
+        # The thread sets the version, then writes the file the poll installs.
+        assert wait_for(lambda: live.poll() == ["policy"], 5.0)
+        assert live.policy.segments["quarantine"].vlan == 150
         with psycopg.connect(url) as conn:  # its heartbeat names the version it enforces
             assert wait_for(lambda: conn.execute(
                 "SELECT version FROM site_policy_servers").fetchall() == [(3,)], 5.0)
@@ -259,7 +261,8 @@ def test_live_policy_takes_the_site_version_at_start(
         v4 = policy_with_vlan(tmp_path / "v4.toml", 160, "site-v4")
         pg_policy.publish(url, v4.read_text(), "site-v4", load_policy(v4).digest)
         assert wait_for(lambda: live.site is not None and live.site.version == 4, 10.0)
-        assert live.poll() == ["policy"] and live.policy.segments["quarantine"].vlan == 160
+        assert wait_for(lambda: live.poll() == ["policy"], 5.0)
+        assert live.policy.segments["quarantine"].vlan == 160
     finally:
         live.close()
     with psycopg.connect(url) as conn:  # a clean stop leaves the servers' table

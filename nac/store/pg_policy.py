@@ -198,12 +198,17 @@ class SiteFollower:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.tick()
+            queried = self.tick()
             conn = self._conn
             if conn is None:
                 self._stop.wait(self.poll)
                 continue
             try:
+                # A NOTIFY that arrived during the tick's queries was read off the socket
+                # with their results (psycopg keeps it aside): select() would not see it.
+                if queried and any(True for _ in conn.notifies(timeout=0)):
+                    self._notified = True
+                    continue
                 # Sleeps in select() until the server sends something (a NOTIFY) or the
                 # timeout: no query while idle. Not conn.notifies(timeout=): psycopg wakes
                 # every 0.1 s inside it, which doubled an idle server's CPU.
@@ -213,6 +218,7 @@ class SiteFollower:
                         self._notified = True
                     else:  # readable without a NOTIFY: the connection may have closed
                         conn.execute("SELECT 1")
+                        self._notified = True  # and a NOTIFY may have come with its answer
             except (psycopg.Error, OSError, ValueError):
                 self._drop()
 
@@ -222,8 +228,10 @@ class SiteFollower:
             self._conn = None
         self._notified = True  # NOTIFYs sent while disconnected are lost: look once
 
-    def tick(self) -> None:
-        """One round: a newer version if notified, a local edit, the heartbeat if due."""
+    def tick(self) -> bool:
+        """One round: a newer version if notified, a local edit, the heartbeat if due.
+        True if it sent the database a query."""
+        queried = False
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = connect(self.url)
@@ -232,6 +240,7 @@ class SiteFollower:
             conn = self._conn
             if self._notified:
                 self._notified = False
+                queried = True
                 top = newest_version(conn)
                 if top is not None and (self.seen is None or top > self.seen):
                     got = newest(conn)
@@ -243,8 +252,9 @@ class SiteFollower:
             loaded = self.loaded()
             now = time.monotonic()
             if loaded == self._reported and now - self._reported_at < HEARTBEAT:
-                return
+                return queried
             digest, version = loaded
+            queried = True
             conn.execute(
                 "INSERT INTO site_policy_servers (server, host, pid, state_dir, digest, "
                 "version, loaded_at, seen_at) VALUES (%s, %s, %s, %s, %s, %s, now(), now()) "
@@ -266,6 +276,7 @@ class SiteFollower:
             self._drop()
         except Exception:  # a bug in on_version must not end the thread silently
             log.exception("site policy: follower tick failed")
+        return queried
 
 
 def _redact(url: str) -> str:
