@@ -159,6 +159,7 @@ class SqliteStore(ReadQueries):
         self._ack_wanted = 0
         self._here: sqlite3.Connection | None = None  # commits on the loop (_commit_here)
         self._here_count = 0
+        self._here_failed = False
 
     # ---- packet-path writes -------------------------------------------------------------
     def _start_writer(self) -> None:
@@ -490,6 +491,9 @@ class SqliteStore(ReadQueries):
         self._write_out()
 
     def _open_here(self) -> bool:
+        if self._here_failed:
+            return False
+        conn = None
         try:
             conn = sqlite3.connect(str(self.path), isolation_level=None,
                                    check_same_thread=False)
@@ -498,7 +502,11 @@ class SqliteStore(ReadQueries):
             conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint=0")
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            log.warning("store: no commits on the loop (%s); the writer takes every batch", exc)
+            self._here_failed = True  # once: not a failed open per batch
+            if conn is not None:
+                conn.close()
             return False
         self._here = conn
         return True
