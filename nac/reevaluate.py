@@ -291,8 +291,10 @@ def after_change(state_dir: Path, source: str, *, config_path: Path | None = Non
     url = store_url or (cfg.store if cfg else None)
     store = open_store(url, state_dir)
     db_path = getattr(store, "path", state_dir / "nac.db")
+    # With a PostgreSQL store the site policy (if one was published) is what the servers
+    # enforce, so it is what the nodes are judged by here too.
     live = LivePolicy(state_dir, db_path, cfg.policy_file if cfg else None,
-                      cfg.segments if cfg else None)
+                      cfg.segments if cfg else None, store_url=url)
     groups: dict[str, tuple[str | None, str]] = {}
     if cfg is not None:
         for cl in cfg.clients:
