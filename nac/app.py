@@ -134,7 +134,8 @@ class Server:
         self.accounts = build_accounts(cfg, state_dir, self.box)
         db_path = getattr(self.store, "path", state_dir / "nac.db")
         try:
-            self.live = LivePolicy(state_dir, db_path, cfg.policy_file, cfg.segments)
+            self.live = LivePolicy(state_dir, db_path, cfg.policy_file, cfg.segments,
+                                   store_url=cfg.store)
         except PolicyError as exc:
             raise ValueError(str(exc)) from None
         self.authorizer = Authorizer(self.live.policy, self.decide_posture)
