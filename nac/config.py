@@ -92,6 +92,7 @@ class EapSettings(_Strict):
     # PEAP peer without an EAP-TNC agent: ask for its Statement of Health (MS-SOH) and judge
     # that. Off by default: every PEAP peer without SoH pays one round trip more (its NAK).
     peap_soh: bool = False
+    peap_skip_inner_identity: bool = False
     certificate: str | None = None  # PEM paths; default: STATE/pki/
     private_key: str | None = None
     ca_certificates: str | None = None

@@ -59,6 +59,12 @@ class EapConfig(BaseModel):
     # Health (MS-SOH, wpa_supplicant phase1 "tnc=soh2") and judge that. Off by default: a
     # peer without SoH pays one more round trip (its NAK), 8 -> 9 per PEAP conversation.
     peap_soh: bool = False
+    # PEAP: open phase 2 with the MSCHAPv2 Challenge instead of an inner Identity request
+    # (one round trip fewer); the MSCHAPv2 Name then is the inner identity. Off by default:
+    # [MS-PEAP] has the server ask for the inner Identity first and a Windows peer ignores
+    # any other request at that point; wpa_supplicant takes it. A peer that NAKs the
+    # Challenge is asked for its Identity, as with the switch off.
+    peap_skip_inner_identity: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> EapConfig:

@@ -2,7 +2,9 @@
 authentication method, then (optionally) a posture method such as EAP-TNC.
 
 The tunnel authenticates the inner identity, so the account is looked up by that name and
-the outer (often anonymous) identity is ignored."""
+the outer (often anonymous) identity is ignored. PEAP may skip the inner Identity
+(start_method): the MSCHAPv2 Response's Name is then the identity looked up and
+authenticated; a peer that NAKs that first Challenge is asked for its Identity instead."""
 
 from __future__ import annotations
 
@@ -27,6 +29,15 @@ class InnerEap:
     def start(self, ident: int) -> bytes:
         """The full inner EAP-Request/Identity packet."""
         return packet.request(ident, packet.IDENTITY)
+
+    def start_method(self, ident: int) -> bytes | None:
+        """The full inner MSCHAPv2 Challenge, sent without asking the inner Identity first;
+        None when the method is not allowed (then ask the Identity, as start() does)."""
+        full = f"{self.outer}/mschapv2" if self.outer == "peap" else "ttls/eap-mschapv2"
+        if not self.env.inner_allowed(full):
+            return None
+        self.method = MschapV2Method(self.env, full_name=full, identity_from_name=True)
+        return packet.request(ident, self.method.type, self.method.start(ident))
 
     def authenticated(self, ident: int, outcome: Outcome) -> Step:
         """Authentication is done (by an inner EAP method or by TTLS AVPs): run the posture
@@ -58,6 +69,11 @@ class InnerEap:
         if pkt.type == packet.NAK:
             if self.auth is not None:  # the peer has no posture agent: unknown posture
                 return Step("success", outcome=self.auth)
+            if self.identity is None:
+                # Refused the Challenge we sent without an inner Identity (start_method):
+                # perhaps it wants the Identity asked first. Start over as usual.
+                self.method = None
+                return request(self.start(ident))
             return fail(f"{self.outer}: peer refused inner {self.method.name}")
         if pkt.type != self.method.type:
             return fail(f"{self.outer}: inner type {pkt.type} does not answer the request")

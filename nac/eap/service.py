@@ -526,6 +526,7 @@ def config_from_settings(settings: object, pki: object | None = None) -> EapConf
         "peap_fast_start",
         "peap_fast_reconnect",
         "peap_soh",
+        "peap_skip_inner_identity",
     ):
         v = g(settings, key, None)
         if v is not None:

@@ -21,9 +21,13 @@ class MschapV2Method(Method):
     name = "mschapv2"
     type = packet.MSCHAPV2
 
-    def __init__(self, env: MethodEnv, *, full_name: str = "mschapv2") -> None:
+    def __init__(self, env: MethodEnv, *, full_name: str = "mschapv2",
+                 identity_from_name: bool = False) -> None:
         super().__init__(env)
         self.full_name = full_name
+        # Inside PEAP without an inner Identity round: the Response's Name is the identity
+        # whose account is looked up, checked and authenticated.
+        self.identity_from_name = identity_from_name
         self._state = "challenge"
         self._outcome: Outcome | None = None
         self._failure = ""
@@ -55,7 +59,7 @@ class MschapV2Method(Method):
         value = data[5:54]
         peer_challenge, nt_resp = value[:16], value[24:48]
         name = data[54:].decode("utf-8", "replace")
-        identity = self.env.identity
+        identity = name if self.identity_from_name else self.env.identity
         account = self.env.lookup(identity)
         if account is None or account.nt_hash is None:
             return self._fail(ident, "EAP-MSCHAPv2: unknown user or no NT hash")

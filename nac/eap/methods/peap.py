@@ -63,7 +63,13 @@ class PeapMethod(TlsMethodBase):
 
     def _first_inner(self, full: bool = False) -> bytes:
         self.phase = "inner"
-        packet_ = self.inner.start(self._next_id())
+        ident = self._next_id()
+        packet_ = None
+        if self.env.config.peap_skip_inner_identity:
+            # The MSCHAPv2 Challenge at once: the Response's Name is the inner identity.
+            packet_ = self.inner.start_method(ident)
+        if packet_ is None:
+            packet_ = self.inner.start(ident)
         return packet_ if full else packet_[4:]
 
     def on_established(self, flight_pending: bool) -> Step | bytes | None:
