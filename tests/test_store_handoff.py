@@ -520,3 +520,71 @@ def test_the_loop_never_waits_for_the_disk_after_a_checkpoint(tmp_path: Path) ->
         assert syncs == [], syncs
     finally:
         srv.stop()
+
+
+def _worker_of(srv: NacServer, m: str) -> str | None:
+    for line in srv.log().splitlines():
+        if m in line and "decision" in line:
+            found = re.search(r"\[(w\d+)\]", line)
+            return found.group(1) if found else None
+    return None
+
+
+@pytest.mark.xfail(strict=True, reason="a worker commits on its loop while another worker's "
+                   "older decision for the same MAC waits in the shared writer's hands")
+def test_pool_one_mac_on_two_workers_ends_with_its_last_decision(tmp_path: Path) -> None:
+    """--workers 2, one shared writer. A host roams between two NASes whose flows hash to
+    different workers: w0's decision waits in the writer's hands (locked, then the writer
+    stopped), the MAC is registered elsewhere, w1 decides it again and, having nothing
+    in the writer's hands itself, commits on its own loop at once. The writer's older
+    decision lands after it: the node row ends with the older segment and the ids no
+    longer follow the decisions' order."""
+    srv = start_server(tmp_path, "--workers", "2")
+    db = srv.state_dir / "nac.db"
+    m = mac(0x999)
+    try:
+        ready(srv, 2)
+        by_worker: dict[str, Client] = {}
+        for i in range(16):  # each socket's flow hashes to one worker; find one of each
+            c = Client(srv.auth_port)
+            probe = mac(0x900 + i)
+            assert c.reply(c.send(mab_packet, probe), 3.0) == 2
+            wait_for(lambda p=probe: _worker_of(srv, p) is not None, timeout=5)  # type: ignore[misc]
+            w = _worker_of(srv, probe)
+            assert w is not None
+            if w in by_worker:
+                c.close()
+            else:
+                by_worker[w] = c
+            if len(by_worker) == 2:
+                break
+        assert set(by_worker) == {"w0", "w1"}, srv.log()
+        first, second = by_worker["w0"], by_worker["w1"]
+        assert first.reply(first.send(mab_packet, m), 3.0) == 2
+        wait_for(lambda: query(db, "SELECT COUNT(*) FROM decisions WHERE mac = ?", (m,))
+                 == [(1,)])
+        srv.nac("nodes", "set", m, "isolated")
+        time.sleep(1.5)  # both workers pick the registration up
+        (writer,) = writers(srv)
+        lock = hold_lock(db)
+        try:
+            assert first.reply(first.send(mab_packet, m), 3.0) in (2, 3)  # to the writer
+            time.sleep(0.2)
+            os.kill(writer, signal.SIGSTOP)
+        finally:
+            lock.rollback()
+            lock.close()
+        try:
+            srv.nac("nodes", "set", m, "quarantine")
+            time.sleep(1.5)
+            assert second.reply(second.send(mab_packet, m), 3.0) in (2, 3)
+            time.sleep(0.3)
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        wait_for(lambda: query(db, "SELECT COUNT(*) FROM decisions WHERE mac = ?", (m,))
+                 == [(3,)])
+        rows, node = _segments(db, m)
+        assert [r[1] for r in rows] == sorted(r[1] for r in rows), rows  # type: ignore
+        assert node[0] == "quarantine", (node, rows)
+    finally:
+        srv.stop()
