@@ -157,9 +157,6 @@ class SqliteStore(ReadQueries):
         # decision's ack then costs no wake-up of its own.
         self._reading = False
         self._ack_wanted = 0
-        self._here: sqlite3.Connection | None = None  # commits on the loop (_commit_here)
-        self._here_count = 0
-        self._here_failed = False
 
     # ---- packet-path writes -------------------------------------------------------------
     def _start_writer(self) -> None:
@@ -257,10 +254,6 @@ class SqliteStore(ReadQueries):
     def _take_frame(self) -> bytes:
         """The next batch of queued records as a frame for the writer, kept until it is
         acknowledged (resent to a new writer if this one dies)."""
-        return self._frame(*self._take_batch())
-
-    def _take_batch(self) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]], int]:
-        """Up to 5,000 queued records: (decisions, accounting records, how many)."""
         pop = self._pending.popleft
         as_fields = _DECISION_FIELDS
         # Decisions and accounting records apart, as plain tuples of their fields (the
@@ -282,10 +275,6 @@ class SqliteStore(ReadQueries):
                     accts.append(_ACCT_FIELDS(rec))
         except IndexError:
             pass
-        return decisions, accts, taken
-
-    def _frame(self, decisions: list[tuple[object, ...]], accts: list[tuple[object, ...]],
-               taken: int) -> bytes:
         try:
             payload = pickle.dumps((decisions, accts), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # a record that cannot travel: set it aside alone
@@ -476,73 +465,12 @@ class SqliteStore(ReadQueries):
         if link is not None and not self._reading:
             self._on_acks(link)  # what it said since (the loop is awake anyway)
         out = self._out
-        if (len(self._pending) <= _HERE_MAX and not self._unacked
-                and (self._here is not None or self._open_here())):
-            batch = self._take_batch()
-            if self._commit_here(*batch):
-                self._watch_acks()
-                return
-            out += self._frame(*batch)  # busy (the pool's writer) or failing: the writer
         while self._pending:
             out += self._take_frame()
         if self._link is None:
             return  # a writer is being reached: it gets every unacknowledged frame
         self._watch_acks()
         self._write_out()
-
-    def _open_here(self) -> bool:
-        if self._here_failed:
-            return False
-        conn = None
-        try:
-            conn = sqlite3.connect(str(self.path), isolation_level=None,
-                                   check_same_thread=False)
-            # Never wait for the lock (the pool's writer may hold it: then the writer gets
-            # the batch) and never checkpoint here, on the loop: the writer process does.
-            conn.execute("PRAGMA busy_timeout=0")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-        except sqlite3.Error as exc:
-            log.warning("store: no commits on the loop (%s); the writer takes every batch", exc)
-            self._here_failed = True  # once: not a failed open per batch
-            if conn is not None:
-                conn.close()
-            return False
-        self._here = conn
-        return True
-
-    def _commit_here(self, decisions: list[tuple[object, ...]],
-                     accts: list[tuple[object, ...]], taken: int) -> bool:
-        """Commit a few records on the loop itself, when nothing is in the writer's hands
-        (so nothing committed there can come after them): a lone decision's commit is then
-        one small transaction here, warm, instead of a writer process woken with cold
-        caches (~0.4 ms of CPU) and its ack. No stream mark (one page fewer): only a
-        batch the writer had not acknowledged is ever resent, none is now, and every
-        later batch's mark is past these records anyway. Every 64th such
-        batch goes to the writer all the same: its commit checkpoints the WAL when due
-        (wal_autocheckpoint), which the loop never does. False: not committed (locked,
-        failing, or the writer's turn), the writer gets them."""
-        self._here_count += 1
-        if self._here_count % _HERE_HANDOVER == 0:
-            return False
-        conn = self._here
-        assert conn is not None
-        end = self._sent + taken
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            _commit(conn, decisions, accts)  # type: ignore[arg-type]
-        except Exception as exc:  # the writer retries, reports and sets aside as usual
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.rollback()
-            log.debug("store: committing on the loop failed (%s); the writer takes it", exc)
-            return False
-        self._sent = end
-        if end > self._committed:
-            self._committed = end
-            for cb in self._commit_callbacks:
-                cb(end)
-        return True
 
     def _watch_acks(self) -> None:
         """Watch the writer's reports while a reply waits for a commit, not longer."""
@@ -664,9 +592,6 @@ class SqliteStore(ReadQueries):
         except TimeoutError:
             log.error("store: %d record(s) not committed at close",
                       self._queued - self._committed)
-        if self._here is not None:
-            self._here.close()
-            self._here = None
         self._stop = True
         link = self._link
         self._unwatch()
@@ -850,14 +775,6 @@ def start_shared_writer(path: Path, listener: socket.socket) -> subprocess.Popen
 
 # ---- the writer process -----------------------------------------------------------------
 _FRAME = struct.Struct("!I")
-
-# A batch this small, with nothing in the writer's hands, is committed on the server's
-# loop itself (SqliteStore._commit_here).
-_HERE_MAX = 8
-# Every this many of them, one goes to the writer instead, whose commit checkpoints the
-# WAL when due (the loop's connection never does): ~6 pages a lone commit, so the WAL
-# outgrows the writer's wal_autocheckpoint by a few hundred pages at most.
-_HERE_HANDOVER = 64
 
 
 # Records travel as plain tuples of their fields, in declaration order: several times
