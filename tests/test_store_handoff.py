@@ -1,8 +1,11 @@
 """The SQLite store hand-off of a server (a88061d, b484998), attacked from outside.
 
-A server hands its decisions and accounting records to the store from its event loop: a
-small batch is committed on the loop itself when nothing is in the writer's hands and the
-database is free, else the writer process gets it. These tests drive `nac serve` as a
+A server hands its decisions and accounting records to the store from its event loop, which
+writes each batch to the writer process without blocking (a88061d). b484998 had the loop
+commit small batches itself; the tests of what that broke (an fsync and cold page reads on
+the packet loop, one MAC's decisions reordered across a pool's workers) stay as
+regression tests since 419b7a7 reverted it. The tests with "loop path" in their comments
+still hold either way. These tests drive `nac serve` as a
 process with real RADIUS packets and check what the issues promise (#2 item 5, #8 item 5)
 in the store itself: an Accounting-Response only after its row is committed (RFC 2866),
 nothing committed lost or committed twice when the writer or the server is SIGKILLed,
@@ -466,7 +469,7 @@ def test_pool_acct_waits_for_commit_and_a_killed_writer_loses_nothing(
     assert counts(db) == (40, 40, 18)
 
 
-# ---- defects found (xfail until fixed) ------------------------------------------------------
+# ---- what b484998 broke (its loop commits, reverted in 419b7a7) ---------------------------
 
 def _loop_syncs(srv: NacServer, action: object) -> list[str]:
     """The fsync/fdatasync calls the server's main thread (its event loop) makes while
@@ -488,15 +491,13 @@ def _loop_syncs(srv: NacServer, action: object) -> list[str]:
             if line.split(" ", 1)[0] == str(srv.proc.pid) and "sync(" in line]
 
 
-@pytest.mark.xfail(strict=True, reason="the loop's commit restarts an emptied WAL and "
-                   "fdatasyncs its header (and the directory) on the packet loop")
 def test_the_loop_never_waits_for_the_disk_after_a_checkpoint(tmp_path: Path) -> None:
     """After a checkpoint that empties the WAL (the writer's own wal_autocheckpoint once
     the WAL passes 5000 pages, or any other connection's wal_checkpoint), the next write
-    restarts the WAL and SQLite fdatasyncs its new header. A lone decision committed on
-    the loop makes that call on the packet path: an fsync waits for the disk (on a busy
-    ext4, for the journal: tens of ms to seconds). Issue #2 item 5: store writes never
-    block the packet path. The loop thread must make no fsync at all."""
+    restarts the WAL and SQLite fdatasyncs its new header and the directory. A decision
+    committed on the loop (b484998) made that call on the packet path, where an fsync
+    waits for the disk. Issue #2 item 5: store writes never block the packet path. The
+    loop thread makes no fsync at all."""
     srv = start_server(tmp_path)
     db = srv.state_dir / "nac.db"
     try:
@@ -530,15 +531,13 @@ def _worker_of(srv: NacServer, m: str) -> str | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="a worker commits on its loop while another worker's "
-                   "older decision for the same MAC waits in the shared writer's hands")
 def test_pool_one_mac_on_two_workers_ends_with_its_last_decision(tmp_path: Path) -> None:
     """--workers 2, one shared writer. A host roams between two NASes whose flows hash to
     different workers: w0's decision waits in the writer's hands (locked, then the writer
     stopped), the MAC is registered elsewhere, w1 decides it again and, having nothing
-    in the writer's hands itself, commits on its own loop at once. The writer's older
-    decision lands after it: the node row ends with the older segment and the ids no
-    longer follow the decisions' order."""
+    in the writer's hands itself, committed on its own loop at once (b484998): the
+    writer's older decision landed after it, the node row ended with the older segment
+    and the ids no longer followed the decisions' order. They must."""
     srv = start_server(tmp_path, "--workers", "2")
     db = srv.state_dir / "nac.db"
     m = mac(0x999)
@@ -586,5 +585,86 @@ def test_pool_one_mac_on_two_workers_ends_with_its_last_decision(tmp_path: Path)
         rows, node = _segments(db, m)
         assert [r[1] for r in rows] == sorted(r[1] for r in rows), rows  # type: ignore
         assert node[0] == "quarantine", (node, rows)
+    finally:
+        srv.stop()
+
+
+def _big_store_server(tmp_path: Path) -> tuple[NacServer, Path]:
+    """A server on a store of 50,000 nodes and 200,000 decisions (26 MB): more than the
+    loop connection's page cache, so a random MAC's index pages are not held there."""
+    import random
+
+    from nac.store.sqlite import SqliteStore
+
+    if os.geteuid() != 0 or not os.access("/proc/sys/vm/drop_caches", os.W_OK):
+        pytest.skip("needs root to drop the page cache")
+    db = tmp_path / "state" / "nac.db"
+    db.parent.mkdir(parents=True)
+    SqliteStore(db).close()
+    rnd = random.Random(3)
+    now = time.time()
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.executemany(
+            "INSERT INTO nodes (mac, first_seen, last_seen, segment, vlan, reason) "
+            "VALUES (?, ?, ?, 'quarantine', 10, 'x')", [(mac(i), now, now) for i in range(50000)])
+        conn.executemany(
+            "INSERT INTO decisions (at, mac, nas, nas_port, method, source, segment, vlan, "
+            "reasons, remediation) VALUES (?, ?, 'localhost', '7', 'mab', 'mab', "
+            "'quarantine', 10, '[]', '[]')",
+            [(now, mac(rnd.randrange(50000))) for _ in range(200000)])
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return start_server(tmp_path, "--posture", "off"), db
+
+
+def _loop_storage_reads(srv: NacServer, trials: int = 5) -> list[int]:
+    """Bytes the server's loop thread read from storage (/proc/.../io read_bytes) for each
+    of `trials` lone decisions on random known MACs, the page cache dropped before each
+    (housekeeping's own reads given a second to come back first)."""
+    import random
+
+    def read_bytes() -> int:
+        for line in Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/io").read_text().split("\n"):
+            if line.startswith("read_bytes"):
+                return int(line.split()[1])
+        raise AssertionError("no read_bytes")
+
+    rnd = random.Random(7)
+    c = Client(srv.auth_port)
+    out = []
+    try:
+        for _ in range(trials):
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")
+            time.sleep(1.2)
+            before = read_bytes()
+            assert c.reply(c.send(mab_packet, mac(rnd.randrange(50000))), 3.0) == 2
+            time.sleep(0.1)  # the loop commits right after the reply
+            out.append(read_bytes() - before)
+    finally:
+        c.close()
+    return out
+
+
+def test_the_request_path_itself_reads_nothing_from_disk(tmp_path: Path) -> None:
+    """With the write lock held elsewhere (the database does not change, so housekeeping's
+    reads hit its own page cache) the loop thread reads nothing from storage for a
+    decision on a cold MAC: the writer process reads the index and table pages. A loop
+    commit (b484998) read 12-100 kB a lone decision here, from the disk."""
+    srv, db = _big_store_server(tmp_path)
+    try:
+        lock = hold_lock(db)
+        try:
+            # the loop tries the lock once (BEGIN IMMEDIATE reads page 1); then, with that
+            # batch in the writer's hands, it hands over every batch without trying
+            c = Client(srv.auth_port)
+            assert c.reply(c.send(mab_packet, mac(60000)), 3.0) == 2
+            c.close()
+            reads = _loop_storage_reads(srv)
+        finally:
+            lock.rollback()
+            lock.close()
+        # the median: a page now and then is housekeeping's own reads (policy, registrations)
+        assert sorted(reads)[len(reads) // 2] <= 4096, reads
     finally:
         srv.stop()
