@@ -668,3 +668,51 @@ def test_the_request_path_itself_reads_nothing_from_disk(tmp_path: Path) -> None
         assert sorted(reads)[len(reads) // 2] <= 4096, reads
     finally:
         srv.stop()
+
+
+def test_a_lock_held_past_the_writer_s_patience_is_a_clear_error_not_a_crash(
+        tmp_path: Path) -> None:
+    """Another connection holds the write lock longer than the writer waits (10 s): the
+    log says why, /healthz answers 503 naming the store, MAB requests are answered all
+    along, the accounting reply waits; released, health is back to 200, the held reply
+    goes out, every record is a row, and no process was restarted."""
+    from tests.test_faults_disk import health
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        mport = s.getsockname()[1]
+    srv = start_server(tmp_path, "--metrics", f"127.0.0.1:{mport}")
+    db = srv.state_dir / "nac.db"
+    try:
+        ready(srv)
+        wait_for(lambda: health(mport)[0] == 200)
+        (writer,) = writers(srv)
+        c = Client(srv.auth_port)
+        a = Client(srv.acct_port)
+        lock = hold_lock(db)
+        try:
+            held = a.send(acct_packet, "L-1", mac(0x601))
+            answered = []
+            deadline = time.monotonic() + 20
+            code, body = health(mport)
+            i = 0
+            while code != 503 and time.monotonic() < deadline:
+                answered.append(c.reply(c.send(mab_packet, mac(i)), 1.0))
+                i += 1
+                time.sleep(0.2)
+                code, body = health(mport)
+            assert code == 503 and "store" in body.get("failed", []), body  # type: ignore
+            assert answered and set(answered) == {2}, answered
+            assert a.reply(held, 0.1) is None
+            assert "store write failed, will retry: database is locked" in srv.log()
+        finally:
+            lock.rollback()
+            lock.close()
+        assert a.reply(held, 5.0) == 5
+        wait_for(lambda: health(mport)[0] == 200, timeout=10)
+        wait_for(lambda: counts(db) == (i, i, 1))
+        assert writers(srv) == [writer] and srv.proc.poll() is None  # nothing restarted
+        c.close()
+        a.close()
+    finally:
+        srv.stop()
