@@ -716,3 +716,87 @@ def test_a_lock_held_past_the_writer_s_patience_is_a_clear_error_not_a_crash(
         a.close()
     finally:
         srv.stop()
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("each", [False, True], ids=["shared", "each"])
+def test_pool_full_disk_then_room_again(tmp_path: Path, each: bool) -> None:
+    """tests/test_faults_disk.py's full disk, with --workers 2 (one writer shared, or one
+    each): both workers keep answering, the accounting reply waits, the pool's /healthz
+    says 503 (store), nothing restarts; with room again every record lands once."""
+    import shutil
+    import sys
+
+    from tests.conftest import free_port_pair
+    from tests.test_faults_disk import health
+
+    if os.geteuid() != 0 or shutil.which("nsenter") is None or shutil.which("curl") is None:
+        pytest.skip("needs root, nsenter and curl for a private mount namespace")
+    state = tmp_path / "state"
+    state.mkdir()
+    auth, acct = free_port_pair()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        mport = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    env = dict(os.environ, NAC_STORE_WRITERS="each") if each else None
+    cmd = " ".join([*nac_cmd(), "serve", "--state-dir", str(state), "--auth-port", str(auth),
+                    "--acct-port", str(acct), "--listen", "127.0.0.1", "--workers", "2",
+                    "--posture", "off", "--metrics", f"127.0.0.1:{mport}"])
+    proc = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs -o size=6m tmpfs {state} && exec {cmd}"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+
+    def in_ns(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["nsenter", "-t", str(proc.pid), "-m", *args],
+                              capture_output=True, text=True, timeout=60, check=True)
+
+    def stored() -> tuple[int, ...]:
+        sql = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); print(*(c.execute(q)"
+               ".fetchone()[0] for q in ('SELECT COUNT(*) FROM decisions', "
+               "'SELECT COUNT(*) FROM (SELECT DISTINCT mac, at FROM decisions)', "
+               "'SELECT COUNT(*) FROM sessions')))")
+        return tuple(int(x) for x in in_ns(sys.executable, "-c", sql,
+                                           str(state / "nac.db")).stdout.split())
+
+    def decide(i: int) -> int | None:
+        c = Client(auth)  # a new socket each: both workers decide
+        try:
+            return c.reply(c.send(mab_packet, mac(i)), 2.0)
+        finally:
+            c.close()
+
+    try:
+        deadline = time.monotonic() + 60
+        while len(re.findall(r"\bready: ", log.read_text(errors="replace"))) < 2:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert [decide(i) for i in range(6)] == [2] * 6
+        wait_for(lambda: health(mport)[0] == 200)
+        in_ns("sh", "-c", f"dd if=/dev/zero of={state}/filler bs=64k 2>/dev/null; true")
+        answered = [decide(i) for i in range(6, 40)]
+        assert answered == [2] * len(answered)
+        a = Client(acct)
+        held = a.send(acct_packet, "D-1", mac(0x701))
+        assert a.reply(held, 1.0) is None  # not recorded, so not acknowledged
+        wait_for(lambda: health(mport)[0] == 503, timeout=20)
+        failed = health(mport)[1].get("failed", [])
+        assert any(f.endswith("store") for f in failed), failed  # type: ignore[union-attr]
+        text = log.read_text(errors="replace")
+        assert "store write failed, will retry" in text and "full" in text
+        assert "restart" not in text.lower(), text
+        in_ns("rm", "-f", f"{state}/filler")
+        assert a.reply(held, 10.0) == 5
+        a.close()
+        wait_for(lambda: health(mport)[0] == 200, timeout=20)
+        wait_for(lambda: stored() == (40, 40, 1), timeout=20)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
