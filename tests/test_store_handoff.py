@@ -800,3 +800,27 @@ def test_pool_full_disk_then_room_again(tmp_path: Path, each: bool) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_a_stopped_writer_whose_pipe_is_full_never_blocks_the_loop(tmp_path: Path) -> None:
+    """The server's own writer stopped while 1,500 decisions are made: the pipe to it
+    fills after a few hundred, the rest wait in memory (add_writer) and every request is
+    still answered promptly; resumed, the writer commits them all, once."""
+    srv = start_server(tmp_path)
+    db = srv.state_dir / "nac.db"
+    try:
+        ready(srv)
+        (writer,) = writers(srv)
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            lat = _latencies(srv.auth_port, 1500, 0, pace=0.0)
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        print(f"writer stopped: p50 {_p(lat, .5)*1e3:.2f} p99 {_p(lat, .99)*1e3:.2f} "
+              f"max {lat[-1]*1e3:.2f} ms")
+        assert lat[-1] < 1.0, lat[-5:]
+        assert counts(db)[0] < 1500  # they did wait for the writer
+        wait_for(lambda: counts(db)[:2] == (1500, 1500), timeout=30)
+    finally:
+        srv.stop()
+    assert counts(db)[:2] == (1500, 1500)
