@@ -205,6 +205,12 @@ class TlsPeer:
         if len(data) >= 5 and data[0] == packet.REQUEST and data[4] == packet.TLV:
             # Result TLV: confirm with the same status (full header, PEAPv0 rule for TLV).
             return packet.EapPacket(packet.RESPONSE, data[1], packet.TLV, data[5:]).encode()
+        if len(data) >= 5 and data[0] == packet.REQUEST and int.from_bytes(data[2:4],
+                                                                          "big") == len(data):
+            # A request with its full EAP header (the first inner request rides that way
+            # with Finished): what follows the header is the method; Request's code 1 is
+            # also Identity's type 1, so it must not be read as one.
+            data = data[4:]
         if data[:1] == bytes([packet.IDENTITY]):
             return bytes([packet.IDENTITY]) + b"demo"
         if data[:1] == bytes([packet.MSCHAPV2]):
