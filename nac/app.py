@@ -325,7 +325,7 @@ class Server:
             # writer's acks on it: replies waiting for a commit are released right there
             # (progress() would hop through call_soon_threadsafe from a store thread).
             self.store.attach(loop)
-            self.store.on_commit(commits._release)
+            self.store.on_commit(commits.release)
         elif hasattr(self.store, "on_commit"):
             self.store.on_commit(commits.progress)
         transports = await serve_udp(

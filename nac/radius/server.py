@@ -38,7 +38,8 @@ MAX_BACKLOG = 4096
 
 class CommitGate:
     """Holds replies until the store has committed their records (group commit): the
-    writer thread reports progress, the loop releases every reply it covers."""
+    store reports progress (from a thread, or on the loop), the loop releases every reply
+    it covers."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -53,11 +54,12 @@ class CommitGate:
         self._waiting.append((job, ep, addr))
 
     def progress(self, committed: int) -> None:
-        """From the writer thread."""
+        """From a store's thread."""
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._release, committed)
+            self.loop.call_soon_threadsafe(self.release, committed)
 
-    def _release(self, committed: int) -> None:
+    def release(self, committed: int) -> None:
+        """On the loop: send every reply whose record is now committed."""
         self._committed = max(self._committed, committed)
         now = time.time()
         while self._waiting and self._waiting[0][0].ticket <= self._committed:
