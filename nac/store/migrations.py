@@ -97,6 +97,13 @@ def postures_apart(backend: str) -> list[str]:
 # entry, ~25 bytes a row on disk). A time-range audit query would want it back.
 DROP_DECISIONS_AT = "DROP INDEX IF EXISTS decisions_at"
 
+# When the decision a node row reflects was made: the node upsert keeps the row when an
+# older decision commits after a newer one (two writers of a pool, two servers on one
+# PostgreSQL; nac/store/sqlite.py). Not last_seen: accounting moves it. Existing rows get
+# NULL, which loses to any decision: every decision after the migration is newer than the
+# row's, and a NULL does not make a server whose clock lags lose to its own past.
+NODE_DECIDED_AT = "ALTER TABLE nodes ADD COLUMN decided_at DOUBLE PRECISION"
+
 # ---- SQLite ---------------------------------------------------------------------------
 SQLITE_MIGRATIONS: list[Migration] = [
     Migration(1, "nodes, registrations, decisions, sessions", (
@@ -176,6 +183,7 @@ SQLITE_MIGRATIONS: list[Migration] = [
             at REAL NOT NULL
         )""",
     )),
+    Migration(7, "node rows keep their latest decision", (NODE_DECIDED_AT,)),
 ]
 
 # ---- PostgreSQL -----------------------------------------------------------------------
@@ -280,6 +288,7 @@ POSTGRES_MIGRATIONS: list[Migration] = [
             seen_at TIMESTAMPTZ NOT NULL DEFAULT now()
         )""",
     )),
+    Migration(8, "node rows keep their latest decision", (NODE_DECIDED_AT,)),
 ]
 
 # One fixed key for pg_advisory_lock: "nac store migrate" runs one at a time per database.

@@ -35,7 +35,7 @@ log = logging.getLogger("nac.store")
 # nodes' rows are derived by PostgreSQL from the staged decisions, so the writer thread
 # neither builds nor sends a second row per decision.
 _NODE_COLS = ("mac, first_seen, last_seen, segment, vlan, reason, identity, role, last_nas, "
-              "last_port")
+              "last_port, decided_at")
 _ACCT_COLS = ("nas, acct_session_id, mac, user_name, nas_port, nas_port_id, framed_ip, "
               "framed_ipv6_prefix, started_at, updated_at, stopped_at, input_octets, "
               "output_octets, session_time, terminate_cause")
@@ -57,8 +57,12 @@ _STAGING = (
 )
 
 # One round trip: the decisions in batch order (their ids follow it), and one node upsert
-# per MAC from its last decision. MACs go in sorted, so two servers' batches lock node rows
-# in the same order and do not deadlock on each other.
+# per MAC from its latest decision. MACs go in sorted, so two servers' batches lock node rows
+# in the same order and do not deadlock on each other. The node row follows the decision
+# with the latest decision time whatever order two servers' batches commit in: an older one
+# committed later leaves it alone (its decisions row stays). decided_at, not last_seen, is
+# the guard (accounting moves last_seen); NULL (registration only, rows from before
+# migration 8) loses to any decision.
 _DECISIONS_AND_NODES = f"""
 WITH audit AS (
     INSERT INTO decisions ({_DECISION_COLS})
@@ -67,19 +71,23 @@ WITH audit AS (
     FROM decisions_in ORDER BY n
 )
 INSERT INTO nodes ({_NODE_COLS})
-SELECT DISTINCT ON (mac) mac, at, at, segment, vlan, reason, identity, role, nas, nas_port
-FROM decisions_in WHERE mac <> '' ORDER BY mac, n DESC
+SELECT DISTINCT ON (mac) mac, at, at, segment, vlan, reason, identity, role, nas, nas_port,
+       at
+FROM decisions_in WHERE mac <> '' ORDER BY mac, at DESC, n DESC
 ON CONFLICT (mac) DO UPDATE SET
-    last_seen = excluded.last_seen, segment = excluded.segment, vlan = excluded.vlan,
+    last_seen = GREATEST(nodes.last_seen, excluded.last_seen),
+    decided_at = excluded.decided_at, segment = excluded.segment, vlan = excluded.vlan,
     reason = excluded.reason, identity = COALESCE(excluded.identity, nodes.identity),
     role = COALESCE(excluded.role, nodes.role), last_nas = excluded.last_nas,
     last_port = excluded.last_port
+WHERE excluded.decided_at >= nodes.decided_at OR nodes.decided_at IS NULL
 """
 
 # Few per batch (whole postures arrive with inspections only); sorted like the nodes.
 _POSTURE_UPSERT = """
 INSERT INTO node_postures (mac, posture_at, posture) VALUES (%s, %s, %s)
 ON CONFLICT (mac) DO UPDATE SET posture_at = excluded.posture_at, posture = excluded.posture
+WHERE excluded.posture_at >= node_postures.posture_at
 """
 
 # One row per (nas, session) per batch (an upsert cannot touch a row twice): the batch's
@@ -381,7 +389,7 @@ class PostgresStore(ReadQueries):
     @staticmethod
     def _commit(conn: psycopg.Connection[Any], batch: list[tuple[str, object]]) -> None:
         decisions = []
-        postures: dict[str, tuple[object, ...]] = {}  # the last whole posture per MAC
+        postures: dict[str, tuple[object, ...]] = {}  # the latest whole posture per MAC
         accts: dict[tuple[str, str], list[object]] = {}
         touches: dict[str, float] = {}
         for n, (kind, rec) in enumerate(batch):
@@ -390,7 +398,8 @@ class PostgresStore(ReadQueries):
                 decisions.append((*decision_row(d), "; ".join(d.reasons), n))
                 if d.mac and d.posture is not None:
                     row = posture_row(d)
-                    if row is not None:
+                    held = postures.get(d.mac)
+                    if row is not None and (held is None or held[1] <= row[1]):  # type: ignore[operator]
                         postures[d.mac] = row
             else:
                 a: AccountingRecord = rec  # type: ignore[assignment]

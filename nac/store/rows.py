@@ -25,11 +25,14 @@ def decision_row(d: DecisionRecord) -> tuple[object, ...]:
             d.segment, d.vlan, json_list(d.reasons), json_list(d.remediation))
 
 
+NODE_DECIDED_AT = 10  # node_row's decided_at: which of two rows for a MAC is the newer
+
+
 def node_row(d: DecisionRecord) -> tuple[object, ...]:
     """nodes (mac, first_seen, last_seen, segment, vlan, reason, identity, role, last_nas,
-    last_port) after this decision."""
+    last_port, decided_at) after this decision."""
     return (d.mac, d.at, d.at, d.segment, d.vlan, "; ".join(d.reasons), d.identity, d.role,
-            d.nas, d.nas_port)
+            d.nas, d.nas_port, d.at)
 
 
 def encode_posture(posture: dict[str, Any] | str | None) -> str | None:
@@ -77,8 +80,14 @@ def session_row(a: AccountingRecord) -> tuple[object, ...]:
 def put_node(nodes: dict[str, tuple[object, ...]], postures: dict[str, tuple[object, ...]],
              mac: str, d: DecisionRecord) -> None:
     """Fold decision `d` into one batch's rows (one upsert per MAC and table): the latest
-    decision's node row, the latest whole posture (a later decision without one keeps it)."""
-    nodes[mac] = node_row(d)
+    decision's node row, the latest whole posture (a later decision without one keeps it).
+    Latest by decision time, not by place in the batch: a shared writer's batch joins
+    several servers' batches, each in its own order."""
+    prev = nodes.get(mac)
+    if prev is None or prev[NODE_DECIDED_AT] <= d.at:  # type: ignore[operator]
+        nodes[mac] = node_row(d)
     row = posture_row(d)
     if row is not None:
-        postures[mac] = row
+        held = postures.get(mac)
+        if held is None or held[1] <= row[1]:  # type: ignore[operator]
+            postures[mac] = row

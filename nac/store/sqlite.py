@@ -32,7 +32,15 @@ from nac.events import AccountingRecord, DecisionRecord
 from nac.store.base import name_os_thread
 from nac.store.migrations import latest, migrate_sqlite
 from nac.store.queries import ReadQueries
-from nac.store.rows import decision_row, encode_posture, json_list, node_row, put_node, session_row
+from nac.store.rows import (
+    NODE_DECIDED_AT,
+    decision_row,
+    encode_posture,
+    json_list,
+    node_row,
+    put_node,
+    session_row,
+)
 
 log = logging.getLogger("nac.store")
 
@@ -42,20 +50,27 @@ WRITER_ENV = "NAC_STORE_WRITER"
 
 SCHEMA_VERSION = latest("sqlite")  # the tables themselves: nac/store/migrations.py
 
+# The row follows the decision with the latest decision time, whatever order commits come
+# in (two workers' writers, two batches of a shared writer): an older decision committed
+# later leaves it alone (its decisions row stays). decided_at, not last_seen, is the guard:
+# accounting moves last_seen. NULL (a registration, a row from before migration 7) loses.
 _NODE_UPSERT = """
 INSERT INTO nodes (mac, first_seen, last_seen, segment, vlan, reason, identity, role,
-                   last_nas, last_port)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   last_nas, last_port, decided_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (mac) DO UPDATE SET
-    last_seen = excluded.last_seen, segment = excluded.segment, vlan = excluded.vlan,
+    last_seen = MAX(nodes.last_seen, excluded.last_seen), decided_at = excluded.decided_at,
+    segment = excluded.segment, vlan = excluded.vlan,
     reason = excluded.reason, identity = COALESCE(excluded.identity, nodes.identity),
     role = COALESCE(excluded.role, nodes.role), last_nas = excluded.last_nas,
     last_port = excluded.last_port
+WHERE excluded.decided_at >= nodes.decided_at OR nodes.decided_at IS NULL
 """
 
 _POSTURE_UPSERT = """
 INSERT INTO node_postures (mac, posture_at, posture) VALUES (?, ?, ?)
 ON CONFLICT (mac) DO UPDATE SET posture_at = excluded.posture_at, posture = excluded.posture
+WHERE excluded.posture_at >= node_postures.posture_at
 """
 
 _DECISION_INSERT = """
@@ -837,7 +852,8 @@ def _plain_rows(item: tuple[Any, ...]) -> tuple[tuple[object, ...], tuple[object
      role, _posture, _port_id, _port_number) = item
     return ((at, mac, identity, role, nas, nas_port, method, source, segment, vlan,
              json_list(reasons), json_list(remediation)),
-            (mac, at, at, segment, vlan, "; ".join(reasons), identity, role, nas, nas_port))
+            (mac, at, at, segment, vlan, "; ".join(reasons), identity, role, nas, nas_port,
+             at))
 
 
 def _plain_rows_agree() -> bool:
@@ -878,7 +894,10 @@ def _commit(conn: sqlite3.Connection, batch_decisions: list[tuple[Any, ...]],
         if plain and item[_POSTURE_AT] is None and item[1]:
             decision, node = _plain_rows(item)
             decisions.append(decision)
-            nodes[item[1]] = node
+            # the latest decision time, not the last in the batch (put_node says why)
+            prev = nodes.get(item[1])
+            if prev is None or prev[NODE_DECIDED_AT] <= item[0]:
+                nodes[item[1]] = node
             continue
         d = DecisionRecord(*item)
         decisions.append(decision_row(d))
