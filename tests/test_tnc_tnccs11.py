@@ -9,12 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eap_ext.tnc import tnccs11
 from eap_ext.tnc.errors import TncCodecError, Tnccs11CodecError
 from eap_ext.tnc.tnccs11 import (
     ERROR_TYPES,
     RECOMMENDATIONS,
-    TNCCS_NS,
     ImcImvMessage,
     Tnccs11Batch,
     TnccsError,
@@ -143,49 +141,3 @@ def test_fuzz_only_codec_errors(data: bytes) -> None:
         decode_batch(b'<TNCCS-Batch BatchId="1" Recipient="TNCS">' + data + b"</TNCCS-Batch>")
     except TncCodecError:
         pass
-
-
-def _general(data: bytes) -> Tnccs11Batch:
-    """decode_batch without the agent-shape shortcut (the tree path alone)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tnccs11, "_decode_agent_batch", lambda _data: None)
-        return decode_batch(data)
-
-
-@pytest.mark.parametrize("bodies", [(), (b"",), (b"\x01\x02posture",), (bytes(range(256)) * 4,),
-                                    (b"a", b"bc", b"def")])
-def test_agent_shape_shortcut_reads_what_the_tree_reads(bodies: tuple[bytes, ...]) -> None:
-    data = Tnccs11Batch(7, "TNCS", tuple(
-        ImcImvMessage(pa_message_type(0x9999, 1), b) for b in bodies)).encode()
-    fast = tnccs11._decode_agent_batch(data)
-    assert fast is not None  # the encoder's own shape takes the shortcut
-    assert fast == _general(data) == decode_batch(data)
-
-
-@pytest.mark.parametrize("data", [
-    # entity in the Base64 text: expat would expand it, the shortcut must not read it
-    b'<TNCCS-Batch BatchId="1" Recipient="TNCS" xmlns="' + TNCCS_NS.encode()
-    + b'"><IMC-IMV-Message><Type>00999901</Type><Base64>QUJD&amp;</Base64>'
-    b"</IMC-IMV-Message></TNCCS-Batch>",
-    # BatchId out of range, Base64 with a bad pad, non-ASCII in the text
-    b'<TNCCS-Batch BatchId="4294967295" Recipient="TNCS" xmlns="' + TNCCS_NS.encode()
-    + b'"></TNCCS-Batch>',
-    b'<TNCCS-Batch BatchId="1" Recipient="TNCS" xmlns="' + TNCCS_NS.encode()
-    + b'"><IMC-IMV-Message><Type>00999901</Type><Base64>QUJ=D</Base64>'
-    b"</IMC-IMV-Message></TNCCS-Batch>",
-    b'<TNCCS-Batch BatchId="1" Recipient="TNCS" xmlns="' + TNCCS_NS.encode()
-    + b'"><IMC-IMV-Message><Type>00999901</Type><Base64>QUJD\xc3\xa9</Base64>'
-    b"</IMC-IMV-Message></TNCCS-Batch>",
-])
-def test_agent_shape_shortcut_leaves_the_rest_to_the_tree(data: bytes) -> None:
-    assert tnccs11._decode_agent_batch(data) is None
-    with pytest.raises(Tnccs11CodecError):
-        _general(data)
-    with pytest.raises(Tnccs11CodecError):
-        decode_batch(data)
-
-
-def test_agent_shape_shortcut_keeps_the_size_bound() -> None:
-    data = Tnccs11Batch(1, "TNCS", (ImcImvMessage(1, b"x" * 600),)).encode()
-    with pytest.raises(Tnccs11CodecError, match="too long"):
-        decode_batch(data, max_size=len(data) - 1)

@@ -306,40 +306,8 @@ def _decode_tnccs(node: _Node) -> Tnccs11Message:
     return TnccsOther(mtype, b"", inner.serialize())
 
 
-# The one shape our agent sends (Tnccs11Batch.encode of IMC-IMV messages only), read
-# without building a tree. Whatever matches is well-formed XML that the general path would
-# read to the same batch (hex Type; Base64 text, which b64decode(validate=True) holds to
-# the Base64 alphabet: no entity, no markup); all else goes there.
-_AGENT_BATCH = re.compile(
-    rb'<TNCCS-Batch BatchId="([0-9]{1,10})" Recipient="(TNCS|TNCC)" xmlns="'
-    + re.escape(TNCCS_NS.encode("ascii"))
-    + rb'">((?:<IMC-IMV-Message><Type>[0-9A-F]{8}</Type><Base64>[^<]*'
-    rb"</Base64></IMC-IMV-Message>)*)</TNCCS-Batch>")
-_AGENT_MESSAGE = re.compile(rb"<IMC-IMV-Message><Type>([0-9A-F]{8})</Type><Base64>"
-                            rb"([^<]*)</Base64></IMC-IMV-Message>")
-
-
-def _decode_agent_batch(data: bytes) -> Tnccs11Batch | None:
-    m = _AGENT_BATCH.fullmatch(data)
-    if m is None or int(m[1]) >= 1 << 31:
-        return None  # the general path reads it, or says what is wrong
-    messages: list[Tnccs11Message] = []
-    for part in _AGENT_MESSAGE.finditer(m[3]):
-        try:
-            body = base64.b64decode(part[2], validate=True)
-        except (binascii.Error, ValueError):
-            return None
-        messages.append(ImcImvMessage(int(part[1], 16), body))
-    return Tnccs11Batch(int(m[1]), m[2].decode("ascii"), tuple(messages))
-
-
 def decode_batch(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Tnccs11Batch:
-    data = bytes(data)
-    if len(data) <= max_size:
-        fast = _decode_agent_batch(data)
-        if fast is not None:
-            return fast
-    root = parse_xml(data, max_size=max_size)
+    root = parse_xml(bytes(data), max_size=max_size)
     if _local(root.tag) != "TNCCS-Batch":
         raise Tnccs11CodecError("root element is not TNCCS-Batch")
     bid = root.attrib.get("BatchId", "")
