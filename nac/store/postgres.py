@@ -24,7 +24,7 @@ from nac.events import AccountingRecord, DecisionRecord
 from nac.store.base import name_os_thread
 from nac.store.migrations import check_postgres, migrate_postgres
 from nac.store.queries import ReadQueries
-from nac.store.rows import decision_row, posture_row, session_row
+from nac.store.rows import POSTURE_AT, decision_row, keep_latest, posture_row, session_row
 
 log = logging.getLogger("nac.store")
 
@@ -398,9 +398,8 @@ class PostgresStore(ReadQueries):
                 decisions.append((*decision_row(d), "; ".join(d.reasons), n))
                 if d.mac and d.posture is not None:
                     row = posture_row(d)
-                    held = postures.get(d.mac)
-                    if row is not None and (held is None or held[1] <= row[1]):  # type: ignore[operator]
-                        postures[d.mac] = row
+                    if row is not None:
+                        keep_latest(postures, d.mac, row, POSTURE_AT)
             else:
                 a: AccountingRecord = rec  # type: ignore[assignment]
                 row = session_row(a)

@@ -26,6 +26,17 @@ def decision_row(d: DecisionRecord) -> tuple[object, ...]:
 
 
 NODE_DECIDED_AT = 10  # node_row's decided_at: which of two rows for a MAC is the newer
+POSTURE_AT = 1  # posture_row's posture_at, likewise
+
+
+def keep_latest(rows: dict[str, tuple[object, ...]], key: str, row: tuple[object, ...],
+                at: int) -> None:
+    """Put `row` in one batch's rows under `key` unless the row held there is newer by
+    its field `at`: latest by time, not by place in the batch (a shared writer's batch
+    joins several servers' batches, each in its own order)."""
+    held = rows.get(key)
+    if held is None or held[at] <= row[at]:  # type: ignore[operator]
+        rows[key] = row
 
 
 def node_row(d: DecisionRecord) -> tuple[object, ...]:
@@ -80,14 +91,9 @@ def session_row(a: AccountingRecord) -> tuple[object, ...]:
 def put_node(nodes: dict[str, tuple[object, ...]], postures: dict[str, tuple[object, ...]],
              mac: str, d: DecisionRecord) -> None:
     """Fold decision `d` into one batch's rows (one upsert per MAC and table): the latest
-    decision's node row, the latest whole posture (a later decision without one keeps it).
-    Latest by decision time, not by place in the batch: a shared writer's batch joins
-    several servers' batches, each in its own order."""
-    prev = nodes.get(mac)
-    if prev is None or prev[NODE_DECIDED_AT] <= d.at:  # type: ignore[operator]
-        nodes[mac] = node_row(d)
+    decision's node row, the latest whole posture (a later decision without one keeps it),
+    both by time (keep_latest)."""
+    keep_latest(nodes, mac, node_row(d), NODE_DECIDED_AT)
     row = posture_row(d)
     if row is not None:
-        held = postures.get(mac)
-        if held is None or held[1] <= row[1]:  # type: ignore[operator]
-            postures[mac] = row
+        keep_latest(postures, mac, row, POSTURE_AT)

@@ -37,6 +37,7 @@ from nac.store.rows import (
     decision_row,
     encode_posture,
     json_list,
+    keep_latest,
     node_row,
     put_node,
     session_row,
@@ -894,10 +895,7 @@ def _commit(conn: sqlite3.Connection, batch_decisions: list[tuple[Any, ...]],
         if plain and item[_POSTURE_AT] is None and item[1]:
             decision, node = _plain_rows(item)
             decisions.append(decision)
-            # the latest decision time, not the last in the batch (put_node says why)
-            prev = nodes.get(item[1])
-            if prev is None or prev[NODE_DECIDED_AT] <= item[0]:
-                nodes[item[1]] = node
+            keep_latest(nodes, item[1], node, NODE_DECIDED_AT)
             continue
         d = DecisionRecord(*item)
         decisions.append(decision_row(d))
