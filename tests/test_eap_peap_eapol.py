@@ -16,6 +16,7 @@ import pytest
 from nac.accounts import hash_password, nt_hash
 from tests.conftest import SECRET, NacServer, need, start_server
 from tests.test_eap_eapol import PHASE1
+from tests.test_posture_e2e import rounds
 
 pytestmark = pytest.mark.peer
 
@@ -75,9 +76,6 @@ def peap(srv: NacServer, mac: str, *, tls: str = "1.2", identity: str = "alice",
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     return proc.returncode, proc.stdout + proc.stderr
 
-
-def rounds(log: str) -> int:
-    return log.count("Sending RADIUS message to authentication server")
 
 
 def decisions(srv: NacServer, mac: str) -> list[dict]:

@@ -10,7 +10,6 @@ match or miss that content; the Access-Accept's VLAN and the stored decision row
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import textwrap
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from nac.accounts import hash_password, nt_hash
 from tests.conftest import SECRET, NacServer, need, start_server
+from tests.test_posture_e2e import rounds, vlan
 
 pytestmark = pytest.mark.peer
 
@@ -90,16 +90,6 @@ def peap(tmp: Path, srv: NacServer, phase1: str) -> str:
     assert proc.returncode == 0 and log.rstrip().endswith("SUCCESS"), log[-3000:]
     assert "MPPE keys OK: 1" in log
     return log
-
-
-def vlan(log: str) -> str | None:
-    m = re.search(r"Attribute 81 \(Tunnel-Private-Group-Id\) length=\d+\s*\n\s*Value: ([0-9a-f]+)",
-                  log)
-    return bytes.fromhex(m.group(1))[1:].decode() if m else None
-
-
-def rounds(log: str) -> int:
-    return log.count("Sending RADIUS message to authentication server")
 
 
 def last_decision(srv: NacServer) -> tuple[dict, dict]:
