@@ -77,7 +77,6 @@ def peap(srv: NacServer, mac: str, *, tls: str = "1.2", identity: str = "alice",
     return proc.returncode, proc.stdout + proc.stderr
 
 
-
 def decisions(srv: NacServer, mac: str) -> list[dict]:
     return list(json.loads(srv.nac("nodes", "show", mac, "--json").stdout)["decisions"])
 
