@@ -370,19 +370,33 @@ def anatomy(port: int, path: Path, reauth: int, station: int) -> dict[str, objec
     return info
 
 
+Marks = tuple[probe.CpuMark, list[probe.CpuMark]]
+
+
+def marks(server: Server) -> Marks:
+    return server.cpu(), server.helpers_cpu()
+
+
+def measured(server: Server, before: Marks, n: int, ok: int, convs: int, wall: float,
+        conv_per_s: float) -> dict:
+    """One measurement: the server's CPU since `before`, per conversation, and how it was
+    read; its child processes' part apart."""
+    cpu, cpu_from = probe.cpu_between(before[0], server.cpu())
+    helpers = helpers_between(before[1], server.helpers_cpu())
+    return {"n": n, "ok": ok, "conversations": convs, "wall_s": round(wall, 2),
+            "conv_per_s": round(conv_per_s, 1), "server_cpu_s": round(cpu, 4),
+            "cpu_ms_per_conv": round(1000 * cpu / convs, 3), "cpu_from": cpu_from,
+            "helpers_ms_per_conv": round(1000 * helpers / convs, 3)}
+
+
 def measure(server: Server, path: Path, n: int, parallel: int, reauth: int = 0,
             stations: int = 0) -> dict[str, float]:
-    cpu0, helpers0, t0 = server.cpu(), server.helpers_cpu(), time.monotonic()
+    before, t0 = marks(server), time.monotonic()
     with ThreadPoolExecutor(parallel) as pool:
         ok = sum(pool.map(lambda i: one(server.port, path, reauth, stations + i), range(n)))
     wall = time.monotonic() - t0
-    cpu, cpu_from = probe.cpu_between(cpu0, server.cpu())
-    helpers = helpers_between(helpers0, server.helpers_cpu())
     convs = n * (1 + reauth)
-    return {"n": n, "ok": ok, "conversations": convs, "wall_s": round(wall, 2),
-            "conv_per_s": round(convs / wall, 1), "server_cpu_s": round(cpu, 4),
-            "cpu_ms_per_conv": round(1000 * cpu / convs, 3), "cpu_from": cpu_from,
-            "helpers_ms_per_conv": round(1000 * helpers / convs, 3)}
+    return measured(server, before, n, ok, convs, wall, convs / wall)
 
 
 def measure_together(servers: dict[str, Server], path: Path, n: int, parallel: int,
@@ -393,8 +407,7 @@ def measure_together(servers: dict[str, Server], path: Path, n: int, parallel: i
     server's CPU per conversation over the same interval. Station i talks to every server."""
     names = list(servers)
     k = len(names)
-    cpu0, t0 = {name: s.cpu() for name, s in servers.items()}, time.monotonic()
-    helpers0 = {name: s.helpers_cpu() for name, s in servers.items()}
+    before, t0 = {name: marks(s) for name, s in servers.items()}, time.monotonic()
 
     def go(i: int) -> tuple[str, bool]:
         name = names[(i + first) % k]
@@ -404,16 +417,10 @@ def measure_together(servers: dict[str, Server], path: Path, n: int, parallel: i
         results = list(pool.map(go, range(n * k)))
     wall = time.monotonic() - t0
     convs = n * (1 + reauth)
-    out = {}
-    for name, server in servers.items():
-        cpu, cpu_from = probe.cpu_between(cpu0[name], server.cpu())
-        helpers = helpers_between(helpers0[name], server.helpers_cpu())
-        out[name] = {"n": n, "ok": sum(ok for who, ok in results if who == name),
-                     "conversations": convs, "wall_s": round(wall, 2),
-                     "conv_per_s": round(k * convs / wall, 1), "server_cpu_s": round(cpu, 4),
-                     "cpu_ms_per_conv": round(1000 * cpu / convs, 3), "cpu_from": cpu_from,
-                     "helpers_ms_per_conv": round(1000 * helpers / convs, 3)}
-    return out
+    return {name: measured(server, before[name], n,
+                           sum(ok for who, ok in results if who == name), convs, wall,
+                           k * convs / wall)
+            for name, server in servers.items()}
 
 
 def warm(server: Server, path: Path, parallel: int, stations: int = 0xFF0000) -> None:
